@@ -1,0 +1,144 @@
+"""DICOM series: choose the CT series of a folder, and write one (phantom export).
+
+Headers are read with pydicom (bundled with Slicer); pixel decoding is left to
+Slicer's ITK/GDCM reader in :mod:`ct_io`.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+from .atomic import atomic_path
+from .errors import OsteoScreenError
+from .volume import RAS_FROM_LPS, Volume
+
+CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+AXIAL_MIN_COSINE = 0.9  # slice normal within ~25 degrees of the body axis
+
+
+def _slice_normal(ds) -> np.ndarray:
+    iop = np.asarray(ds.ImageOrientationPatient, float)
+    return np.cross(iop[:3], iop[3:])
+
+
+def select_ct_series(folder: Path) -> list[Path]:
+    """Files of the axial CT series with the most slices, sorted by position along the normal."""
+    import pydicom
+
+    series: dict[str, list] = defaultdict(list)
+    modalities: set[str] = set()
+    for root, _, names in os.walk(folder):
+        for name in names:
+            p = Path(root, name)
+            try:
+                ds = pydicom.dcmread(p, stop_before_pixels=True)
+            except Exception:  # not a DICOM file: ignore, as Slicer's DICOM browser does
+                continue
+            modality = str(getattr(ds, "Modality", ""))
+            modalities.add(modality or "unknown")
+            if modality != "CT" or "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+                continue
+            series[str(getattr(ds, "SeriesInstanceUID", ""))].append((p, ds))
+    if not modalities:
+        raise OsteoScreenError(f"{folder}: no DICOM files in this folder; choose the folder of a CT series")
+    if not series:
+        found = ", ".join(sorted(modalities))
+        raise OsteoScreenError(f"{folder}: the DICOM series is {found}, not CT; OsteoScreen reads CT only")
+    axial = {uid: items for uid, items in series.items() if abs(_slice_normal(items[0][1])[2]) >= AXIAL_MIN_COSINE}
+    if not axial:
+        raise OsteoScreenError(f"{folder}: no axial CT series; reconstruct axial slices first")
+    uid, items = max(axial.items(), key=lambda kv: len(kv[1]))
+    if len(items) < 2:
+        raise OsteoScreenError(f"{folder}: the CT series has a single slice; OsteoScreen needs a 3D volume")
+    normal = _slice_normal(items[0][1])
+    items.sort(key=lambda it: float(np.dot(normal, np.asarray(it[1].ImagePositionPatient, float))))
+    positions = np.array([float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))) for _, ds in items])
+    gaps = np.diff(positions)
+    if np.any(gaps < 1e-3):
+        raise OsteoScreenError(f"{folder}: the CT series has slices at the same position; remove duplicates")
+    if gaps.max() - gaps.min() > 0.01 * max(gaps.min(), 1.0) + 1e-3:
+        raise OsteoScreenError(f"{folder}: the CT series has uneven slice spacing (missing slices?)")
+    return [p for p, _ in items]
+
+
+def dicom_geometry(files: list[Path]) -> np.ndarray:
+    """IJK-to-RAS matrix of a sorted series from its headers (the DICOM standard's definition)."""
+    import pydicom
+
+    first = pydicom.dcmread(files[0], stop_before_pixels=True)
+    last = pydicom.dcmread(files[-1], stop_before_pixels=True)
+    iop = np.asarray(first.ImageOrientationPatient, float)
+    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
+    p0 = np.asarray(first.ImagePositionPatient, float)
+    p1 = np.asarray(last.ImagePositionPatient, float)
+    m = np.eye(4)
+    m[:3, 0] = iop[:3] * col_spacing  # i runs along a row
+    m[:3, 1] = iop[3:] * row_spacing  # j runs down a column
+    m[:3, 2] = (p1 - p0) / (len(files) - 1)
+    m[:3, 3] = p0
+    return RAS_FROM_LPS @ m
+
+
+def write_dicom_series(
+    volume: Volume,
+    folder: str | os.PathLike,
+    overwrite: bool = False,
+    patient_id: str = "OSTEOSCREEN-PHANTOM",
+    description: str = "OsteoScreen synthetic chest CT",
+    uid_seed: int = 0,
+) -> Path:
+    """Write an int16 HU volume as an uncompressed CT Image Storage series (one file per k)."""
+    import pydicom
+    from pydicom.dataset import FileDataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+    folder = Path(folder)
+    lps = RAS_FROM_LPS @ volume.ijk_to_ras
+    spacing = volume.spacing_mm
+    dirs = lps[:3, :3] / spacing[None, :]
+    normal = np.cross(dirs[:, 0], dirs[:, 1])
+    if abs(float(np.dot(normal, dirs[:, 2]))) < 0.999:
+        raise OsteoScreenError("cannot write a sheared volume as a DICOM series")
+    hu = np.asarray(volume.array)
+    if hu.min() < -32768 or hu.max() > 32767:
+        raise OsteoScreenError("CT values out of int16 range; cannot write DICOM")
+    pixels = np.round(hu).astype(np.int16)
+    prefix = f"{uid_seed}"
+    study_uid = generate_uid(entropy_srcs=[prefix, "study"])
+    series_uid = generate_uid(entropy_srcs=[prefix, "series"])
+    frame_uid = generate_uid(entropy_srcs=[prefix, "frame"])
+    date = datetime.date(2026, 1, 1).strftime("%Y%m%d")  # fixed: same seed, same bytes
+    with atomic_path(folder, overwrite) as tmp:
+        tmp.mkdir(parents=True)
+        for k in range(pixels.shape[0]):
+            sop_uid = generate_uid(entropy_srcs=[prefix, "sop", str(k)])
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+            meta.MediaStorageSOPInstanceUID = sop_uid
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
+            ds.SOPClassUID, ds.SOPInstanceUID = CT_IMAGE_STORAGE, sop_uid
+            ds.Modality = "CT"
+            ds.PatientName, ds.PatientID = "Phantom^OsteoScreen", patient_id
+            ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
+            ds.FrameOfReferenceUID = frame_uid
+            ds.StudyDate = ds.SeriesDate = date
+            ds.SeriesDescription = description
+            ds.SeriesNumber, ds.InstanceNumber = 1, k + 1
+            ds.ImageType = ["DERIVED", "SECONDARY", "AXIAL"]
+            ds.ImagePositionPatient = [f"{v:.6f}" for v in lps[:3, 3] + lps[:3, 2] * k]
+            ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*dirs[:, 0], *dirs[:, 1])]
+            ds.PixelSpacing = [f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"]
+            ds.SliceThickness = f"{spacing[2]:.6f}"
+            ds.Rows, ds.Columns = pixels.shape[1], pixels.shape[2]
+            ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+            ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
+            ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, 0, "HU"
+            ds.PixelData = pixels[k].tobytes()
+            ds.save_as(tmp / f"CT{k + 1:05d}.dcm", enforce_file_format=True)
+    return folder

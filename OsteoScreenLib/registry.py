@@ -1,0 +1,83 @@
+"""The one source of truth for names, label values, codes, colours and thresholds.
+
+Torch-free and import-free on purpose: the CLI, the MRML logic, the phantom
+generator, training and the Slicer module all read from here.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# --- Vertebral bodies that OsteoScreen segments (label values of our label maps) ---
+
+
+@dataclass(frozen=True)
+class VertebraSpec:
+    name: str  # segment name in Slicer and key in result.json
+    label: int  # value in OsteoScreen label maps (0 = background)
+    sct_code: str  # SNOMED CT code of the vertebra
+    sct_meaning: str
+    color_rgb: tuple[float, float, float]  # 0..1, chosen to contrast in slice views
+
+
+VERTEBRAE: tuple[VertebraSpec, ...] = (
+    VertebraSpec("L1", 1, "66794005", "L1 vertebra", (0.902, 0.706, 0.235)),
+    VertebraSpec("L2", 2, "14293000", "L2 vertebra", (0.314, 0.667, 0.902)),
+)
+VERTEBRA_NAMES: tuple[str, ...] = tuple(v.name for v in VERTEBRAE)
+LABEL_OF: dict[str, int] = {v.name: v.label for v in VERTEBRAE}
+VERTEBRA_BY_NAME: dict[str, VertebraSpec] = {v.name: v for v in VERTEBRAE}
+
+# Slicer terminology: category of every segment, and the context names that
+# Slicer's terminology module uses for its built-in lists.
+TERMINOLOGY_CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
+ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
+CATEGORY_CODE = ("SCT", "123037004", "Anatomical Structure")
+
+
+def terminology_entry(name: str) -> str:
+    """Slicer's serialized terminology string of one vertebra (as stored in .seg.nrrd)."""
+    spec = VERTEBRA_BY_NAME[name]
+    category = "^".join(CATEGORY_CODE)
+    type_ = f"SCT^{spec.sct_code}^{spec.sct_meaning}"
+    return f"{TERMINOLOGY_CONTEXT}~{category}~{type_}~^^~{ANATOMIC_CONTEXT}~^^~^^"
+
+
+# --- Whole-vertebra level ids (VerSe convention), used by phantoms and imports ---
+
+VERSE_LEVEL_IDS: dict[str, int] = {
+    **{f"C{i}": i for i in range(1, 8)},
+    **{f"T{i}": 7 + i for i in range(1, 13)},  # T1 = 8 ... T12 = 19
+    **{f"L{i}": 19 + i for i in range(1, 6)},  # L1 = 20 ... L5 = 24
+    "T13": 28,
+    "L6": 25,
+}
+VERSE_LEVEL_NAMES: dict[int, str] = {v: k for k, v in VERSE_LEVEL_IDS.items()}
+
+# Label mappings of other tools: segment name -> label value in their label maps.
+LABEL_MAPPINGS: dict[str, dict[str, int]] = {
+    "osteoscreen": dict(LABEL_OF),
+    "verse": {"L1": 20, "L2": 21},
+    "totalsegmentator": {"L1": 31, "L2": 30},  # TotalSegmentator v2, task "total"
+}
+
+# --- QCT classes (ACR; Chinese expert consensus), on the mean BMD of L1 and L2 ---
+
+CLASSES: tuple[str, ...] = ("normal", "osteopenia", "osteoporosis")
+NORMAL_MIN_BMD_MG_CM3 = 120.0  # normal: mean BMD > 120
+OSTEOPOROSIS_MAX_BMD_MG_CM3 = 80.0  # osteoporosis: mean BMD < 80; 80..120 osteopenia
+
+
+def qct_class(mean_bmd_mg_cm3: float) -> str:
+    """QCT class of the mean trabecular BMD of L1 and L2 in mg/cm^3."""
+    if mean_bmd_mg_cm3 > NORMAL_MIN_BMD_MG_CM3:
+        return "normal"
+    if mean_bmd_mg_cm3 < OSTEOPOROSIS_MAX_BMD_MG_CM3:
+        return "osteoporosis"
+    return "osteopenia"
+
+
+# --- Plausibility limits for CT input ---
+
+HU_MIN_PLAUSIBLE = -2048.0  # below: not Hounsfield units (e.g. raw detector values)
+HU_MAX_PLAUSIBLE = 32767.0

@@ -1,0 +1,212 @@
+"""L1/L2 segmentations in Slicer's MRML data model.
+
+Every function takes the scene (or a node of it) as an argument: inside Slicer
+pass ``slicer.mrmlScene``; headless pass a ``slicer.vtkMRMLScene()`` of the
+``slicer-core`` wheel. Nothing here opens dialogs or uses ``slicer.app``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import vtk
+
+from .atomic import atomic_path
+from .ct_io import _quiet_vtk, read_volume
+from .errors import OsteoScreenError
+from .mrml_convert import volume_from_node, volume_to_node
+from .registry import LABEL_MAPPINGS, LABEL_OF, VERTEBRA_BY_NAME, VERTEBRA_NAMES, terminology_entry
+from .volume import Volume
+
+
+_LOGIC = None
+
+
+def _logic():
+    """Slicer's segmentations logic; creating one registers the representation converters."""
+    global _LOGIC
+    if _LOGIC is None:
+        import slicer
+
+        _LOGIC = slicer.vtkSlicerSegmentationsModuleLogic()
+    return _LOGIC
+
+
+def new_segmentation_node(scene, reference_volume_node, name: str = "L1-L2 segmentation"):
+    """An empty segmentation node with the CT as reference geometry and display nodes."""
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+    node.CreateDefaultDisplayNodes()
+    if reference_volume_node is not None:
+        node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
+    return node
+
+
+def set_vertebra_properties(segment, name: str) -> None:
+    """Name, colour and Slicer terminology of a vertebra segment."""
+    spec = VERTEBRA_BY_NAME[name]
+    segment.SetName(name)
+    segment.SetColor(*spec.color_rgb)
+    segment.SetTerminology(terminology_entry(name))
+
+
+def add_vertebra_segment(segmentation_node, name: str, mask: Volume) -> str:
+    """Add segment ``name`` from a binary mask with its own geometry; returns the segment ID."""
+    scene = segmentation_node.GetScene()
+    binary = mask.with_array((np.asarray(mask.array) > 0).astype(np.uint8))
+    label_node = volume_to_node(scene, binary, "__osteoscreen_temp__", "vtkMRMLLabelMapVolumeNode")
+    segmentation = segmentation_node.GetSegmentation()
+    before = set(segmentation.GetSegmentIDs())
+    try:
+        # Import without target IDs: Slicer creates the segment with a binary labelmap
+        # representation (adding an empty segment first fails on slicer-core).
+        if not _logic().ImportLabelmapToSegmentationNode(label_node, segmentation_node):
+            raise OsteoScreenError(f"could not import segment {name}")
+    finally:
+        scene.RemoveNode(label_node)
+    (segment_id,) = set(segmentation.GetSegmentIDs()) - before
+    set_vertebra_properties(segmentation.GetSegment(segment_id), name)
+    return segment_id
+
+
+def segmentation_from_labelmap(
+    scene,
+    labelmap: Volume,
+    reference_volume_node=None,
+    mapping: dict[str, int] | None = None,
+    name: str = "L1-L2 segmentation",
+) -> tuple[object, list[str]]:
+    """A new segmentation node with one segment per vertebra present in ``labelmap``.
+
+    ``mapping`` gives the label value of each vertebra (default: OsteoScreen's 1 = L1,
+    2 = L2; see :data:`registry.LABEL_MAPPINGS` for VerSe and TotalSegmentator).
+    Returns the node and the names of vertebrae missing from the label map.
+    """
+    mapping = dict(LABEL_OF if mapping is None else mapping)
+    node = new_segmentation_node(scene, reference_volume_node, name)
+    labels = np.asarray(labelmap.array)
+    missing = []
+    for vertebra in VERTEBRA_NAMES:
+        value = mapping.get(vertebra)
+        if value is None or not np.any(labels == value):
+            missing.append(vertebra)
+            continue
+        add_vertebra_segment(node, vertebra, labelmap.with_array(labels == value))
+    return node, missing
+
+
+def segment_id_of(segmentation_node, vertebra: str) -> str | None:
+    """The segment of a vertebra, found by name, else by its SNOMED CT terminology code."""
+    segmentation = segmentation_node.GetSegmentation()
+    segment_id = segmentation.GetSegmentIdBySegmentName(vertebra)
+    if segment_id:
+        return segment_id
+    code = f"^{VERTEBRA_BY_NAME[vertebra].sct_code}^"
+    for n in range(segmentation.GetNumberOfSegments()):
+        segment = segmentation.GetNthSegment(n)
+        if code in (segment.GetTerminology() or ""):
+            return segmentation.GetNthSegmentID(n)
+    return None
+
+
+def labelmap_on_grid(segmentation_node, reference_volume_node) -> np.ndarray:
+    """Label map (0, 1 = L1, 2 = L2) of the segmentation resampled onto the CT grid.
+
+    Works whatever the segmentation's own geometry (e.g. a user's edit saved with
+    another extent or spacing): Slicer's export resamples to the reference volume.
+    """
+    scene = segmentation_node.GetScene()
+    shape = volume_from_node(reference_volume_node).array.shape
+    out = np.zeros(shape, np.uint8)
+    for vertebra in VERTEBRA_NAMES:
+        segment_id = segment_id_of(segmentation_node, vertebra)
+        if segment_id is None:
+            continue
+        ids = vtk.vtkStringArray()
+        ids.InsertNextValue(segment_id)
+        label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__osteoscreen_temp__")
+        try:
+            if not _logic().ExportSegmentsToLabelmapNode(segmentation_node, ids, label_node, reference_volume_node):
+                raise OsteoScreenError(f"could not export segment {vertebra} to the CT grid")
+            mask = volume_from_node(label_node).array > 0
+        finally:
+            display = label_node.GetDisplayNode()
+            scene.RemoveNode(label_node)
+            if display is not None:
+                scene.RemoveNode(display)
+        out[mask & (out == 0)] = VERTEBRA_BY_NAME[vertebra].label
+    return out
+
+
+def save_segmentation(segmentation_node, path: str | os.PathLike, overwrite: bool = False) -> Path:
+    """Write a ``.seg.nrrd`` atomically (names, colours and terminology in its header)."""
+    path = Path(path)
+    if not str(path).lower().endswith(".seg.nrrd"):
+        raise OsteoScreenError(f"{path}: a segmentation is saved as .seg.nrrd")
+    scene = segmentation_node.GetScene()
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    try:
+        with atomic_path(path, overwrite) as tmp:
+            storage.SetFileName(str(tmp))
+            with _quiet_vtk():
+                ok = storage.WriteData(segmentation_node)
+            if not ok:
+                raise OsteoScreenError(f"{path}: could not be written; check the folder and free space")
+    finally:
+        scene.RemoveNode(storage)
+    return path
+
+
+def load_segmentation(scene, path: str | os.PathLike, reference_volume_node=None):
+    """Read a ``.seg.nrrd`` (e.g. saved by Slicer after editing) into a new node."""
+    path = Path(path)
+    if not path.exists():
+        raise OsteoScreenError(f"{path}: no such file; check the path")
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(path.name.split(".")[0]))
+    storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    storage.SetFileName(str(path))
+    with _quiet_vtk():
+        ok = storage.ReadData(node)
+    if not ok:
+        scene.RemoveNode(node)
+        raise OsteoScreenError(f"{path}: cannot be read as a segmentation (truncated or not .seg.nrrd?)")
+    node.SetAndObserveStorageNodeID(storage.GetID())
+    node.CreateDefaultDisplayNodes()
+    if reference_volume_node is not None:
+        node.SetNodeReferenceID(node.GetReferenceImageGeometryReferenceRole(), reference_volume_node.GetID())
+    return node
+
+
+def parse_label_mapping(text: str) -> dict[str, int]:
+    """``verse``, ``totalsegmentator``, ``osteoscreen`` or explicit ``L1=20,L2=21``."""
+    key = text.strip().lower()
+    if key in LABEL_MAPPINGS:
+        return dict(LABEL_MAPPINGS[key])
+    mapping = {}
+    for part in text.split(","):
+        name, sep, value = part.partition("=")
+        name = name.strip().upper()
+        if not sep or name not in VERTEBRA_BY_NAME or not value.strip().isdigit():
+            raise OsteoScreenError(
+                f"label mapping {text!r}: use {', '.join(LABEL_MAPPINGS)} or a list like L1=20,L2=21"
+            )
+        mapping[name] = int(value)
+    return mapping
+
+
+def load_segmentation_file(scene, path: str | os.PathLike, reference_volume_node=None, mapping=None):
+    """A segmentation node from a ``.seg.nrrd`` or from a label map file with a label mapping."""
+    path = Path(path)
+    if str(path).lower().endswith(".seg.nrrd"):
+        return load_segmentation(scene, path, reference_volume_node)
+    labelmap = read_volume(path)
+    if np.issubdtype(labelmap.array.dtype, np.floating):
+        labelmap = labelmap.with_array(np.round(labelmap.array).astype(np.int32))
+    node, missing = segmentation_from_labelmap(scene, labelmap, reference_volume_node, mapping)
+    if len(missing) == len(VERTEBRA_NAMES):
+        scene.RemoveNode(node)
+        raise OsteoScreenError(
+            f"{path}: no L1 or L2 label with mapping {mapping or LABEL_OF}; pass the right label mapping"
+        )
+    return node
