@@ -58,7 +58,7 @@ def read_volume(path: str | os.PathLike) -> Volume:
         raise OsteoScreenError(
             f"{path}: unsupported file type; use NIfTI, NRRD, MetaImage or a folder of DICOM files"
         )
-    _check_header_is_3d(path, ext)
+    _check_file(path, ext)
     return _read_with_storage_node(path, [path])
 
 
@@ -123,27 +123,103 @@ def _read_with_storage_node(path: Path, files: list[Path]) -> Volume:
     return volume
 
 
-# Header sniffing: the ITK readers silently take the first frame of a 4D image or
-# read a 2D image as one slice, so dimensionality is checked before reading.
+# Header checks. The ITK readers silently take the first frame of a 4D image, read
+# a 2D image as one slice, fill a truncated file with zeros and turn NaN into 0, so
+# dimensionality, completeness and finiteness are checked on the file itself.
+
+_NIFTI_DTYPES = {2: "u1", 4: "i2", 8: "i4", 16: "f4", 64: "f8", 256: "i1", 512: "u2", 768: "u4", 1024: "i8", 1280: "u8"}
+_NRRD_DTYPES = {
+    "uchar": "u1", "unsigned char": "u1", "uint8": "u1", "uint8_t": "u1", "signed char": "i1", "int8": "i1",
+    "int8_t": "i1", "short": "i2", "short int": "i2", "signed short": "i2", "int16": "i2", "int16_t": "i2",
+    "ushort": "u2", "unsigned short": "u2", "uint16": "u2", "uint16_t": "u2", "int": "i4", "signed int": "i4",
+    "int32": "i4", "int32_t": "i4", "uint": "u4", "unsigned int": "u4", "uint32": "u4", "uint32_t": "u4",
+    "float": "f4", "double": "f8", "longlong": "i8", "int64": "i8", "ulonglong": "u8", "uint64": "u8",
+}
+_MET_DTYPES = {"MET_UCHAR": "u1", "MET_CHAR": "i1", "MET_SHORT": "i2", "MET_USHORT": "u2", "MET_INT": "i4",
+               "MET_UINT": "u4", "MET_FLOAT": "f4", "MET_DOUBLE": "f8", "MET_LONG_LONG": "i8", "MET_ULONG_LONG": "u8"}
 
 
-def _check_header_is_3d(path: Path, ext: str) -> None:
+class _Header:
+    """What the checks need to know of a volume file."""
+
+    def __init__(self, sizes, dtype=None, data_file=None, offset=0, encoding="raw", endian="<"):
+        self.sizes, self.dtype, self.data_file = sizes, dtype, data_file
+        self.offset, self.encoding, self.endian = offset, encoding, endian
+
+
+def _check_file(path: Path, ext: str) -> None:
     try:
-        sizes = _header_sizes(path, ext)
-    except (OSError, EOFError, ValueError, struct.error) as exc:
+        header = _read_header(path, ext)
+    except (OSError, EOFError, ValueError, KeyError, struct.error) as exc:
         raise OsteoScreenError(f"{path}: cannot read its header ({exc}); check that the file is complete") from None
-    if sizes is None:
-        return
-    real = [s for s in sizes if s > 1]
+    sizes = header.sizes
     if len(sizes) > 3 and any(s > 1 for s in sizes[3:]):
         raise OsteoScreenError(
             f"{path}: a {len(sizes)}D image (sizes {sizes}); OsteoScreen needs one 3D volume: extract one frame"
         )
-    if len(real) < 3:
+    if len([s for s in sizes if s > 1]) < 3:
         raise OsteoScreenError(f"{path}: a 2D image (sizes {sizes}); OsteoScreen needs a 3D volume")
+    if header.dtype is None or header.data_file is None:
+        return
+    itemsize = np.dtype(header.dtype).itemsize
+    expected = int(np.prod(sizes)) * itemsize
+    floating = header.dtype.startswith("f")
+    if header.encoding == "raw" and not floating:
+        available = header.data_file.stat().st_size - header.offset
+    elif header.encoding == "gzip" and not floating:
+        available = _gzip_size(header.data_file) - header.offset
+    else:
+        payload = _payload(header, expected)
+        available = len(payload)
+        if floating and available >= expected:
+            values = np.frombuffer(payload[:expected], dtype=header.endian + header.dtype)
+            if not np.isfinite(values).all():
+                raise OsteoScreenError(f"{path}: contains NaN or infinite voxels; export the CT again")
+    if available < expected:
+        raise OsteoScreenError(
+            f"{path}: truncated ({max(available, 0)} of {expected} data bytes); copy or export the file again"
+        )
 
 
-def _header_sizes(path: Path, ext: str) -> list[int] | None:
+def _gzip_size(path: Path) -> int:
+    """Uncompressed size of a gzip file, streamed; -1 if the stream is cut or corrupt.
+
+    The size field of the gzip trailer cannot be trusted for a cut file, so the
+    stream is inflated (without keeping it) to the end.
+    """
+    total = 0
+    try:
+        with gzip.open(path, "rb") as f:
+            while True:
+                block = f.read(1 << 22)
+                if not block:
+                    return total
+                total += len(block)
+    except (EOFError, OSError, gzip.BadGzipFile):
+        return -1
+
+
+def _payload(header: _Header, expected: int) -> bytes:
+    with open(header.data_file, "rb") as f:
+        if header.encoding == "gzip":
+            try:
+                data = gzip.GzipFile(fileobj=f).read()
+            except (EOFError, OSError, gzip.BadGzipFile):
+                return b""
+            return data[header.offset :]
+        if header.encoding == "zlib":
+            import zlib
+
+            f.seek(header.offset)
+            try:
+                return zlib.decompress(f.read())
+            except zlib.error:
+                return b""
+        f.seek(header.offset)
+        return f.read(expected)
+
+
+def _read_header(path: Path, ext: str) -> _Header:
     if ext in (".nii", ".nii.gz"):
         opener = gzip.open if ext == ".nii.gz" else open
         with opener(path, "rb") as f:
@@ -151,38 +227,62 @@ def _header_sizes(path: Path, ext: str) -> list[int] | None:
         if len(hdr) < 348:
             raise ValueError("header shorter than 348 bytes")
         endian = "<" if struct.unpack("<i", hdr[:4])[0] == 348 else ">"
+        if struct.unpack(endian + "i", hdr[:4])[0] != 348:
+            raise ValueError("not a NIfTI-1 header")
         dim = struct.unpack(endian + "8h", hdr[40:56])
         if not 1 <= dim[0] <= 7:
             raise ValueError("not a NIfTI-1 header")
-        return list(dim[1 : dim[0] + 1])
-    text = _text_header(path)
+        datatype = struct.unpack(endian + "h", hdr[70:72])[0]
+        offset = int(struct.unpack(endian + "f", hdr[108:112])[0])
+        return _Header(list(dim[1 : dim[0] + 1]), _NIFTI_DTYPES.get(datatype), path, offset,
+                       "gzip" if ext == ".nii.gz" else "raw", endian)
+    text, header_bytes = _text_header(path)
+    fields = dict(re.findall(r"^([^:=#\n]+?)\s*:=?\s*(.*)$", text, re.M)) if ext in (".nrrd", ".nhdr") else \
+        dict(re.findall(r"^(\w+)\s*=\s*(.*)$", text, re.M))
     if ext in (".nrrd", ".nhdr"):
-        m = re.search(r"^sizes:\s*(.+)$", text, re.M)
-        kinds = re.search(r"^kinds:\s*(.+)$", text, re.M)
-        if not m:
-            raise ValueError("no 'sizes' field")
-        sizes = [int(s) for s in m.group(1).split()]
-        if kinds:  # drop non-spatial axes (e.g. a vector or list axis)
-            k = kinds.group(1).split()
-            spatial = [s for s, kind in zip(sizes, k) if kind in ("domain", "space")]
-            extra = [s for s, kind in zip(sizes, k) if kind not in ("domain", "space")]
-            return spatial + extra
-        return sizes
-    m = re.search(r"^DimSize\s*=\s*(.+)$", text, re.M)  # MetaImage
-    if not m:
+        if not text.startswith("NRRD"):
+            raise ValueError("not a NRRD header")
+        sizes = [int(s) for s in fields["sizes"].split()]
+        kinds = fields.get("kinds", "").split()
+        if kinds and len(kinds) == len(sizes):  # non-spatial axes (vector, list, time) go last
+            spatial = [s for s, k in zip(sizes, kinds) if k in ("domain", "space")]
+            sizes = spatial + [s for s, k in zip(sizes, kinds) if k not in ("domain", "space")]
+        encoding = {"raw": "raw", "gzip": "gzip", "gz": "gzip"}.get(fields.get("encoding", "raw"))
+        data_file = fields.get("data file") or fields.get("datafile")
+        data_path = (path.parent / data_file) if data_file else path
+        offset = 0 if data_file else header_bytes
+        if encoding == "gzip" and not data_file:  # attached gzip: decompress from the header's end
+            return _Header(sizes, None, None)
+        endian = ">" if fields.get("endian", "little") == "big" else "<"
+        return _Header(sizes, _NRRD_DTYPES.get(fields.get("type", "")), data_path if encoding else None, offset,
+                       encoding or "raw", endian)
+    if "DimSize" not in fields:
         raise ValueError("no 'DimSize' field")
-    sizes = [int(s) for s in m.group(1).split()]
-    ch = re.search(r"^ElementNumberOfChannels\s*=\s*(\d+)", text, re.M)
-    return sizes + ([int(ch.group(1))] if ch else [])
+    sizes = [int(s) for s in fields["DimSize"].split()]
+    channels = int(fields.get("ElementNumberOfChannels", "1"))
+    if channels > 1:
+        sizes.append(channels)
+    data_file = fields.get("ElementDataFile", "LOCAL").strip()
+    data_path = path if data_file == "LOCAL" else path.parent / data_file
+    offset = header_bytes if data_file == "LOCAL" else 0
+    encoding = "zlib" if fields.get("CompressedData", "False").strip() == "True" else "raw"
+    if data_file.startswith("LIST") or "%" in data_file:
+        return _Header(sizes, None, None)
+    endian = ">" if fields.get("BinaryDataByteOrderMSB", "False").strip() == "True" else "<"
+    return _Header(sizes, _MET_DTYPES.get(fields.get("ElementType", "").strip()), data_path, offset, encoding, endian)
 
 
-def _text_header(path: Path, limit: int = 65536) -> str:
+def _text_header(path: Path, limit: int = 65536) -> tuple[str, int]:
+    """Header text and its length in bytes (NRRD: up to the blank line; MetaImage: through ElementDataFile)."""
     with open(path, "rb") as f:
         head = f.read(limit)
-    end = head.find(b"\n\n")  # NRRD: header ends at the first blank line
+    end = head.find(b"\n\n")
     if end >= 0:
-        head = head[:end]
-    return head.decode("latin-1")
+        return head[:end].decode("latin-1"), end + 2
+    m = re.search(rb"^ElementDataFile\s*=.*?\n", head, re.M)
+    if m:
+        return head[: m.end()].decode("latin-1"), m.end()
+    return head.decode("latin-1"), len(head)
 
 
 # --------------------------------------------------------------------------- writing

@@ -1,0 +1,164 @@
+"""The ``osteoscreen`` command: argument parsing and printing over the Python API.
+
+Exit status: 0 success, 1 a user error (one-line message, no traceback),
+3 a batch with some failed cases, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+from importlib import metadata
+from pathlib import Path
+
+from . import __version__
+from .errors import OsteoScreenError
+
+EXIT_OK, EXIT_USER_ERROR, EXIT_PARTIAL = 0, 1, 3
+
+
+def _quiet_vtk_logging() -> None:
+    """Send VTK/MRML log chatter to nowhere; our errors carry their own messages."""
+    import vtk
+
+    vtk.vtkObject.GlobalWarningDisplayOff()
+    if hasattr(vtk, "vtkLogger"):
+        vtk.vtkLogger.SetStderrVerbosity(vtk.vtkLogger.VERBOSITY_OFF)
+
+
+# --------------------------------------------------------------------------- commands
+
+
+def cmd_info(args) -> int:
+    from .model_store import list_models
+
+    rows = [("osteoscreen", __version__), ("python", platform.python_version())]
+    for dist in ("numpy", "vtk", "slicer-core", "pydicom", "onnxruntime"):
+        try:
+            rows.append((dist, metadata.version(dist)))
+        except metadata.PackageNotFoundError:
+            rows.append((dist, "not installed"))
+    models = list_models()
+    if args.json:
+        print(json.dumps({"versions": dict(rows), "models": models}, indent=2))
+        return EXIT_OK
+    for name, version in rows:
+        print(f"{name:<14} {version}")
+    print("bundled models:" if models else "bundled models: none")
+    for m in models:
+        print(f"  {m['name']:<14} {m.get('version', '?'):<8} sha256 {m['sha256']}  {m['status']}")
+    return EXIT_OK
+
+
+def cmd_convert(args) -> int:
+    from .ct_io import read_ct, write_volume
+
+    volume = read_ct(args.input)
+    write_volume(volume, args.output, overwrite=args.overwrite)
+    k, j, i = volume.array.shape
+    print(f"wrote {args.output} ({i}x{j}x{k}, {volume.axis_codes()}, spacing {_fmt(volume.spacing_mm)} mm)")
+    return EXIT_OK
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+    from .segmentation_nodes import parse_label_mapping
+
+    case = Path(args.case)
+    result = run_demo(
+        case / "ct.nii.gz",
+        case / "labels.nii.gz",
+        parse_label_mapping(args.labels),
+        Path(args.output_dir),
+        args.overwrite,
+    )
+    print(f"demo: {result['input']['path']} -> {args.output_dir}")
+    for name, v in result["vertebrae"].items():
+        print(f"  {name}: {v['volume_ml']:.1f} ml, centroid {v['centroid_mm']} mm (RAS)")
+    for w in result["warnings"]:
+        print(f"  note: {w}")
+    return EXIT_OK
+
+
+def cmd_phantom(args) -> int:
+    from .phantom import PRESETS, generate_case, write_case
+
+    if args.preset not in PRESETS:
+        raise OsteoScreenError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
+    if args.count < 1:
+        raise OsteoScreenError("--count must be at least 1")
+    out = Path(args.out_dir)
+    for n in range(args.count):
+        seed = args.seed + n
+        folder = out / f"phantom-{seed:05d}"
+        if folder.exists() and not args.overwrite:
+            print(f"skip {folder} (exists; --overwrite to replace)")
+            continue
+        case = generate_case(seed, args.preset)
+        write_case(case, folder, fmt=args.format, overwrite=args.overwrite)
+        meta = case.meta
+        print(f"{folder}: mean BMD {meta['bmd_mean_mg_cm3']:.1f} mg/cm3 ({meta['qct_class']})")
+    return EXIT_OK
+
+
+def _fmt(values) -> str:
+    return "x".join(f"{v:.4g}" for v in values)
+
+
+# --------------------------------------------------------------------------- parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="osteoscreen",
+        description="Opportunistic osteoporosis screening on chest CT (L1/L2 segmentation and QCT classes).",
+    )
+    p.add_argument("--version", action="version", version=f"osteoscreen {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("info", help="versions and bundled models with their SHA-256")
+    s.add_argument("--json", action="store_true", help="print JSON")
+    s.set_defaults(func=cmd_info)
+
+    s = sub.add_parser("convert", help="convert a CT (NIfTI, NRRD, MetaImage, DICOM folder) to NIfTI or NRRD")
+    s.add_argument("input", help="CT file or DICOM folder")
+    s.add_argument("output", help="output file: .nii.gz, .nii, .nrrd or .mha")
+    s.add_argument("--overwrite", action="store_true", help="replace an existing output")
+    s.set_defaults(func=cmd_convert)
+
+    s = sub.add_parser("phantom", help="generate synthetic chest CT phantoms with known L1/L2 and BMD")
+    s.add_argument("out_dir")
+    s.add_argument("--seed", type=int, default=0, help="seed of the first case (case n uses seed + n)")
+    s.add_argument("--count", type=int, default=1)
+    s.add_argument("--preset", default="chest", help="chest (default, 512x512), spine or training")
+    s.add_argument("--format", choices=("nifti", "nrrd", "dicom"), default="nifti")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_phantom)
+
+    s = sub.add_parser("demo", help="run the main job end to end on a case folder (ct.nii.gz + labels.nii.gz)")
+    s.add_argument("--case", required=True, help="folder holding ct.nii.gz and labels.nii.gz")
+    s.add_argument("--labels", default="totalsegmentator", help="label mapping of labels.nii.gz")
+    s.add_argument("--output-dir", default="demo-output")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    _quiet_vtk_logging()
+    try:
+        return args.func(args)
+    except OsteoScreenError as exc:
+        print(f"osteoscreen: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("osteoscreen: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

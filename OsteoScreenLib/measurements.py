@@ -1,0 +1,25 @@
+"""Per-vertebra measurements on a label map with its geometry (pure numpy)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .registry import VERTEBRAE
+from .volume import Volume
+
+
+def vertebra_stats(labels: Volume) -> dict[str, dict]:
+    """Volume (ml) and centroid (RAS mm) of each vertebra present in an OsteoScreen label map."""
+    voxel_ml = float(abs(np.linalg.det(labels.ijk_to_ras[:3, :3]))) / 1000.0
+    out = {}
+    for spec in VERTEBRAE:
+        kji = np.argwhere(labels.array == spec.label)
+        if len(kji) == 0:
+            continue
+        centroid = labels.voxel_centers_ras(kji.mean(axis=0))[0]
+        out[spec.name] = {
+            "volume_ml": round(len(kji) * voxel_ml, 3),
+            "voxels": int(len(kji)),
+            "centroid_mm": [round(float(c), 2) for c in centroid],
+        }
+    return out
