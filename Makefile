@@ -4,7 +4,8 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c requirements/constraints.txt
-DEMO_CASE ?= ../shared/data/real/totalsegmentator-example
+# The real CT at hand: next to the checkout, or the workplace's shared data.
+DEMO_CASE ?= $(firstword $(wildcard ../shared/data/real/totalsegmentator-example /work/shared/data/real/totalsegmentator-example))
 DEMO_OUTPUT ?= demo-output
 
 .PHONY: demo test install install-test clean

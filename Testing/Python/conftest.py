@@ -9,7 +9,11 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-REAL_DATA = Path(os.environ.get("OSTEOSCREEN_REAL_DATA", REPO.parent / "shared" / "data" / "real"))
+REAL_DATA_CANDIDATES = [REPO.parent / "shared" / "data" / "real", Path("/work/shared/data/real")]
+REAL_DATA = Path(
+    os.environ.get("OSTEOSCREEN_REAL_DATA")
+    or next((p for p in REAL_DATA_CANDIDATES if p.is_dir()), REAL_DATA_CANDIDATES[0])
+)
 
 
 @pytest.fixture(scope="session")
