@@ -48,7 +48,9 @@ def cmd_info(args) -> int:
         print(f"{name:<14} {version}")
     print("bundled models:" if models else "bundled models: none")
     for m in models:
-        print(f"  {m['name']:<14} {m.get('version', '?'):<8} sha256 {m['sha256']}  {m['status']}")
+        print(f"  {m['name']:<14} {m['version']:<8} {m['status']}")
+        for role, f in m["files"].items():
+            print(f"    {role:<12} sha256 {f['sha256']}  {f['path']}")
     return EXIT_OK
 
 
@@ -60,6 +62,41 @@ def cmd_convert(args) -> int:
     k, j, i = volume.array.shape
     print(f"wrote {args.output} ({i}x{j}x{k}, {volume.axis_codes()}, spacing {_fmt(volume.spacing_mm)} mm)")
     return EXIT_OK
+
+
+def cmd_segment(args) -> int:
+    import slicer
+
+    from .ct_io import volume_extension, write_volume
+    from .logic import OsteoScreenLogic
+
+    ct_path = Path(args.ct)
+    out = Path(args.output) if args.output else _default_seg_path(ct_path)
+    label_map = not str(out).lower().endswith(".seg.nrrd")
+    if label_map and volume_extension(out) not in (".nii.gz", ".nii", ".nrrd"):
+        raise OsteoScreenError(f"{out}: write .seg.nrrd, or a label map .nii.gz, .nii or .nrrd")
+    if out.exists() and not args.overwrite:
+        raise OsteoScreenError(f"{out}: already exists; pass --overwrite to replace it")
+    logic = OsteoScreenLogic(slicer.vtkMRMLScene())
+    ct_node = logic.load_ct(ct_path)
+    node, output = logic.segment(ct_node)
+    if label_map:
+        write_volume(output.labels, out, overwrite=args.overwrite)
+    else:
+        logic.save_segmentation(node, out, overwrite=args.overwrite)
+    stats = logic.vertebra_stats(node, ct_node)
+    print(f"wrote {out} in {output.timing_s['total']:.1f} s")
+    for name, v in stats.items():
+        print(f"  {name}: {v['volume_ml']:.1f} ml, centroid {v['centroid_mm']} mm (RAS)")
+    for w in output.warnings:
+        print(f"  warning: {w}")
+    return EXIT_OK
+
+
+def _default_seg_path(ct_path: Path) -> Path:
+    from .logic import _display_name
+
+    return ct_path.parent / f"{_display_name(ct_path)}.seg.nrrd"
 
 
 def cmd_demo(args) -> int:
@@ -136,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", choices=("nifti", "nrrd", "dicom"), default="nifti")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_phantom)
+
+    s = sub.add_parser("segment", help="segment the L1 and L2 vertebral bodies of a CT")
+    s.add_argument("ct", help="CT file or DICOM folder")
+    s.add_argument("--output", help="OUT.seg.nrrd (default: next to the CT), or a label map .nii.gz/.nii/.nrrd")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_segment)
 
     s = sub.add_parser("demo", help="run the main job end to end on a case folder (ct.nii.gz + labels.nii.gz)")
     s.add_argument("--case", required=True, help="folder holding ct.nii.gz and labels.nii.gz")

@@ -19,6 +19,16 @@ from .volume import Volume
 class OsteoScreenLogic:
     def __init__(self, scene):
         self.scene = scene
+        self._segmenter = None
+
+    @property
+    def segmenter(self):
+        """The bundled segmentation model, loaded (and verified) on first use."""
+        if self._segmenter is None:
+            from .segmenter import L1L2Segmenter
+
+            self._segmenter = L1L2Segmenter()
+        return self._segmenter
 
     # --- volumes
 
@@ -44,6 +54,20 @@ class OsteoScreenLogic:
 
     def vertebra_stats(self, segmentation_node, ct_node) -> dict[str, dict]:
         return vertebra_stats(self.labelmap(segmentation_node, ct_node))
+
+    def segment(self, ct_node, progress=None, cancel=None, name: str | None = None):
+        """Segment L1/L2 of a volume node into a NEW segmentation node (never replaces one).
+
+        Returns ``(segmentation_node, output)`` where ``output`` holds the label map on the
+        CT grid, warnings and timings. ``cancel()`` returning True stops the work.
+        """
+        ct = volume_from_node(ct_node)
+        output = self.segmenter.segment(ct, progress=progress, cancel=cancel)
+        node, _ = segmentation_nodes.segmentation_from_labelmap(
+            self.scene, output.labels, ct_node, name=name or f"{ct_node.GetName()} L1-L2"
+        )
+        node.SetAttribute("OsteoScreen.Source", "model " + self.segmenter.card["version"])
+        return node, output
 
     def save_segmentation(self, segmentation_node, path, overwrite: bool = False) -> Path:
         return segmentation_nodes.save_segmentation(segmentation_node, path, overwrite)

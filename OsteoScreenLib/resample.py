@@ -1,0 +1,138 @@
+"""Resampling between grids (pure numpy): what inference needs, fast and light.
+
+Grids are given by an IJK-to-RAS matrix and a shape ``(k, j, i)``; any
+orientation works because target voxels are mapped through world coordinates.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .volume import Volume
+
+
+def axis_aligned_grid(lower_ras, upper_ras, spacing_mm: float | tuple) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """A RAS-aligned grid (i = R, j = A, k = S) covering the box ``lower..upper`` (mm)."""
+    spacing = np.broadcast_to(np.asarray(spacing_mm, float), (3,))
+    lower, upper = np.asarray(lower_ras, float), np.asarray(upper_ras, float)
+    n = np.maximum(np.ceil((upper - lower) / spacing).astype(int), 1)
+    m = np.diag([*spacing, 1.0])
+    m[:3, 3] = lower + spacing / 2
+    return m, (int(n[2]), int(n[1]), int(n[0]))
+
+
+def centred_grid(center_ras, size_mm, spacing_mm) -> tuple[np.ndarray, tuple[int, int, int]]:
+    """A RAS-aligned grid of ``size_mm`` (x, y, z) centred on a world point."""
+    half = np.asarray(size_mm, float) / 2
+    center = np.asarray(center_ras, float)
+    return axis_aligned_grid(center - half, center + half, spacing_mm)
+
+
+def bounds_ras(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
+    """World bounding box of the voxel centres."""
+    k, j, i = volume.array.shape[:3]
+    corners = np.array([[a, b, c] for a in (0, k - 1) for b in (0, j - 1) for c in (0, i - 1)])
+    world = volume.voxel_centers_ras(corners)
+    return world.min(axis=0), world.max(axis=0)
+
+
+def block_mean(volume: Volume, factors_ijk) -> Volume:
+    """Average non-overlapping blocks of ``factors`` voxels (anti-aliasing before downsampling)."""
+    fi, fj, fk = (max(1, int(f)) for f in factors_ijk)
+    if (fi, fj, fk) == (1, 1, 1):
+        return Volume(volume.array.astype(np.float32, copy=False), volume.ijk_to_ras)
+    k, j, i = volume.array.shape
+    a = volume.array[: k - k % fk, : j - j % fj, : i - i % fi]
+    a = a.reshape(k // fk, fk, j // fj, fj, i // fi, fi).astype(np.float32).mean(axis=(1, 3, 5))
+    m = volume.ijk_to_ras.copy()
+    m[:3, 3] = m[:3, :3] @ (np.array([fi, fj, fk]) - 1) / 2 + m[:3, 3]
+    m[:3, :3] = m[:3, :3] * np.array([fi, fj, fk])[None, :]
+    return Volume(a, m)
+
+
+def sample(
+    volume: Volume,
+    target_ijk_to_ras: np.ndarray,
+    target_shape: tuple[int, int, int],
+    order: int = 1,
+    fill: float = 0.0,
+    antialias: bool = True,
+) -> np.ndarray:
+    """Values of ``volume`` at the voxel centres of a target grid.
+
+    ``order`` 1 is trilinear (images, probabilities), 0 is nearest (labels).
+    With ``antialias``, a volume much finer than the target is block-averaged first.
+    Multi-channel arrays ``(k, j, i, c)`` are sampled channel by channel.
+    """
+    source = volume
+    if antialias and order == 1 and volume.array.ndim == 3:
+        target_spacing = np.linalg.norm(target_ijk_to_ras[:3, :3], axis=0).min()
+        factors = np.floor(target_spacing / volume.spacing_mm + 1e-6).astype(int)
+        source = block_mean(volume, factors)
+    coords = _source_coords(source, target_ijk_to_ras, target_shape)
+    if source.array.ndim == 4:
+        return np.stack([_interp(source.array[..., c], coords, order, fill) for c in range(source.array.shape[3])], -1).reshape(
+            (*target_shape, source.array.shape[3])
+        )
+    return _interp(source.array, coords, order, fill).reshape(target_shape)
+
+
+def _source_coords(source: Volume, target_ijk_to_ras, target_shape) -> np.ndarray:
+    """Continuous (k, j, i) source indices of every target voxel, as float32 (3, N)."""
+    k, j, i = target_shape
+    t = (source.ras_to_ijk @ np.asarray(target_ijk_to_ras, float)).astype(np.float32)
+    # affine map of a regular grid: build it by broadcasting instead of a big matmul
+    ii = np.arange(i, dtype=np.float32)
+    jj = np.arange(j, dtype=np.float32)
+    kk = np.arange(k, dtype=np.float32)
+    out = np.empty((3, k, j, i), np.float32)
+    for row, axis in ((0, 2), (1, 1), (2, 0)):  # source i, j, k -> stored as k, j, i order
+        out[axis] = (
+            t[row, 0] * ii[None, None, :] + t[row, 1] * jj[None, :, None] + t[row, 2] * kk[:, None, None] + t[row, 3]
+        )
+    return out.reshape(3, -1)
+
+
+def _interp(array: np.ndarray, coords: np.ndarray, order: int, fill: float) -> np.ndarray:
+    shape = np.array(array.shape)
+    if order == 0:
+        idx = np.rint(coords).astype(np.int64)
+        inside = np.all((idx >= 0) & (idx < shape[:, None]), axis=0)
+        out = np.full(coords.shape[1], fill, dtype=array.dtype)
+        out[inside] = array[idx[0, inside], idx[1, inside], idx[2, inside]]
+        return out
+    base = np.floor(coords)
+    frac = (coords - base).astype(np.float32)
+    base = base.astype(np.int64)
+    inside = np.all((coords >= -0.5) & (coords <= shape[:, None] - 0.5), axis=0)
+    out = np.zeros(coords.shape[1], np.float32)
+    flat = array.reshape(-1)
+    strides = np.array([shape[1] * shape[2], shape[2], 1])
+    for dk in (0, 1):
+        wk = frac[0] if dk else 1 - frac[0]
+        kk = np.clip(base[0] + dk, 0, shape[0] - 1)
+        for dj in (0, 1):
+            wj = frac[1] if dj else 1 - frac[1]
+            jj = np.clip(base[1] + dj, 0, shape[1] - 1)
+            w_kj = wk * wj
+            off = kk * strides[0] + jj * strides[1]
+            for di in (0, 1):
+                wi = frac[2] if di else 1 - frac[2]
+                ii = np.clip(base[2] + di, 0, shape[2] - 1)
+                out += w_kj * wi * flat[off + ii]
+    out[~inside] = fill
+    return out
+
+
+def crop_to_grid(volume: Volume, target_ijk_to_ras: np.ndarray, target_shape, margin: int = 2) -> Volume:
+    """The part of ``volume`` that a target grid covers (plus a margin), same geometry."""
+    k, j, i = target_shape
+    corners = np.array([[a, b, c] for a in (0, k - 1) for b in (0, j - 1) for c in (0, i - 1)], float)
+    world = Volume(np.zeros((1, 1, 1)), target_ijk_to_ras).voxel_centers_ras(corners)
+    ijk = (volume.ras_to_ijk @ np.c_[world, np.ones(len(world))].T)[:3].T
+    size = np.array(volume.shape_ijk)
+    lo = np.clip(np.floor(ijk.min(axis=0)).astype(int) - margin, 0, size - 1)
+    hi = np.clip(np.ceil(ijk.max(axis=0)).astype(int) + margin + 1, lo + 1, size)
+    m = volume.ijk_to_ras.copy()
+    m[:3, 3] = volume.ijk_to_ras[:3, :3] @ lo + volume.ijk_to_ras[:3, 3]
+    return Volume(volume.array[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]], m)

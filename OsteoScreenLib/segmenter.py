@@ -1,0 +1,217 @@
+"""L1/L2 vertebral-body segmentation with the bundled ONNX networks, coarse to fine.
+
+1. coarse: the whole CT resampled to a few-mm RAS grid; a network marks the L1
+   and L2 bodies (it counts from the last rib-bearing vertebra);
+2. fine: a ~1 mm box around L1-L2; a second network, given the CT and the coarse
+   masks as hints, outlines both bodies;
+3. the fine probabilities are resampled onto the original CT grid inside the box
+   only, then one connected body per level, holes filled, L1 above L2.
+
+Everything the preprocessing needs is read from the model card, so inference is
+rebuilt from the model folder alone. No torch, no MONAI.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from .ct_io import check_hounsfield
+from .errors import OsteoScreenError
+from .model_store import model_folder, verified_files
+from .onnx_runner import OnnxNetwork
+from .postprocess import fill_holes, largest_component
+from .registry import LABEL_OF, VERTEBRA_NAMES
+from .resample import axis_aligned_grid, bounds_ras, centred_grid, sample
+from .volume import Volume
+
+MODEL_NAME = "segmentation"
+MIN_COARSE_VOXELS = 20  # below this a level counts as not found (at ~5 mm, a body is ~250 voxels)
+BODY_HU_THRESHOLD = -500.0  # air vs body, to crop the coarse grid to the patient
+
+
+class Cancelled(Exception):
+    """Raised when the caller's cancel callback asks to stop."""
+
+
+def normalise_hu(hu: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    """Clip to the model's HU window and scale to about [-1, 1]: the same in training."""
+    lo, hi = window
+    return ((np.clip(hu, lo, hi) - lo) / (hi - lo) * 2.0 - 1.0).astype(np.float32)
+
+
+def pad_to_multiple(array: np.ndarray, multiple: int, value: float) -> tuple[np.ndarray, tuple[slice, ...]]:
+    """Pad the last three axes at their end to a multiple; return the slices of the original."""
+    pads = [(0, 0)] * (array.ndim - 3) + [(0, (-s) % multiple) for s in array.shape[-3:]]
+    return np.pad(array, pads, constant_values=value), tuple(slice(0, s) for s in array.shape[-3:])
+
+
+def softmax(logits: np.ndarray, axis: int = 0) -> np.ndarray:
+    e = np.exp(logits - logits.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def coarse_input(ct: Volume, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Network input (1, k, j, i) and grid of the coarse stage: a RAS grid cropped to the body."""
+    lo, hi = bounds_ras(ct)
+    grid, shape = axis_aligned_grid(lo, hi, cfg["spacing_mm"])
+    hu = sample(ct, grid, shape, order=1, fill=-1000.0)
+    body = np.argwhere(hu > BODY_HU_THRESHOLD)
+    if len(body) == 0:
+        raise OsteoScreenError("the CT holds no body (all voxels look like air)")
+    margin = 2
+    start = np.maximum(body.min(axis=0) - margin, 0)
+    stop = np.minimum(body.max(axis=0) + margin + 1, shape)
+    hu = hu[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]]
+    grid = grid.copy()
+    grid[:3, 3] = grid[:3, :3] @ start[::-1] + grid[:3, 3]
+    return normalise_hu(hu, cfg["hu_window"])[None], grid
+
+
+def fine_input(ct: Volume, hints: Volume, center_ras, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Network input (3, k, j, i) and grid of the fine stage: CT plus P(L1), P(L2) hints.
+
+    ``hints`` holds class probabilities (k, j, i, 3) on any grid (the coarse output at
+    run time; perturbed reference labels in training).
+    """
+    grid, shape = centred_grid(center_ras, cfg["size_mm"], cfg["spacing_mm"])
+    hu = sample(ct, grid, shape, order=1, fill=-1000.0)
+    p = sample(hints, grid, shape, order=1, fill=0.0, antialias=False)[..., 1:]
+    x = np.concatenate([normalise_hu(hu, cfg["hu_window"])[None], np.moveaxis(p, -1, 0) * 2 - 1], 0)
+    return x.astype(np.float32), grid
+
+
+@dataclass
+class SegmentationOutput:
+    labels: Volume  # 0 background, 1 = L1, 2 = L2 on the CT grid
+    warnings: list[str] = field(default_factory=list)
+    timing_s: dict[str, float] = field(default_factory=dict)
+
+
+class L1L2Segmenter:
+    """Loads the model folder once; ``segment`` runs one CT."""
+
+    def __init__(self, folder: Path | None = None, threads: int | None = None):
+        folder = model_folder(MODEL_NAME) if folder is None else Path(folder)
+        files, self.card = verified_files(folder)
+        self.folder = folder
+        self.coarse_net = OnnxNetwork(files["coarse"], threads)
+        self.fine_net = OnnxNetwork(files["fine"], threads)
+        self.coarse_cfg = self.card["preprocessing"]["coarse"]
+        self.fine_cfg = self.card["preprocessing"]["fine"]
+
+    # --- stages
+
+    def coarse_probabilities(self, ct: Volume) -> Volume:
+        """Class probabilities (k, j, i, 3) on the coarse RAS grid."""
+        x, grid = coarse_input(ct, self.coarse_cfg)
+        return Volume(np.moveaxis(self._run(self.coarse_net, x, self.coarse_cfg, -1.0), 0, -1), grid)
+
+    def fine_probabilities(self, ct: Volume, coarse: Volume, center_ras: np.ndarray) -> Volume:
+        x, grid = fine_input(ct, coarse, center_ras, self.fine_cfg)
+        return Volume(np.moveaxis(self._run(self.fine_net, x, self.fine_cfg, 0.0), 0, -1), grid)
+
+    @staticmethod
+    def _run(net: OnnxNetwork, x: np.ndarray, cfg: dict, pad_value: float) -> np.ndarray:
+        padded, valid = pad_to_multiple(x[None], cfg["pad_multiple"], pad_value)
+        logits = net.run(padded)[0][(slice(None), *valid)]
+        return softmax(logits, 0).astype(np.float32)
+
+    # --- whole case
+
+    def segment(
+        self,
+        ct: Volume,
+        progress: Callable[[float, str], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> SegmentationOutput:
+        def step(fraction: float, message: str) -> None:
+            if cancel is not None and cancel():
+                raise Cancelled("segmentation cancelled")
+            if progress is not None:
+                progress(fraction, message)
+
+        timing: dict[str, float] = {}
+        t0 = time.perf_counter()
+        check_hounsfield(ct, "input CT")
+        step(0.05, "finding L1 and L2")
+        coarse = self.coarse_probabilities(ct)
+        timing["coarse"] = time.perf_counter() - t0
+        centroids = {}
+        coarse_labels = np.argmax(coarse.array, axis=-1)
+        missing = []
+        for name in VERTEBRA_NAMES:
+            mask = largest_component(coarse_labels == LABEL_OF[name])
+            if mask.sum() < MIN_COARSE_VOXELS:
+                missing.append(name)
+                continue
+            centroids[name] = coarse.voxel_centers_ras(np.argwhere(mask).mean(axis=0))[0]
+        if missing:
+            raise OsteoScreenError(
+                f"{' and '.join(missing)} not found in the field of view; OsteoScreen needs a CT that "
+                "covers L1 and L2 (a chest CT reaching the upper abdomen)"
+            )
+        step(0.4, "outlining the vertebral bodies")
+        t1 = time.perf_counter()
+        center = (centroids["L1"] + centroids["L2"]) / 2
+        fine = self.fine_probabilities(ct, coarse, center)
+        timing["fine"] = time.perf_counter() - t1
+        step(0.8, "mapping to the CT grid")
+        t2 = time.perf_counter()
+        labels, warnings = self._to_ct_grid(ct, fine)
+        timing["to_ct_grid"] = time.perf_counter() - t2
+        timing["total"] = time.perf_counter() - t0
+        step(1.0, "done")
+        return SegmentationOutput(labels, warnings, {k: round(v, 3) for k, v in timing.items()})
+
+    def _to_ct_grid(self, ct: Volume, fine: Volume) -> tuple[Volume, list[str]]:
+        """Fine probabilities -> label map on the CT grid, inside the fine box only."""
+        k, j, i = fine.array.shape[:3]
+        corners = np.array([[a, b, c] for a in (0, k - 1) for b in (0, j - 1) for c in (0, i - 1)])
+        ijk = (ct.ras_to_ijk @ np.c_[fine.voxel_centers_ras(corners), np.ones(8)].T)[:3].T
+        shape_ijk = np.array(ct.shape_ijk)
+        lo = np.clip(np.floor(ijk.min(axis=0)).astype(int), 0, shape_ijk - 1)
+        hi = np.clip(np.ceil(ijk.max(axis=0)).astype(int) + 1, 1, shape_ijk)
+        sub = ct.ijk_to_ras.copy()
+        sub[:3, 3] = ct.ijk_to_ras[:3, :3] @ lo + ct.ijk_to_ras[:3, 3]
+        sub_shape = (int(hi[2] - lo[2]), int(hi[1] - lo[1]), int(hi[0] - lo[0]))
+        probs = sample(fine, sub, sub_shape, order=1, fill=0.0, antialias=False)
+        probs[..., 0] = np.where(probs.sum(-1) == 0, 1.0, probs[..., 0])
+        sub_labels = np.argmax(probs, axis=-1).astype(np.uint8)
+        labels = np.zeros(ct.array.shape, np.uint8)
+        block = labels[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
+        warnings: list[str] = []
+        for name in VERTEBRA_NAMES:
+            mask = fill_holes(largest_component(sub_labels == LABEL_OF[name]))
+            block[mask & (block == 0)] = LABEL_OF[name]
+        out = ct.with_array(labels)
+        warnings += _order_and_edge_checks(out)
+        return out, warnings
+
+
+def _order_and_edge_checks(labels: Volume) -> list[str]:
+    """L1 must lie above L2; a level touching the scan's edge may be cut."""
+    warnings = []
+    arr = labels.array
+    present = {n: np.argwhere(arr == LABEL_OF[n]) for n in VERTEBRA_NAMES}
+    for name, kji in present.items():
+        if len(kji) == 0:
+            warnings.append(f"{name} could not be outlined; check the segmentation")
+            continue
+        edges = [(axis, side) for axis in range(3) for side in (0, arr.shape[axis] - 1)
+                 if np.any(kji[:, axis] == side)]
+        if edges:
+            warnings.append(f"{name} touches the edge of the scan: it may be cut, its measures are less reliable")
+    if all(len(v) for v in present.values()):
+        s1 = labels.voxel_centers_ras(present["L1"].mean(axis=0))[0][2]
+        s2 = labels.voxel_centers_ras(present["L2"].mean(axis=0))[0][2]
+        if s1 < s2:  # the networks disagree with anatomy: swap, and say so
+            l1 = arr == LABEL_OF["L1"]
+            arr[arr == LABEL_OF["L2"]] = LABEL_OF["L1"]
+            arr[l1] = LABEL_OF["L2"]
+            warnings.append("L1 and L2 came out in the wrong order and were swapped; check the levels")
+    return warnings

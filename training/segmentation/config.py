@@ -1,0 +1,26 @@
+"""Everything that defines the segmentation model, in one place (saved in checkpoints and the card)."""
+
+from __future__ import annotations
+
+PREPROCESSING = {
+    # Whole CT -> 5 mm RAS grid cropped to the body: enough to count ribs and find L1/L2.
+    "coarse": {"spacing_mm": 5.0, "hu_window": [-1000.0, 1500.0], "pad_multiple": 16},
+    # 1 mm box around the L1-L2 midpoint: both bodies with margin for tilt and coarse error.
+    "fine": {"spacing_mm": 1.0, "size_mm": [80.0, 80.0, 112.0], "hu_window": [-1000.0, 1500.0], "pad_multiple": 16},
+}
+
+NETWORKS = {
+    # MONAI UNet arguments (spatial_dims=3, out_channels=3: background, L1, L2)
+    "coarse": {"in_channels": 1, "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1},
+    "fine": {"in_channels": 3, "channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1},
+}
+
+# Deterministic phantom splits mirroring the paper (548 train / 100 tune / 400 test).
+SPLITS = {"train": (100000, 548), "tune": (200000, 100), "test": (300000, 400)}  # first seed, count
+
+# Fine-stage training: the box centre jitters like a coarse error, hints are perturbed labels.
+CENTER_JITTER_MM = 8.0
+HINT_SHIFT_MM = 4.0
+
+ONNX_OPSET = 17
+ONNX_TOLERANCE = 1e-3  # max |softmax(ONNX) - softmax(PyTorch)| accepted at export

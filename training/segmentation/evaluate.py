@@ -1,0 +1,168 @@
+"""Evaluate the bundled segmentation model through the run-time path (ONNX Runtime).
+
+    python -m training.segmentation.evaluate --count 400
+
+On test phantoms (full-size chest preset, seeds of the test split): DSC of L1
+and L2 on the CT grid (mean ± SD) and level identification (the predicted
+body's centroid lies in the reference vertebra of the same level). On the real
+cases with L1 and L2: each level found, centroid inside the reference
+whole-vertebra mask, fraction of predicted voxels inside it. Writes
+training/results/segmentation_eval.{json,md} and the metrics into the model card.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from OsteoScreenLib.ct_io import read_ct, read_volume
+from OsteoScreenLib.errors import OsteoScreenError
+from OsteoScreenLib.model_store import CARD_NAME
+from OsteoScreenLib.paths import models_dir
+from OsteoScreenLib.registry import LABEL_MAPPINGS, LABEL_OF, VERSE_LEVEL_IDS
+from OsteoScreenLib.segmenter import L1L2Segmenter
+
+from .config import SPLITS
+from .export import card_markdown
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+REAL_CASES = {"totalsegmentator-example": "totalsegmentator", "verse012": "verse"}
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    denom = a.sum() + b.sum()
+    return float(2 * (a & b).sum() / denom) if denom else 1.0
+
+
+def evaluate_phantoms(seg: L1L2Segmenter, count: int, preset: str) -> dict:
+    from OsteoScreenLib.phantom import generate_case
+
+    first, n = SPLITS["test"]
+    rows = []
+    for seed in range(first, first + min(count, n)):
+        case = generate_case(seed, preset)
+        row = {"seed": seed}
+        try:
+            out = seg.segment(case.ct)
+        except OsteoScreenError as exc:
+            row["error"] = str(exc)
+            rows.append(row)
+            continue
+        for name, value in LABEL_OF.items():
+            pred, ref = out.labels.array == value, case.labels.array == value
+            row[f"dsc_{name}"] = dice(pred, ref)
+            kji = np.argwhere(pred)
+            if len(kji):
+                c = np.round(kji.mean(axis=0)).astype(int)
+                row[f"level_ok_{name}"] = bool(case.levels.array[tuple(c)] == VERSE_LEVEL_IDS[name])
+            else:
+                row[f"level_ok_{name}"] = False
+        row["time_s"] = out.timing_s["total"]
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return {"preset": preset, "cases": len(rows), "rows": rows, "summary": summarise(rows)}
+
+
+def summarise(rows: list[dict]) -> dict:
+    ok = [r for r in rows if "error" not in r]
+    out = {"cases": len(rows), "failed": len(rows) - len(ok)}
+    for name in LABEL_OF:
+        d = np.array([r[f"dsc_{name}"] for r in ok]) if ok else np.zeros(0)
+        out[f"dsc_{name}_mean"] = round(float(d.mean()), 4) if len(d) else None
+        out[f"dsc_{name}_sd"] = round(float(d.std()), 4) if len(d) else None
+    levels = [r[f"level_ok_{n}"] for r in ok for n in LABEL_OF]
+    out["level_identification"] = round(float(np.mean(levels)), 4) if levels else None
+    # a failed case counts as a wrong level
+    out["level_identification_incl_failures"] = round(sum(levels) / (2 * len(rows)), 4) if rows else None
+    out["median_time_s"] = round(float(np.median([r["time_s"] for r in ok])), 3) if ok else None
+    return out
+
+
+def evaluate_real(seg: L1L2Segmenter, root: Path) -> dict:
+    out = {}
+    for case, mapping_name in REAL_CASES.items():
+        ct = read_ct(root / case / "ct.nii.gz")
+        ref = read_volume(root / case / "labels.nii.gz").array
+        mapping = LABEL_MAPPINGS[mapping_name]
+        entry = {}
+        try:
+            res = seg.segment(ct)
+            entry["warnings"] = res.warnings
+            for name, value in LABEL_OF.items():
+                kji = np.argwhere(res.labels.array == value)
+                ref_mask = ref == mapping[name]
+                if len(kji) == 0:
+                    entry[name] = {"found": False}
+                    continue
+                c = tuple(np.round(kji.mean(axis=0)).astype(int))
+                entry[name] = {
+                    "found": True,
+                    "voxels": int(len(kji)),
+                    "centroid_in_reference": bool(ref_mask[c]),
+                    "fraction_inside_reference": round(float(ref_mask[tuple(kji.T)].mean()), 4),
+                }
+        except OsteoScreenError as exc:
+            entry["error"] = str(exc)
+        out[case] = entry
+        print(case, json.dumps(entry), flush=True)
+    return out
+
+
+def write_results(result: dict) -> None:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "segmentation_eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    s = result["phantoms"]["summary"]
+    lines = [
+        "# Segmentation evaluation", "",
+        f"Machine: {result['machine']}; model {result['model_version']}; {result['date']}.", "",
+        f"## Test phantoms (preset `{result['phantoms']['preset']}`, {s['cases']} cases, {s['failed']} failed)", "",
+        "| level | DSC mean ± SD |", "| --- | --- |",
+    ]
+    for name in LABEL_OF:
+        lines.append(f"| {name} | {s[f'dsc_{name}_mean']} ± {s[f'dsc_{name}_sd']} |")
+    lines += ["", f"Level identification: {s['level_identification']} (failed cases counted wrong: "
+              f"{s['level_identification_incl_failures']}); median time per case {s['median_time_s']} s.", "",
+              "## Real cases (reference masks are whole vertebrae)", "", "```",
+              json.dumps(result["real"], indent=1), "```", ""]
+    (RESULTS / "segmentation_eval.md").write_text("\n".join(lines))
+
+
+def update_card(folder: Path, metrics: dict) -> None:
+    card_path = folder / CARD_NAME
+    card = json.loads(card_path.read_text())
+    card["metrics"] = metrics
+    card_path.write_text(json.dumps(card, indent=2) + "\n")
+    (folder / "model_card.md").write_text(card_markdown(card))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--count", type=int, default=400)
+    p.add_argument("--preset", default="chest")
+    p.add_argument("--real-data", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data" / "real")
+    p.add_argument("--no-card", action="store_true", help="do not write the metrics into the model card")
+    a = p.parse_args()
+    folder = models_dir() / "segmentation"
+    seg = L1L2Segmenter(folder)
+    t = time.perf_counter()
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"),
+        "model_version": seg.card["version"],
+        "phantoms": evaluate_phantoms(seg, a.count, a.preset),
+        "real": evaluate_real(seg, a.real_data) if a.real_data.is_dir() else {},
+    }
+    result["elapsed_s"] = round(time.perf_counter() - t, 1)
+    write_results(result)
+    if not a.no_card:
+        update_card(folder, {"test_phantoms": result["phantoms"]["summary"], "real_cases": result["real"]})
+    print(json.dumps(result["phantoms"]["summary"], indent=1))
+
+
+if __name__ == "__main__":
+    main()

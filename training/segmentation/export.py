@@ -1,0 +1,141 @@
+"""Export both trained stages to ONNX and write the self-describing model folder.
+
+    python -m training.segmentation.export [--metrics training/results/segmentation_eval.json]
+
+Writes ``Resources/Models/segmentation/``: coarse.onnx, fine.onnx,
+model_card.json (read by OsteoScreenLib) and model_card.md (for people).
+Checks that ONNX Runtime reproduces PyTorch within ONNX_TOLERANCE first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from OsteoScreenLib import __version__
+from OsteoScreenLib.hashing import sha256_file
+from OsteoScreenLib.paths import models_dir
+from OsteoScreenLib.registry import LABEL_OF
+
+from .config import NETWORKS, ONNX_OPSET, ONNX_TOLERANCE, PREPROCESSING, SPLITS
+from .train import build_network
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+MODEL_VERSION = "0.1.0"
+
+
+def load_stage(stage: str, folder: Path) -> torch.nn.Module:
+    net = build_network(stage)
+    path = folder / "final.pt" if (folder / "final.pt").exists() else folder / "last.pt"
+    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True)["model"])
+    return net.eval()
+
+
+def export_onnx(net: torch.nn.Module, in_channels: int, shape, path: Path) -> float:
+    """Export with dynamic spatial axes; return max |softmax difference| ONNX vs PyTorch."""
+    import onnxruntime as ort
+
+    x = torch.randn(1, in_channels, *shape)
+    torch.onnx.export(
+        net, (x,), str(path), opset_version=ONNX_OPSET, input_names=["image"], output_names=["logits"],
+        dynamic_axes={"image": {0: "n", 2: "k", 3: "j", 4: "i"}, "logits": {0: "n", 2: "k", 3: "j", 4: "i"}},
+        dynamo=False,
+    )
+    with torch.no_grad():
+        ref = torch.softmax(net(x), 1).numpy()
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    out = sess.run(None, {"image": x.numpy()})[0]
+    e = np.exp(out - out.max(1, keepdims=True))
+    return float(np.abs(e / e.sum(1, keepdims=True) - ref).max())
+
+
+def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    diffs = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for stage, shape in (("coarse", (48, 64, 64)), ("fine", (112, 80, 80))):
+            net = load_stage(stage, CHECKPOINTS / f"segmentation-{stage}")
+            path = Path(tmp) / f"{stage}.onnx"
+            diffs[stage] = export_onnx(net, NETWORKS[stage]["in_channels"], shape, path)
+            if diffs[stage] > ONNX_TOLERANCE:
+                raise SystemExit(f"{stage}: ONNX differs from PyTorch by {diffs[stage]:.2e} > {ONNX_TOLERANCE}")
+            path.replace(out / f"{stage}.onnx")
+    card = {
+        "schema": "osteoscreen.model_card/1",
+        "name": "segmentation",
+        "version": MODEL_VERSION,
+        "task": "L1 and L2 vertebral-body segmentation on chest CT (coarse level finding, fine outline)",
+        "created": datetime.date.today().isoformat(),
+        "osteoscreen_version": __version__,
+        "files": {s: {"path": f"{s}.onnx", "sha256": sha256_file(out / f"{s}.onnx"), "format": f"ONNX opset {ONNX_OPSET}"}
+                  for s in ("coarse", "fine")},
+        "architecture": {s: {"type": "MONAI UNet", "spatial_dims": 3, "out_channels": 3, **NETWORKS[s]} for s in NETWORKS},
+        "preprocessing": PREPROCESSING,
+        "labels": {"0": "background", **{str(v): k for k, v in LABEL_OF.items()}},
+        "training_data": {
+            "source": "synthetic chest-CT phantoms of OsteoScreenLib.phantom (no real patient data)",
+            "generator_version": _generator_version(),
+            "splits_first_seed_and_count": SPLITS,
+            "stages": train_configs,
+        },
+        "onnx_vs_pytorch_max_abs_softmax_diff": diffs,
+        "metrics": metrics or {},
+        "intended_use": "Research: opportunistic screening of L1/L2 on adult chest or abdominal CT, "
+        "as a first outline that a reader checks and corrects in 3D Slicer.",
+        "limits": [
+            "Trained on synthetic phantoms only; accuracy on real scans is not established.",
+            "Not a medical device; not for diagnosis.",
+            "Needs L1 and L2 in the field of view; transitional anatomy may shift the levels.",
+        ],
+        "exported_on": platform.platform(),
+    }
+    (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (out / "model_card.md").write_text(card_markdown(card))
+    return out
+
+
+def _generator_version() -> str:
+    from OsteoScreenLib.phantom.parameters import GENERATOR_VERSION
+
+    return GENERATOR_VERSION
+
+
+def card_markdown(card: dict) -> str:
+    lines = [f"# Model card: {card['name']} {card['version']}", "", card["task"], "",
+             "## Files", ""]
+    lines += [f"- `{f['path']}` ({f['format']}), SHA-256 `{f['sha256']}`" for f in card["files"].values()]
+    lines += ["", "## Training data", "", card["training_data"]["source"] + ".",
+              f"Generator version {card['training_data']['generator_version']}; seeds: "
+              + ", ".join(f"{k} {v[1]} from {v[0]}" for k, v in card["training_data"]["splits_first_seed_and_count"].items()),
+              "", "## Preprocessing", "", "```", json.dumps(card["preprocessing"], indent=1), "```", "",
+              "## Labels", ""]
+    lines += [f"- {k}: {v}" for k, v in card["labels"].items()]
+    lines += ["", "## Metrics", "", "```", json.dumps(card["metrics"], indent=1), "```", "",
+              "## Intended use", "", card["intended_use"], "", "## Limits", ""]
+    lines += [f"- {x}" for x in card["limits"]]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--metrics", type=Path, default=None, help="JSON of evaluation metrics to put in the card")
+    p.add_argument("--out", type=Path, default=models_dir() / "segmentation")
+    a = p.parse_args()
+    metrics = json.loads(a.metrics.read_text()) if a.metrics and a.metrics.exists() else None
+    configs = {}
+    for s in ("coarse", "fine"):
+        cfg = CHECKPOINTS / f"segmentation-{s}" / "config.json"
+        configs[s] = json.loads(cfg.read_text()) if cfg.exists() else {}
+    out = write_model_folder(a.out, metrics, configs)
+    print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    main()

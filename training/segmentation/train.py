@@ -1,0 +1,181 @@
+"""Train one stage of the L1/L2 segmentation (PyTorch + MONAI, CPU, resumable).
+
+    python -m training.segmentation.train --stage fine --train-count 300 --iterations 3000
+
+Reads cached samples (see prepare.py); writes checkpoints with their config to
+``--out`` every ``--save-every`` iterations and resumes from the last one.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.losses import DiceCELoss
+from monai.networks.nets import UNet
+
+from .config import NETWORKS, PREPROCESSING
+from .prepare import DEFAULT_CACHE, sample_paths, seeds_of
+from .samples import load
+
+COARSE_PATCH = (64, 64, 64)  # 320 mm cube at 5 mm: the training FOV fits, chest cases are cropped
+
+
+def build_network(stage: str) -> UNet:
+    cfg = NETWORKS[stage]
+    return UNet(spatial_dims=3, out_channels=3, **cfg)
+
+
+def _fit(x: np.ndarray, y: np.ndarray, patch, rng, pad_x: float) -> tuple[np.ndarray, np.ndarray]:
+    """Random crop / pad of (C, k, j, i) and (k, j, i) to ``patch``; crops prefer the labels."""
+    for axis, size in enumerate(patch):
+        n = x.shape[axis + 1]
+        if n > size:
+            fg = np.nonzero(np.any(y > 0, axis=tuple(a for a in range(3) if a != axis)))[0]
+            lo_min = max(0, (fg.max() - size + 1) if len(fg) else 0)
+            lo_max = min(n - size, fg.min() if len(fg) else n - size)
+            start = int(rng.integers(min(lo_min, lo_max), max(lo_min, lo_max) + 1))
+            x = np.take(x, range(start, start + size), axis=axis + 1)
+            y = np.take(y, range(start, start + size), axis=axis)
+        elif n < size:
+            before = int(rng.integers(0, size - n + 1))
+            pads = [(0, 0)] * 4
+            pads[axis + 1] = (before, size - n - before)
+            x = np.pad(x, pads, constant_values=pad_x)
+            y = np.pad(y, pads[1:], constant_values=0)
+    return x, y
+
+
+def augment(x: np.ndarray, rng) -> np.ndarray:
+    """Scanner-like intensity changes on the CT channel; left-right mirror is anatomy-safe."""
+    x = x.copy()
+    x[0] = x[0] * rng.uniform(0.93, 1.07) + rng.uniform(-0.04, 0.04)
+    x[0] += rng.normal(0, rng.uniform(0, 0.02), x[0].shape).astype(np.float32)
+    return x
+
+
+class Samples:
+    def __init__(self, stage: str, seeds: list[int], preset: str, cache: Path):
+        self.paths = [sample_paths(cache, preset, s)[0 if stage == "coarse" else 1] for s in seeds]
+        self.paths = [p for p in self.paths if p.exists()]
+        if not self.paths:
+            raise SystemExit(f"no cached {stage} samples under {cache}/{preset}; run training.segmentation.prepare")
+        self.stage = stage
+        self.cache: dict[int, dict] = {}
+
+    def get(self, n: int, rng, train: bool = True):
+        if n not in self.cache:
+            self.cache[n] = load(self.paths[n])
+        s = self.cache[n]
+        x, y = s["x"].astype(np.float32), s["y"].astype(np.int64)
+        if self.stage == "coarse":
+            x, y = _fit(x, y, COARSE_PATCH, rng, -1.0)
+        if train:
+            x = augment(x, rng)
+            if rng.uniform() < 0.5:
+                x, y = x[..., ::-1], y[..., ::-1]
+        return np.ascontiguousarray(x), np.ascontiguousarray(y)
+
+
+def dice_per_class(logits: torch.Tensor, y: torch.Tensor) -> list[float]:
+    pred = logits.argmax(1)
+    out = []
+    for c in (1, 2):
+        p, t = pred == c, y == c
+        denom = p.sum().item() + t.sum().item()
+        out.append(2 * (p & t).sum().item() / denom if denom else 1.0)
+    return out
+
+
+def train(args) -> None:
+    torch.manual_seed(args.seed)
+    torch.set_num_threads(args.threads)
+    rng = np.random.default_rng(args.seed)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    train_set = Samples(args.stage, seeds_of("train", args.train_count), args.preset, args.cache)
+    tune_set = Samples(args.stage, seeds_of("tune", args.tune_count), args.preset, args.cache)
+    net = build_network(args.stage)
+    opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.iterations, pct_start=0.05)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
+    config = {"stage": args.stage, "network": NETWORKS[args.stage], "preprocessing": PREPROCESSING,
+              "train_count": len(train_set.paths), "preset": args.preset, "iterations": args.iterations,
+              "lr": args.lr, "batch": args.batch, "seed": args.seed}
+    start, log = 0, []
+    ckpt = out / "last.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors only, never pickle objects
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        start = int(state["iteration"])
+        log = json.loads((out / "log.json").read_text()) if (out / "log.json").exists() else []
+        rng = np.random.default_rng(args.seed + start)
+        print(f"resumed at iteration {start}")
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    t0 = time.perf_counter()
+    net.train()
+    running = []
+    for it in range(start, args.iterations):
+        batch = [train_set.get(int(rng.integers(len(train_set.paths))), rng) for _ in range(args.batch)]
+        x = torch.from_numpy(np.stack([b[0] for b in batch]))
+        y = torch.from_numpy(np.stack([b[1] for b in batch]))[:, None]
+        loss = loss_fn(net(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        running.append(loss.item())
+        done = it + 1
+        if done % args.save_every == 0 or done == args.iterations:
+            entry = {"iteration": done, "loss": float(np.mean(running)), "elapsed_s": round(time.perf_counter() - t0, 1)}
+            running = []
+            if done % args.eval_every == 0 or done == args.iterations:
+                entry["tune_dice"] = evaluate(net, tune_set, rng)
+                net.train()
+            log.append(entry)
+            print(json.dumps(entry), flush=True)
+            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
+                        "iteration": done}, out / "last.tmp.pt")
+            (out / "last.tmp.pt").replace(ckpt)
+            (out / "log.json").write_text(json.dumps(log, indent=1))
+    torch.save({"model": net.state_dict()}, out / "final.pt")
+
+
+@torch.no_grad()
+def evaluate(net, samples: Samples, rng, limit: int = 12) -> list[float]:
+    net.eval()
+    scores = []
+    for n in range(min(limit, len(samples.paths))):
+        x, y = samples.get(n, rng, train=False)
+        scores.append(dice_per_class(net(torch.from_numpy(x[None])), torch.from_numpy(y[None])))
+    return [round(float(v), 4) for v in np.mean(scores, axis=0)]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--stage", choices=("coarse", "fine"), required=True)
+    p.add_argument("--train-count", type=int, default=300)
+    p.add_argument("--tune-count", type=int, default=20)
+    p.add_argument("--preset", default="training")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--iterations", type=int, default=3000)
+    p.add_argument("--batch", type=int, default=2)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--save-every", type=int, default=50)
+    p.add_argument("--eval-every", type=int, default=250)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    a.out = a.out or str(Path(__file__).resolve().parents[1] / "checkpoints" / f"segmentation-{a.stage}")
+    train(a)
+
+
+if __name__ == "__main__":
+    main()
