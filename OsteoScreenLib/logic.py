@@ -11,6 +11,7 @@ from pathlib import Path
 
 from . import segmentation_nodes
 from .ct_io import read_ct
+from .hashing import sha256_path
 from .measurements import vertebra_stats
 from .mrml_convert import volume_from_node, volume_to_node
 from .volume import Volume
@@ -20,6 +21,7 @@ class OsteoScreenLogic:
     def __init__(self, scene):
         self.scene = scene
         self._segmenter = None
+        self._classifiers: dict = {}
 
     @property
     def segmenter(self):
@@ -38,6 +40,7 @@ class OsteoScreenLogic:
         volume = read_ct(path)
         node = volume_to_node(self.scene, volume, name or _display_name(path))
         node.SetAttribute("OsteoScreen.SourcePath", str(path))
+        node.SetAttribute("OsteoScreen.SourceSHA256", sha256_path(path))
         node.CreateDefaultDisplayNodes()
         return node
 
@@ -71,6 +74,123 @@ class OsteoScreenLogic:
 
     def save_segmentation(self, segmentation_node, path, overwrite: bool = False) -> Path:
         return segmentation_nodes.save_segmentation(segmentation_node, path, overwrite)
+
+    # --- classification
+
+    def classifier(self, model: str = "l1l2"):
+        """A bundled classifier, loaded (and verified) once per model."""
+        from .classifier import OsteoporosisClassifier
+
+        if model not in self._classifiers:
+            self._classifiers[model] = OsteoporosisClassifier(model)
+        return self._classifiers[model]
+
+    def classify(self, ct_node, segmentation_node, model: str = "l1l2", warnings=None, timing_s=None) -> dict:
+        """Classify from the CURRENT segments (automatic or corrected); returns the result.json dict."""
+        import time
+
+        from .classifier import check_model_name
+        from .result import build_result, input_info
+
+        check_model_name(model)
+        t0 = time.perf_counter()
+        ct = volume_from_node(ct_node)
+        labels = ct.with_array(segmentation_nodes.labelmap_on_grid(segmentation_node, ct_node))
+        classification = self.classifier(model).classify(ct, labels)
+        timing = dict(timing_s or {})
+        timing["classify"] = round(time.perf_counter() - t0, 3)
+        source = segmentation_node.GetAttribute("OsteoScreen.Source") or "user segmentation"
+        path = ct_node.GetAttribute("OsteoScreen.SourcePath")
+        sha = ct_node.GetAttribute("OsteoScreen.SourceSHA256")
+        return build_result(classification, labels, input_info(path, ct, sha), source, warnings, timing)
+
+    def result_to_table(self, result: dict, table_node=None):
+        """Put a result into a table node (one row per measure), creating the node if needed."""
+        import vtk
+
+        table_node = table_node or self.scene.AddNewNodeByClass("vtkMRMLTableNode", self.scene.GenerateUniqueName("OsteoScreen result"))
+        table = table_node.GetTable()
+        table.Initialize()
+        cols = [vtk.vtkStringArray(), vtk.vtkStringArray()]
+        cols[0].SetName("Measure")
+        cols[1].SetName("Value")
+        pred = result["prediction"]
+        rows = [("Model", f"{result['model']['name']} v{result['model']['version']}"),
+                ("Class", pred["class"])]
+        rows += [(f"P({c})", f"{p:.3f}") for c, p in pred["probabilities"].items()]
+        rows.append(("Estimated BMD (mg/cm3)", f"{pred['bmd_mg_cm3']:.1f}"))
+        for name, v in result["vertebrae"].items():
+            if v.get("trabecular_roi_hu") is not None:
+                rows.append((f"{name} trabecular ROI (HU)", f"{v['trabecular_roi_hu']:.1f}"))
+            rows.append((f"{name} volume (ml)", f"{v['volume_ml']:.1f}"))
+        rows += [("Warning", w) for w in result.get("warnings", [])]
+        for a, b in rows:
+            cols[0].InsertNextValue(a)
+            cols[1].InsertNextValue(b)
+        table.AddColumn(cols[0])
+        table.AddColumn(cols[1])
+        table_node.Modified()
+        return table_node
+
+    def save_report(self, result: dict, ct_node, segmentation_node, folder, overwrite: bool = False) -> Path:
+        """Write result.json and report.png (the same report as the batch command) into ``folder``."""
+        ct = volume_from_node(ct_node)
+        labels = ct.with_array(segmentation_nodes.labelmap_on_grid(segmentation_node, ct_node))
+        return write_case_report(ct, labels, result, Path(folder), overwrite)
+
+    # --- annotators
+
+    def compare_segmentations(self, reference_node, prediction_node, ct_node) -> list[dict]:
+        """Dice and 95 % Hausdorff (mm) per segment, both resampled onto the CT grid."""
+        from .metrics import compare_labelmaps
+
+        ct = volume_from_node(ct_node)
+        ref = ct.with_array(segmentation_nodes.labelmap_on_grid(reference_node, ct_node))
+        pred = segmentation_nodes.labelmap_on_grid(prediction_node, ct_node)
+        from .registry import LABEL_OF
+
+        return compare_labelmaps(ref, pred, LABEL_OF)
+
+    # --- batch
+
+    def screen(self, inputs, output_dir, model: str = "l1l2", overwrite: bool = False, progress=None, cancel=None):
+        """Segment, classify and report each input into ``output_dir`` (see :mod:`batch`).
+
+        Each case runs in a private scene, so the user's scene is left alone.
+        """
+        import slicer
+
+        from .batch import expand_inputs, run_batch
+        from .classifier import check_model_name
+
+        check_model_name(model)
+        paths = expand_inputs(inputs)
+
+        def process(source: Path, folder: Path) -> None:
+            case_logic = OsteoScreenLogic(slicer.vtkMRMLScene())
+            case_logic._segmenter, case_logic._classifiers = self.segmenter, self._classifiers
+            ct_node = case_logic.load_ct(source)
+            seg_node, out = case_logic.segment(ct_node, cancel=cancel)
+            case_logic.save_segmentation(seg_node, folder / "segmentation.seg.nrrd", overwrite=True)
+            result = case_logic.classify(ct_node, seg_node, model, out.warnings, out.timing_s)
+            result["segmentation"]["path"] = "segmentation.seg.nrrd"
+            write_case_report(volume_from_node(ct_node), out.labels, result, folder, overwrite=True)
+
+        return run_batch(paths, Path(output_dir), process, overwrite, progress, cancel)
+
+
+def write_case_report(ct: Volume, labels: Volume, result: dict, folder: Path, overwrite: bool) -> Path:
+    """report.png, then result.json (written last: in a batch it marks the case done)."""
+    from .atomic import write_json
+    from .features import body_features
+    from .report import render_report, write_png
+
+    folder.mkdir(parents=True, exist_ok=True)
+    features = {n: body_features(ct, labels, n) for n, v in result["vertebrae"].items()
+                if v.get("trabecular_roi_hu") is not None}
+    write_png(render_report(ct, labels, result, features), folder / "report.png", overwrite)
+    write_json(folder / "result.json", result, overwrite)
+    return folder
 
 
 def _display_name(path: Path) -> str:

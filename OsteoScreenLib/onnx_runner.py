@@ -36,4 +36,7 @@ class OnnxNetwork:
         self.input_name = self.session.get_inputs()[0].name
 
     def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})[0]
+        return self.run_all(batch)[0]
+
+    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
+        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})

@@ -1,0 +1,85 @@
+"""The two osteoporosis classifiers (ONNX Runtime) and the result of one case.
+
+Model 1 ``l1l2`` fuses the central images of L1 and L2; model 2 ``l1`` uses L1
+alone (a shorter scan, less radiation). Both output the three QCT class
+probabilities and an estimate of the mean BMD of L1 and L2 (mg/cm^3).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import OsteoScreenError
+from .features import BodyFeatures, body_features
+from .model_store import model_folder, verified_files
+from .onnx_runner import OnnxNetwork
+from .registry import CLASSES, LABEL_OF
+from .volume import Volume
+
+MODELS: dict[str, dict] = {
+    "l1l2": {"folder": "classifier-l1l2", "vertebrae": ("L1", "L2"),
+             "title": "Model 1: L1 + L2 fusion", "explanation": "uses both vertebral bodies; the paper's best model"},
+    "l1": {"folder": "classifier-l1", "vertebrae": ("L1",),
+           "title": "Model 2: L1 only", "explanation": "needs only L1: for shorter scans with less radiation"},
+}
+
+
+def check_model_name(name: str) -> dict:
+    if name not in MODELS:
+        raise OsteoScreenError(f"unknown model {name!r}; choose l1l2 (L1 + L2) or l1 (L1 only)")
+    return MODELS[name]
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@dataclass
+class Classification:
+    model: str
+    model_version: str
+    model_sha256: str
+    probabilities: dict[str, float]
+    predicted_class: str
+    bmd_mg_cm3: float
+    features: dict[str, BodyFeatures]
+    warnings: list[str] = field(default_factory=list)
+
+
+class OsteoporosisClassifier:
+    def __init__(self, model: str = "l1l2", folder: Path | None = None, threads: int | None = None):
+        self.spec = check_model_name(model)
+        self.name = model
+        folder = model_folder(self.spec["folder"]) if folder is None else Path(folder)
+        files, self.card = verified_files(folder)
+        self.net = OnnxNetwork(files["classifier"], threads)
+        self.sha256 = self.card["files"]["classifier"]["sha256"]
+
+    def classify(self, ct: Volume, labels: Volume) -> Classification:
+        """Classify one case from its CT and L1/L2 label map on the CT grid."""
+        present = {n for n, v in LABEL_OF.items() if np.any(labels.array == v)}
+        needed = self.spec["vertebrae"]
+        missing = [n for n in needed if n not in present]
+        if missing:
+            hint = "; use model 2 (l1), which needs L1 only" if self.name == "l1l2" and missing == ["L2"] else ""
+            raise OsteoScreenError(f"{' and '.join(missing)} not segmented: {self.spec['title']} needs {'+'.join(needed)}{hint}")
+        features = {n: body_features(ct, labels, n) for n in needed}
+        warnings = []
+        for n in sorted(present - set(needed)):  # ROI HU is reported for every segmented level
+            try:
+                features[n] = body_features(ct, labels, n)
+            except OsteoScreenError as exc:
+                warnings.append(str(exc))
+        x = np.stack([features[n].network_image() for n in needed])[None]
+        logits, bmd = self.net.run_all(x)[:2]
+        p = softmax(logits[0].astype(np.float64))
+        probabilities = {c: round(float(v), 4) for c, v in zip(CLASSES, p)}
+        return Classification(
+            model=self.name, model_version=self.card["version"], model_sha256=self.sha256,
+            probabilities=probabilities, predicted_class=CLASSES[int(np.argmax(p))],
+            bmd_mg_cm3=round(float(np.ravel(bmd)[0]), 1), features=features, warnings=warnings,
+        )
