@@ -1,0 +1,31 @@
+"""Named scan set-ups of the phantom generator: what field of view and grid each one makes."""
+
+from __future__ import annotations
+
+PRESETS: dict[str, dict] = {
+    "chest": {
+        "description": "Full-size chest CT: 512x512, in-plane 0.6-0.98 mm, slices 0.625-5 mm; "
+        "from the thorax (C7-T6) down to between the lower half of L2 and L4.",
+        "matrix": 512,
+        "pixel_mm": (0.6, 0.98),
+        "top_levels": {"C7": 0.3, "T1": 0.4, "T2": 0.12, "T3": 0.06, "T4": 0.05, "T5": 0.04, "T6": 0.03},
+        "bottom": ("L2", 0.5, "L4", 1.0),
+    },
+    "spine": {
+        "description": "Spine-cropped field of view like the VerSe cases: T9-T11 down to L2-L4, "
+        "about 90-160 mm wide around the spine; axial grid or thick sagittal-slab voxels.",
+        "crop_width_mm": (90.0, 160.0),
+        "pixel_mm": (0.6, 1.0),
+        "top_levels": {"T9": 0.3, "T10": 0.4, "T11": 0.3},
+        "bottom": ("L2", 0.5, "L4", 1.0),
+    },
+    "training": {
+        "description": "The grid segmentation training uses: isotropic 1.5 mm voxels, 160x160 in-plane "
+        "(240 mm around the spine, random offset), from T8-T11 down to L3-L5, with the blur "
+        "and noise of a clinical scan resampled to that grid.",
+        "matrix": 160,
+        "voxel_mm": 1.5,
+        "top_levels": {"T8": 0.25, "T9": 0.25, "T10": 0.25, "T11": 0.25},
+        "bottom": ("L3", 0.0, "L5", 1.0),
+    },
+}

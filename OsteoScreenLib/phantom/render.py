@@ -1,0 +1,724 @@
+"""Deterministic rendering of one phantom case from its parameters.
+
+The renderer walks the output slices. Each output slice is the weighted mean
+of thin sub-slices (the slice profile); each sub-slice is painted layer by
+layer (torso, organs, lungs, mediastinum, muscles, spine, ribs) with soft
+edges, only on the patch of the slice each structure can touch. Body
+coordinates of the pixels of a patch are affine in (i, j), so every shape
+gets its own coordinates with two additions per pixel.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import registry
+from . import density, scanner
+from .geometry import Grid, Pose, make_grid, make_pose
+from .ribs import RIB_HALF_HEIGHT_MM, RIB_HALF_THICKNESS_MM, build_ribs
+from .shapes import F32, coverage, ellipse_distance, ellipsoid_distance, paint, segment_distance
+from .spine import Vertebra, build_spine
+from .torso import Ellipsoid, TorsoProfile, Tube, build_organs
+
+HU_MIN, HU_MAX = -1024, 3071
+LABEL_BODY = {name: registry.LABEL_OF[name] for name in registry.VERTEBRA_NAMES}  # L1 -> 1, L2 -> 2
+
+
+@dataclass
+class Anatomy:
+    vertebrae: list[Vertebra]
+    profile: TorsoProfile
+    ribs: list
+    organs: dict
+
+
+def build_anatomy(params: dict) -> Anatomy:
+    subject, torso = params["subject"], params["torso"]
+    # first pass: torso outline needs the spine, the spine needs the L1 depth -> iterate once
+    v_l1 = 0.0
+    vertebrae = build_spine(params["spine"], subject, v_l1)
+    profile = TorsoProfile(vertebrae, torso, torso["fat_subcut_mm"])
+    l1 = next(v for v in vertebrae if v.name == "L1")
+    p = profile.at(l1.center[2])
+    v_l1 = p["v_spine"] - p["vc"]  # spine relative to the torso centre at L1
+    vertebrae = build_spine(params["spine"], subject, v_l1)
+    profile = TorsoProfile(vertebrae, torso, torso["fat_subcut_mm"])
+    ribs = build_ribs(vertebrae, profile)
+    for vb in vertebrae:
+        mine = [r for r in ribs if r.vertebra == vb.name]
+        if mine:
+            vb.rib_length_mm = float(min(r.length_mm for r in mine))
+    organs = build_organs(vertebrae, torso, profile, params["scanner"]["contrast_phase"])
+    return Anatomy(vertebrae, profile, ribs, organs)
+
+
+class _Item:
+    """Something painted on the sub-slices between world z0 and z1, inside an xy box."""
+
+    __slots__ = ("layer", "z0", "z1", "box", "kind", "data")
+
+    def __init__(self, layer, box_world, kind, data):
+        self.layer, self.kind, self.data = layer, kind, data
+        self.box = box_world  # (xmin, xmax, ymin, ymax)
+        self.z0, self.z1 = box_world[4], box_world[5]
+
+
+def _world_box(pose: Pose, lo, hi, margin: float):
+    lo, hi = np.asarray(lo, float) - margin, np.asarray(hi, float) + margin
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    wc = corners @ pose.rotation.T + pose.translation
+    mn, mx = wc.min(0), wc.max(0)
+    return (mn[0], mx[0], mn[1], mx[1], mn[2], mx[2])
+
+
+class Renderer:
+    def __init__(self, params: dict, anatomy: Anatomy, pose: Pose, grid: Grid):
+        self.params, self.an, self.pose, self.grid = params, anatomy, pose, grid
+        sc = params["scanner"]
+        self.tissue = density.tissue_table(sc["kvp"], sc["contrast_phase"], sc["fat_offset_hu"], sc["muscle_offset_hu"])
+        self.tissue["feces"] = -60.0
+        self.tissue["liver"] += params["torso"]["liver_fat_hu"]
+        self.tissue["muscle_fatty"] = self.tissue["muscle"] - 25.0 * params["torso"]["muscle_quality"] * params["subject"]["age_years"] / 90
+        self.sigma = grid.in_plane_sigma_mm
+        nk, nj, ni = grid.shape
+        self.sub = grid.supersample_i
+        self.ni_r = ni * self.sub
+        self.si_r = grid.spacing[0] / self.sub
+        self.sj = grid.spacing[1]
+        self.I = np.arange(self.ni_r, dtype=np.float32)
+        self.J = np.arange(nj, dtype=np.float32)
+        self.x0 = grid.origin[0] + (self.sub - 1) / 2 * self.si_r  # world x of render column 0
+        self.y0 = grid.origin[1]
+        rt = pose.rotation.T
+        self.bi = rt @ np.array([-self.si_r, 0.0, 0.0])
+        self.bj = rt @ np.array([0.0, -self.sj, 0.0])
+        self.trab_hu = {}
+        for vb in anatomy.vertebrae:
+            self.trab_hu[vb.name] = density.trabecular_hu(
+                vb.bmd_mg_cm3, sc["kvp"], sc["scanner_offset_hu"], sc["slope_jitter"],
+                params["subject"]["marrow_fat_fraction"], sc["contrast_phase"])
+        self._texture_waves()
+        self.items = self._collect_items()
+        self.z0s = np.array([it.z0 for it in self.items])
+        self.z1s = np.array([it.z1 for it in self.items])
+
+    # ------------------------------------------------------------------ set-up
+    def _texture_waves(self):
+        sp = self.params["spine"]
+        rng = np.random.Generator(np.random.PCG64(sp["texture_seed"]))
+        n = 12
+        period = sp["texture_period_mm"] * rng.uniform(0.75, 1.3, n)
+        az = rng.uniform(0, 2 * np.pi, n)
+        el = rng.normal(0, 0.35, n)  # mostly horizontal wave vectors: trabeculae run vertically
+        k = (2 * np.pi / period)[:, None] * np.c_[np.cos(az) * np.cos(el), np.sin(az) * np.cos(el), np.sin(el)]
+        mtf = np.exp(-0.5 * (self.sigma**2) * (k[:, 0] ** 2 + k[:, 1] ** 2))
+        self.tex_k = k.astype(np.float32)
+        self.tex_amp = (mtf * np.sqrt(2.0 / n)).astype(np.float32)
+        self.tex_phase = rng.uniform(0, 2 * np.pi, (64, n)).astype(np.float32)
+        kl = (2 * np.pi / rng.uniform(9.0, 16.0, 4))[:, None] * rng.normal(0, 1, (4, 3))
+        self.tex_low_k = kl.astype(np.float32)
+        self.tex_low_phase = rng.uniform(0, 2 * np.pi, (64, 4)).astype(np.float32)
+
+    def _collect_items(self) -> list[_Item]:
+        pose, items = self.pose, []
+        m = 3.0 * self.sigma + 2.0
+        for o in self.an.organs["organs"] + self.an.organs["bowel"]:
+            items.append(_Item(1, _world_box(pose, o.center - o.semi_axes, o.center + o.semi_axes, m), "ellipsoid", o))
+        h = self.an.organs["heart"]
+        items.append(_Item(3, _world_box(pose, h.center - h.semi_axes, h.center + h.semi_axes, m), "ellipsoid", h))
+        for tube in self.an.organs["tubes"]:
+            layer = 4 if tube.tissue == "lung_vessel" else 3
+            for a in range(len(tube.points) - 1):
+                p0, p1 = tube.points[a], tube.points[a + 1]
+                r = max(tube.radii[a], tube.radii[a + 1]) + tube.wall_mm
+                items.append(_Item(layer, _world_box(pose, np.minimum(p0, p1), np.maximum(p0, p1), r + m), "tube",
+                                   (tube, a)))
+        self.parts = {}
+        for vb in self.an.vertebrae:
+            ext = np.array([vb.half_width + 45.0, vb.half_depth + 75.0, vb.half_height + 40.0])
+            lo, hi = vb.center - ext, vb.center + ext
+            items.append(_Item(6, _world_box(pose, lo, hi, m), "vertebra", vb))
+            self.parts[vb.name] = self._vertebra_parts(vb, m)
+        for rib in self.an.ribs:
+            for part, pts in (("rib", rib.points), ("cartilage", rib.cartilage)):
+                if pts is None:
+                    continue
+                for a in range(len(pts) - 1):
+                    lo, hi = np.minimum(pts[a], pts[a + 1]), np.maximum(pts[a], pts[a + 1])
+                    items.append(_Item(7, _world_box(pose, lo, hi, RIB_HALF_HEIGHT_MM + m), part, (pts, a)))
+        order = sorted(range(len(items)), key=lambda n: (items[n].layer, n))
+        return [items[n] for n in order]
+
+    def _vertebra_parts(self, vb: Vertebra, m: float) -> list:
+        """World boxes of the canal, disc, body and each capsule of a vertebra."""
+        pose = self.pose
+
+        def box(lo_local, hi_local, margin=m):
+            lo_local, hi_local = np.asarray(lo_local, float), np.asarray(hi_local, float)
+            corners = np.array([[x, y, z] for x in (lo_local[0], hi_local[0]) for y in (lo_local[1], hi_local[1])
+                                for z in (lo_local[2], hi_local[2])])
+            body = corners @ vb.frame.T + vb.center
+            return _world_box(pose, body.min(0), body.max(0), margin)
+
+        a, b, h = vb.half_width, vb.half_depth, vb.half_height
+        yc, ca, cb = vb.canal
+        hd = h + 0.5 * vb.disc_below + 1.5
+        parts = [("canal", None, box([-ca, yc - cb, -hd], [ca, yc + cb, hd]))]
+        if vb.disc_below > 0 and vb.index + 1 < len(self.an.vertebrae):
+            lower = self.an.vertebrae[vb.index + 1]
+            ad, bd = 0.5 * (a + lower.half_width) * 1.04, 0.5 * (b + lower.half_depth) * 1.04
+            parts.append(("disc", None, box([-ad, -bd, -h - vb.disc_below - 2.5], [ad, bd, -h + 2.5])))
+        for cap in vb.elements:
+            r = cap.radius / cap.scale
+            lo = np.minimum(cap.p0, cap.p1) - r
+            hi = np.maximum(cap.p0, cap.p1) + r
+            parts.append(("capsule", cap, box(lo, hi)))
+        widen = 1.3
+        parts.append(("body", None, box([-a * widen, -b * widen, -h - 1.0], [a * widen, b * widen, h + 1.0])))
+        return parts
+
+    # ------------------------------------------------------------------ geometry helpers
+    def _b0(self, z: float) -> np.ndarray:
+        return self.pose.rotation.T @ (np.array([self.x0, self.y0, z]) - self.pose.translation)
+
+    def _box_ij(self, box):
+        """Pixel index range (i0, i1, j0, j1) of a world xy box, clipped to the slice."""
+        xmin, xmax, ymin, ymax = box[:4]
+        i0 = int(np.floor((self.x0 - xmax) / self.si_r))
+        i1 = int(np.ceil((self.x0 - xmin) / self.si_r)) + 1
+        j0 = int(np.floor((self.y0 - ymax) / self.sj))
+        j1 = int(np.ceil((self.y0 - ymin) / self.sj)) + 1
+        return max(i0, 0), min(i1, self.ni_r), max(j0, 0), min(j1, len(self.J))
+
+    def _coords(self, b0, a_mat, c, ij):
+        """Coordinates ``a_mat @ (body - c)`` of the pixels of patch ``ij`` (three 2D float32 arrays)."""
+        i0, i1, j0, j1 = ij
+        l0 = a_mat @ (b0 - c)
+        li, lj = a_mat @ self.bi, a_mat @ self.bj
+        ii, jj = self.I[i0:i1], self.J[j0:j1]
+        return [(F32(l0[d]) + F32(lj[d]) * jj)[:, None] + (F32(li[d]) * ii)[None, :] for d in range(3)]
+
+    # ------------------------------------------------------------------ one sub-slice
+    def render(self, z: float, want_labels: bool):
+        nj = len(self.J)
+        img = np.full((nj, self.ni_r), F32(self.tissue["air"]), np.float32)
+        labels = np.zeros((nj, self.ni_r), np.uint8) if want_labels else None
+        levels = np.zeros((nj, self.ni_r), np.uint8) if want_labels else None
+        b0 = self._b0(z)
+        rt = self.pose.rotation.T
+        w_c = float((z - self.pose.translation[2]) / self.pose.rotation[2, 2])
+        ctx = self._torso(img, b0, w_c)
+        active = np.nonzero((self.z0s <= z) & (self.z1s >= z))[0]
+        lungs_done = False
+        for n in active:
+            it = self.items[n]
+            if it.layer >= 3 and not lungs_done:
+                self._lungs(img, b0, ctx)
+                self._muscles(img, b0, ctx)
+                lungs_done = True
+            ij = self._box_ij(it.box)
+            if ij[0] >= ij[1] or ij[2] >= ij[3]:
+                continue
+            if it.kind == "ellipsoid":
+                self._ellipsoid(img, b0, it.data, ij, ctx)
+            elif it.kind == "tube":
+                self._tube(img, b0, it.data, ij, ctx)
+            elif it.kind == "vertebra":
+                self._vertebra(img, b0, it.data, ij, labels, levels, z)
+            else:
+                self._rib(img, b0, it.data, ij, it.kind)
+        if not lungs_done:
+            self._lungs(img, b0, ctx)
+            self._muscles(img, b0, ctx)
+        del rt
+        return img, labels, levels
+
+    def _torso(self, img, b0, w_c):
+        p = self.an.profile.at(w_c)
+        t = self.tissue
+        s = self.sigma
+        m = 3 * s + 2
+        a, b, vc = p["a"], p["b"], p["vc"]
+        box = _world_box(self.pose, [-a, vc - b, w_c - 1], [a, vc + b, w_c + 1], m)
+        ij = self._box_ij(box)
+        ctx = {"p": p, "w_c": w_c, "ij": ij, "cavity": None}
+        if ij[0] >= ij[1] or ij[2] >= ij[3]:
+            return ctx
+        eye = np.eye(3)
+        u, v, w = self._coords(b0, eye, np.array([0.0, vc, 0.0]), ij)
+        i0, i1, j0, j1 = ij
+        view = img[j0:j1, i0:i1]
+        # outline: a rounded box (mix of an ellipse and a super-ellipse), flatter at the back
+        d_skin = _torso_distance(u, v, a, b, flat_back=0.25)
+        paint(view, coverage(d_skin, s), t["skin"])
+        d_fat = d_skin + F32(2.0)
+        paint(view, coverage(d_fat, s), t["fat"])
+        fa, fp, fl = p["fat_ant"], p["fat_post"], p["fat_lat"]
+        a_m, b_m = a - fl, b - 0.5 * (fa + fp)
+        vshift = F32(0.5 * (fa - fp))
+        d_mus = _torso_distance(u, v + vshift, max(a_m, 20.0), max(b_m, 20.0), flat_back=0.25)
+        paint(view, coverage(d_mus, s), t["muscle_fatty"])
+        mu = p["muscle"]
+        d_cav = _torso_distance(u, v + vshift, max(a_m - mu, 10.0), max(b_m - mu, 10.0), flat_back=0.1)
+        # the paraspinal block behind the spine stays muscle
+        vs = p["v_spine"] - vc
+        para_scale = self.params["torso"]["paraspinal_scale"]
+        lum = p["lumbar"]
+        d_para = ellipse_distance(u, v - F32(vs - 38.0 - 6.0 * lum), (48.0 + 12.0 * lum) * para_scale, 34.0 * para_scale)
+        np.maximum(d_cav, -d_para, out=d_cav)
+        cav = coverage(d_cav, s)
+        paint(view, cav, t["fat"])
+        ctx.update(cavity=cav, u=u, v=v, w=w, vs=vs)
+        # intermuscular fat line between paraspinal muscles and the wall
+        return ctx
+
+    def _lungs(self, img, b0, ctx):
+        cav = ctx.get("cavity")
+        if cav is None:
+            return
+        org = self.an.organs
+        w_c = ctx["w_c"]
+        if w_c > org["lung_apex"] + 30 or w_c < org["dome_l"] - 110:
+            return
+        u, v, w = ctx["u"], ctx["v"], ctx["w"]
+        p = ctx["p"]
+        i0, i1, j0, j1 = ctx["ij"]
+        view = img[j0:j1, i0:i1]
+        s = self.sigma
+        # diaphragm domes: right and left paraboloids, deepest at the back (costophrenic recesses)
+        apex_u = F32(0.38 * p["a"])
+        k = F32(1.0 / (0.55 * p["a"]) ** 2 * 70.0)
+        dv = v - F32(8.0)
+        dv *= dv
+        dv *= F32(0.8)
+        right = u > 0
+        du = np.where(right, u - apex_u, u + apex_u)
+        du *= du
+        du += dv
+        du *= k
+        dome = np.where(right, F32(org["dome_r"]), F32(org["dome_l"])) - du
+        d = dome - w  # > 0 below the dome
+        d += F32(3.0)
+        d *= F32(0.7)
+        alpha = coverage(d, s)
+        # apex: lungs narrow to the top
+        top = org["lung_apex"]
+        if w_c > top - 60:
+            d_ap = ellipse_distance(u, v - F32(ctx["vs"] + 20.0), max(p["a"] * 0.55 * np.sqrt(max(top - w_c, 0.0) / 60.0), 1.0) + 1.0,
+                                    max(p["b"] * 0.7 * np.sqrt(max(top - w_c, 0.0) / 60.0), 1.0) + 1.0)
+            alpha *= coverage(d_ap, s)
+        alpha *= cav
+        # mediastinum: a central band from the spine to the sternum
+        vm0 = ctx["vs"] + 5.0
+        vm1 = p["b"] - p["fat_ant"] - p["muscle"]
+        d_med = ellipse_distance(u + F32(4.0), v - F32(0.5 * (vm0 + vm1)), 24.0, max(0.5 * (vm1 - vm0), 5.0))
+        alpha *= F32(1.0) - coverage(d_med, s)
+        lung = F32(self.tissue["lung"] + self.params["torso"]["lung_hu_offset"]) - F32(0.5) * (v - F32(ctx["vs"]))
+        paint(view, alpha, lung)
+        ctx["lung"] = alpha
+
+    def _muscles(self, img, b0, ctx):
+        """Psoas and quadratus lumborum beside the lumbar spine."""
+        if ctx.get("cavity") is None:
+            return
+        top = self.an.organs["psoas_top"]
+        w_c = ctx["w_c"]
+        if w_c > top:
+            return
+        u, v = ctx["u"], ctx["v"]
+        i0, i1, j0, j1 = ctx["ij"]
+        view = img[j0:j1, i0:i1]
+        l1 = next(vb for vb in self.an.vertebrae if vb.name == "L1")
+        grow = float(np.clip((top - w_c) / 110.0, 0.0, 1.0))
+        ps = self.params["torso"]["psoas_scale"]
+        r = (5.0 + 18.0 * grow) * ps
+        vs = ctx["vs"]
+        for sgn in (1.0, -1.0):
+            cu = sgn * (l1.half_width + r * 0.75)
+            d = ellipse_distance(u - F32(cu), v - F32(vs - 2.0 + 0.3 * r), r, r * 0.85)
+            paint(view, coverage(d, self.sigma), self.tissue["muscle"])
+            cq = sgn * (l1.half_width + 45.0 + 10 * grow)
+            d = ellipse_distance(u - F32(cq), v - F32(vs - 22.0), 10.0 + 6 * grow, 7.0 + 3 * grow)
+            paint(view, coverage(d, self.sigma), self.tissue["muscle_fatty"])
+
+    def _ellipsoid(self, img, b0, o: Ellipsoid, ij, ctx):
+        x, y, z = self._coords(b0, np.eye(3), o.center, ij)
+        d = ellipsoid_distance(x, y, z, *o.semi_axes)
+        alpha = coverage(d, self.sigma)
+        if o.inside_cavity and ctx.get("cavity") is not None:
+            alpha *= _patch(ctx["cavity"], ctx["ij"], ij)
+        view = img[ij[2]:ij[3], ij[0]:ij[1]]
+        t = self.tissue
+        if o.wall_mm > 0:
+            paint(view, alpha, t[o.wall_tissue])
+            alpha = coverage(d + F32(o.wall_mm), self.sigma) * (alpha > 0)
+        if o.name == "stomach":
+            gas = self.an.organs["stomach_gas"]
+            level = o.semi_axes[1] * (1 - 2 * gas)
+            value = np.where(y > F32(level), F32(t["air"]), F32(t["bowel_fluid"]))
+        elif o.tissue == "feces":
+            value = F32(-40.0) + F32(120.0) * np.sin(x * F32(0.9)) * np.sin(y * F32(0.8) + z * F32(0.7))
+            value = np.where(value < -90, F32(-700.0), value)
+        elif o.name == "heart":
+            # right heart chambers (patient right, anterior) and left ones
+            value = np.where(x > F32(5.0), F32(t["heart_right"]), F32(t["heart_left"]))
+        else:
+            value = t[o.tissue]
+        paint(view, alpha, value)
+
+    def _tube(self, img, b0, data, ij, ctx):
+        tube, a = data
+        p0, p1 = tube.points[a], tube.points[a + 1]
+        r = float(0.5 * (tube.radii[a] + tube.radii[a + 1]))
+        x, y, z = self._coords(b0, np.eye(3), np.zeros(3), ij)
+        dist = segment_distance(x, y, z, p0, p1)
+        view = img[ij[2]:ij[3], ij[0]:ij[1]]
+        t = self.tissue
+        if tube.wall_mm > 0:
+            paint(view, coverage(dist - F32(r + tube.wall_mm), self.sigma), t[tube.wall_tissue])
+        alpha = coverage(dist - F32(r), self.sigma)
+        if tube.tissue == "lung_vessel" and ctx.get("lung") is not None:
+            alpha *= np.maximum(_patch(ctx["lung"], ctx["ij"], ij), F32(0.0))
+        paint(view, alpha, t[tube.tissue])
+
+    def _rib(self, img, b0, data, ij, kind):
+        pts, a = data
+        # ribs are taller than thick: shrink the body axis before measuring distance
+        sw = RIB_HALF_THICKNESS_MM / RIB_HALF_HEIGHT_MM
+        scale = np.diag([1.0, 1.0, sw])
+        x, y, z = self._coords(b0, scale, np.zeros(3), ij)
+        dist = segment_distance(x, y, z, scale @ pts[a], scale @ pts[a + 1]) - F32(RIB_HALF_THICKNESS_MM)
+        view = img[ij[2]:ij[3], ij[0]:ij[1]]
+        t = self.tissue
+        alpha = coverage(dist, self.sigma)
+        if kind == "cartilage":
+            calc = self.params["torso"]["costal_cartilage_calcification"]
+            paint(view, alpha, F32(t["cartilage"] + 250.0 * calc))
+            return
+        inner = coverage(dist + F32(1.0), self.sigma)
+        value = F32(t["cortical_bone"] * 0.75) + (F32(t["posterior_marrow"] + 40.0 - t["cortical_bone"] * 0.75)) * inner
+        paint(view, alpha, value)
+
+    def _vertebra(self, img, b0, vb: Vertebra, ij_unused, labels, levels, z_world):
+        t = self.tissue
+        s = self.sigma
+        a, b, h = vb.half_width, vb.half_depth, vb.half_height
+        sp = self.params["spine"]
+        frame_t = vb.frame.T
+        shells, marrows = [], []
+        cort = 0.9 * sp["cortex_mm"] + 0.3
+        for kind, cap, box in self.parts[vb.name]:
+            if not (box[4] <= z_world <= box[5]):
+                continue
+            ij = self._box_ij(box)
+            if ij[0] >= ij[1] or ij[2] >= ij[3]:
+                continue
+            view = img[ij[2]:ij[3], ij[0]:ij[1]]
+            if kind == "capsule":
+                sc = cap.scale
+                x, y, z = self._coords(b0, frame_t * sc[:, None], np.zeros(3), ij)
+                dist = segment_distance(x, y, z, cap.p0 * sc, cap.p1 * sc) - F32(cap.radius)
+                shells.append((view, coverage(dist, s)))
+                marrows.append((view, coverage(dist + F32(cort), s)))
+                if levels is not None:
+                    levels[ij[2]:ij[3], ij[0]:ij[1]][dist <= 0] = vb.level_id
+                continue
+            x, y, z = self._coords(b0, frame_t, vb.center, ij)
+            if kind == "canal":
+                # spinal canal: fat around a CSF-filled sac, along the vertebra and its disc
+                yc, ca, cb = vb.canal
+                d_can = ellipse_distance(x, y - F32(yc), ca, cb)
+                paint(view, coverage(d_can, s), t["fat"])
+                paint(view, coverage(d_can + F32(1.5 + 0.5 * vb.lumbarness), s), t["csf"])
+            elif kind == "disc":
+                lower = self.an.vertebrae[vb.index + 1]
+                zd = -h - 0.5 * vb.disc_below
+                ad = 0.5 * (a + lower.half_width) * 1.03
+                bd = 0.5 * (b + lower.half_depth) * 1.03
+                rho = x * x * F32(1 / ad**2) + (y * y) * F32(1 / bd**2)
+                d_r = ellipse_distance(x, y, ad, bd)
+                d_z = np.abs(z - F32(zd)) - F32(0.5 * vb.disc_below + vb.concavity + 0.5)
+                d_disc = np.maximum(d_r, d_z)
+                paint(view, coverage(d_disc, s), F32(t["disc"] - 15.0) + F32(25.0) * np.minimum(rho, F32(1.0)))
+            else:  # body, painted after the posterior elements
+                # posterior elements: shells of all capsules first, then all marrow (a union)
+                marrow = F32(t["posterior_marrow"] + 0.35 * (self.trab_hu[vb.name] - 150.0))
+                for v, al in shells:
+                    paint(v, al, t["cortical_bone"])
+                for v, al in marrows:
+                    paint(v, al, marrow)
+                shells, marrows = [], []
+                d_body, d_trab, trab_z = self._body_distance(vb, x, y, z)
+                alpha = coverage(d_body, s)
+                inner = coverage(d_trab, s)
+                trab = self._trabecular(vb, x, y, z, trab_z)
+                paint(view, alpha, F32(t["cortical_bone"]) + (trab - F32(t["cortical_bone"])) * inner)
+                if labels is not None:
+                    body = d_body <= 0
+                    levels[ij[2]:ij[3], ij[0]:ij[1]][body] = vb.level_id
+                    if vb.name in LABEL_BODY:
+                        labels[ij[2]:ij[3], ij[0]:ij[1]][body] = LABEL_BODY[vb.name]
+        marrow = F32(t["posterior_marrow"] + 0.35 * (self.trab_hu[vb.name] - 150.0))
+        for v, al in shells:
+            paint(v, al, t["cortical_bone"])
+        for v, al in marrows:
+            paint(v, al, marrow)
+
+    def _body_distance(self, vb: Vertebra, x, y, z):
+        a, b, h = vb.half_width, vb.half_depth, vb.half_height
+        sp = self.params["spine"]
+        frac = vb.fracture
+        widen = 1.0
+        conc = vb.concavity
+        if frac is not None and frac["type"] == "crush":
+            widen = 1.0 + 0.25 * frac["height_loss"]
+        b_post = b * (1.0 - vb.posterior_flattening)
+        yy = np.where(y < 0, y * F32(b / b_post), y)
+        d_r = ellipse_distance(x, yy, a * widen, b * widen)
+        rho2 = np.minimum(x * x * F32(1 / (a * a)) + yy * yy * F32(1 / (b * b)), F32(1.0))
+        cup = (F32(1.0) - rho2) * F32(conc)
+        top = F32(h) - cup
+        bot = F32(-h) + cup
+        if frac is not None:
+            loss = frac["height_loss"]
+            if frac["type"] == "wedge":  # anterior height lost
+                drop = np.clip((y / F32(b) + F32(1.0)) * F32(0.5), 0.0, 1.0) * F32(loss * h)
+                top = top - drop
+                bot = bot + drop * F32(0.3)
+            elif frac["type"] == "biconcave":
+                dent = (F32(1.0) - rho2) * F32(loss * h * 0.9)
+                top = top - dent
+                bot = bot + dent
+        d_top = z - top
+        d_bot = bot - z
+        d_z = np.maximum(d_top, d_bot)
+        d_body = np.maximum(d_r, d_z)
+        cort = F32(sp["cortex_mm"])
+        endp = F32(sp["endplate_mm"])
+        d_trab = np.maximum(d_r + cort, np.maximum(d_top, d_bot) + endp)
+        return d_body, d_trab, (d_top, d_bot)
+
+    def _trabecular(self, vb: Vertebra, x, y, z, trab_z):
+        """Trabecular HU with texture, basivertebral vein, pathology."""
+        sp = self.params["spine"]
+        mean = self.trab_hu[vb.name]
+        k, amp = self.tex_k, self.tex_amp
+        ph = self.tex_phase[vb.index % 64]
+        tex = np.zeros(x.shape, np.float32)
+        for n in range(len(amp)):
+            arg = x * k[n, 0] + y * k[n, 1] + z * k[n, 2] + ph[n]
+            tex += amp[n] * np.cos(arg)
+        # rods and plates: a soft rectifier keeps the mean and adds bright trabeculae
+        tex = tex + F32(0.35) * (tex * tex - F32(np.mean(amp**2) * len(amp) / 2))
+        sd = sp["texture_contrast"] * (0.45 * max(mean, 40.0) + 45.0)
+        low = np.zeros(x.shape, np.float32)
+        for n in range(4):
+            low += np.cos(x * self.tex_low_k[n, 0] + y * self.tex_low_k[n, 1] + z * self.tex_low_k[n, 2]
+                          + self.tex_low_phase[vb.index % 64, n])
+        value = F32(mean) + F32(sd) * tex + F32(0.08 * sd) * low
+        a, b, h = vb.half_width, vb.half_depth, vb.half_height
+        if sp["basivertebral_vein"]:
+            d = segment_distance(x, y, z * F32(2.5), (0.0, -b, 0.0), (0.0, -0.35 * b, 0.0)) - F32(2.0)
+            value += coverage(d, self.sigma) * F32(-0.5 * max(mean - 30, 0.0))
+        d_top, d_bot = trab_z
+        frac = vb.fracture
+        if frac is not None:  # compacted trabeculae near the fractured endplate
+            band = coverage(np.minimum(-d_top, -d_bot) - F32(4.0), self.sigma * 2)
+            value += band * F32(60.0 * frac["height_loss"] + 20.0)
+        for e in sp["endplate_sclerosis"]:
+            if e["level"] == vb.name:
+                dd = -(d_top if e["side"] == "upper" else d_bot) - F32(e["thickness_mm"])
+                value += coverage(dd, self.sigma) * F32(e["extra_hu"])
+        for isl in sp["bone_islands"]:
+            if isl["level"] == vb.name:
+                c = np.array(isl["position"]) * np.array([a, b, h])
+                d = np.sqrt((x - F32(c[0])) ** 2 + (y - F32(c[1])) ** 2 + (z - F32(c[2])) ** 2) - F32(isl["radius_mm"])
+                value += coverage(d, self.sigma) * (F32(isl["hu"]) - value)
+        for sn in sp["schmorl_nodes"]:
+            if sn["level"] == vb.name:
+                zc = h if sn["side"] == "upper" else -h
+                c = np.array(sn["position"]) * np.array([a, b])
+                d = np.sqrt((x - F32(c[0])) ** 2 + (y - F32(c[1])) ** 2 + ((z - F32(zc)) * F32(sn["radius_mm"] / sn["depth_mm"])) ** 2) - F32(sn["radius_mm"])
+                rim = coverage(d - F32(1.5), self.sigma) - coverage(d, self.sigma)
+                value += rim * F32(300.0)
+                value += coverage(d, self.sigma) * (F32(self.tissue["disc"]) - value)
+        return value
+
+
+def _patch(full, full_ij, ij):
+    """The part of a context array (on patch ``full_ij``) covering ``ij``; zeros outside."""
+    fi0, fi1, fj0, fj1 = full_ij
+    i0, i1, j0, j1 = ij
+    out = np.zeros((j1 - j0, i1 - i0), np.float32)
+    a0, a1 = max(i0, fi0), min(i1, fi1)
+    b0, b1 = max(j0, fj0), min(j1, fj1)
+    if a0 < a1 and b0 < b1:
+        out[b0 - j0:b1 - j0, a0 - i0:a1 - i0] = full[b0 - fj0:b1 - fj0, a0 - fi0:a1 - fi0]
+    return out
+
+
+def _torso_distance(u, v, a, b, flat_back=0.2):
+    """Signed distance (mm) to a rounded-box torso outline, flatter on the back (v < 0)."""
+    vv = np.where(v < 0, v * F32(1.0 + flat_back), v)
+    # mix an ellipse with a 4-norm super-ellipse for squarer flanks
+    x2 = u * u * F32(1.0 / (a * a))
+    y2 = vv * vv * F32(1.0 / (b * b))
+    q = x2 + y2
+    q4 = x2 * x2 + y2 * y2
+    np.sqrt(q4, out=q4)
+    q *= F32(0.5)
+    q4 *= F32(0.5)
+    q += q4
+    np.sqrt(q, out=q)
+    q -= F32(1.0)
+    q *= F32(min(a, b) * 0.9)
+    return q
+
+
+def render_volume(params: dict):
+    """Render CT (int16 HU), body labels and vertebra levels on the preset's grid."""
+    anatomy = build_anatomy(params)
+    pose = make_pose(params["pose"])
+    grid = make_grid(params, anatomy.vertebrae, pose, anatomy.profile)
+    r = Renderer(params, anatomy, pose, grid)
+    sc = params["scanner"]
+    nk, nj, ni = grid.shape
+    step, m, offsets, weights = scanner.subslice_plan(grid.spacing[2], grid.slice_thickness_mm, grid.z_blur_extra_mm)
+    ct = np.empty((nk, nj, ni), np.int16)
+    labels = np.zeros((nk, nj, ni), np.uint8)
+    levels = np.zeros((nk, nj, ni), np.uint8)
+    rng = np.random.Generator(np.random.PCG64(sc["noise_seed"]))
+    training = params["preset"] == "training"
+    noise_pixel = (grid.spacing[0], grid.spacing[1])
+    bank = scanner.noise_bank(rng, (nj, ni), noise_pixel, sc["kernel_sigma_mm"], sc["noise_grain_mm"], white=training)
+    noise_sd = sc["noise_sd_hu_at_2.5mm"] * np.sqrt(2.5 / max(grid.slice_thickness_mm, 0.5))
+    if training:
+        noise_sd = sc["noise_sd_hu_at_2.5mm"] * np.sqrt(2.5 / sc["slice_thickness_mm"]) * scanner.TRAINING_IN_PLANE_NOISE_FACTOR
+    # independent noise fields at the clinical slice positions, interpolated onto the grid
+    clin_dz = max(sc["slice_thickness_mm"], sc["slice_spacing_mm"]) if training else max(grid.slice_thickness_mm, grid.spacing[2])
+    z_out = grid.origin[2] + np.arange(nk) * grid.spacing[2]
+
+    clin_fields: dict[int, np.ndarray] = {}
+
+    def clin(n):
+        if n not in clin_fields:
+            clin_fields[n] = scanner.noise_slice(rng, bank)
+            clin_fields.pop(n - 3, None)
+        return clin_fields[n]
+
+    streak_z = []
+    for st in sc["streaks"]:
+        zc = z_out[0] + st["z_center"] * (z_out[-1] - z_out[0])
+        streak_z.append((zc, st))
+    cache: dict[int, tuple] = {}
+    scale = r.sub
+    for k in range(nk):
+        acc = np.zeros((nj, r.ni_r), np.float32)
+        base = k * m
+        for off, wgt in zip(offsets, weights):
+            key = base + int(off)
+            if key not in cache:
+                zz = z_out[0] + key * step
+                cache[key] = r.render(zz, want_labels=(key % m == 0))
+            img, lab, lev = cache[key]
+            acc += img * F32(wgt)
+            if int(off) == 0:
+                if scale > 1:
+                    mid = scale // 2
+                    labels[k] = lab[:, mid::scale]
+                    levels[k] = lev[:, mid::scale]
+                else:
+                    labels[k] = lab
+                    levels[k] = lev
+        for key in [c for c in cache if c < base + int(offsets[0]) + m]:
+            del cache[key]
+        if scale > 1:
+            acc = acc.reshape(nj, ni, scale).mean(axis=2)
+        # noise from the clinical slices around this one
+        pos = (z_out[k] - z_out[0]) / clin_dz
+        n0 = int(np.floor(pos))
+        f = pos - n0
+        if f < 1e-6:
+            noise = clin(n0).copy()
+        else:
+            wa, wb = 1.0 - f, f
+            if not training:
+                norm = 1.0 / np.sqrt(wa * wa + wb * wb)
+                wa, wb = wa * norm, wb * norm
+            noise = clin(n0) * F32(wa) + clin(n0 + 1) * F32(wb)
+        size = r.an.profile.at(float((z_out[k] - r.pose.translation[2]) / r.pose.rotation[2, 2]))
+        sd = noise_sd * ((size["a"] + size["b"]) / 260.0) ** 0.8
+        noise *= F32(sd)
+        acc += noise
+        for zc, st in streak_z:
+            if abs(z_out[k] - zc) < 0.5 * st["z_extent_mm"]:
+                spine_c = r.pose.to_world([0.0, size["v_spine"], 0.0])
+                cj = (r.y0 - spine_c[1]) / grid.spacing[1]
+                ci = (grid.origin[0] - spine_c[0]) / grid.spacing[0]
+                acc += scanner.streak_field((nj, ni), noise_pixel, (cj, ci), st["angle_deg"], st["width_mm"],
+                                            st["amplitude_hu"])
+        np.clip(acc, HU_MIN, HU_MAX, out=acc)
+        np.rint(acc, out=acc)
+        ct[k] = acc
+    return ct, labels, levels, grid, anatomy, r
+
+
+LABEL_CONVENTION = (
+    "L1 is the first vertebra below the last rib-bearing vertebra, where a vertebra bears a rib when "
+    f"its rib is at least 40 mm long (a rudimentary lumbar rib does not count); "
+    "levels are whole vertebrae (body and posterior elements, no ribs) with VerSe ids; "
+    "labels are vertebral bodies with their cortical shell (1 = L1, 2 = L2)."
+)
+
+
+def render_case(params: dict):
+    """Render one case from its parameters (see :func:`parameters.sample_parameters`)."""
+    from ..volume import Volume
+    from .case import PhantomCase
+
+    ct, labels, levels, grid, anatomy, r = render_volume(params)
+    m = grid.ijk_to_ras
+    bmd = params["subject"]["bmd_mg_cm3"]
+    mean = 0.5 * (bmd["L1"] + bmd["L2"])
+    sc = params["scanner"]
+    slope, offset = density.calibration(sc["kvp"], sc["scanner_offset_hu"], sc["slope_jitter"])
+    present = sorted(int(v) for v in np.unique(levels) if v)
+    meta = {
+        "schema": "osteoscreen.phantom/1",
+        "seed": params["seed"],
+        "generator_version": params["generator_version"],
+        "preset": params["preset"],
+        "bmd_mg_cm3": {"L1": round(bmd["L1"], 3), "L2": round(bmd["L2"], 3), "mean": round(mean, 3)},
+        "qct_class": registry.qct_class(mean),
+        "trabecular_hu": {"L1": round(r.trab_hu["L1"], 2), "L2": round(r.trab_hu["L2"], 2)},
+        "calibration": {"slope_hu_per_mg_cm3": round(slope, 4), "offset_hu": round(offset, 3),
+                        "marrow_fat_fraction": round(params["subject"]["marrow_fat_fraction"], 4)},
+        "label_values": {"L1": registry.LABEL_OF["L1"], "L2": registry.LABEL_OF["L2"]},
+        "label_convention": LABEL_CONVENTION,
+        "levels_present": {registry.VERSE_LEVEL_NAMES[v]: v for v in present},
+        "vertebrae": [
+            {"name": vb.name, "verse_id": vb.level_id, "bmd_mg_cm3": round(vb.bmd_mg_cm3, 2),
+             "rib_length_mm": round(vb.rib_length_mm, 1), "rib_bearing": vb.rib_length_mm >= 40.0,
+             "body_width_mm": round(2 * vb.half_width, 2), "body_depth_mm": round(2 * vb.half_depth, 2),
+             "body_height_mm": round(2 * vb.half_height, 2),
+             "center_ras_mm": [round(float(c), 2) for c in r.pose.to_world(vb.center)],
+             "fracture": vb.fracture}
+            for vb in anatomy.vertebrae
+        ],
+        "rib_pairs": sum(1 for vb in anatomy.vertebrae if vb.rib_length_mm >= 40.0),
+        "grid": grid.as_dict(),
+        "parameters": params,
+    }
+    meta = json.loads(json.dumps(meta, default=_jsonable))
+    return PhantomCase(Volume(ct, m), Volume(labels, m.copy()), Volume(levels, m.copy()), meta)
+
+
+def _jsonable(o):
+    if isinstance(o, np.generic):
+        return o.item()
+    if isinstance(o, np.ndarray):
+        return o.tolist()
+    raise TypeError(f"not JSON-serialisable: {type(o)}")

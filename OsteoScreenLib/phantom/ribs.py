@@ -1,0 +1,95 @@
+"""Ribs and costal cartilages as chains of capsules in body coordinates.
+
+A rib starts at the head beside the upper end of its vertebral body, passes
+the tip of the transverse process, turns at the rib angle lateral to the
+paraspinal muscles and runs inside the chest wall towards the front while it
+descends. Ribs 1-7 reach the sternum through their cartilage, 8-10 end at the
+costal margin, 11 and 12 float. A rudimentary lumbar rib is a short stub at
+the tip of the L1 transverse process.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .torso import TorsoProfile
+
+RIB_HALF_THICKNESS_MM = 3.3
+RIB_HALF_HEIGHT_MM = 6.0
+# (end angle of the bony rib as a fraction of pi from the back, drop at the front in mm)
+_RIB_SHAPE = {1: (0.78, 18.0), 2: (0.82, 42.0), 3: (0.84, 58.0), 4: (0.84, 66.0), 5: (0.84, 72.0), 6: (0.83, 76.0),
+              7: (0.82, 78.0), 8: (0.78, 76.0), 9: (0.74, 72.0), 10: (0.7, 66.0), 11: (0.56, 48.0), 12: (0.42, 30.0),
+              13: (0.3, 18.0)}
+
+
+@dataclass
+class Rib:
+    vertebra: str
+    side: str  # "R" or "L"
+    number: int
+    points: np.ndarray  # (n, 3) body mm, bony part
+    cartilage: np.ndarray | None  # (m, 3) body mm or None
+
+    @property
+    def length_mm(self) -> float:
+        return float(np.linalg.norm(np.diff(self.points, axis=0), axis=1).sum())
+
+
+def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0) -> list[Rib]:
+    out = []
+    n_thoracic = sum(1 for vb in vertebrae if vb.name.startswith("T"))
+    for vb in vertebrae:
+        if vb.rib_length_mm <= 0:
+            continue
+        number = int(vb.name[1:]) if vb.name.startswith("T") else 0
+        for sgn, side in ((1.0, "R"), (-1.0, "L")):
+            head = vb.to_body([sgn * (vb.half_width + 1.5), -vb.half_depth * 0.55, vb.half_height * 0.55])
+            tip_local = vb.extras.get(f"tp_tip_{side}")
+            if number == 0:  # lumbar rib stub at the transverse process tip
+                base = vb.to_body([sgn * (vb.half_width + 14.0), -vb.half_depth - 6.0, 0.0])
+                end = base + vb.frame @ np.array([sgn * vb.rib_length_mm, -0.3 * vb.rib_length_mm, -0.2 * vb.rib_length_mm])
+                out.append(Rib(vb.name, side, 0, np.array([base, end]), None))
+                continue
+            tubercle = vb.to_body(tip_local + np.array([0.0, 5.0, 0.0]))
+            # scale the rib number so 11 or 13 pairs still end with floating ribs
+            shape_n = number if n_thoracic == 12 else (number * 12.0 / n_thoracic)
+            if n_thoracic == 13 and number == 13:
+                shape_n = 13
+            end_frac = float(np.interp(shape_n, list(_RIB_SHAPE), [v[0] for v in _RIB_SHAPE.values()]))
+            drop = float(np.interp(shape_n, list(_RIB_SHAPE), [v[1] for v in _RIB_SHAPE.values()])) * ribs_scale
+            w0 = tubercle[2]
+            p = profile.at(w0)
+            a_in = p["a"] - p["fat_lat"] - p["muscle"] * 0.6 - RIB_HALF_THICKNESS_MM
+            b_in = p["b"] - 0.5 * (p["fat_post"] + p["fat_ant"]) - p["muscle"] * 0.6 - RIB_HALF_THICKNESS_MM
+            if number == 1:
+                a_in *= 0.62
+                b_in *= 0.72
+            elif number == 2:
+                a_in *= 0.85
+                b_in *= 0.88
+            th_angle = float(np.arcsin(np.clip((abs(tubercle[0]) + 22.0) / a_in, 0.05, 0.9)))
+            th = np.linspace(th_angle, end_frac * np.pi, 28)
+            frac = (th - th_angle) / max(end_frac * np.pi - th_angle, 1e-6)
+            pts = [head, tubercle]
+            for f, ang in zip(frac, th):
+                w = w0 + 4.0 * np.sin(np.pi * min(f * 3, 1.0)) - drop * f ** 1.4
+                q = profile.at(w)
+                vc = q["vc"] + 0.5 * (q["fat_post"] - q["fat_ant"])
+                pts.append(np.array([sgn * a_in * np.sin(ang), vc - b_in * np.cos(ang), w]))
+            pts = np.array(pts)
+            cart = None
+            if shape_n <= 10.5:
+                last = pts[-1]
+                if shape_n <= 7.5:  # to the sternum
+                    ang = np.linspace(end_frac * np.pi, np.pi * 0.95, 6)
+                    wc = last[2] + np.linspace(0, 1, 6) * (8.0 if shape_n > 3 else 2.0)
+                else:  # to the costal margin, rising
+                    ang = np.linspace(end_frac * np.pi, np.pi * 0.88, 6)
+                    wc = last[2] + np.linspace(0, 1, 6) * 25.0
+                q = profile.at(last[2])
+                vc = q["vc"] + 0.5 * (q["fat_post"] - q["fat_ant"])
+                cart = np.array([[sgn * a_in * np.sin(a), vc - b_in * np.cos(a), z] for a, z in zip(ang, wc)])
+            out.append(Rib(vb.name, side, number, pts, cart))
+    return out
