@@ -93,6 +93,91 @@ def cmd_segment(args) -> int:
     return EXIT_OK
 
 
+def cmd_classify(args) -> int:
+    import slicer
+
+    from .atomic import write_json
+    from .logic import OsteoScreenLogic
+    from .segmentation_nodes import parse_label_mapping
+
+    if args.json and Path(args.json).exists() and not args.overwrite:
+        raise OsteoScreenError(f"{args.json}: already exists; pass --overwrite to replace it")
+    logic = OsteoScreenLogic(slicer.vtkMRMLScene())
+    ct_node = logic.load_ct(args.ct)
+    mapping = parse_label_mapping(args.labels) if args.labels else None
+    seg_node = logic.load_segmentation(args.segmentation, ct_node, mapping)
+    seg_node.SetAttribute("OsteoScreen.Source", f"file {args.segmentation}")
+    result = logic.classify(ct_node, seg_node, args.model)
+    pred = result["prediction"]
+    print(f"{pred['class']}  (model {args.model}; estimated BMD {pred['bmd_mg_cm3']:.0f} mg/cm3)")
+    print("  " + "  ".join(f"P({c}) {p:.3f}" for c, p in pred["probabilities"].items()))
+    for name, v in result["vertebrae"].items():
+        if v.get("trabecular_roi_hu") is not None:
+            print(f"  {name} trabecular ROI {v['trabecular_roi_hu']:.0f} HU")
+    for w in result["warnings"]:
+        print(f"  warning: {w}")
+    if args.json:
+        write_json(args.json, result, overwrite=args.overwrite)
+    return EXIT_OK
+
+
+def cmd_screen(args) -> int:
+    import slicer
+
+    from .logic import OsteoScreenLogic
+
+    logic = OsteoScreenLogic(slicer.vtkMRMLScene())
+
+    def progress(done: int, total: int, case: str, status: str) -> None:
+        width = 24
+        bar = "#" * int(width * done / total) + "-" * (width - int(width * done / total))
+        print(f"[{bar}] {done}/{total} {case}: {status}", file=sys.stderr, flush=True)
+
+    summary = logic.screen(args.inputs, Path(args.output_dir), args.model, args.overwrite, progress)
+    print(f"{len(summary.done)} done, {len(summary.skipped)} already done, {len(summary.failed)} failed; "
+          f"table: {summary.csv_path}")
+    for case, error in summary.failed.items():
+        print(f"  failed {case}: {error}")
+    return EXIT_PARTIAL if summary.failed else EXIT_OK
+
+
+def cmd_evaluate_segmentation(args) -> int:
+    import csv
+    import io
+
+    import slicer
+
+    from .atomic import write_text
+    from .logic import OsteoScreenLogic
+    from .segmentation_nodes import parse_label_mapping
+
+    logic = OsteoScreenLogic(slicer.vtkMRMLScene())
+    pred_path, ref_path = Path(args.prediction), Path(args.reference)
+    grid_node = None
+    if args.ct:
+        grid_node = logic.load_ct(args.ct)
+    else:  # the reference's own grid
+        from .ct_io import read_volume
+        from .mrml_convert import volume_to_node
+
+        if str(ref_path).lower().endswith(".seg.nrrd"):
+            raise OsteoScreenError("a .seg.nrrd reference needs --ct to define the grid")
+        grid_node = volume_to_node(logic.scene, read_volume(ref_path), "reference grid")
+    ref = logic.load_segmentation(ref_path, grid_node, parse_label_mapping(args.reference_labels))
+    pred = logic.load_segmentation(pred_path, grid_node, parse_label_mapping(args.prediction_labels))
+    rows = logic.compare_segmentations(ref, pred, grid_node)
+    print(f"{'segment':<8} {'DSC':>7} {'HD95 mm':>8} {'ref ml':>8} {'pred ml':>8}")
+    for r in rows:
+        print(f"{r['segment']:<8} {r['dsc']:>7.4f} {r['hd95_mm']:>8.2f} {r['reference_ml']:>8.1f} {r['prediction_ml']:>8.1f}")
+    if args.csv:
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+        write_text(args.csv, buf.getvalue(), overwrite=args.overwrite)
+    return EXIT_OK
+
+
 def _default_seg_path(ct_path: Path) -> Path:
     from .logic import _display_name
 
@@ -179,6 +264,32 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--output", help="OUT.seg.nrrd (default: next to the CT), or a label map .nii.gz/.nii/.nrrd")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_segment)
+
+    s = sub.add_parser("classify", help="classify a CT from its L1/L2 segmentation (normal / osteopenia / osteoporosis)")
+    s.add_argument("ct", help="CT file or DICOM folder")
+    s.add_argument("--segmentation", required=True, help=".seg.nrrd, or a label map (1 = L1, 2 = L2, or see --labels)")
+    s.add_argument("--labels", default=None, help="label mapping of a label map: verse, totalsegmentator or L1=..,L2=..")
+    s.add_argument("--model", choices=("l1l2", "l1"), default="l1l2", help="l1l2: L1 + L2 fusion (model 1); l1: L1 only")
+    s.add_argument("--json", help="write result.json here")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_classify)
+
+    s = sub.add_parser("screen", help="segment and classify many scans into a folder (resumable)")
+    s.add_argument("inputs", nargs="+", metavar="INPUT", help="CT files, DICOM folders, or folders of those")
+    s.add_argument("--output-dir", required=True)
+    s.add_argument("--model", choices=("l1l2", "l1"), default="l1l2")
+    s.add_argument("--overwrite", action="store_true", help="redo cases that are already done")
+    s.set_defaults(func=cmd_screen)
+
+    s = sub.add_parser("evaluate-segmentation", help="DSC and 95 % Hausdorff of a prediction against a reference")
+    s.add_argument("--reference", required=True, help="reference label map or .seg.nrrd")
+    s.add_argument("--prediction", required=True, help="predicted label map or .seg.nrrd")
+    s.add_argument("--reference-labels", default="osteoscreen", help="mapping of the reference, e.g. L1=20,L2=21 or verse")
+    s.add_argument("--prediction-labels", default="osteoscreen", help="mapping of the prediction")
+    s.add_argument("--ct", help="grid to compare on (default: the reference's grid)")
+    s.add_argument("--csv", help="write the table here")
+    s.add_argument("--overwrite", action="store_true")
+    s.set_defaults(func=cmd_evaluate_segmentation)
 
     s = sub.add_parser("demo", help="run the main job end to end on a case folder (ct.nii.gz + labels.nii.gz)")
     s.add_argument("--case", required=True, help="folder holding ct.nii.gz and labels.nii.gz")

@@ -43,10 +43,14 @@ class BodyFeatures:
     axis_ras: np.ndarray  # unit vector of the body's craniocaudal axis (towards superior)
 
     def network_image(self) -> np.ndarray:
-        """Masked, windowed image in [-1, 1]; 0 outside the body (the classifiers' input)."""
-        lo, hi = IMAGE_HU_WINDOW
-        x = (np.clip(self.image_hu, lo, hi) - lo) / (hi - lo) * 2 - 1
-        return np.where(self.mask, x, 0.0).astype(np.float32)
+        return network_image(self.image_hu, self.mask)
+
+
+def network_image(image_hu: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """Masked, windowed image in [-1, 1]; 0 outside the body (the classifiers' input)."""
+    lo, hi = IMAGE_HU_WINDOW
+    x = (np.clip(image_hu, lo, hi) - lo) / (hi - lo) * 2 - 1
+    return np.where(mask, x, 0.0).astype(np.float32)
 
 
 def body_axis(world_points: np.ndarray) -> np.ndarray:

@@ -1,0 +1,154 @@
+"""Evaluate both classifiers on the test phantoms, laid out like the paper's table.
+
+    python -m training.classification.evaluate
+
+Per class (one vs rest): AUC with 95 % DeLong CI for model 1 (L1+L2), model 2
+(L1) and the L1 trabecular-ROI HU baseline (multinomial logistic regression on
+HU, fitted on the training split); DeLong's paired test model 1 vs model 2;
+accuracy and confusion matrices; BMD mean absolute error. Runs the exported ONNX
+files with ONNX Runtime (the run-time path). Writes training/results/
+classification_eval.{json,md}, classification_roc.png and the metrics into the cards.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from OsteoScreenLib.classifier import MODELS as RUNTIME_MODELS
+from OsteoScreenLib.model_store import model_folder, verified_files
+from OsteoScreenLib.onnx_runner import OnnxNetwork
+from OsteoScreenLib.registry import CLASSES
+
+from ..segmentation.evaluate import update_card
+from .delong import auc_ci, paired_test
+from .prepare import load_split
+from .train import inputs
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def softmax(z):
+    e = np.exp(z - z.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def predict(model: str, data: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+    folder = model_folder(RUNTIME_MODELS[model]["folder"])
+    files, card = verified_files(folder)
+    net = OnnxNetwork(files["classifier"])
+    x = inputs(data, model)
+    logits, bmd = [], []
+    for s in range(0, len(x), 32):
+        out = net.run_all(x[s : s + 32])
+        logits.append(out[0])
+        bmd.append(out[1][:, 0])
+    return softmax(np.concatenate(logits)), np.concatenate(bmd), card
+
+
+def hu_baseline(train: dict, test: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Class probabilities and BMD from L1 ROI HU alone (logistic / linear regression on train)."""
+    from sklearn.linear_model import LinearRegression, LogisticRegression
+
+    clf = LogisticRegression(max_iter=1000).fit(train["roi_hu"][:, :1], train["label"])
+    reg = LinearRegression().fit(train["roi_hu"][:, :1], train["bmd"][:, 2])
+    return clf.predict_proba(test["roi_hu"][:, :1]), reg.predict(test["roi_hu"][:, :1])
+
+
+def evaluate(preset: str) -> dict:
+    train, test = load_split("train", preset), load_split("test", preset)
+    y, bmd_true = test["label"], test["bmd"][:, 2]
+    probs, bmds, cards = {}, {}, {}
+    for m in ("l1l2", "l1"):
+        probs[m], bmds[m], cards[m] = predict(m, test)
+    probs["l1_roi_hu"], bmds["l1_roi_hu"] = hu_baseline(train, test)
+    table = {}
+    for name, p in probs.items():
+        pred = p.argmax(1)
+        conf = np.zeros((3, 3), int)
+        for t, q in zip(y, pred):
+            conf[t, q] += 1
+        table[name] = {
+            "auc": {c: auc_ci(y == k, p[:, k]) for k, c in enumerate(CLASSES)},
+            "accuracy": float((pred == y).mean()),
+            "confusion_matrix_rows_true_cols_pred": conf.tolist(),
+            "bmd_mae_mg_cm3": float(np.abs(bmds[name] - bmd_true).mean()),
+        }
+    delong = {c: paired_test(y == k, probs["l1l2"][:, k], probs["l1"][:, k]) for k, c in enumerate(CLASSES)}
+    plot_roc(y, probs)
+    return {
+        "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
+        "date": time.strftime("%Y-%m-%d"), "preset": preset, "test_cases": int(len(y)),
+        "class_counts": {c: int((y == k).sum()) for k, c in enumerate(CLASSES)},
+        "models": table, "delong_model1_vs_model2": delong,
+        "model_versions": {m: cards[m]["version"] for m in cards},
+        "paper_auc": {"l1l2": [0.990, 0.952, 0.980], "l1": [0.983, 0.940, 0.978]},
+    }
+
+
+def plot_roc(y, probs) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.metrics import roc_curve
+
+    fig, axes = plt.subplots(1, 3, figsize=(13, 4.3))
+    for k, c in enumerate(CLASSES):
+        ax = axes[k]
+        for name, p in probs.items():
+            fpr, tpr, _ = roc_curve(y == k, p[:, k])
+            ax.plot(fpr, tpr, label=f"{name} (AUC {auc_ci(y == k, p[:, k])['auc']:.3f})")
+        ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+        ax.set_title(f"{c} vs rest")
+        ax.set_xlabel("1 - specificity")
+        ax.set_ylabel("sensitivity")
+        ax.legend(loc="lower right", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(RESULTS / "classification_roc.png", dpi=90)
+
+
+def markdown(r: dict) -> str:
+    lines = ["# Classification evaluation (test phantoms)", "",
+             f"{r['test_cases']} test phantoms (preset `{r['preset']}`), classes {r['class_counts']}; "
+             f"{r['machine']}; {r['date']}.", "",
+             "| model | class | AUC (95 % DeLong CI) | paper AUC |", "| --- | --- | --- | --- |"]
+    for name, t in r["models"].items():
+        for k, c in enumerate(CLASSES):
+            a = t["auc"][c]
+            paper = r["paper_auc"].get(name, [None] * 3)[k]
+            lines.append(f"| {name} | {c} | {a['auc']:.3f} ({a['ci_low']:.3f}-{a['ci_high']:.3f}) | {paper or '-'} |")
+    lines += ["", "| class | DeLong model 1 vs model 2: z | p |", "| --- | --- | --- |"]
+    lines += [f"| {c} | {d['z']:.2f} | {d['p']:.3g} |" for c, d in r["delong_model1_vs_model2"].items()]
+    lines += ["", "| model | accuracy | BMD MAE (mg/cm³) | confusion matrix (rows true, cols predicted) |",
+              "| --- | --- | --- | --- |"]
+    lines += [f"| {n} | {t['accuracy']:.3f} | {t['bmd_mae_mg_cm3']:.1f} | {t['confusion_matrix_rows_true_cols_pred']} |"
+              for n, t in r["models"].items()]
+    lines += ["", "![ROC](classification_roc.png)", ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--preset", default="training")
+    a = p.parse_args()
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    r = evaluate(a.preset)
+    (RESULTS / "classification_eval.json").write_text(json.dumps(r, indent=1) + "\n")
+    (RESULTS / "classification_eval.md").write_text(markdown(r))
+    for m in ("l1l2", "l1"):
+        t = r["models"][m]
+        update_card(model_folder(RUNTIME_MODELS[m]["folder"]), {
+            "test_phantoms": r["test_cases"], "accuracy": round(t["accuracy"], 4),
+            "auc": {c: {k: round(v, 4) for k, v in t["auc"][c].items()} for c in CLASSES},
+            "bmd_mae_mg_cm3": round(t["bmd_mae_mg_cm3"], 2)})
+    print(markdown(r))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,117 @@
+"""Export a trained classifier to ONNX and write its model folder with the card.
+
+    python -m training.classification.export --model l1l2
+
+Writes Resources/Models/classifier-<model>/: classifier.onnx, model_card.json,
+model_card.md. Checks ONNX Runtime against PyTorch first.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import platform
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from OsteoScreenLib import __version__
+from OsteoScreenLib.classifier import MODELS as RUNTIME_MODELS
+from OsteoScreenLib.features import (IMAGE_FOV_MM, IMAGE_HU_WINDOW, IMAGE_SIZE_PX, ROI_CORTEX_MARGIN_MM, ROI_SCALE,
+                                     SLAB_OFFSETS_MM)
+from OsteoScreenLib.hashing import sha256_file
+from OsteoScreenLib.paths import models_dir
+from OsteoScreenLib.registry import CLASSES, NORMAL_MIN_BMD_MG_CM3, OSTEOPOROSIS_MAX_BMD_MG_CM3
+
+from ..segmentation.export import card_markdown
+from .config import BMD_SCALE_MG_CM3, MODELS, NETWORK, ONNX_OPSET, ONNX_TOLERANCE, SPLITS
+from .network import FusionClassifier
+from .train import CHECKPOINTS
+
+MODEL_VERSION = "0.1.0"
+
+
+class _Exported(torch.nn.Module):
+    """What the runtime sees: logits and BMD in mg/cm^3."""
+
+    def __init__(self, net: FusionClassifier):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        logits, bmd = self.net(x)
+        return logits, bmd * BMD_SCALE_MG_CM3
+
+
+def export(model: str, metrics: dict | None = None) -> Path:
+    folder = CHECKPOINTS / f"classifier-{model}"
+    net = FusionClassifier(len(MODELS[model]), **NETWORK)
+    net.load_state_dict(torch.load(folder / "best.pt", map_location="cpu", weights_only=True)["model"])
+    wrapped = _Exported(net).eval()
+    out = models_dir() / RUNTIME_MODELS[model]["folder"]
+    out.mkdir(parents=True, exist_ok=True)
+    x = torch.randn(2, len(MODELS[model]), IMAGE_SIZE_PX, IMAGE_SIZE_PX)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "classifier.onnx"
+        torch.onnx.export(wrapped, (x,), str(path), opset_version=ONNX_OPSET, input_names=["images"],
+                          output_names=["logits", "bmd_mg_cm3"], dynamic_axes={"images": {0: "n"}, "logits": {0: "n"},
+                          "bmd_mg_cm3": {0: "n"}}, dynamo=False)
+        import onnxruntime as ort
+
+        ref = [t.detach().numpy() for t in wrapped(x)]
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})
+        diff = max(float(np.abs(a - b).max() / (1 if i == 0 else BMD_SCALE_MG_CM3)) for i, (a, b) in enumerate(zip(got, ref)))
+        if diff > ONNX_TOLERANCE:
+            raise SystemExit(f"ONNX differs from PyTorch by {diff:.2e} > {ONNX_TOLERANCE}")
+        path.replace(out / "classifier.onnx")
+    train_config = json.loads((folder / "config.json").read_text())
+    from OsteoScreenLib.phantom import GENERATOR_VERSION
+
+    card = {
+        "schema": "osteoscreen.model_card/1",
+        "name": f"classifier-{model}",
+        "version": MODEL_VERSION,
+        "task": f"{RUNTIME_MODELS[model]['title']}: QCT class (normal > {NORMAL_MIN_BMD_MG_CM3:g}, osteopenia "
+        f"{OSTEOPOROSIS_MAX_BMD_MG_CM3:g}-{NORMAL_MIN_BMD_MG_CM3:g}, osteoporosis < {OSTEOPOROSIS_MAX_BMD_MG_CM3:g} "
+        "mg/cm3 on the mean BMD of L1 and L2) and that mean BMD, from central axial images of "
+        + " and ".join(MODELS[model]),
+        "created": datetime.date.today().isoformat(),
+        "osteoscreen_version": __version__,
+        "files": {"classifier": {"path": "classifier.onnx", "sha256": sha256_file(out / "classifier.onnx"),
+                                 "format": f"ONNX opset {ONNX_OPSET}"}},
+        "architecture": {"type": "shared 2D CNN encoder per vertebra, late fusion by concatenation", **NETWORK,
+                         "inputs": list(MODELS[model]), "outputs": {"logits": list(CLASSES), "bmd_mg_cm3": "mean of L1 and L2"}},
+        "preprocessing": {"image_size_px": IMAGE_SIZE_PX, "field_of_view_mm": IMAGE_FOV_MM, "slab_offsets_mm": SLAB_OFFSETS_MM,
+                          "hu_window": IMAGE_HU_WINDOW, "mask": "outside the segment = 0",
+                          "roi": {"cortex_margin_mm": ROI_CORTEX_MARGIN_MM, "scale": ROI_SCALE}},
+        "labels": {str(i): c for i, c in enumerate(CLASSES)},
+        "training_data": {"source": "synthetic chest-CT phantoms of OsteoScreenLib.phantom (no real patient data)",
+                          "generator_version": GENERATOR_VERSION, "splits_first_seed_and_count": SPLITS,
+                          "training": train_config},
+        "onnx_vs_pytorch_max_abs_diff": diff,
+        "metrics": metrics or {},
+        "intended_use": "Research: opportunistic screening for low bone density on chest CT, with L1/L2 segments "
+        "checked by a reader.",
+        "limits": ["Trained on synthetic phantoms only; accuracy on real scans is not established.",
+                   "Not a medical device; not for diagnosis.",
+                   "Phantom density calibration is a model of QCT, not a measured cohort."],
+        "exported_on": platform.platform(),
+    }
+    (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (out / "model_card.md").write_text(card_markdown(card))
+    print(f"wrote {out} (ONNX vs PyTorch max diff {diff:.1e})")
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", choices=list(MODELS), required=True)
+    a = p.parse_args()
+    export(a.model)
+
+
+if __name__ == "__main__":
+    main()
