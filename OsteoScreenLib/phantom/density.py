@@ -39,7 +39,7 @@ TISSUE_HU_120 = {
     "csf": 12.0,
     "disc": 88.0,
     "cartilage": 140.0,
-    "cortical_bone": 1500.0,  # true compact bone; thin shells look much lower after blur
+    "cortical_bone": 1250.0,  # compact bone; thin shells look much lower after blur
     "posterior_marrow": 190.0,
 }
 FAT_HU_PER_KVP = 0.15  # fat is ~ -110 HU at 80 kVp and ~ -95 HU at 140 kVp

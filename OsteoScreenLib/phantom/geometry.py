@@ -105,8 +105,9 @@ def make_grid(params: dict, vertebrae, pose: Pose, profile) -> Grid:
     sub_i = 1
     if preset == "chest":
         n = spec["matrix"]
-        widest = 2.0 * float(np.max(profile.a)) + 20.0
-        p = float(np.clip(max(fov["pixel_mm"], widest / n), 0.6, 0.98))
+        chest = [vb.center[2] for vb in vertebrae if vb.name in ("T3", "T6", "T9", "L1")]
+        widest = 2.0 * max(profile.at(w)["a"] for w in chest) + fov["dfov_margin_mm"]
+        p = float(np.clip(widest / n, *spec["pixel_mm"]))
         spacing = np.array([p, p, float(sc["slice_spacing_mm"])])
         center = np.array([fov["center_jitter_mm"][0], fov["center_jitter_mm"][1] - 10.0])
         ni = nj = n

@@ -220,7 +220,7 @@ def sample_fov(rng: np.random.Generator, preset: str) -> dict:
         "center_jitter_mm": [_n(rng, 0.0, 12.0, -30.0, 30.0), _n(rng, 0.0, 12.0, -30.0, 30.0)],
     }
     if preset == "chest":
-        fov["pixel_mm"] = _u(rng, *spec["pixel_mm"])
+        fov["dfov_margin_mm"] = _u(rng, *spec["dfov_margin_mm"])  # display FOV = body width + margin
     elif preset == "spine":
         fov["pixel_mm"] = _u(rng, *spec["pixel_mm"])
         fov["crop_width_mm"] = _u(rng, *spec["crop_width_mm"])

@@ -5,10 +5,11 @@ from __future__ import annotations
 PRESETS: dict[str, dict] = {
     "chest": {
         "description": "Full-size chest CT: 512x512, in-plane 0.6-0.98 mm, slices 0.625-5 mm; "
-        "from the thorax (C7-T6) down to between the lower half of L2 and L4.",
+        "from the thoracic inlet or upper thorax (C6-T6) down to between the lower half of L2 and L4.",
         "matrix": 512,
         "pixel_mm": (0.6, 0.98),
-        "top_levels": {"C7": 0.3, "T1": 0.4, "T2": 0.12, "T3": 0.06, "T4": 0.05, "T5": 0.04, "T6": 0.03},
+        "top_levels": {"C6": 0.2, "C7": 0.35, "T1": 0.25, "T2": 0.08, "T3": 0.04, "T4": 0.03, "T5": 0.03, "T6": 0.02},
+        "dfov_margin_mm": (15.0, 110.0),
         "bottom": ("L2", 0.5, "L4", 1.0),
     },
     "spine": {

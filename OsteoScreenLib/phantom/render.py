@@ -199,7 +199,9 @@ class Renderer:
         l0 = a_mat @ (b0 - c)
         li, lj = a_mat @ self.bi, a_mat @ self.bj
         ii, jj = self.I[i0:i1], self.J[j0:j1]
-        return [(F32(l0[d]) + F32(lj[d]) * jj)[:, None] + (F32(li[d]) * ii)[None, :] for d in range(3)]
+        col = l0.astype(np.float32)[:, None] + lj.astype(np.float32)[:, None] * jj[None, :]
+        out = col[:, :, None] + li.astype(np.float32)[:, None, None] * ii[None, None, :]
+        return out[0], out[1], out[2]
 
     # ------------------------------------------------------------------ one sub-slice
     def render(self, z: float, want_labels: bool):
@@ -360,8 +362,10 @@ class Renderer:
             level = o.semi_axes[1] * (1 - 2 * gas)
             value = np.where(y > F32(level), F32(t["air"]), F32(t["bowel_fluid"]))
         elif o.tissue == "feces":
-            value = F32(-40.0) + F32(120.0) * np.sin(x * F32(0.9)) * np.sin(y * F32(0.8) + z * F32(0.7))
-            value = np.where(value < -90, F32(-700.0), value)
+            # mottled stool: quasi-random mix of soft tissue and small gas bubbles
+            q = (np.cos(x * F32(0.93) + y * F32(0.41)) + np.cos(y * F32(0.87) - x * F32(0.29) + z * F32(0.53))
+                 + np.cos(x * F32(0.61) - y * F32(0.72) + z * F32(0.83)))
+            value = np.where(q > F32(1.6), F32(-750.0), F32(-10.0) + F32(25.0) * q)
         elif o.name == "heart":
             # right heart chambers (patient right, anterior) and left ones
             value = np.where(x > F32(5.0), F32(t["heart_right"]), F32(t["heart_left"]))
@@ -419,7 +423,7 @@ class Renderer:
             view = img[ij[2]:ij[3], ij[0]:ij[1]]
             if kind == "capsule":
                 sc = cap.scale
-                x, y, z = self._coords(b0, frame_t * sc[:, None], np.zeros(3), ij)
+                x, y, z = self._coords(b0, frame_t * sc[:, None], vb.center, ij)
                 dist = segment_distance(x, y, z, cap.p0 * sc, cap.p1 * sc) - F32(cap.radius)
                 shells.append((view, coverage(dist, s)))
                 marrows.append((view, coverage(dist + F32(cort), s)))
@@ -513,7 +517,7 @@ class Renderer:
             tex += amp[n] * np.cos(arg)
         # rods and plates: a soft rectifier keeps the mean and adds bright trabeculae
         tex = tex + F32(0.35) * (tex * tex - F32(np.mean(amp**2) * len(amp) / 2))
-        sd = sp["texture_contrast"] * (0.45 * max(mean, 40.0) + 45.0)
+        sd = sp["texture_contrast"] * (0.6 * max(mean, 40.0) + 60.0)
         low = np.zeros(x.shape, np.float32)
         for n in range(4):
             low += np.cos(x * self.tex_low_k[n, 0] + y * self.tex_low_k[n, 1] + z * self.tex_low_k[n, 2]

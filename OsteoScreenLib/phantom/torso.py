@@ -66,8 +66,9 @@ class TorsoProfile:
         self.a, self.b = a, b
         # spine body centre and posterior depth from body centre to the back skin
         self.v_spine = np.array([k[3].center[1] for k in knots])
-        self.depth_back = np.array([k[3].half_depth + 62.0 - 4.0 * (1 - self.lumbar[i])
-                                    for i, k in enumerate(knots)]) + fat * 0.5
+        # body centre to back skin: posterior elements plus the paraspinal muscles over them
+        self.depth_back = np.array([k[3].half_depth + 66.0 + 16.0 * self.lumbar[i]
+                                    for i, k in enumerate(knots)]) * torso["paraspinal_scale"] ** 0.3 + fat * 0.5
         self.fat = fat
         self.fat_front_extra = torso["fat_anterior_extra"]
         self.muscle = torso["muscle_mm"]
@@ -113,8 +114,8 @@ def build_organs(vertebrae, torso: dict, profile: TorsoProfile, phase: str) -> d
     p_l1 = profile.at(l1.center[2])
     organs: list[Ellipsoid] = []
     s = torso["liver_scale"]
-    organs.append(Ellipsoid("liver", "liver", np.array([p_l1["a"] * 0.35, p_l1["vc"] + 5.0, dome_r - 75.0 * s]),
-                            np.array([100.0, 90.0, 95.0]) * s))
+    organs.append(Ellipsoid("liver", "liver", np.array([p_l1["a"] * 0.42, p_l1["vc"] + 5.0, dome_r - 70.0 * s]),
+                            np.array([88.0, 85.0, 85.0]) * s))
     s = torso["spleen_scale"]
     organs.append(Ellipsoid("spleen", "spleen", np.array([-(p_l1["a"] - 55.0), p_l1["v_spine"] + 5.0, dome_l - 55.0]),
                             np.array([30.0, 50.0, 50.0]) * s))
@@ -177,7 +178,7 @@ def _lung_vessels(rng, carina, heart_c, phase) -> list[Tube]:
             q = p + d * length
             tubes.append(Tube("lung_vessel", "lung_vessel", np.array([p, q]), np.array([r, r * 0.85])))
             if depth < 5 and r > 1.2:
-                for _ in range(2 if depth > 0 else 4):
+                for _ in range(2 if depth > 0 else 6):
                     nd = d + 0.8 * rng.standard_normal(3)
                     if depth == 0:
                         nd = np.array([sgn * 0.6, rng.uniform(-1, 1), rng.uniform(-1.2, 1.0)])

@@ -1,0 +1,279 @@
+"""Phantoms beside the real CT cases in ../shared/data/real, on the same measures.
+
+Measures (identical code for real and phantom scans, from whole-vertebra
+level masks, since the real labels are whole vertebrae):
+- vertebral body: the anterior 38 % of each vertebra mask along the AP axis;
+  trabecular = body eroded by 3 mm; cortical = the outer 1.5 mm of the body;
+- disc: a 10 mm wide, 2 mm thick disc halfway between two body centroids;
+- muscle: HU -29..150 in a paraspinal box behind the vertebrae; fat: HU -190..-30 in the body;
+- noise: SD of the residual after a 3x3x3 local mean, inside eroded paraspinal muscle;
+- body dimensions (width, depth, height in mm) per level from the body part.
+Writes training/results/realism_report.md, .json and realism_figure.png.
+
+Run: python training/realism_report.py   (needs scipy and matplotlib)
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+from scipy import ndimage
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from OsteoScreenLib import registry  # noqa: E402
+from OsteoScreenLib.ct_io import read_volume  # noqa: E402
+from OsteoScreenLib.phantom import generate_case  # noqa: E402
+
+REAL = ROOT.parent / "shared" / "data" / "real"
+if not REAL.exists():
+    REAL = Path("/work/shared/data/real")
+RESULTS = ROOT / "training" / "results"
+TS_TO_VERSE = {33: 18, 32: 19, 31: 20, 30: 21}  # TotalSegmentator v2 total -> VerSe ids
+PCT = (5, 25, 50, 75, 95)
+
+
+def real_cases():
+    out = []
+    for name, remap in (("totalsegmentator-example", TS_TO_VERSE), ("verse012", None), ("tptbox-l2-l4", None)):
+        ct = read_volume(REAL / name / "ct.nii.gz")
+        lab = read_volume(REAL / name / "labels.nii.gz")
+        levels = lab.array.astype(np.int16)
+        if remap:
+            new = np.zeros_like(levels)
+            for a, b in remap.items():
+                new[levels == a] = b
+            levels = new
+        out.append((name, ct, levels))
+    return out
+
+
+def world_coords(vol, idx):
+    kji = np.asarray(idx, float)
+    ijk1 = np.c_[kji[:, ::-1], np.ones(len(kji))]
+    return (vol.ijk_to_ras @ ijk1.T).T[:, :3]
+
+
+def body_part(vol, mask):
+    """Anterior 38 % of a whole-vertebra mask (RAS y is anterior)."""
+    idx = np.argwhere(mask)
+    xyz = world_coords(vol, idx)
+    y = xyz[:, 1]
+    cut = y.max() - 0.38 * (y.max() - y.min())
+    keep = idx[y >= cut]
+    body = np.zeros_like(mask)
+    body[tuple(keep.T)] = True
+    return body, xyz[y >= cut]
+
+
+def erode_mm(mask, spacing_kji, mm):
+    it = [max(1, int(round(mm / s))) for s in spacing_kji]
+    st = np.zeros((2 * it[0] + 1, 2 * it[1] + 1, 2 * it[2] + 1), bool)
+    kk, jj, ii = np.ogrid[-it[0]:it[0] + 1, -it[1]:it[1] + 1, -it[2]:it[2] + 1]
+    st[(kk / it[0]) ** 2 + (jj / it[1]) ** 2 + (ii / it[2]) ** 2 <= 1.0] = True
+    return ndimage.binary_erosion(mask, st)
+
+
+def crop_to_spine(ct, levels, margin_mm=70.0):
+    """Crop CT and levels to the vertebrae plus a margin (keeps measuring fast on 512x512 grids)."""
+    from OsteoScreenLib.volume import Volume
+
+    idx = np.argwhere(levels > 0)
+    sp = ct.spacing_mm[::-1]
+    lo = np.maximum(idx.min(0) - (margin_mm / sp).astype(int), 0)
+    hi = np.minimum(idx.max(0) + (margin_mm / sp).astype(int) + 1, levels.shape)
+    sl = tuple(slice(a, b) for a, b in zip(lo, hi))
+    m = ct.ijk_to_ras.copy()
+    m[:3, 3] = m[:3, :3] @ lo[::-1].astype(float) + m[:3, 3]
+    return Volume(np.ascontiguousarray(ct.array[sl]), m), levels[sl]
+
+
+def measure(name, ct, levels) -> dict:
+    ct, levels = crop_to_spine(ct, levels)
+    a = ct.array.astype(np.float32)
+    sp = ct.spacing_mm[::-1]  # k, j, i
+    res = {"name": name, "spacing_ijk_mm": [round(float(s), 3) for s in ct.spacing_mm], "levels": {}}
+    trab, cort, disc_vals = [], [], []
+    centroids = {}
+    all_vert = levels > 0
+    for lid in sorted(int(v) for v in np.unique(levels) if v):
+        mask = levels == lid
+        if mask.sum() < 50:
+            continue
+        body, xyz = body_part(ct, mask)
+        core = erode_mm(body, sp, 3.0)
+        shell = body & ~erode_mm(body, sp, 1.5)
+        lo, hi = np.percentile(xyz, 2, axis=0), np.percentile(xyz, 98, axis=0)
+        # height along the body axis is the extent along z (axial scans) of the body part
+        dims = hi - lo
+        lname = registry.VERSE_LEVEL_NAMES.get(lid, str(lid))
+        res["levels"][lname] = {"width_mm": round(float(dims[0]), 1), "depth_mm": round(float(dims[1]), 1),
+                                "height_mm": round(float(dims[2]), 1),
+                                "trabecular_hu_median": round(float(np.median(a[core])), 1) if core.any() else None}
+        if core.any():
+            trab.append(a[core])
+        cort.append(a[shell])
+        centroids[lid] = xyz.mean(0)
+    ids = sorted(centroids)
+    inv = np.linalg.inv(ct.ijk_to_ras)
+    for u, l in zip(ids[:-1], ids[1:]):
+        if l != u + 1:
+            continue
+        c = 0.5 * (centroids[u] + centroids[l])
+        axis = centroids[u] - centroids[l]
+        axis /= np.linalg.norm(axis)
+        # sample a thin disc of points around c
+        pts = []
+        for r in np.linspace(0, 5, 6):
+            for t in np.linspace(0, 2 * np.pi, 16, endpoint=False):
+                e1 = np.cross(axis, [1.0, 0, 0])
+                e1 /= np.linalg.norm(e1)
+                e2 = np.cross(axis, e1)
+                for h in (-0.7, 0.0, 0.7):
+                    pts.append(c + r * (np.cos(t) * e1 + np.sin(t) * e2) + h * axis)
+        ijk = (inv @ np.c_[np.array(pts), np.ones(len(pts))].T)[:3].T
+        kji = np.round(ijk[:, ::-1]).astype(int)
+        ok = np.all((kji >= 0) & (kji < np.array(a.shape)), axis=1)
+        kji = kji[ok]
+        vals = a[tuple(kji.T)]
+        vals = vals[~all_vert[tuple(kji.T)]]
+        if len(vals):
+            disc_vals.append(vals)
+    # muscle: box behind the vertebrae, 15-45 mm lateral of the midline, 10-60 mm posterior of the masks
+    idx = np.argwhere(all_vert)
+    xyz = world_coords(ct, idx)
+    x_mid = np.median(xyz[:, 0])
+    y_back = np.percentile(xyz[:, 1], 1)
+    z_lo, z_hi = np.percentile(xyz[:, 2], [5, 95])
+    grid = np.argwhere(np.ones(a.shape, bool))
+    wxyz = world_coords(ct, grid)
+    box = ((np.abs(wxyz[:, 0] - x_mid) > 12) & (np.abs(wxyz[:, 0] - x_mid) < 45)
+           & (wxyz[:, 1] < y_back + 35) & (wxyz[:, 1] > y_back - 25) & (wxyz[:, 2] > z_lo) & (wxyz[:, 2] < z_hi))
+    box_mask = np.zeros(a.shape, bool)
+    box_mask[tuple(grid[box].T)] = True
+    muscle = box_mask & (a > -29) & (a < 150) & ~all_vert
+    muscle = ndimage.binary_opening(muscle, iterations=1)
+    muscle_core = ndimage.binary_erosion(muscle, iterations=1)
+    local_mean = ndimage.uniform_filter(a, size=3)
+    resid = (a - local_mean) * np.sqrt(27.0 / 26.0)
+    body_region = a > -400
+    fat = body_region & (a > -190) & (a < -30)
+    res["hu"] = {
+        "trabecular": np.percentile(np.concatenate(trab), PCT).round(1).tolist() if trab else None,
+        "cortical": np.percentile(np.concatenate(cort), PCT).round(1).tolist() if cort else None,
+        "disc": np.percentile(np.concatenate(disc_vals), PCT).round(1).tolist() if disc_vals else None,
+        "muscle": np.percentile(a[muscle], PCT).round(1).tolist() if muscle.any() else None,
+        "fat": np.percentile(a[fat], PCT).round(1).tolist() if fat.any() else None,
+    }
+    res["muscle_noise_sd_hu"] = round(float(np.std(resid[muscle_core])), 1) if muscle_core.sum() > 50 else None
+    return res
+
+
+def phantom_cases(n=3):
+    out = []
+    for seed in range(n):
+        for preset in ("chest", "spine"):
+            c = generate_case(seed, preset)
+            out.append((f"phantom-{preset}-{seed}", c.ct, c.levels.array.astype(np.int16), c))
+    return out
+
+
+def figure(real, phantoms, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    def axial(ax, vol, levels, lid, title):
+        k = int(np.argwhere(levels == lid)[:, 0].mean())
+        sp = vol.spacing_mm
+        img = vol.array[k]
+        ax.imshow(img, cmap="gray", vmin=-250, vmax=450,
+                  extent=(0, img.shape[1] * sp[0], img.shape[0] * sp[1], 0))
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+
+    def sagittal(ax, vol, levels, lid, title):
+        idx = np.argwhere(levels == lid)
+        codes = vol.axis_codes()
+        lr_axis = 2 - next(i for i, c in enumerate(codes) if c in "LR")  # array axis of left-right
+        pos = int(np.median(idx[:, lr_axis]))
+        img = np.take(vol.array, pos, axis=lr_axis)
+        # orient: superior up, anterior left
+        rest = [ax_ for ax_ in range(3) if ax_ != lr_axis]
+        names = [codes[2 - r] for r in rest]
+        if names[0] not in "SI":
+            img, names = img.T, names[::-1]
+        if names[0] == "S":
+            img = img[::-1]
+        if names[1] == "P":
+            pass
+        else:
+            img = img[:, ::-1]
+        sp = vol.spacing_mm
+        sizes = {codes[i]: sp[i] for i in range(3)}
+        hs = next(v for k_, v in sizes.items() if k_ in "SI")
+        ws = next(v for k_, v in sizes.items() if k_ in "AP")
+        ax.imshow(img, cmap="gray", vmin=-250, vmax=700, extent=(0, img.shape[1] * ws, 0, img.shape[0] * hs))
+        ax.set_title(title, fontsize=8)
+        ax.axis("off")
+
+    fig, axs = plt.subplots(2, 4, figsize=(16, 8.5))
+    r = {n: (ct, lv) for n, ct, lv in real}
+    ph = {n: (ct, lv) for n, ct, lv, _ in phantoms}
+    axial(axs[0, 0], *r["totalsegmentator-example"], 20, "real: TotalSegmentator example, L1 (3 mm)")
+    axial(axs[0, 1], *ph["phantom-chest-0"], 20, "phantom chest 0, L1")
+    axial(axs[0, 2], *r["tptbox-l2-l4"], 22, "real: TPTBox crop, L3 (1.5 mm)")
+    axial(axs[0, 3], *ph["phantom-spine-1"], 22, "phantom spine 1, L3")
+    sagittal(axs[1, 0], *r["verse012"], 20, "real: VerSe 012, sagittal through L1")
+    sagittal(axs[1, 1], *ph["phantom-spine-0"], 20, "phantom spine 0, sagittal through L1")
+    sagittal(axs[1, 2], *r["totalsegmentator-example"], 20, "real: TotalSegmentator example, sagittal")
+    sagittal(axs[1, 3], *ph["phantom-chest-1"], 20, "phantom chest 1, sagittal through L1")
+    plt.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
+def main():
+    real = real_cases()
+    phantoms = phantom_cases()
+    rows = [measure(n, ct, lv) for n, ct, lv in real] + [measure(n, ct, lv) for n, ct, lv, _ in phantoms]
+    truth = {n: {v["name"]: [v["body_width_mm"], v["body_depth_mm"], v["body_height_mm"]] for v in c.meta["vertebrae"]
+                 if v["name"] in ("T11", "T12", "L1", "L2", "L3", "L4")} for n, _, _, c in phantoms}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "realism_report.json").write_text(json.dumps({"cases": rows, "phantom_true_body_dims_mm": truth}, indent=2) + "\n")
+    figure(real, phantoms, RESULTS / "realism_figure.png")
+    lines = ["# Realism report: phantoms beside real CT", "",
+             "Generated by `training/realism_report.py`. Real cases: the three labelled cases of "
+             "`shared/data/real` (whole-vertebra masks). Phantoms: seeds 0-2 of the `chest` and `spine` presets. "
+             "The same code measures both (see the script docstring). HU as percentiles 5/25/50/75/95.", ""]
+    for tissue in ("trabecular", "cortical", "disc", "muscle", "fat"):
+        lines += [f"## {tissue}", "", "| case | spacing mm | p5 | p25 | p50 | p75 | p95 |", "| --- | --- | --- | --- | --- | --- | --- |"]
+        for r in rows:
+            v = r["hu"][tissue]
+            cells = " | ".join(f"{x:.0f}" for x in v) if v else "- | - | - | - | -"
+            lines.append(f"| {r['name']} | {'x'.join(f'{s:g}' for s in r['spacing_ijk_mm'])} | {cells} |")
+        lines.append("")
+    lines += ["## Noise in muscle (SD of the residual after a 3x3x3 mean, HU)", "", "| case | SD |", "| --- | --- |"]
+    lines += [f"| {r['name']} | {r['muscle_noise_sd_hu']} |" for r in rows]
+    lines += ["", "## Vertebral body dimensions (width x depth x height, mm; anterior part of the level mask)", "",
+              "| case | " + " | ".join(["T11", "T12", "L1", "L2", "L3", "L4"]) + " |", "| --- " * 7 + "|"]
+    for r in rows:
+        cells = []
+        for lv in ("T11", "T12", "L1", "L2", "L3", "L4"):
+            d = r["levels"].get(lv)
+            cells.append(f"{d['width_mm']:.0f}x{d['depth_mm']:.0f}x{d['height_mm']:.0f}" if d else "-")
+        lines.append(f"| {r['name']} | " + " | ".join(cells) + " |")
+    lines += ["", "True phantom body sizes (width x depth x height) from meta.json:", ""]
+    for n, d in truth.items():
+        lines.append(f"- {n}: " + ", ".join(f"{k} {v[0]:.0f}x{v[1]:.0f}x{v[2]:.0f}" for k, v in d.items()))
+    lines += ["", "![phantom beside real](realism_figure.png)", "", "## Where phantoms still differ", "", "FINDINGS", ""]
+    (RESULTS / "realism_report.md").write_text("\n".join(lines))
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
