@@ -20,7 +20,10 @@ DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "cache" / "segmentation"
 
 
 def sample_paths(cache: Path, preset: str, seed: int) -> tuple[Path, Path]:
-    base = cache / preset
+    """Cache paths, keyed by generator version: a changed generator never reuses old samples."""
+    from OsteoScreenLib.phantom import GENERATOR_VERSION
+
+    base = cache / f"{preset}-v{GENERATOR_VERSION}"
     return base / "coarse" / f"{seed}.npz", base / "fine" / f"{seed}.npz"
 
 

@@ -63,7 +63,7 @@ class Samples:
         self.paths = [sample_paths(cache, preset, s)[0 if stage == "coarse" else 1] for s in seeds]
         self.paths = [p for p in self.paths if p.exists()]
         if not self.paths:
-            raise SystemExit(f"no cached {stage} samples under {cache}/{preset}; run training.segmentation.prepare")
+            raise SystemExit(f"no cached {stage} samples for preset {preset} under {cache}; run training.segmentation.prepare")
         self.stage = stage
         self.cache: dict[int, dict] = {}
 
@@ -112,8 +112,9 @@ def train(args) -> None:
         state = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors only, never pickle objects
         net.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
         start = int(state["iteration"])
+        for _ in range(min(start, args.iterations)):  # fast-forward: --iterations may have changed
+            sched.step()
         log = json.loads((out / "log.json").read_text()) if (out / "log.json").exists() else []
         rng = np.random.default_rng(args.seed + start)
         print(f"resumed at iteration {start}")
@@ -140,8 +141,7 @@ def train(args) -> None:
                 net.train()
             log.append(entry)
             print(json.dumps(entry), flush=True)
-            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                        "iteration": done}, out / "last.tmp.pt")
+            torch.save({"model": net.state_dict(), "optimizer": opt.state_dict(), "iteration": done}, out / "last.tmp.pt")
             (out / "last.tmp.pt").replace(ckpt)
             (out / "log.json").write_text(json.dumps(log, indent=1))
     torch.save({"model": net.state_dict()}, out / "final.pt")
