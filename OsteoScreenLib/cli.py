@@ -189,18 +189,25 @@ def cmd_demo(args) -> int:
     from .segmentation_nodes import parse_label_mapping
 
     case = Path(args.case)
-    result = run_demo(
-        case / "ct.nii.gz",
-        case / "labels.nii.gz",
-        parse_label_mapping(args.labels),
-        Path(args.output_dir),
-        args.overwrite,
-    )
-    print(f"demo: {result['input']['path']} -> {args.output_dir}")
+    labels = case / "labels.nii.gz"
+    result = run_demo(case / "ct.nii.gz", labels if labels.exists() else None, parse_label_mapping(args.labels),
+                      Path(args.output_dir), args.overwrite, args.model)
+    print(f"demo: {result['input']['path']} -> {args.output_dir}/ (segmentation.seg.nrrd, result.json"
+          + (", report.png)" if result.get("prediction") else ")"))
+    pred = result.get("prediction")
+    if pred:
+        probs = "  ".join(f"P({c}) {p:.2f}" for c, p in pred["probabilities"].items())
+        print(f"  {pred['class']} (model {result['model']['name']}), estimated BMD {pred['bmd_mg_cm3']:.0f} mg/cm3; {probs}")
     for name, v in result["vertebrae"].items():
-        print(f"  {name}: {v['volume_ml']:.1f} ml, centroid {v['centroid_mm']} mm (RAS)")
+        roi = v.get("trabecular_roi_hu")
+        print(f"  {name}: {v['volume_ml']:.1f} ml" + (f", trabecular ROI {roi:.0f} HU" if roi is not None else ""))
+    for name, a in (result.get("reference_agreement") or {}).items():
+        if "fraction_inside_reference" in a:
+            print(f"  {name} vs reference labels: centroid inside {a['centroid_in_reference']}, "
+                  f"{a['fraction_inside_reference']:.0%} of voxels inside")
     for w in result["warnings"]:
         print(f"  note: {w}")
+    print(f"  {result['timing_s']['total']:.1f} s")
     return EXIT_OK
 
 
@@ -291,10 +298,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_evaluate_segmentation)
 
-    s = sub.add_parser("demo", help="run the main job end to end on a case folder (ct.nii.gz + labels.nii.gz)")
-    s.add_argument("--case", required=True, help="folder holding ct.nii.gz and labels.nii.gz")
+    s = sub.add_parser("demo", help="run the main job end to end on a case folder (ct.nii.gz [+ labels.nii.gz])")
+    s.add_argument("--case", required=True, help="folder holding ct.nii.gz and, optionally, reference labels.nii.gz")
     s.add_argument("--labels", default="totalsegmentator", help="label mapping of labels.nii.gz")
     s.add_argument("--output-dir", default="demo-output")
+    s.add_argument("--model", choices=("l1l2", "l1"), default="l1l2")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_demo)
     return p
