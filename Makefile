@@ -8,7 +8,7 @@ PIP := $(BIN)/python -m pip install --disable-pip-version-check -q -c requiremen
 DEMO_CASE ?= $(firstword $(wildcard ../shared/data/real/totalsegmentator-example /work/shared/data/real/totalsegmentator-example))
 DEMO_OUTPUT ?= demo-output
 
-.PHONY: demo test install install-test clean
+.PHONY: demo test install install-test install-train clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,6 +23,7 @@ $(VENV)/.installed-test: $(VENV)/.installed
 
 install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
+install-train: install-test
 
 demo: install
 	$(BIN)/osteoscreen demo --case $(DEMO_CASE) --output-dir $(DEMO_OUTPUT) --overwrite
