@@ -1,0 +1,69 @@
+"""Batch speed: `osteoscreen screen` on 20 full-size chest phantoms, amortised per scan.
+
+    python -m training.classification.benchmark_screen [--count 20]
+
+Phantoms are written first (not timed); then one `osteoscreen screen` process
+segments, classifies and reports all of them. Writes
+training/results/screen_benchmark.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from OsteoScreenLib.phantom import generate_case, write_case
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--first-seed", type=int, default=300100)
+    p.add_argument("--model", default="l1l2")
+    a = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs = []
+        for seed in range(a.first_seed, a.first_seed + a.count):
+            folder = write_case(generate_case(seed, "chest"), Path(tmp) / "in" / f"case{seed}", fmt="nifti")
+            inputs.append(str(folder / "ct.nii.gz"))
+        t = time.perf_counter()
+        proc = subprocess.run([sys.executable, "-m", "OsteoScreenLib.cli", "screen", *inputs, "--output-dir",
+                               str(Path(tmp) / "out"), "--model", a.model], capture_output=True, text=True)
+        total = time.perf_counter() - t
+        peak_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        rows = list(csv.DictReader(open(Path(tmp) / "out" / "results.csv")))
+    ok = sum(r["status"] == "ok" for r in rows)
+    result = {
+        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "date": time.strftime("%Y-%m-%d %H:%M"), "scans": a.count, "model": a.model, "ok": ok,
+        "failed": a.count - ok, "exit_status": proc.returncode, "total_s": round(total, 1),
+        "per_scan_s": round(total / a.count, 2), "peak_rss_mb": round(peak_mb, 1), "goal_per_scan_s": 3.0,
+        "failures": [r["error"] for r in rows if r["status"] != "ok"],
+    }
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "screen_benchmark.json").write_text(json.dumps(result, indent=1) + "\n")
+    md = ["# Batch screening speed", "", f"{result['machine']}; {result['date']}.", "",
+          f"`osteoscreen screen` on {a.count} full-size chest phantoms (512x512; seeds {a.first_seed}+), model {a.model}, "
+          "one process: segmentation, classification, report image and results.csv per scan.", "",
+          "| measure | value | goal |", "| --- | --- | --- |",
+          f"| total | {result['total_s']} s | - |",
+          f"| per scan, amortised | {result['per_scan_s']} s | <= 3 s |",
+          f"| peak memory | {result['peak_rss_mb']:.0f} MB | - |",
+          f"| scans ok / failed | {ok} / {a.count - ok} | - |", ""]
+    (RESULTS / "screen_benchmark.md").write_text("\n".join(md))
+    print("\n".join(md))
+
+
+if __name__ == "__main__":
+    main()
