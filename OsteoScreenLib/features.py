@@ -26,7 +26,9 @@ ROI_CORTEX_MARGIN_MM = 3.0  # ROI stays this far inside the segment (cortical sh
 ROI_SCALE = 0.7  # ellipse semi-axes relative to the body's equivalent ellipse
 MIN_BODY_VOLUME_ML = 3.0
 MAX_BODY_VOLUME_ML = 150.0
-MIN_BODY_MEDIAN_HU = 0.0  # a body segment that is mostly soft tissue or fat is not bone
+# A vertebral body has a bright cortical shell even when its trabecular bone is fatty
+# (severe osteoporosis reaches about 0 HU); a soft-tissue blob has none.
+MIN_BODY_P95_HU = 150.0
 MAX_AXIS_TILT_DEG = 50.0  # a body axis further from the scanner's S axis than this is not trusted
 
 
@@ -116,10 +118,11 @@ def body_features(ct: Volume, labels: Volume, name: str) -> BodyFeatures:
         )
     if volume_ml > MAX_BODY_VOLUME_ML:
         raise OsteoScreenError(f"the {name} segment is too large ({volume_ml:.0f} ml) for one vertebral body; correct it")
-    median_hu = float(np.median(ct.array[mask3d]))
-    if median_hu < MIN_BODY_MEDIAN_HU:
+    p95_hu = float(np.percentile(ct.array[mask3d], 95))
+    if p95_hu < MIN_BODY_P95_HU:
         raise OsteoScreenError(
-            f"the {name} segment is mostly soft tissue (median {median_hu:.0f} HU), not bone; correct the segmentation"
+            f"the {name} segment is mostly soft tissue (95th percentile {p95_hu:.0f} HU, no cortical bone); "
+            "correct the segmentation"
         )
     world = labels.voxel_centers_ras(kji)
     center = world.mean(axis=0)

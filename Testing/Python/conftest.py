@@ -65,3 +65,25 @@ def assert_same_in_world(actual, expected, atol_mm=1e-4):
     i, j, k = np.round(ijk).astype(int).T
     assert actual.array.shape == expected.array.shape or sorted(actual.array.shape) == sorted(expected.array.shape)
     np.testing.assert_array_equal(actual.array[k, j, i], expected.array[tuple(kji.T)])
+
+
+@pytest.fixture(scope="session")
+def bundled_models():
+    """The bundled ONNX models; a checkout without them fails these tests (they are committed)."""
+    from OsteoScreenLib.model_store import list_models
+
+    models = {m["name"]: m for m in list_models()}
+    for name in ("segmentation", "classifier-l1l2", "classifier-l1"):
+        if models.get(name, {}).get("status") != "ok":
+            pytest.fail(f"bundled model {name} missing or invalid: run training/reproduce.sh")
+    return models
+
+
+@pytest.fixture(scope="session")
+def a_chest_phantom(tmp_path_factory):
+    """A full-size chest phantom from the test split (seed 300000), written as NIfTI."""
+    from OsteoScreenLib.phantom import generate_case, write_case
+
+    case = generate_case(300000, "chest")
+    folder = write_case(case, tmp_path_factory.mktemp("phantom") / "case", fmt="nifti")
+    return case, folder

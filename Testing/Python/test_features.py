@@ -12,7 +12,7 @@ TRABECULAR_HU, CORTEX_HU, TISSUE_HU = 150.0, 700.0, 40.0
 RADIUS_MM, HALF_HEIGHT_MM, SHELL_MM = 20.0, 13.0, 1.5
 
 
-def a_tilted_body(tilt_deg=15.0, grid=None):
+def a_tilted_body(tilt_deg=15.0, grid=None, trabecular_hu=TRABECULAR_HU):
     """A cylindrical 'vertebral body' (cortical shell, trabecular core) tilted about the R axis."""
     grid = oblique_matrix(spacing=(0.8, 0.8, 1.0), angles_deg=(5, 0, 10)) if grid is None else grid
     shape = (90, 90, 90)
@@ -29,7 +29,7 @@ def a_tilted_body(tilt_deg=15.0, grid=None):
     ct = np.full(shape, TISSUE_HU, np.float32)
     ct[:5] = -1000  # some air
     ct[body] = CORTEX_HU
-    ct[core] = TRABECULAR_HU
+    ct[core] = trabecular_hu
     labels = np.zeros(shape, np.uint8)
     labels[body] = 1
     return v.with_array(ct.astype(np.int16)), v.with_array(labels), axis, center
@@ -54,6 +54,11 @@ def test_the_trabecular_roi_stays_inside_the_core_and_reads_its_hu():
     r = np.hypot((jj - (IMAGE_SIZE_PX - 1) / 2) * step, (ii - (IMAGE_SIZE_PX - 1) / 2) * step)
     assert r.max() < RADIUS_MM - SHELL_MM - 2.0
     assert f.roi_area_mm2 > 300
+
+
+def test_a_fatty_osteoporotic_body_is_still_bone():
+    ct, labels, _, _ = a_tilted_body(trabecular_hu=-20.0)
+    assert body_features(ct, labels, "L1").roi_hu == pytest.approx(-20.0, abs=1.0)
 
 
 def test_features_do_not_depend_on_the_grid_orientation():

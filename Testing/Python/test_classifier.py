@@ -1,0 +1,118 @@
+"""Both bundled classifiers end to end, the result contract, bad segments, batch screening."""
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from OsteoScreenLib.cli import main
+from OsteoScreenLib.ct_io import write_volume
+from OsteoScreenLib.logic import OsteoScreenLogic
+from OsteoScreenLib.registry import CLASSES, LABEL_MAPPINGS
+
+
+@pytest.fixture(scope="module")
+def phantom_nodes(a_chest_phantom, bundled_models):
+    import slicer
+
+    case, folder = a_chest_phantom
+    logic = OsteoScreenLogic(slicer.vtkMRMLScene())
+    ct_node = logic.load_ct(folder / "ct.nii.gz")
+    seg_node = logic.load_segmentation(folder / "labels.nii.gz", ct_node)
+    return logic, ct_node, seg_node, case
+
+
+@pytest.mark.parametrize("model", ["l1l2", "l1"])
+def test_both_models_classify_a_phantom_and_fill_the_result_contract(phantom_nodes, model):
+    logic, ct_node, seg_node, case = phantom_nodes
+    result = logic.classify(ct_node, seg_node, model)
+    assert result["schema"] == "osteoscreen.result/1"
+    pred = result["prediction"]
+    assert pred["class"] in CLASSES
+    assert sum(pred["probabilities"].values()) == pytest.approx(1.0, abs=1e-3)
+    assert 0 < pred["bmd_mg_cm3"] < 400
+    assert result["model"]["name"] == model and len(result["model"]["sha256"]) == 64
+    assert len(result["input"]["sha256"]) == 64 and result["input"]["shape"] == list(case.ct.shape_ijk)
+    assert set(result["vertebrae"]) == {"L1", "L2"}
+
+
+def test_the_trabecular_roi_reads_the_phantoms_true_trabecular_hu(phantom_nodes):
+    logic, ct_node, seg_node, case = phantom_nodes
+    result = logic.classify(ct_node, seg_node, "l1l2")
+    for name in ("L1", "L2"):
+        assert result["vertebrae"][name]["trabecular_roi_hu"] == pytest.approx(case.meta["trabecular_hu"][name], abs=30)
+
+
+def test_model_1_with_only_l1_suggests_model_2(phantom_nodes, tmp_path):
+    logic, ct_node, _, case = phantom_nodes
+    only_l1 = case.labels.with_array((case.labels.array == 1).astype(np.uint8))
+    path = write_volume(only_l1, tmp_path / "l1.nii.gz")
+    seg = logic.load_segmentation(path, ct_node)
+    with pytest.raises(Exception, match="model 2"):
+        logic.classify(ct_node, seg, "l1l2")
+    assert logic.classify(ct_node, seg, "l1")["prediction"]["class"] in CLASSES
+
+
+def test_a_segmentation_on_another_grid_is_resampled_not_misread(phantom_nodes, tmp_path):
+    logic, ct_node, seg_node, case = phantom_nodes
+    direct = logic.classify(ct_node, seg_node, "l1")
+    coarse = case.labels.array[::2, ::2, ::2]  # half the resolution, same field of view
+    m = case.labels.ijk_to_ras.copy()
+    m[:3, :3] *= 2
+    from OsteoScreenLib.volume import Volume
+
+    path = write_volume(Volume(coarse, m), tmp_path / "coarse.nii.gz")
+    resampled = logic.classify(ct_node, logic.load_segmentation(path, ct_node), "l1")
+    assert resampled["vertebrae"]["L1"]["trabecular_roi_hu"] == pytest.approx(direct["vertebrae"]["L1"]["trabecular_roi_hu"], abs=15)
+
+
+def test_a_real_case_classifies_without_accuracy_claim(real_data, tmp_path, bundled_models, capsys):
+    case = real_data / "totalsegmentator-example"
+    code = main(["classify", str(case / "ct.nii.gz"), "--segmentation", str(case / "labels.nii.gz"),
+                 "--labels", "totalsegmentator", "--model", "l1l2", "--json", str(tmp_path / "r.json")])
+    assert code == 0
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["prediction"]["class"] in CLASSES
+
+
+def test_screen_records_a_failing_scan_and_resumes(real_data, a_chest_phantom, tmp_path, bundled_models):
+    _, folder = a_chest_phantom
+    inputs = [str(folder / "ct.nii.gz"), str(real_data / "tptbox-l2-l4" / "ct.nii.gz")]
+    out = tmp_path / "out"
+    assert main(["screen", *inputs, "--output-dir", str(out)]) == 3
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["status"] for r in rows] == ["ok", "failed"]
+    assert "L1 not found" in rows[1]["error"]
+    case_dir = out / rows[0]["case"]
+    assert {p.name for p in case_dir.iterdir()} >= {"segmentation.seg.nrrd", "result.json", "report.png"}
+    stamp = (case_dir / "result.json").stat().st_mtime_ns
+    assert main(["screen", *inputs, "--output-dir", str(out)]) == 3
+    assert (case_dir / "result.json").stat().st_mtime_ns == stamp  # finished case skipped
+
+
+def test_a_killed_batch_loses_no_finished_case(a_chest_phantom, tmp_path, bundled_models):
+    _, folder = a_chest_phantom
+    links = []
+    for n in range(3):  # three inputs with distinct names
+        d = tmp_path / f"p{n}"
+        d.mkdir()
+        (d / "ct.nii.gz").symlink_to(folder / "ct.nii.gz")
+        links.append(str(d / "ct.nii.gz"))
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "OsteoScreenLib.cli", "screen", *links, "--output-dir", str(out)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while time.time() < deadline and not (out / "p0_ct" / "result.json").exists():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    stamp = (out / "p0_ct" / "result.json").stat().st_mtime_ns
+    assert main(["screen", *links, "--output-dir", str(out)]) == 0
+    rows = list(csv.DictReader(open(out / "results.csv")))
+    assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
+    assert (out / "p0_ct" / "result.json").stat().st_mtime_ns == stamp  # kept, not redone

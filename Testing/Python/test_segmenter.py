@@ -1,0 +1,104 @@
+"""The bundled segmentation model through ONNX Runtime: phantoms, real cases, bad input, API rules."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from OsteoScreenLib.cli import main
+from OsteoScreenLib.ct_io import read_ct, read_volume
+from OsteoScreenLib.errors import OsteoScreenError
+from OsteoScreenLib.logic import OsteoScreenLogic
+from OsteoScreenLib.metrics import dice
+from OsteoScreenLib.registry import LABEL_MAPPINGS, LABEL_OF, VERSE_LEVEL_IDS
+from OsteoScreenLib.segmenter import Cancelled, L1L2Segmenter
+
+
+@pytest.fixture(scope="module")
+def segmenter(bundled_models):
+    return L1L2Segmenter()
+
+
+@pytest.fixture(scope="module")
+def a_segmented_phantom(segmenter, a_chest_phantom):
+    case, _ = a_chest_phantom
+    return case, segmenter.segment(case.ct)
+
+
+def test_a_chest_phantom_gets_both_bodies_at_the_right_levels(a_segmented_phantom):
+    case, out = a_segmented_phantom
+    for name, value in LABEL_OF.items():
+        pred = out.labels.array == value
+        assert dice(pred, case.labels.array == value) > 0.8, name
+        centroid = tuple(np.round(np.argwhere(pred).mean(axis=0)).astype(int))
+        assert case.levels.array[centroid] == VERSE_LEVEL_IDS[name]
+
+
+def test_labels_come_back_on_the_original_grid(a_segmented_phantom):
+    case, out = a_segmented_phantom
+    assert out.labels.same_grid(case.ct)
+    assert set(np.unique(out.labels.array)) <= {0, 1, 2}
+
+
+@pytest.mark.parametrize("case", ["totalsegmentator-example", "verse012"])
+def test_real_cases_levels_are_found_inside_the_reference_vertebra(segmenter, real_data, case):
+    mapping = LABEL_MAPPINGS["totalsegmentator" if case.startswith("total") else "verse"]
+    out = segmenter.segment(read_ct(real_data / case / "ct.nii.gz"))
+    ref = read_volume(real_data / case / "labels.nii.gz").array
+    for name, value in LABEL_OF.items():
+        kji = np.argwhere(out.labels.array == value)
+        assert len(kji) > 0, f"{name} not found"
+        centroid = tuple(np.round(kji.mean(axis=0)).astype(int))
+        assert ref[centroid] == mapping[name], f"{name} centroid is not in the reference {name}"
+
+
+def test_a_scan_ending_at_t12_says_which_levels_are_missing(segmenter, real_data):
+    with pytest.raises(OsteoScreenError, match="L1 and L2 not found"):
+        segmenter.segment(read_ct(real_data / "totalsegmentator-dicom"))
+
+
+def test_a_scan_without_l1_says_l1_is_missing(segmenter, real_data):
+    with pytest.raises(OsteoScreenError, match="L1 not found"):
+        segmenter.segment(read_ct(real_data / "tptbox-l2-l4" / "ct.nii.gz"))
+
+
+def test_segmenting_twice_gives_two_nodes_and_never_touches_the_first(a_scene, a_chest_phantom, bundled_models):
+    _, folder = a_chest_phantom
+    logic = OsteoScreenLogic(a_scene)
+    ct_node = logic.load_ct(folder / "ct.nii.gz")
+    first, _ = logic.segment(ct_node)
+    edited = first.GetSegmentation().GetSegment(first.GetSegmentation().GetNthSegmentID(0))
+    edited.SetName("L1")
+    before = logic.labelmap(first, ct_node).array.copy()
+    second, _ = logic.segment(ct_node)
+    assert second is not first and second.GetName() != first.GetName()
+    np.testing.assert_array_equal(logic.labelmap(first, ct_node).array, before)
+
+
+def test_cancel_stops_the_work_and_adds_no_node(a_scene, a_chest_phantom, bundled_models):
+    _, folder = a_chest_phantom
+    logic = OsteoScreenLogic(a_scene)
+    ct_node = logic.load_ct(folder / "ct.nii.gz")
+    before = a_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode")
+    calls = []
+    with pytest.raises(Cancelled):
+        logic.segment(ct_node, cancel=lambda: len(calls) > 0, progress=lambda f, m: calls.append(m))
+    assert a_scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == before
+
+
+def test_the_cli_writes_seg_nrrd_by_default_and_a_label_map_on_request(tmp_path, a_chest_phantom, bundled_models):
+    case, folder = a_chest_phantom
+    assert main(["segment", str(folder / "ct.nii.gz"), "--output", str(tmp_path / "s.seg.nrrd")]) == 0
+    assert main(["segment", str(folder / "ct.nii.gz"), "--output", str(tmp_path / "labels.nii.gz")]) == 0
+    labels = read_volume(tmp_path / "labels.nii.gz")
+    assert labels.same_grid(case.ct) and set(np.unique(labels.array)) == {0, 1, 2}
+    assert main(["segment", str(folder / "ct.nii.gz"), "--output", str(tmp_path / "labels.nii.gz")]) == 1
+
+
+def test_inference_imports_neither_torch_nor_monai(bundled_models):
+    code = ("import sys; from OsteoScreenLib.segmenter import L1L2Segmenter; "
+            "from OsteoScreenLib.classifier import OsteoporosisClassifier; L1L2Segmenter(); "
+            "OsteoporosisClassifier('l1l2'); print(sorted(m for m in ('torch', 'monai') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
+    assert out.stdout.strip() == "[]"
