@@ -15,7 +15,7 @@ def axis_aligned_grid(lower_ras, upper_ras, spacing_mm: float | tuple) -> tuple[
     """A RAS-aligned grid (i = R, j = A, k = S) covering the box ``lower..upper`` (mm)."""
     spacing = np.broadcast_to(np.asarray(spacing_mm, float), (3,))
     lower, upper = np.asarray(lower_ras, float), np.asarray(upper_ras, float)
-    n = np.maximum(np.ceil((upper - lower) / spacing).astype(int), 1)
+    n = np.maximum(np.ceil((upper - lower) / spacing - 1e-6).astype(int), 1)  # 80.0000001 mm is 80 voxels
     m = np.diag([*spacing, 1.0])
     m[:3, 3] = lower + spacing / 2
     return m, (int(n[2]), int(n[1]), int(n[0]))

@@ -7,14 +7,18 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 WORKERS=${WORKERS:-2}
 SEG_TRAIN=${SEG_TRAIN:-300}          # training phantoms for the bundled segmentation model
-SEG_COARSE_IT=${SEG_COARSE_IT:-800}
+SEG_COARSE_IT=${SEG_COARSE_IT:-3000}
 SEG_FINE_IT=${SEG_FINE_IT:-1500}
 SEG_EVAL=${SEG_EVAL:-400}            # test phantoms (chest preset) in the evaluation
 what=${1:-all}
 
 if [[ $what == segmentation || $what == all ]]; then
-  $PY -m training.segmentation.prepare --split train --count "$SEG_TRAIN" --workers "$WORKERS"
-  $PY -m training.segmentation.prepare --split tune --count 20 --workers "$WORKERS"
+  # each stage learns from the phantoms that look like its input (training/segmentation/config.py)
+  for split_count in "train $SEG_TRAIN" "tune 20"; do
+    set -- $split_count
+    $PY -m training.segmentation.prepare --split "$1" --count "$2" --preset chest-coarse --stages coarse --workers "$WORKERS"
+    $PY -m training.segmentation.prepare --split "$1" --count "$2" --preset training --stages fine --workers "$WORKERS"
+  done
   $PY -m training.segmentation.train --stage coarse --train-count "$SEG_TRAIN" --iterations "$SEG_COARSE_IT"
   $PY -m training.segmentation.train --stage fine --train-count "$SEG_TRAIN" --iterations "$SEG_FINE_IT"
   $PY -m training.segmentation.export

@@ -219,7 +219,7 @@ def sample_fov(rng: np.random.Generator, preset: str) -> dict:
         "bottom_position": _u(rng, 0.0, 1.0),
         "center_jitter_mm": [_n(rng, 0.0, 12.0, -30.0, 30.0), _n(rng, 0.0, 12.0, -30.0, 30.0)],
     }
-    if preset == "chest":
+    if preset in ("chest", "chest-coarse"):
         fov["dfov_margin_mm"] = _u(rng, *spec["dfov_margin_mm"])  # display FOV = body width + margin
     elif preset == "spine":
         fov["pixel_mm"] = _u(rng, *spec["pixel_mm"])
@@ -235,7 +235,7 @@ def sample_parameters(seed: int, preset: str = "chest") -> dict:
         raise ValueError(f"unknown preset {preset!r}; choose one of {', '.join(PRESETS)}")
     rng = np.random.Generator(np.random.PCG64(int(seed)))
     subject = sample_subject(rng)
-    return {
+    params = {
         "generator_version": GENERATOR_VERSION,
         "seed": int(seed),
         "preset": preset,
@@ -246,3 +246,7 @@ def sample_parameters(seed: int, preset: str = "chest") -> dict:
         "pose": sample_pose(rng),
         "fov": sample_fov(rng, preset),
     }
+    fixed_slice = PRESETS[preset].get("slice_mm")
+    if fixed_slice:  # drawn like the others (same random stream), then fixed
+        params["scanner"]["slice_thickness_mm"] = params["scanner"]["slice_spacing_mm"] = float(fixed_slice)
+    return params

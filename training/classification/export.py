@@ -26,7 +26,7 @@ from OsteoScreenLib.hashing import sha256_file
 from OsteoScreenLib.paths import models_dir
 from OsteoScreenLib.registry import CLASSES, NORMAL_MIN_BMD_MG_CM3, OSTEOPOROSIS_MAX_BMD_MG_CM3
 
-from ..segmentation.export import card_markdown
+from ..segmentation.export import card_markdown, source_commit
 from .config import BMD_SCALE_MG_CM3, MODELS, NETWORK, ONNX_OPSET, ONNX_TOLERANCE, SPLITS
 from .network import FusionClassifier
 from .train import CHECKPOINTS
@@ -89,7 +89,8 @@ def export(model: str, metrics: dict | None = None) -> Path:
                           "roi": {"cortex_margin_mm": ROI_CORTEX_MARGIN_MM, "scale": ROI_SCALE}},
         "labels": {str(i): c for i, c in enumerate(CLASSES)},
         "training_data": {"source": "synthetic chest-CT phantoms of OsteoScreenLib.phantom (no real patient data)",
-                          "generator_version": GENERATOR_VERSION, "splits_first_seed_and_count": SPLITS,
+                          "generator_version": GENERATOR_VERSION, "source_commit": source_commit(),
+                          "splits_first_seed_and_count": SPLITS,
                           "training": train_config},
         "onnx_vs_pytorch_max_abs_diff": diff,
         "metrics": metrics or {},

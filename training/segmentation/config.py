@@ -11,7 +11,9 @@ PREPROCESSING = {
 
 NETWORKS = {
     # MONAI UNet arguments (spatial_dims=3, out_channels=3: background, L1, L2)
-    "coarse": {"in_channels": 1, "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1},
+    # batch norm: instance statistics would change with how much of the input is padding,
+    # and the coarse input's size varies from scan to scan
+    "coarse": {"in_channels": 1, "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1, "norm": "batch"},
     "fine": {"in_channels": 3, "channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1},
 }
 
@@ -21,6 +23,10 @@ SPLITS = {"train": (100000, 548), "tune": (200000, 100), "test": (300000, 400)} 
 # Fine-stage training: the box centre jitters like a coarse error, hints are perturbed labels.
 CENTER_JITTER_MM = 8.0
 HINT_SHIFT_MM = 4.0
+
+# Each stage learns from the phantoms that look like its run-time input: the coarse stage
+# from whole chest CTs on a coarse grid, the fine stage from 1.5 mm crops of the lower spine.
+PRESETS = {"coarse": "chest-coarse", "fine": "training"}
 
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-3  # max |softmax(ONNX) - softmax(PyTorch)| accepted at export

@@ -82,6 +82,7 @@ def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> 
         "training_data": {
             "source": "synthetic chest-CT phantoms of OsteoScreenLib.phantom (no real patient data)",
             "generator_version": _generator_version(),
+            "source_commit": source_commit(),
             "splits_first_seed_and_count": SPLITS,
             "stages": train_configs,
         },
@@ -99,6 +100,20 @@ def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> 
     (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / "model_card.md").write_text(card_markdown(card))
     return out
+
+
+def source_commit() -> str | None:
+    """The git commit the training code and phantom generator came from (None outside git)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
+                             cwd=Path(__file__).resolve().parent)
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", ":/OsteoScreenLib", ":/training"],
+                               capture_output=True, text=True, cwd=Path(__file__).resolve().parent).stdout.strip()
+        return out.stdout.strip() + ("+uncommitted" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return None
 
 
 def _generator_version() -> str:

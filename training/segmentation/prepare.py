@@ -27,18 +27,21 @@ def sample_paths(cache: Path, preset: str, seed: int) -> tuple[Path, Path]:
     return base / "coarse" / f"{seed}.npz", base / "fine" / f"{seed}.npz"
 
 
-def prepare_one(args: tuple[Path, str, int]) -> tuple[int, float]:
-    cache, preset, seed = args
+def prepare_one(args: tuple[Path, str, int, str]) -> tuple[int, float]:
+    cache, preset, seed, stages = args
     coarse_path, fine_path = sample_paths(cache, preset, seed)
-    if coarse_path.exists() and fine_path.exists():
+    todo = [s for s, p in (("coarse", coarse_path), ("fine", fine_path)) if s in stages and not p.exists()]
+    if not todo:
         return seed, 0.0
     from OsteoScreenLib.phantom import generate_case
 
     t = time.perf_counter()
     case = generate_case(seed, preset)
     rng = np.random.default_rng(seed + 7)
-    save(coarse_path, coarse_sample(case.ct, case.labels))
-    save(fine_path, fine_sample(case.ct, case.labels, rng))
+    if "coarse" in todo:
+        save(coarse_path, coarse_sample(case.ct, case.labels))
+    if "fine" in todo:
+        save(fine_path, fine_sample(case.ct, case.labels, rng))
     return seed, time.perf_counter() - t
 
 
@@ -47,8 +50,8 @@ def seeds_of(split: str, count: int | None = None) -> list[int]:
     return list(range(first, first + (n if count is None else min(count, n))))
 
 
-def prepare(split: str, count: int | None, preset: str, cache: Path, workers: int) -> None:
-    jobs = [(cache, preset, s) for s in seeds_of(split, count)]
+def prepare(split: str, count: int | None, preset: str, cache: Path, workers: int, stages: str = "coarse,fine") -> None:
+    jobs = [(cache, preset, s, stages) for s in seeds_of(split, count)]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.perf_counter()
     with Pool(workers) as pool:
@@ -64,8 +67,9 @@ def main() -> None:
     p.add_argument("--preset", default="training")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--stages", default="coarse,fine", help="which samples to cache: coarse, fine or both")
     a = p.parse_args()
-    prepare(a.split, a.count, a.preset, a.cache, a.workers)
+    prepare(a.split, a.count, a.preset, a.cache, a.workers, a.stages)
 
 
 if __name__ == "__main__":

@@ -19,10 +19,16 @@ from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
 from .config import NETWORKS, PREPROCESSING
+from .config import PRESETS as STAGE_PRESETS
 from .prepare import DEFAULT_CACHE, sample_paths, seeds_of
 from .samples import load
 
 COARSE_PATCH = (64, 64, 64)  # 320 mm cube at 5 mm: the training FOV fits, chest cases are cropped
+
+
+def fine_patch() -> tuple[int, int, int]:
+    cfg = PREPROCESSING["fine"]
+    return tuple(int(round(s / cfg["spacing_mm"])) for s in cfg["size_mm"][::-1])
 
 
 def build_network(stage: str) -> UNet:
@@ -74,6 +80,8 @@ class Samples:
         x, y = s["x"].astype(np.float32), s["y"].astype(np.int64)
         if self.stage == "coarse":
             x, y = _fit(x, y, COARSE_PATCH, rng, -1.0)
+        else:  # samples cached before a rounding fix may be one voxel larger
+            x, y = _fit(x, y, fine_patch(), rng, 0.0)
         if train:
             x = augment(x, rng)
             if rng.uniform() < 0.5:
@@ -162,7 +170,7 @@ def main() -> None:
     p.add_argument("--stage", choices=("coarse", "fine"), required=True)
     p.add_argument("--train-count", type=int, default=300)
     p.add_argument("--tune-count", type=int, default=20)
-    p.add_argument("--preset", default="training")
+    p.add_argument("--preset", default=None, help="phantom preset of the samples (default: config.PRESETS[stage])")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--iterations", type=int, default=3000)
     p.add_argument("--batch", type=int, default=2)
@@ -173,6 +181,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
     a = p.parse_args()
+    a.preset = a.preset or STAGE_PRESETS[a.stage]
     a.out = a.out or str(Path(__file__).resolve().parents[1] / "checkpoints" / f"segmentation-{a.stage}")
     train(a)
 
