@@ -37,17 +37,26 @@ def bounds_ras(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
 
 
 def block_mean(volume: Volume, factors_ijk) -> Volume:
-    """Average non-overlapping blocks of ``factors`` voxels (anti-aliasing before downsampling)."""
+    """Average non-overlapping blocks of ``factors`` voxels (anti-aliasing before downsampling).
+
+    Sums strided views into a float32 array of the reduced size, so a 512x512x700
+    int16 CT is never copied to float in full.
+    """
     fi, fj, fk = (max(1, int(f)) for f in factors_ijk)
     if (fi, fj, fk) == (1, 1, 1):
-        return Volume(volume.array.astype(np.float32, copy=False), volume.ijk_to_ras)
+        return volume
     k, j, i = volume.array.shape
     a = volume.array[: k - k % fk, : j - j % fj, : i - i % fi]
-    a = a.reshape(k // fk, fk, j // fj, fj, i // fi, fi).astype(np.float32).mean(axis=(1, 3, 5))
+    out = np.zeros((a.shape[0] // fk, a.shape[1] // fj, a.shape[2] // fi), np.float32)
+    for ok in range(fk):
+        for oj in range(fj):
+            for oi in range(fi):
+                out += a[ok::fk, oj::fj, oi::fi]
+    out /= fi * fj * fk
     m = volume.ijk_to_ras.copy()
     m[:3, 3] = m[:3, :3] @ (np.array([fi, fj, fk]) - 1) / 2 + m[:3, 3]
     m[:3, :3] = m[:3, :3] * np.array([fi, fj, fk])[None, :]
-    return Volume(a, m)
+    return Volume(out, m)
 
 
 def sample(
@@ -64,17 +73,79 @@ def sample(
     With ``antialias``, a volume much finer than the target is block-averaged first.
     Multi-channel arrays ``(k, j, i, c)`` are sampled channel by channel.
     """
-    source = volume
+    target_ijk_to_ras = np.asarray(target_ijk_to_ras, float)
+    factors = np.ones(3, int)
     if antialias and order == 1 and volume.array.ndim == 3:
         target_spacing = np.linalg.norm(target_ijk_to_ras[:3, :3], axis=0).min()
-        factors = np.floor(target_spacing / volume.spacing_mm + 1e-6).astype(int)
-        source = block_mean(volume, factors)
+        factors = np.maximum(np.floor(target_spacing / volume.spacing_mm + 1e-6).astype(int), 1)
+    # only the part of the volume that the target covers (a view, no copy)
+    source = crop_to_grid(volume, target_ijk_to_ras, target_shape, margin=2 + int(factors.max()))
+    if factors.max() > 1:
+        source = block_mean(source, factors)
+    t = source.ras_to_ijk @ np.asarray(target_ijk_to_ras, float)
+    perm = _axis_permutation(t[:3, :3])
+    if perm is not None:  # grids share their axes: separable interpolation, much faster
+        return _sample_separable(source.array, t, perm, target_shape, order, fill)
     coords = _source_coords(source, target_ijk_to_ras, target_shape)
     if source.array.ndim == 4:
         return np.stack([_interp(source.array[..., c], coords, order, fill) for c in range(source.array.shape[3])], -1).reshape(
             (*target_shape, source.array.shape[3])
         )
     return _interp(source.array, coords, order, fill).reshape(target_shape)
+
+
+def _axis_permutation(m: np.ndarray, tol: float = 1e-6):
+    """For target->source index maps without rotation: perm[t] = source axis (i, j, k order) of target axis t."""
+    nonzero = np.abs(m) > tol * np.abs(m).max()
+    if not (nonzero.sum(axis=0) == 1).all() or not (nonzero.sum(axis=1) == 1).all():
+        return None
+    return [int(np.argmax(nonzero[:, c])) for c in range(3)]
+
+
+def _axis_weights(n_target: int, scale: float, offset: float, n_source: int, order: int):
+    """1D source positions of target indices: (lower index, upper index, weight of upper, inside)."""
+    x = scale * np.arange(n_target) + offset
+    inside = (x >= -0.5) & (x <= n_source - 0.5)
+    if order == 0:
+        idx = np.clip(np.rint(x).astype(np.int64), 0, n_source - 1)
+        inside &= (np.rint(x) >= 0) & (np.rint(x) <= n_source - 1)
+        return idx, idx, np.zeros(n_target, np.float32), inside
+    lo = np.floor(x)
+    w = (x - lo).astype(np.float32)
+    lo = lo.astype(np.int64)
+    return np.clip(lo, 0, n_source - 1), np.clip(lo + 1, 0, n_source - 1), w, inside
+
+
+def _sample_separable(array: np.ndarray, t: np.ndarray, perm, target_shape, order: int, fill: float) -> np.ndarray:
+    """Interpolate axis by axis when each target axis runs along one source axis."""
+    # source array axes are (k, j, i) = source ijk axes (2, 1, 0); target axes likewise
+    out = array
+    masks = []
+    tk, tj, ti = target_shape
+    n_target_ijk = (ti, tj, tk)
+    source_shape_ijk = (array.shape[2], array.shape[1], array.shape[0])
+    # bring the source into target axis order first: target axis a (ijk) <- source axis perm[a]
+    src_axes_kji = [2 - perm[2], 2 - perm[1], 2 - perm[0]]
+    out = np.transpose(out, src_axes_kji + list(range(3, array.ndim)))
+    for a in (2, 1, 0):  # target k, j, i = array axes 0, 1, 2
+        src = perm[a]
+        lo, hi, w, inside = _axis_weights(n_target_ijk[a], t[src, a], t[src, 3], source_shape_ijk[src], order)
+        axis = 2 - a
+        if order == 0:
+            out = np.take(out, lo, axis=axis)
+        else:
+            shape = [1] * out.ndim
+            shape[axis] = -1
+            w = w.reshape(shape)
+            out = np.take(out, lo, axis=axis).astype(np.float32) * (1 - w) + np.take(out, hi, axis=axis) * w
+        masks.append((axis, inside))
+    out = np.array(out, copy=True)
+    for axis, inside in masks:
+        if not inside.all():
+            index = [slice(None)] * out.ndim
+            index[axis] = ~inside
+            out[tuple(index)] = fill
+    return out
 
 
 def _source_coords(source: Volume, target_ijk_to_ras, target_shape) -> np.ndarray:

@@ -170,6 +170,15 @@ class L1L2Segmenter:
 
     def _to_ct_grid(self, ct: Volume, fine: Volume) -> tuple[Volume, list[str]]:
         """Fine probabilities -> label map on the CT grid, inside the fine box only."""
+        fg = np.argwhere(fine.array[..., 0] < 0.5)
+        if len(fg) == 0:
+            empty = ct.with_array(np.zeros(ct.array.shape, np.uint8))
+            return empty, _order_and_edge_checks(empty)
+        lo_f = np.maximum(fg.min(axis=0) - 2, 0)
+        hi_f = np.minimum(fg.max(axis=0) + 3, fine.array.shape[:3])
+        m = fine.ijk_to_ras.copy()
+        m[:3, 3] = fine.ijk_to_ras[:3, :3] @ lo_f[::-1] + fine.ijk_to_ras[:3, 3]
+        fine = Volume(fine.array[lo_f[0] : hi_f[0], lo_f[1] : hi_f[1], lo_f[2] : hi_f[2]], m)  # where the bodies are
         k, j, i = fine.array.shape[:3]
         corners = np.array([[a, b, c] for a in (0, k - 1) for b in (0, j - 1) for c in (0, i - 1)])
         ijk = (ct.ras_to_ijk @ np.c_[fine.voxel_centers_ras(corners), np.ones(8)].T)[:3].T

@@ -43,9 +43,9 @@ def inputs(data: dict, model: str, rng=None) -> np.ndarray:
     return out
 
 
-def train(model: str, epochs: int, preset: str, seed: int, out: Path, train_count: int | None) -> dict:
+def train(model: str, epochs: int, preset: str, seed: int, out: Path, train_count: int | None, threads: int = 2) -> dict:
     torch.manual_seed(seed)
-    torch.set_num_threads(2)
+    torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
     train_data, tune_data = load_split("train", preset, train_count), load_split("tune", preset)
     net = FusionClassifier(len(MODELS[model]), **NETWORK)
@@ -99,12 +99,13 @@ def train(model: str, epochs: int, preset: str, seed: int, out: Path, train_coun
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", choices=list(MODELS), required=True)
-    p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--preset", default="training")
     p.add_argument("--train-count", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
-    train(a.model, a.epochs, a.preset, a.seed, CHECKPOINTS / f"classifier-{a.model}", a.train_count)
+    train(a.model, a.epochs, a.preset, a.seed, CHECKPOINTS / f"classifier-{a.model}", a.train_count, a.threads)
 
 
 if __name__ == "__main__":
