@@ -49,10 +49,16 @@ class BodyFeatures:
 
 
 def network_image(image_hu: np.ndarray, mask: np.ndarray) -> np.ndarray:
-    """Masked, windowed image in [-1, 1]; 0 outside the body (the classifiers' input)."""
+    """The classifiers' input for one body, (2, H, W) in [-1, 1].
+
+    Channel 0: the body alone (0 outside the segment), as in the paper. Channel 1:
+    the same plane unmasked, so the network also sees muscle, fat and vessels next
+    to the spine: the reference tissues of internal (phantomless) QCT calibration,
+    which tell scanners, tube voltages and contrast phases apart.
+    """
     lo, hi = IMAGE_HU_WINDOW
-    x = (np.clip(image_hu, lo, hi) - lo) / (hi - lo) * 2 - 1
-    return np.where(mask, x, 0.0).astype(np.float32)
+    x = ((np.clip(image_hu, lo, hi) - lo) / (hi - lo) * 2 - 1).astype(np.float32)
+    return np.stack([np.where(mask, x, 0.0).astype(np.float32), x])
 
 
 def body_axis(world_points: np.ndarray) -> np.ndarray:

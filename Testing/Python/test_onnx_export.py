@@ -53,7 +53,9 @@ def test_classifier_onnx_matches_pytorch(bundled_models, model):
 
     files, card = verified_files(model_folder(f"classifier-{model}"))
     weights_net = torch_from_onnx(_Exported(FusionClassifier(len(MODELS[model]), **NETWORK)), files["classifier"])
-    x = np.random.default_rng(1).normal(size=(3, len(MODELS[model]), 128, 128)).astype(np.float32)
+    from training.classification.network import IMAGE_CHANNELS
+
+    x = np.random.default_rng(1).normal(size=(3, len(MODELS[model]), IMAGE_CHANNELS, 128, 128)).astype(np.float32)
     with torch.no_grad():
         logits, bmd = (t.numpy() for t in weights_net(torch.from_numpy(x)))
     got = OnnxNetwork(files["classifier"]).run_all(x)

@@ -28,7 +28,7 @@ from OsteoScreenLib.registry import CLASSES, NORMAL_MIN_BMD_MG_CM3, OSTEOPOROSIS
 
 from ..segmentation.export import card_markdown, source_commit
 from .config import BMD_SCALE_MG_CM3, MODELS, NETWORK, ONNX_OPSET, ONNX_TOLERANCE, SPLITS
-from .network import FusionClassifier
+from .network import IMAGE_CHANNELS, FusionClassifier
 from .train import CHECKPOINTS
 
 MODEL_VERSION = "0.1.0"
@@ -53,7 +53,7 @@ def export(model: str, metrics: dict | None = None) -> Path:
     wrapped = _Exported(net).eval()
     out = models_dir() / RUNTIME_MODELS[model]["folder"]
     out.mkdir(parents=True, exist_ok=True)
-    x = torch.randn(2, len(MODELS[model]), IMAGE_SIZE_PX, IMAGE_SIZE_PX)
+    x = torch.randn(2, len(MODELS[model]), IMAGE_CHANNELS, IMAGE_SIZE_PX, IMAGE_SIZE_PX)
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "classifier.onnx"
         torch.onnx.export(wrapped, (x,), str(path), opset_version=ONNX_OPSET, input_names=["images"],
@@ -85,7 +85,8 @@ def export(model: str, metrics: dict | None = None) -> Path:
         "architecture": {"type": "shared 2D CNN encoder per vertebra, late fusion by concatenation", **NETWORK,
                          "inputs": list(MODELS[model]), "outputs": {"logits": list(CLASSES), "bmd_mg_cm3": "mean of L1 and L2"}},
         "preprocessing": {"image_size_px": IMAGE_SIZE_PX, "field_of_view_mm": IMAGE_FOV_MM, "slab_offsets_mm": SLAB_OFFSETS_MM,
-                          "hu_window": IMAGE_HU_WINDOW, "mask": "outside the segment = 0",
+                          "hu_window": IMAGE_HU_WINDOW,
+                          "channels": ["body only (0 outside the segment)", "unmasked plane (reference tissues)"],
                           "roi": {"cortex_margin_mm": ROI_CORTEX_MARGIN_MM, "scale": ROI_SCALE}},
         "labels": {str(i): c for i, c in enumerate(CLASSES)},
         "training_data": {"source": "synthetic chest-CT phantoms of OsteoScreenLib.phantom (no real patient data)",

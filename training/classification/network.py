@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+IMAGE_CHANNELS = 2  # masked body, unmasked context (features.network_image)
+
 
 def _block(cin: int, cout: int) -> nn.Sequential:
     return nn.Sequential(
@@ -23,7 +25,7 @@ class VertebraEncoder(nn.Module):
     def __init__(self, width: int, features: int):
         super().__init__()
         w = width
-        self.body = nn.Sequential(_block(1, w), _block(w, 2 * w), _block(2 * w, 4 * w), _block(4 * w, 4 * w))
+        self.body = nn.Sequential(_block(IMAGE_CHANNELS, w), _block(w, 2 * w), _block(2 * w, 4 * w), _block(4 * w, 4 * w))
         self.project = nn.Linear(4 * w * 2, features)  # global mean + max pooling
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -32,7 +34,8 @@ class VertebraEncoder(nn.Module):
 
 
 class FusionClassifier(nn.Module):
-    """Input (N, V, H, W) with V vertebrae; outputs class logits (N, 3) and BMD / 100 (N, 1)."""
+    """Input (N, V, C, H, W): V vertebrae, C channels each (see features.network_image);
+    outputs class logits (N, 3) and BMD / 100 (N, 1)."""
 
     def __init__(self, n_vertebrae: int, width: int = 24, features: int = 96, dropout: float = 0.2):
         super().__init__()
@@ -43,7 +46,7 @@ class FusionClassifier(nn.Module):
         self.bmd = nn.Linear(features, 1)
 
     def forward(self, x: torch.Tensor):
-        n, v, h, w = x.shape
-        f = self.encoder(x.reshape(n * v, 1, h, w)).reshape(n, -1)
+        n, v, c, h, w = x.shape
+        f = self.encoder(x.reshape(n * v, c, h, w)).reshape(n, -1)
         z = self.head(f)
         return self.classes(z), self.bmd(z)

@@ -19,16 +19,16 @@ from torch import nn
 from OsteoScreenLib.features import erode, network_image
 
 from .config import BMD_LOSS_WEIGHT, BMD_SCALE_MG_CM3, MODELS, NETWORK
-from .network import FusionClassifier
+from .network import IMAGE_CHANNELS, FusionClassifier
 from .prepare import load_split
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 
 
 def inputs(data: dict, model: str, rng=None) -> np.ndarray:
-    """Network inputs (N, V, H, W); with ``rng``, augmented as a reader's segment would vary."""
+    """Network inputs (N, V, C, H, W); with ``rng``, augmented as a reader's segment would vary."""
     idx = [("L1", "L2").index(v) for v in MODELS[model]]
-    out = np.empty((len(data["label"]), len(idx), *data["image_hu"].shape[2:]), np.float32)
+    out = np.empty((len(data["label"]), len(idx), IMAGE_CHANNELS, *data["image_hu"].shape[2:]), np.float32)
     for n in range(len(out)):
         for c, v in enumerate(idx):
             image = data["image_hu"][n, v].astype(np.float32)
