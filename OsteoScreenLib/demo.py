@@ -47,16 +47,25 @@ def run_demo(ct_path: Path, labels_path: Path | None, mapping: dict[str, int], o
     ct_node = logic.load_ct(ct_path)
     warnings: list[str] = []
     timing = {"load": round(time.perf_counter() - t0, 3)}
+    seg_node = None
     if models_available():
-        seg_node, out = logic.segment(ct_node)
-        warnings += out.warnings
-        timing.update({f"segment_{k}": v for k, v in out.timing_s.items()})
+        try:
+            seg_node, out = logic.segment(ct_node)
+            warnings += out.warnings
+            timing.update({f"segment_{k}": v for k, v in out.timing_s.items()})
+        except OsteoScreenError as exc:
+            if labels_path is None:
+                raise
+            # The phantom-trained model may not find the levels in a real scan: say so, and
+            # go on with the reference segments, as a reader would after correcting them.
+            warnings.append(f"segmentation model: {exc} -> segments taken from the reference labels")
     elif labels_path is not None:
-        seg_node = logic.load_segmentation(labels_path, ct_node, mapping)
-        seg_node.SetAttribute("OsteoScreen.Source", f"reference labels {labels_path.name}")
         warnings.append("no bundled models: segments taken from the reference labels, no prediction")
     else:
         raise OsteoScreenError("no bundled models and no reference labels: train the models first (see README)")
+    if seg_node is None:
+        seg_node = logic.load_segmentation(labels_path, ct_node, mapping)
+        seg_node.SetAttribute("OsteoScreen.Source", f"reference labels {labels_path.name}")
     logic.save_segmentation(seg_node, output_dir / "segmentation.seg.nrrd", overwrite)
     ct = volume_from_node(ct_node)
     labels = logic.labelmap(seg_node, ct_node)

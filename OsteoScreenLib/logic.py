@@ -90,12 +90,19 @@ class OsteoScreenLogic:
         import time
 
         from .classifier import check_model_name
-        from .result import build_result, input_info
 
         check_model_name(model)
         t0 = time.perf_counter()
         ct = volume_from_node(ct_node)
         labels = ct.with_array(segmentation_nodes.labelmap_on_grid(segmentation_node, ct_node))
+        return self._classify_arrays(ct_node, ct, labels, segmentation_node, model, warnings, timing_s, t0)
+
+    def _classify_arrays(self, ct_node, ct, labels, segmentation_node, model, warnings, timing_s, t0) -> dict:
+        """Classification of a CT and its label map already on the CT grid (batch: no re-export)."""
+        import time
+
+        from .result import build_result, input_info
+
         classification = self.classifier(model).classify(ct, labels)
         timing = dict(timing_s or {})
         timing["classify"] = round(time.perf_counter() - t0, 3)
@@ -158,6 +165,8 @@ class OsteoScreenLogic:
 
         Each case runs in a private scene, so the user's scene is left alone.
         """
+        import time
+
         import slicer
 
         from .batch import expand_inputs, run_batch
@@ -172,9 +181,11 @@ class OsteoScreenLogic:
             ct_node = case_logic.load_ct(source)
             seg_node, out = case_logic.segment(ct_node, cancel=cancel)
             case_logic.save_segmentation(seg_node, folder / "segmentation.seg.nrrd", overwrite=True)
-            result = case_logic.classify(ct_node, seg_node, model, out.warnings, out.timing_s)
+            ct = volume_from_node(ct_node)
+            result = case_logic._classify_arrays(ct_node, ct, out.labels, seg_node, model, out.warnings,
+                                                 out.timing_s, time.perf_counter())
             result["segmentation"]["path"] = "segmentation.seg.nrrd"
-            write_case_report(volume_from_node(ct_node), out.labels, result, folder, overwrite=True)
+            write_case_report(ct, out.labels, result, folder, overwrite=True)
 
         return run_batch(paths, Path(output_dir), process, overwrite, progress, cancel)
 

@@ -94,7 +94,7 @@ def _text(lines: list[tuple[str, int, tuple]], width: int, height: int) -> np.nd
         alpha = rgba[:h2, :w2, 3:] / 255.0
         region = canvas[y : y + h2, 8 : 8 + w2]
         region[:] = region * (1 - alpha) + rgba[:h2, :w2, :3] * alpha
-        y += int(size * 1.45)
+        y += int(size * 1.8)
     return canvas
 
 
