@@ -77,7 +77,7 @@ def case_names(inputs: list[Path]) -> list[str]:
         ext = volume_extension(p)
         return name[: -len(ext)] if ext else name
 
-    parts = [[stem(p)] + [q.name for q in p.resolve().parents if q.name] for p in inputs]
+    parts = [[stem(p)] + [q.name for q in p.absolute().parents if q.name] for p in inputs]
     depth = [1] * len(inputs)
     while True:
         names = ["_".join(reversed(parts[n][: depth[n]])) for n in range(len(inputs))]

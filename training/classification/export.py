@@ -26,7 +26,7 @@ from OsteoScreenLib.hashing import sha256_file
 from OsteoScreenLib.paths import models_dir
 from OsteoScreenLib.registry import CLASSES, NORMAL_MIN_BMD_MG_CM3, OSTEOPOROSIS_MAX_BMD_MG_CM3
 
-from ..segmentation.export import card_markdown, source_commit
+from ..segmentation.export import card_markdown, save_state, source_commit
 from .config import BMD_SCALE_MG_CM3, MODELS, NETWORK, ONNX_OPSET, ONNX_TOLERANCE, SPLITS
 from .network import IMAGE_CHANNELS, FusionClassifier
 from .train import CHECKPOINTS
@@ -51,6 +51,7 @@ def export(model: str, metrics: dict | None = None) -> Path:
     net = FusionClassifier(len(MODELS[model]), **NETWORK)
     net.load_state_dict(torch.load(folder / "best.pt", map_location="cpu", weights_only=True)["model"])
     wrapped = _Exported(net).eval()
+    save_state(wrapped, f"classifier-{model}")
     out = models_dir() / RUNTIME_MODELS[model]["folder"]
     out.mkdir(parents=True, exist_ok=True)
     x = torch.randn(2, len(MODELS[model]), IMAGE_CHANNELS, IMAGE_SIZE_PX, IMAGE_SIZE_PX)

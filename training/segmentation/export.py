@@ -31,6 +31,24 @@ CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 MODEL_VERSION = "0.1.0"
 
 
+WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
+
+
+def save_state(net: torch.nn.Module, name: str) -> Path:
+    """The PyTorch weights beside the ONNX file, as plain arrays (.npz, no pickle): tests
+    rebuild the PyTorch network from them and compare it with ONNX Runtime."""
+    WEIGHTS.mkdir(parents=True, exist_ok=True)
+    path = WEIGHTS / f"{name}.npz"
+    np.savez_compressed(path, **{k: v.detach().cpu().numpy() for k, v in net.state_dict().items()})
+    return path
+
+
+def load_state(net: torch.nn.Module, name: str) -> torch.nn.Module:
+    with np.load(WEIGHTS / f"{name}.npz", allow_pickle=False) as z:
+        net.load_state_dict({k: torch.from_numpy(z[k].copy()) for k in z.files})
+    return net.eval()
+
+
 def load_stage(stage: str, folder: Path) -> torch.nn.Module:
     net = build_network(stage)
     path = folder / "final.pt" if (folder / "final.pt").exists() else folder / "last.pt"
@@ -62,6 +80,7 @@ def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> 
     with tempfile.TemporaryDirectory() as tmp:
         for stage, shape in (("coarse", (48, 64, 64)), ("fine", (112, 80, 80))):
             net = load_stage(stage, CHECKPOINTS / f"segmentation-{stage}")
+            save_state(net, f"segmentation-{stage}")
             path = Path(tmp) / f"{stage}.onnx"
             diffs[stage] = export_onnx(net, NETWORKS[stage]["in_channels"], shape, path)
             if diffs[stage] > ONNX_TOLERANCE:
