@@ -228,7 +228,7 @@ def cmd_phantom(args) -> int:
         case = generate_case(seed, args.preset)
         write_case(case, folder, fmt=args.format, overwrite=args.overwrite)
         meta = case.meta
-        print(f"{folder}: mean BMD {meta['bmd_mean_mg_cm3']:.1f} mg/cm3 ({meta['qct_class']})")
+        print(f"{folder}: mean BMD {meta['bmd_mg_cm3']['mean']:.1f} mg/cm3 ({meta['qct_class']})")
     return EXIT_OK
 
 
