@@ -151,6 +151,8 @@ def cmd_evaluate_segmentation(args) -> int:
     from .logic import OsteoScreenLogic
     from .segmentation_nodes import parse_label_mapping
 
+    if args.csv and Path(args.csv).exists() and not args.overwrite:
+        raise OsteoScreenError(f"{args.csv}: already exists; pass --overwrite to replace it")
     logic = OsteoScreenLogic(slicer.vtkMRMLScene())
     pred_path, ref_path = Path(args.prediction), Path(args.reference)
     grid_node = None
