@@ -17,6 +17,7 @@ from .features import BodyFeatures, body_features
 from .model_store import model_folder, verified_files
 from .onnx_runner import OnnxNetwork
 from .registry import CLASSES, LABEL_OF
+from .segmenter import softmax
 from .volume import Volume
 
 MODELS: dict[str, dict] = {
@@ -31,11 +32,6 @@ def check_model_name(name: str) -> dict:
     if name not in MODELS:
         raise OsteoScreenError(f"unknown model {name!r}; choose l1l2 (L1 + L2) or l1 (L1 only)")
     return MODELS[name]
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
 
 
 @dataclass
@@ -76,7 +72,7 @@ class OsteoporosisClassifier:
                 warnings.append(str(exc))
         x = np.stack([features[n].network_image() for n in needed])[None]
         logits, bmd = self.net.run_all(x)[:2]
-        p = softmax(logits[0].astype(np.float64))
+        p = softmax(logits[0].astype(np.float64), axis=-1)
         probabilities = {c: round(float(v), 4) for c, v in zip(CLASSES, p)}
         return Classification(
             model=self.name, model_version=self.card["version"], model_sha256=self.sha256,

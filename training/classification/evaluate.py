@@ -24,6 +24,7 @@ from OsteoScreenLib.classifier import MODELS as RUNTIME_MODELS
 from OsteoScreenLib.model_store import model_folder, verified_files
 from OsteoScreenLib.onnx_runner import OnnxNetwork
 from OsteoScreenLib.registry import CLASSES
+from OsteoScreenLib.segmenter import softmax
 
 from ..segmentation.evaluate import update_card
 from .delong import auc_ci, paired_test
@@ -31,11 +32,6 @@ from .prepare import load_split
 from .train import inputs
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-
-
-def softmax(z):
-    e = np.exp(z - z.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
 
 
 def predict(model: str, data: dict) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -48,7 +44,7 @@ def predict(model: str, data: dict) -> tuple[np.ndarray, np.ndarray, dict]:
         out = net.run_all(x[s : s + 32])
         logits.append(out[0])
         bmd.append(out[1][:, 0])
-    return softmax(np.concatenate(logits)), np.concatenate(bmd), card
+    return softmax(np.concatenate(logits), axis=1), np.concatenate(bmd), card
 
 
 def hu_baseline(train: dict, test: dict) -> tuple[np.ndarray, np.ndarray]:
