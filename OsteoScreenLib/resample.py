@@ -195,8 +195,8 @@ def _interp(array: np.ndarray, coords: np.ndarray, order: int, fill: float) -> n
     return out
 
 
-def crop_to_grid(volume: Volume, target_ijk_to_ras: np.ndarray, target_shape, margin: int = 2) -> Volume:
-    """The part of ``volume`` that a target grid covers (plus a margin), same geometry."""
+def index_box(volume: Volume, target_ijk_to_ras: np.ndarray, target_shape, margin: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """Voxel index box (lo, hi exclusive; i, j, k order) of ``volume`` that a target grid covers."""
     k, j, i = target_shape
     corners = np.array([[a, b, c] for a in (0, k - 1) for b in (0, j - 1) for c in (0, i - 1)], float)
     world = Volume(np.zeros((1, 1, 1)), target_ijk_to_ras).voxel_centers_ras(corners)
@@ -204,6 +204,27 @@ def crop_to_grid(volume: Volume, target_ijk_to_ras: np.ndarray, target_shape, ma
     size = np.array(volume.shape_ijk)
     lo = np.clip(np.floor(ijk.min(axis=0)).astype(int) - margin, 0, size - 1)
     hi = np.clip(np.ceil(ijk.max(axis=0)).astype(int) + margin + 1, lo + 1, size)
+    return lo, hi
+
+
+def subvolume(volume: Volume, lo_ijk, hi_ijk) -> Volume:
+    """The voxels ``lo..hi`` (i, j, k order, hi exclusive) as a view, with the same world geometry."""
+    lo, hi = np.asarray(lo_ijk, int), np.asarray(hi_ijk, int)
     m = volume.ijk_to_ras.copy()
     m[:3, 3] = volume.ijk_to_ras[:3, :3] @ lo + volume.ijk_to_ras[:3, 3]
     return Volume(volume.array[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]], m)
+
+
+def crop_to_grid(volume: Volume, target_ijk_to_ras: np.ndarray, target_shape, margin: int = 2) -> Volume:
+    """The part of ``volume`` that a target grid covers (plus a margin), same geometry."""
+    return subvolume(volume, *index_box(volume, target_ijk_to_ras, target_shape, margin))
+
+
+def crop_to_mask(volume: Volume, mask: np.ndarray, margin: int = 1) -> Volume | None:
+    """The bounding box of ``mask`` (k, j, i) plus a margin, same geometry; None if the mask is empty."""
+    nz = np.argwhere(mask)
+    if len(nz) == 0:
+        return None
+    lo = np.maximum(nz.min(axis=0) - margin, 0)
+    hi = np.minimum(nz.max(axis=0) + margin + 1, mask.shape)
+    return subvolume(volume, lo[::-1], hi[::-1])

@@ -17,6 +17,7 @@ from .atomic import atomic_path
 from .ct_io import _quiet_vtk, read_volume
 from .errors import OsteoScreenError
 from .mrml_convert import volume_from_node, volume_to_node
+from .resample import crop_to_mask
 from .registry import LABEL_MAPPINGS, LABEL_OF, VERTEBRA_BY_NAME, VERTEBRA_NAMES, terminology_entry
 from .volume import Volume
 
@@ -54,7 +55,10 @@ def set_vertebra_properties(segment, name: str) -> None:
 def add_vertebra_segment(segmentation_node, name: str, mask: Volume) -> str:
     """Add segment ``name`` from a binary mask with its own geometry; returns the segment ID."""
     scene = segmentation_node.GetScene()
-    binary = _crop_to_content((np.asarray(mask.array) > 0).astype(np.uint8), mask.ijk_to_ras)
+    # a body fills a tiny part of a chest CT: import only its box (small segment, fast import)
+    binary = mask.with_array((np.asarray(mask.array) > 0).astype(np.uint8))
+    box = crop_to_mask(binary, binary.array)
+    binary = binary if box is None else box
     label_node = volume_to_node(scene, binary, "__osteoscreen_temp__", "vtkMRMLLabelMapVolumeNode")
     segmentation = segmentation_node.GetSegmentation()
     before = set(segmentation.GetSegmentIDs())
@@ -68,22 +72,6 @@ def add_vertebra_segment(segmentation_node, name: str, mask: Volume) -> str:
     (segment_id,) = set(segmentation.GetSegmentIDs()) - before
     set_vertebra_properties(segmentation.GetSegment(segment_id), name)
     return segment_id
-
-
-def _crop_to_content(array: np.ndarray, ijk_to_ras: np.ndarray, margin: int = 1) -> Volume:
-    """The bounding box of the non-zero voxels (plus a margin), same world geometry.
-
-    A vertebral body fills a tiny part of a chest CT: importing only its box keeps
-    Slicer's segment small and the import fast.
-    """
-    nz = np.argwhere(array)
-    if len(nz) == 0:
-        return Volume(array, ijk_to_ras)
-    lo = np.maximum(nz.min(axis=0) - margin, 0)
-    hi = np.minimum(nz.max(axis=0) + margin + 1, array.shape)
-    m = np.array(ijk_to_ras, float)
-    m[:3, 3] = m[:3, :3] @ lo[::-1] + m[:3, 3]
-    return Volume(np.ascontiguousarray(array[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]), m)
 
 
 def segmentation_from_labelmap(

@@ -26,7 +26,7 @@ from .model_store import model_folder, verified_files
 from .onnx_runner import OnnxNetwork
 from .postprocess import fill_holes, largest_component
 from .registry import LABEL_OF, VERTEBRA_NAMES
-from .resample import axis_aligned_grid, bounds_ras, centred_grid, sample
+from .resample import axis_aligned_grid, bounds_ras, centred_grid, crop_to_mask, index_box, sample, subvolume
 from .volume import Volume
 
 MODEL_NAME = "segmentation"
@@ -170,25 +170,13 @@ class L1L2Segmenter:
 
     def _to_ct_grid(self, ct: Volume, fine: Volume) -> tuple[Volume, list[str]]:
         """Fine probabilities -> label map on the CT grid, inside the fine box only."""
-        fg = np.argwhere(fine.array[..., 0] < 0.5)
-        if len(fg) == 0:
+        fine = crop_to_mask(fine, fine.array[..., 0] < 0.5, margin=2)  # only where the bodies are
+        if fine is None:
             empty = ct.with_array(np.zeros(ct.array.shape, np.uint8))
             return empty, _order_and_edge_checks(empty)
-        lo_f = np.maximum(fg.min(axis=0) - 2, 0)
-        hi_f = np.minimum(fg.max(axis=0) + 3, fine.array.shape[:3])
-        m = fine.ijk_to_ras.copy()
-        m[:3, 3] = fine.ijk_to_ras[:3, :3] @ lo_f[::-1] + fine.ijk_to_ras[:3, 3]
-        fine = Volume(fine.array[lo_f[0] : hi_f[0], lo_f[1] : hi_f[1], lo_f[2] : hi_f[2]], m)  # where the bodies are
-        k, j, i = fine.array.shape[:3]
-        corners = np.array([[a, b, c] for a in (0, k - 1) for b in (0, j - 1) for c in (0, i - 1)])
-        ijk = (ct.ras_to_ijk @ np.c_[fine.voxel_centers_ras(corners), np.ones(8)].T)[:3].T
-        shape_ijk = np.array(ct.shape_ijk)
-        lo = np.clip(np.floor(ijk.min(axis=0)).astype(int), 0, shape_ijk - 1)
-        hi = np.clip(np.ceil(ijk.max(axis=0)).astype(int) + 1, 1, shape_ijk)
-        sub = ct.ijk_to_ras.copy()
-        sub[:3, 3] = ct.ijk_to_ras[:3, :3] @ lo + ct.ijk_to_ras[:3, 3]
-        sub_shape = (int(hi[2] - lo[2]), int(hi[1] - lo[1]), int(hi[0] - lo[0]))
-        probs = sample(fine, sub, sub_shape, order=1, fill=0.0, antialias=False)
+        lo, hi = index_box(ct, fine.ijk_to_ras, fine.array.shape[:3], margin=0)
+        ct_box = subvolume(ct, lo, hi)
+        probs = sample(fine, ct_box.ijk_to_ras, ct_box.array.shape, order=1, fill=0.0, antialias=False)
         probs[..., 0] = np.where(probs.sum(-1) == 0, 1.0, probs[..., 0])
         sub_labels = np.argmax(probs, axis=-1).astype(np.uint8)
         labels = np.zeros(ct.array.shape, np.uint8)
