@@ -263,7 +263,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("out_dir")
     s.add_argument("--seed", type=int, default=0, help="seed of the first case (case n uses seed + n)")
     s.add_argument("--count", type=int, default=1)
-    s.add_argument("--preset", default="chest", help="chest (default, 512x512), spine or training")
+    s.add_argument("--preset", default="chest",
+                   help="chest (default, 512x512), chest-coarse (same cases, 128x128 at 5 mm), chest-box (same "
+                   "cases, only a box around L1-L2 of the chest grid), spine or training")
     s.add_argument("--format", choices=("nifti", "nrrd", "dicom"), default="nifti")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_phantom)

@@ -15,7 +15,7 @@ import numpy as np
 
 from .errors import OsteoScreenError
 from .registry import LABEL_OF
-from .resample import crop_to_grid, sample
+from .resample import crop_to_grid, mask_box, sample, subvolume
 from .volume import Volume
 
 IMAGE_SIZE_PX = 128
@@ -112,19 +112,22 @@ def elliptical_roi(mask: np.ndarray) -> np.ndarray:
 
 def body_features(ct: Volume, labels: Volume, name: str) -> BodyFeatures:
     """Central image and trabecular ROI of one vertebral body; errors for implausible segments."""
+    box = mask_box(labels.array == LABEL_OF[name], margin=1)  # the body's box: small arrays below
+    if box is None:
+        raise OsteoScreenError(f"the {name} segment is empty; segment {name} or correct the segmentation")
+    ct_box = subvolume(ct, box[0][::-1], box[1][::-1])  # labels are on the CT grid
+    labels = subvolume(labels, box[0][::-1], box[1][::-1])
     mask3d = labels.array == LABEL_OF[name]
     kji = np.argwhere(mask3d)
     voxel_ml = abs(np.linalg.det(labels.ijk_to_ras[:3, :3])) / 1000.0
     volume_ml = len(kji) * voxel_ml
-    if len(kji) == 0:
-        raise OsteoScreenError(f"the {name} segment is empty; segment {name} or correct the segmentation")
     if volume_ml < MIN_BODY_VOLUME_ML:
         raise OsteoScreenError(
             f"the {name} segment is too small ({volume_ml:.1f} ml; a vertebral body is 15-60 ml); correct it"
         )
     if volume_ml > MAX_BODY_VOLUME_ML:
         raise OsteoScreenError(f"the {name} segment is too large ({volume_ml:.0f} ml) for one vertebral body; correct it")
-    p95_hu = float(np.percentile(ct.array[mask3d], 95))
+    p95_hu = float(np.percentile(ct_box.array[mask3d], 95))
     if p95_hu < MIN_BODY_P95_HU:
         raise OsteoScreenError(
             f"the {name} segment is mostly soft tissue (95th percentile {p95_hu:.0f} HU, no cortical bone); "

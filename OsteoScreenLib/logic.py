@@ -34,14 +34,16 @@ class OsteoScreenLogic:
 
     # --- volumes
 
-    def load_ct(self, path: str | os.PathLike, name: str | None = None):
-        """Read a CT file or DICOM folder into a new scalar volume node."""
+    def load_ct(self, path: str | os.PathLike, name: str | None = None, display: bool = True):
+        """Read a CT file or DICOM folder into a new scalar volume node (``display``: with
+        display nodes, as a viewer needs; a batch without views skips their histogram work)."""
         path = Path(path)
         volume = read_ct(path)
         node = volume_to_node(self.scene, volume, name or _display_name(path))
         node.SetAttribute("OsteoScreen.SourcePath", str(path))
         node.SetAttribute("OsteoScreen.SourceSHA256", sha256_path(path))
-        node.CreateDefaultDisplayNodes()
+        if display:
+            node.CreateDefaultDisplayNodes()
         return node
 
     # --- segmentations
@@ -178,7 +180,7 @@ class OsteoScreenLogic:
         def process(source: Path, folder: Path) -> None:
             case_logic = OsteoScreenLogic(slicer.vtkMRMLScene())
             case_logic._segmenter, case_logic._classifiers = self.segmenter, self._classifiers
-            ct_node = case_logic.load_ct(source)
+            ct_node = case_logic.load_ct(source, display=False)
             seg_node, out = case_logic.segment(ct_node, cancel=cancel)
             case_logic.save_segmentation(seg_node, folder / "segmentation.seg.nrrd", overwrite=True)
             ct = volume_from_node(ct_node)

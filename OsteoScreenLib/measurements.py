@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from .registry import VERTEBRAE
+from .resample import crop_to_mask
 from .volume import Volume
 
 
@@ -13,10 +14,11 @@ def vertebra_stats(labels: Volume) -> dict[str, dict]:
     voxel_ml = float(abs(np.linalg.det(labels.ijk_to_ras[:3, :3]))) / 1000.0
     out = {}
     for spec in VERTEBRAE:
-        kji = np.argwhere(labels.array == spec.label)
-        if len(kji) == 0:
+        box = crop_to_mask(labels, labels.array == spec.label, margin=0)
+        if box is None:
             continue
-        centroid = labels.voxel_centers_ras(kji.mean(axis=0))[0]
+        kji = np.argwhere(box.array == spec.label)
+        centroid = box.voxel_centers_ras(kji.mean(axis=0))[0]
         out[spec.name] = {
             "volume_ml": round(len(kji) * voxel_ml, 3),
             "voxels": int(len(kji)),

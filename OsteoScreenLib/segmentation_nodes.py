@@ -93,10 +93,11 @@ def segmentation_from_labelmap(
     missing = []
     for vertebra in VERTEBRA_NAMES:
         value = mapping.get(vertebra)
-        if value is None or not np.any(labels == value):
+        box = None if value is None else crop_to_mask(labelmap, labels == value)
+        if box is None:
             missing.append(vertebra)
             continue
-        add_vertebra_segment(node, vertebra, labelmap.with_array(labels == value))
+        add_vertebra_segment(node, vertebra, box.with_array(box.array == value))
     return node, missing
 
 
@@ -150,6 +151,9 @@ def save_segmentation(segmentation_node, path: str | os.PathLike, overwrite: boo
         raise OsteoScreenError(f"{path}: a segmentation is saved as .seg.nrrd")
     scene = segmentation_node.GetScene()
     storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
+    # store the segments' box, not the whole CT extent (Slicer keeps the reference geometry
+    # in the header and reads it back in place): a small file, written fast
+    storage.SetCropToMinimumExtent(True)
     try:
         with atomic_path(path, overwrite) as tmp:
             storage.SetFileName(str(tmp))

@@ -26,7 +26,7 @@ from .model_store import model_folder, verified_files
 from .onnx_runner import OnnxNetwork
 from .postprocess import fill_holes, largest_component
 from .registry import LABEL_OF, VERTEBRA_NAMES
-from .resample import axis_aligned_grid, bounds_ras, centred_grid, crop_to_mask, index_box, sample, subvolume
+from .resample import axis_aligned_grid, bounds_ras, centred_grid, crop_to_mask, index_box, mask_box, sample, subvolume
 from .volume import Volume
 
 MODEL_NAME = "segmentation"
@@ -194,21 +194,26 @@ def _order_and_edge_checks(labels: Volume) -> list[str]:
     """L1 must lie above L2; a level touching the scan's edge may be cut."""
     warnings = []
     arr = labels.array
-    present = {n: np.argwhere(arr == LABEL_OF[n]) for n in VERTEBRA_NAMES}
-    for name, kji in present.items():
-        if len(kji) == 0:
+    all_box = mask_box(arr > 0)
+    if all_box is None:
+        return [f"{name} could not be outlined; check the segmentation" for name in VERTEBRA_NAMES]
+    block = subvolume(labels, all_box[0][::-1], all_box[1][::-1])  # a view: edits reach ``labels``
+    centroids = {}
+    for name in VERTEBRA_NAMES:
+        box = mask_box(block.array == LABEL_OF[name])
+        if box is None:
             warnings.append(f"{name} could not be outlined; check the segmentation")
             continue
-        edges = [(axis, side) for axis in range(3) for side in (0, arr.shape[axis] - 1)
-                 if np.any(kji[:, axis] == side)]
-        if edges:
+        lo, hi = box[0] + all_box[0], box[1] + all_box[0]
+        if np.any(lo == 0) or np.any(hi == np.array(arr.shape)):
             warnings.append(f"{name} touches the edge of the scan: it may be cut, its measures are less reliable")
-    if all(len(v) for v in present.values()):
-        s1 = labels.voxel_centers_ras(present["L1"].mean(axis=0))[0][2]
-        s2 = labels.voxel_centers_ras(present["L2"].mean(axis=0))[0][2]
+        centroids[name] = block.voxel_centers_ras(np.argwhere(block.array == LABEL_OF[name]).mean(axis=0))[0]
+    if len(centroids) == len(VERTEBRA_NAMES):
+        s1, s2 = centroids["L1"][2], centroids["L2"][2]
         if s1 < s2:  # the networks disagree with anatomy: swap, and say so
-            l1 = arr == LABEL_OF["L1"]
-            arr[arr == LABEL_OF["L2"]] = LABEL_OF["L1"]
-            arr[l1] = LABEL_OF["L2"]
+            sub_arr = block.array
+            l1 = sub_arr == LABEL_OF["L1"]
+            sub_arr[sub_arr == LABEL_OF["L2"]] = LABEL_OF["L1"]
+            sub_arr[l1] = LABEL_OF["L2"]
             warnings.append("L1 and L2 came out in the wrong order and were swapped; check the levels")
     return warnings

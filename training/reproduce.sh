@@ -6,21 +6,36 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 WORKERS=${WORKERS:-2}
-SEG_TRAIN=${SEG_TRAIN:-300}          # training phantoms for the bundled segmentation model
-SEG_COARSE_IT=${SEG_COARSE_IT:-3000}
-SEG_FINE_IT=${SEG_FINE_IT:-1500}
+SEG_TRAIN=${SEG_TRAIN:-548}          # training phantoms of the coarse stage (chest-coarse preset)
+SEG_SPINE=${SEG_SPINE:-200}          # spine-cropped phantoms added to both stages
+SEG_FINE_CHEST=${SEG_FINE_CHEST:-300} # full-size chest phantoms of the fine stage
+SEG_COARSE_IT=${SEG_COARSE_IT:-1000}
+SEG_FINE_IT=${SEG_FINE_IT:-500}
 SEG_EVAL=${SEG_EVAL:-400}            # test phantoms (chest preset) in the evaluation
 what=${1:-all}
 
 if [[ $what == segmentation || $what == all ]]; then
-  # each stage learns from the phantoms that look like its input (training/segmentation/config.py)
-  for split_count in "train $SEG_TRAIN" "tune 20"; do
-    set -- $split_count
-    $PY -m training.segmentation.prepare --split "$1" --count "$2" --preset chest-coarse --stages coarse --workers "$WORKERS"
-    $PY -m training.segmentation.prepare --split "$1" --count "$2" --preset training --stages fine --workers "$WORKERS"
-  done
-  $PY -m training.segmentation.train --stage coarse --train-count "$SEG_TRAIN" --iterations "$SEG_COARSE_IT"
-  $PY -m training.segmentation.train --stage fine --train-count "$SEG_TRAIN" --iterations "$SEG_FINE_IT"
+  # Each stage learns from the phantoms that look like its input (training/segmentation/config.py).
+  # The order matters: fine-stage samples take their hints from the trained coarse stage.
+  P="$PY -m training.segmentation.prepare --workers $WORKERS"
+  T="$PY -m training.segmentation.train"
+  C=training/checkpoints
+  # 1. coarse stage: pre-train on 300 whole chest CTs at 5 mm, then all 548 plus spine crops
+  $P --split train --count 300 --preset chest-coarse --stages coarse
+  $P --split tune --count 20 --preset chest-coarse --stages coarse
+  $T --stage coarse --preset chest-coarse --train-count 300 --iterations 2000 --out $C/segmentation-coarse-pretrain
+  $P --split train --count "$SEG_TRAIN" --preset chest-coarse --stages coarse
+  $P --split train --count "$SEG_SPINE" --preset spine
+  $P --split tune --count 20 --preset spine
+  $T --stage coarse --train-count "$SEG_TRAIN" --iterations "$SEG_COARSE_IT" --lr 1e-3 --init $C/segmentation-coarse-pretrain
+  # 2. fine stage: pre-train on 1.5 mm crops (fast to render), then fine-tune on 1 mm boxes of
+  #    full-size chest and spine scans with the coarse stage's own hints
+  $P --split train --count 300 --preset training --stages fine
+  $P --split tune --count 20 --preset training --stages fine
+  $T --stage fine --preset training --train-count 300 --iterations 800 --out $C/segmentation-fine-pretrain
+  $P --split train --count "$SEG_FINE_CHEST" --preset chest --stages fine
+  $P --split tune --count 20 --preset chest --stages fine
+  $T --stage fine --train-count "$SEG_FINE_CHEST" --iterations "$SEG_FINE_IT" --lr 1e-3 --init $C/segmentation-fine-pretrain
   $PY -m training.segmentation.export
   $PY -m training.segmentation.evaluate --count "$SEG_EVAL"
 fi

@@ -29,6 +29,7 @@ FRACTURE_SITES = ("T6", "T7", "T8", "T9", "T10", "T11", "T12", "L1", "L2", "L3",
 FRACTURE_SITE_W = (0.5, 0.9, 0.9, 0.6, 0.6, 0.9, 1.4, 1.4, 0.9, 0.6, 0.4)
 # Chance that a subject has at least one fracture, by QCT class of L1-L2.
 FRACTURE_RISK = {"normal": 0.04, "osteopenia": 0.12, "osteoporosis": 0.35}
+BOX_STREAM = 0x626F78  # second seed word of the random stream of a box preset's offset ("box")
 
 
 def _u(rng, lo, hi) -> float:
@@ -219,7 +220,7 @@ def sample_fov(rng: np.random.Generator, preset: str) -> dict:
         "bottom_position": _u(rng, 0.0, 1.0),
         "center_jitter_mm": [_n(rng, 0.0, 12.0, -30.0, 30.0), _n(rng, 0.0, 12.0, -30.0, 30.0)],
     }
-    if preset in ("chest", "chest-coarse"):
+    if preset in ("chest", "chest-coarse", "chest-box"):
         fov["dfov_margin_mm"] = _u(rng, *spec["dfov_margin_mm"])  # display FOV = body width + margin
     elif preset == "spine":
         fov["pixel_mm"] = _u(rng, *spec["pixel_mm"])
@@ -249,4 +250,8 @@ def sample_parameters(seed: int, preset: str = "chest") -> dict:
     fixed_slice = PRESETS[preset].get("slice_mm")
     if fixed_slice:  # drawn like the others (same random stream), then fixed
         params["scanner"]["slice_thickness_mm"] = params["scanner"]["slice_spacing_mm"] = float(fixed_slice)
+    jitter = PRESETS[preset].get("box_jitter_mm")
+    if jitter is not None:  # from a stream of its own: the case stays the parent preset's case of this seed
+        box_rng = np.random.Generator(np.random.PCG64([int(seed), BOX_STREAM]))
+        params["fov"]["box_offset_mm"] = [_u(box_rng, -jitter, jitter) for _ in range(3)]
     return params

@@ -11,6 +11,7 @@ gets its own coordinates with two additions per pixel.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -19,12 +20,13 @@ from .. import registry
 from . import density, scanner
 from .geometry import Grid, Pose, make_grid, make_pose
 from .ribs import RIB_HALF_HEIGHT_MM, RIB_HALF_THICKNESS_MM, build_ribs
-from .shapes import F32, coverage, ellipse_distance, ellipsoid_distance, paint, segment_distance
+from .shapes import F32, coverage, coverage_reach, ellipse_distance, ellipsoid_distance, paint, segment_distance
 from .spine import Vertebra, build_spine
 from .torso import Ellipsoid, TorsoProfile, Tube, build_organs
 
 HU_MIN, HU_MAX = -1024, 3071
 LABEL_BODY = {name: registry.LABEL_OF[name] for name in registry.VERTEBRA_NAMES}  # L1 -> 1, L2 -> 2
+SUPPORT_MARGIN_MM = 0.25  # added to the exact reach of a capsule's paint; float32 rounding is far smaller
 
 
 @dataclass
@@ -56,22 +58,65 @@ def build_anatomy(params: dict) -> Anatomy:
 
 
 class _Item:
-    """Something painted on the sub-slices between world z0 and z1, inside an xy box."""
+    """Something painted on the sub-slices: a layer, a kind and what to paint.
 
-    __slots__ = ("layer", "z0", "z1", "box", "kind", "data")
+    Where it can paint lives in the renderer's arrays (one row per item): a world
+    box (xmin, xmax, ymin, ymax, zmin, zmax) and, for capsules, a tighter support.
+    """
 
-    def __init__(self, layer, box_world, kind, data):
+    __slots__ = ("layer", "kind", "data")
+
+    def __init__(self, layer, kind, data):
         self.layer, self.kind, self.data = layer, kind, data
-        self.box = box_world  # (xmin, xmax, ymin, ymax)
-        self.z0, self.z1 = box_world[4], box_world[5]
+
+
+_CORNER_PICK = np.array([[x, y, z] for x in (0, 1) for y in (0, 1) for z in (0, 1)], bool)
+_FAR_MM = 1e9  # half-extent of "no support": the world box alone bounds the item
+
+
+def _world_boxes(pose: Pose, lo, hi, margin) -> np.ndarray:
+    """World boxes (n, 6: xmin, xmax, ymin, ymax, zmin, zmax) of body boxes lo-hi grown by ``margin``."""
+    lo, hi = np.atleast_2d(np.asarray(lo, float)), np.atleast_2d(np.asarray(hi, float))
+    margin = np.broadcast_to(np.asarray(margin, float), (len(lo),))[:, None]
+    corners = np.where(_CORNER_PICK[None], (hi + margin)[:, None, :], (lo - margin)[:, None, :])
+    wc = corners @ pose.rotation.T + pose.translation
+    mn, mx = wc.min(axis=1), wc.max(axis=1)
+    return np.stack([mn[:, 0], mx[:, 0], mn[:, 1], mx[:, 1], mn[:, 2], mx[:, 2]], axis=1)
 
 
 def _world_box(pose: Pose, lo, hi, margin: float):
-    lo, hi = np.asarray(lo, float) - margin, np.asarray(hi, float) + margin
-    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
-    wc = corners @ pose.rotation.T + pose.translation
-    mn, mx = wc.min(0), wc.max(0)
-    return (mn[0], mx[0], mn[1], mx[1], mn[2], mx[2])
+    return tuple(float(v) for v in _world_boxes(pose, lo, hi, margin)[0])
+
+
+def _segment_supports(pose: Pose, a_mat, c, q0, q1, reach) -> np.ndarray:
+    """Where capsules painted in the coordinates ``q = a_mat @ (body - c)`` can paint anything.
+
+    A capsule paints only within ``reach`` (in q units) of its segment q0-q1
+    (``reach`` covers the radius and the blurred edge, see
+    :func:`shapes.coverage_reach`); that region lies within world ellipsoids
+    of half-extents ``h`` centred on the world segment w0-w1. Returns rows
+    (w0, w1, h), shape (n, 9).
+    """
+    inv = np.linalg.inv(np.asarray(a_mat, float))
+    c = np.asarray(c, float)
+    w0 = (c + np.atleast_2d(q0) @ inv.T) @ pose.rotation.T + pose.translation
+    w1 = (c + np.atleast_2d(q1) @ inv.T) @ pose.rotation.T + pose.translation
+    lin = pose.rotation @ inv  # q -> world
+    h = np.asarray(reach, float).reshape(-1, 1) * np.sqrt((lin * lin).sum(axis=1))[None, :]
+    return np.concatenate([w0, w1, np.broadcast_to(h, w0.shape)], axis=1)
+
+
+def _no_supports(n: int) -> np.ndarray:
+    seg = np.zeros((n, 9))
+    seg[:, 6:] = _FAR_MM
+    return seg
+
+
+def _support_z(box: np.ndarray, seg: np.ndarray) -> np.ndarray:
+    """World z range (n, 2) of each item: its box, narrowed to the slices its support reaches."""
+    lo = np.minimum(seg[:, 2], seg[:, 5]) - seg[:, 8]
+    hi = np.maximum(seg[:, 2], seg[:, 5]) + seg[:, 8]
+    return np.stack([np.maximum(box[:, 4], lo), np.minimum(box[:, 5], hi)], axis=1)
 
 
 class Renderer:
@@ -88,22 +133,33 @@ class Renderer:
         self.ni_r = ni * self.sub
         self.si_r = grid.spacing[0] / self.sub
         self.sj = grid.spacing[1]
-        self.I = np.arange(self.ni_r, dtype=np.float32)
-        self.J = np.arange(nj, dtype=np.float32)
+        # Pixel coordinates count from the root grid's voxel (0, 0), so a box of a grid gets
+        # the very same coordinates (and values) as the root grid at the voxels they share.
+        root = grid.root
+        _, off_j, off_i = np.array(grid.offset_kji) - np.array(root.offset_kji)
+        self.I = np.arange(off_i * self.sub, off_i * self.sub + self.ni_r, dtype=np.float32)
+        self.J = np.arange(off_j, off_j + nj, dtype=np.float32)
         self.x0 = grid.origin[0] + (self.sub - 1) / 2 * self.si_r  # world x of render column 0
         self.y0 = grid.origin[1]
+        self.root_x0 = root.origin[0] + (self.sub - 1) / 2 * self.si_r  # world x of root render column 0
+        self.root_y0 = root.origin[1]
         rt = pose.rotation.T
         self.bi = rt @ np.array([-self.si_r, 0.0, 0.0])
         self.bj = rt @ np.array([0.0, -self.sj, 0.0])
+        self.eye = np.eye(3)
+        self.eye_steps = self._steps(self.eye)
+        self.rib_scale = np.diag([1.0, 1.0, RIB_HALF_THICKNESS_MM / RIB_HALF_HEIGHT_MM])
+        self.rib_steps = self._steps(self.rib_scale)
+        self.reach = coverage_reach(self.sigma) + SUPPORT_MARGIN_MM
         self.trab_hu = {}
         for vb in anatomy.vertebrae:
             self.trab_hu[vb.name] = density.trabecular_hu(
                 vb.bmd_mg_cm3, sc["kvp"], sc["scanner_offset_hu"], sc["slope_jitter"],
                 params["subject"]["marrow_fat_fraction"], sc["contrast_phase"])
         self._texture_waves()
-        self.items = self._collect_items()
-        self.z0s = np.array([it.z0 for it in self.items])
-        self.z1s = np.array([it.z1 for it in self.items])
+        self.margin = 3.0 * self.sigma + 2.0  # world boxes: beyond it a soft edge paints nothing
+        self.parts = {}  # per vertebra, made when first painted
+        self._collect_items()
 
     # ------------------------------------------------------------------ set-up
     def _texture_waves(self):
@@ -122,85 +178,142 @@ class Renderer:
         self.tex_low_k = kl.astype(np.float32)
         self.tex_low_phase = rng.uniform(0, 2 * np.pi, (64, 4)).astype(np.float32)
 
-    def _collect_items(self) -> list[_Item]:
-        pose, items = self.pose, []
-        m = 3.0 * self.sigma + 2.0
-        for o in self.an.organs["organs"] + self.an.organs["bowel"]:
-            items.append(_Item(1, _world_box(pose, o.center - o.semi_axes, o.center + o.semi_axes, m), "ellipsoid", o))
-        h = self.an.organs["heart"]
-        items.append(_Item(3, _world_box(pose, h.center - h.semi_axes, h.center + h.semi_axes, m), "ellipsoid", h))
+    def _collect_items(self) -> None:
+        """Everything to paint on this grid, in painting order (by layer), with world boxes and supports.
+
+        Sets ``items`` and, one row per item, ``item_box``, ``item_seg``, ``z0s`` and
+        ``z1s``; items that no sub-slice of the grid reaches are left out (the
+        painting order of the others is kept).
+        """
+        pose, m = self.pose, self.margin
+        blocks = []  # (layer, kind, data of row a, world boxes, supports)
+
+        def add(layer, kind, data, box, seg=None):
+            blocks.append((layer, kind, data, box, _no_supports(len(box)) if seg is None else seg))
+
+        for o in self.an.organs["organs"] + self.an.organs["bowel"] + [self.an.organs["heart"]]:
+            add(3 if o is self.an.organs["heart"] else 1, "ellipsoid", lambda a, o=o: o,
+                _world_boxes(pose, o.center - o.semi_axes, o.center + o.semi_axes, m))
+        zero = np.zeros(3)
         for tube in self.an.organs["tubes"]:
-            layer = 4 if tube.tissue == "lung_vessel" else 3
-            for a in range(len(tube.points) - 1):
-                p0, p1 = tube.points[a], tube.points[a + 1]
-                r = max(tube.radii[a], tube.radii[a + 1]) + tube.wall_mm
-                items.append(_Item(layer, _world_box(pose, np.minimum(p0, p1), np.maximum(p0, p1), r + m), "tube",
-                                   (tube, a)))
-        self.parts = {}
+            p0, p1 = tube.points[:-1], tube.points[1:]
+            r = np.maximum(tube.radii[:-1], tube.radii[1:]) + tube.wall_mm
+            add(4 if tube.tissue == "lung_vessel" else 3, "tube", lambda a, tube=tube: (tube, a),
+                _world_boxes(pose, np.minimum(p0, p1), np.maximum(p0, p1), r + m),
+                _segment_supports(pose, self.eye, zero, p0, p1, r + self.reach))
         for vb in self.an.vertebrae:
             ext = np.array([vb.half_width + 45.0, vb.half_depth + 75.0, vb.half_height + 40.0])
-            lo, hi = vb.center - ext, vb.center + ext
-            items.append(_Item(6, _world_box(pose, lo, hi, m), "vertebra", vb))
-            self.parts[vb.name] = self._vertebra_parts(vb, m)
+            add(6, "vertebra", lambda a, vb=vb: vb, _world_boxes(pose, vb.center - ext, vb.center + ext, m))
         for rib in self.an.ribs:
             for part, pts in (("rib", rib.points), ("cartilage", rib.cartilage)):
                 if pts is None:
                     continue
-                for a in range(len(pts) - 1):
-                    lo, hi = np.minimum(pts[a], pts[a + 1]), np.maximum(pts[a], pts[a + 1])
-                    items.append(_Item(7, _world_box(pose, lo, hi, RIB_HALF_HEIGHT_MM + m), part, (pts, a)))
-        order = sorted(range(len(items)), key=lambda n: (items[n].layer, n))
-        return [items[n] for n in order]
+                # body axis shrunk: ribs are taller than thick
+                q = np.stack([self.rib_scale @ pt for pt in pts])
+                add(7, part, lambda a, q=q: (q[a], q[a + 1]),
+                    _world_boxes(pose, np.minimum(pts[:-1], pts[1:]), np.maximum(pts[:-1], pts[1:]),
+                                 RIB_HALF_HEIGHT_MM + m),
+                    _segment_supports(pose, self.rib_scale, zero, q[:-1], q[1:], RIB_HALF_THICKNESS_MM + self.reach))
+        layer = np.concatenate([np.full(len(b[3]), b[0]) for b in blocks])
+        block = np.concatenate([np.full(len(b[3]), n) for n, b in enumerate(blocks)])
+        row = np.concatenate([np.arange(len(b[3])) for b in blocks])
+        box = np.concatenate([b[3] for b in blocks])
+        seg = np.concatenate([b[4] for b in blocks])
+        z = _support_z(box, seg)
+        g = self.grid
+        pad = 0.5 * g.slice_thickness_mm + g.z_blur_extra_mm + 2.0 * g.spacing[2] + 2.0  # > half a slice profile
+        z_lo = g.origin[2] - pad
+        z_hi = g.origin[2] + (g.shape[0] - 1) * g.spacing[2] + pad
+        _, on_grid = self._patches(box, _no_supports(len(box)), 0.0)
+        keep = (z[:, 1] >= z_lo) & (z[:, 0] <= z_hi) & np.array(on_grid, bool)
+        order = np.lexsort((np.arange(len(layer)), layer))  # by layer, then in the order added
+        order = order[keep[order]]
+        self.items = [_Item(int(layer[n]), blocks[block[n]][1], blocks[block[n]][2](int(row[n]))) for n in order]
+        self.item_box, self.item_seg = box[order], seg[order]
+        self.z0s, self.z1s = z[order, 0].copy(), z[order, 1].copy()
 
-    def _vertebra_parts(self, vb: Vertebra, m: float) -> list:
-        """World boxes of the canal, disc, body and each capsule of a vertebra."""
-        pose = self.pose
-
-        def box(lo_local, hi_local, margin=m):
-            lo_local, hi_local = np.asarray(lo_local, float), np.asarray(hi_local, float)
-            corners = np.array([[x, y, z] for x in (lo_local[0], hi_local[0]) for y in (lo_local[1], hi_local[1])
-                                for z in (lo_local[2], hi_local[2])])
-            body = corners @ vb.frame.T + vb.center
-            return _world_box(pose, body.min(0), body.max(0), margin)
-
+    def _vertebra_parts(self, vb: Vertebra, m: float):
+        """The canal, disc, capsules and body of a vertebra (painting order) with world boxes and supports."""
         a, b, h = vb.half_width, vb.half_depth, vb.half_height
         yc, ca, cb = vb.canal
         hd = h + 0.5 * vb.disc_below + 1.5
-        parts = [("canal", None, box([-ca, yc - cb, -hd], [ca, yc + cb, hd]))]
+        parts, lo, hi = [("canal", None)], [[-ca, yc - cb, -hd]], [[ca, yc + cb, hd]]
         if vb.disc_below > 0 and vb.index + 1 < len(self.an.vertebrae):
             lower = self.an.vertebrae[vb.index + 1]
             ad, bd = 0.5 * (a + lower.half_width) * 1.04, 0.5 * (b + lower.half_depth) * 1.04
-            parts.append(("disc", None, box([-ad, -bd, -h - vb.disc_below - 2.5], [ad, bd, -h + 2.5])))
+            parts.append(("disc", None))
+            lo.append([-ad, -bd, -h - vb.disc_below - 2.5])
+            hi.append([ad, bd, -h + 2.5])
+        segs = [_no_supports(len(parts))]
         for cap in vb.elements:
             r = cap.radius / cap.scale
-            lo = np.minimum(cap.p0, cap.p1) - r
-            hi = np.maximum(cap.p0, cap.p1) + r
-            parts.append(("capsule", cap, box(lo, hi)))
+            a_mat = vb.frame.T * cap.scale[:, None]
+            parts.append(("capsule", (cap, a_mat, self._steps(a_mat))))
+            lo.append(np.minimum(cap.p0, cap.p1) - r)
+            hi.append(np.maximum(cap.p0, cap.p1) + r)
+            segs.append(_segment_supports(self.pose, a_mat, vb.center, cap.p0 * cap.scale, cap.p1 * cap.scale,
+                                          cap.radius + self.reach))
         widen = 1.3
-        parts.append(("body", None, box([-a * widen, -b * widen, -h - 1.0], [a * widen, b * widen, h + 1.0])))
-        return parts
+        parts.append(("body", None))
+        lo.append([-a * widen, -b * widen, -h - 1.0])
+        hi.append([a * widen, b * widen, h + 1.0])
+        segs.append(_no_supports(1))
+        # body boxes around the local boxes (all 8 corners in the vertebra frame)
+        lo, hi = np.array(lo, float), np.array(hi, float)
+        corners = np.where(_CORNER_PICK[None], hi[:, None, :], lo[:, None, :]) @ vb.frame.T + vb.center
+        boxes = _world_boxes(self.pose, corners.min(axis=1), corners.max(axis=1), m)
+        segs = np.concatenate(segs)
+        z = _support_z(boxes, segs)
+        return parts, boxes, segs, z[:, 0].copy(), z[:, 1].copy()
 
     # ------------------------------------------------------------------ geometry helpers
     def _b0(self, z: float) -> np.ndarray:
-        return self.pose.rotation.T @ (np.array([self.x0, self.y0, z]) - self.pose.translation)
+        return self.pose.rotation.T @ (np.array([self.root_x0, self.root_y0, z]) - self.pose.translation)
 
     def _box_ij(self, box):
         """Pixel index range (i0, i1, j0, j1) of a world xy box, clipped to the slice."""
         xmin, xmax, ymin, ymax = box[:4]
-        i0 = int(np.floor((self.x0 - xmax) / self.si_r))
-        i1 = int(np.ceil((self.x0 - xmin) / self.si_r)) + 1
-        j0 = int(np.floor((self.y0 - ymax) / self.sj))
-        j1 = int(np.ceil((self.y0 - ymin) / self.sj)) + 1
+        i0 = math.floor((self.x0 - xmax) / self.si_r)
+        i1 = math.ceil((self.x0 - xmin) / self.si_r) + 1
+        j0 = math.floor((self.y0 - ymax) / self.sj)
+        j1 = math.ceil((self.y0 - ymin) / self.sj) + 1
         return max(i0, 0), min(i1, self.ni_r), max(j0, 0), min(j1, len(self.J))
 
-    def _coords(self, b0, a_mat, c, ij):
+    def _patches(self, box: np.ndarray, seg: np.ndarray, z: float):
+        """Pixel ranges (i0, i1, j0, j1) that items with world boxes ``box`` and supports ``seg`` may paint
+        on the sub-slice at world ``z`` (clipped to the slice), and whether each has any pixel."""
+        w0, w1, h = seg[:, 0:3], seg[:, 3:6], seg[:, 6:9]
+        dz = w1[:, 2] - w0[:, 2]
+        tilted = np.abs(dz) > 1e-9
+        inv = 1.0 / np.where(tilted, dz, 1.0)
+        ta = np.where(tilted, (z - h[:, 2] - w0[:, 2]) * inv, 0.0)
+        tb = np.where(tilted, (z + h[:, 2] - w0[:, 2]) * inv, 1.0)
+        # only the stretch of a segment within h_z of the plane can reach it
+        t0, t1 = np.maximum(np.minimum(ta, tb), 0.0), np.minimum(np.maximum(ta, tb), 1.0)
+        d = w1[:, :2] - w0[:, :2]
+        pa, pb = w0[:, :2] + t0[:, None] * d, w0[:, :2] + t1[:, None] * d
+        lo = np.maximum(box[:, 0:4:2], np.minimum(pa, pb) - h[:, :2])
+        hi = np.minimum(box[:, 1:4:2], np.maximum(pa, pb) + h[:, :2])
+        i0 = np.maximum(np.floor((self.x0 - hi[:, 0]) / self.si_r), 0)
+        i1 = np.minimum(np.ceil((self.x0 - lo[:, 0]) / self.si_r) + 1, self.ni_r)
+        j0 = np.maximum(np.floor((self.y0 - hi[:, 1]) / self.sj), 0)
+        j1 = np.minimum(np.ceil((self.y0 - lo[:, 1]) / self.sj) + 1, len(self.J))
+        ok = (t0 <= t1) & (i0 < i1) & (j0 < j1)
+        ij = np.stack([i0, i1, j0, j1], axis=1).astype(np.int64)
+        return ij.tolist(), ok.tolist()
+
+    def _steps(self, a_mat):
+        """Per-pixel steps of the coordinates ``a_mat @ body`` along i and j (float32, shaped for :meth:`_coords`)."""
+        li, lj = a_mat @ self.bi, a_mat @ self.bj
+        return li.astype(np.float32)[:, None, None], lj.astype(np.float32)[:, None]
+
+    def _coords(self, b0, a_mat, c, ij, steps=None):
         """Coordinates ``a_mat @ (body - c)`` of the pixels of patch ``ij`` (three 2D float32 arrays)."""
         i0, i1, j0, j1 = ij
         l0 = a_mat @ (b0 - c)
-        li, lj = a_mat @ self.bi, a_mat @ self.bj
-        ii, jj = self.I[i0:i1], self.J[j0:j1]
-        col = l0.astype(np.float32)[:, None] + lj.astype(np.float32)[:, None] * jj[None, :]
-        out = col[:, :, None] + li.astype(np.float32)[:, None, None] * ii[None, None, :]
+        li, lj = self._steps(a_mat) if steps is None else steps
+        col = l0.astype(np.float32)[:, None] + lj * self.J[None, j0:j1]
+        out = col[:, :, None] + li * self.I[None, None, i0:i1]
         return out[0], out[1], out[2]
 
     # ------------------------------------------------------------------ one sub-slice
@@ -214,15 +327,15 @@ class Renderer:
         w_c = float((z - self.pose.translation[2]) / self.pose.rotation[2, 2])
         ctx = self._torso(img, b0, w_c)
         active = np.nonzero((self.z0s <= z) & (self.z1s >= z))[0]
+        patches, has_pixels = self._patches(self.item_box[active], self.item_seg[active], z)
         lungs_done = False
-        for n in active:
+        for n, ij, ok in zip(active.tolist(), patches, has_pixels):
             it = self.items[n]
             if it.layer >= 3 and not lungs_done:
                 self._lungs(img, b0, ctx)
                 self._muscles(img, b0, ctx)
                 lungs_done = True
-            ij = self._box_ij(it.box)
-            if ij[0] >= ij[1] or ij[2] >= ij[3]:
+            if not ok:
                 continue
             if it.kind == "ellipsoid":
                 self._ellipsoid(img, b0, it.data, ij, ctx)
@@ -249,8 +362,7 @@ class Renderer:
         ctx = {"p": p, "w_c": w_c, "ij": ij, "cavity": None}
         if ij[0] >= ij[1] or ij[2] >= ij[3]:
             return ctx
-        eye = np.eye(3)
-        u, v, w = self._coords(b0, eye, np.array([0.0, vc, 0.0]), ij)
+        u, v, w = self._coords(b0, self.eye, np.array([0.0, vc, 0.0]), ij, self.eye_steps)
         i0, i1, j0, j1 = ij
         view = img[j0:j1, i0:i1]
         # outline: a rounded box (mix of an ellipse and a super-ellipse), flatter at the back
@@ -347,7 +459,7 @@ class Renderer:
             paint(view, coverage(d, self.sigma), self.tissue["muscle_fatty"])
 
     def _ellipsoid(self, img, b0, o: Ellipsoid, ij, ctx):
-        x, y, z = self._coords(b0, np.eye(3), o.center, ij)
+        x, y, z = self._coords(b0, self.eye, o.center, ij, self.eye_steps)
         d = ellipsoid_distance(x, y, z, *o.semi_axes)
         alpha = coverage(d, self.sigma)
         if o.inside_cavity and ctx.get("cavity") is not None:
@@ -377,7 +489,7 @@ class Renderer:
         tube, a = data
         p0, p1 = tube.points[a], tube.points[a + 1]
         r = float(0.5 * (tube.radii[a] + tube.radii[a + 1]))
-        x, y, z = self._coords(b0, np.eye(3), np.zeros(3), ij)
+        x, y, z = self._coords(b0, self.eye, np.zeros(3), ij, self.eye_steps)
         dist = segment_distance(x, y, z, p0, p1)
         view = img[ij[2]:ij[3], ij[0]:ij[1]]
         t = self.tissue
@@ -389,12 +501,9 @@ class Renderer:
         paint(view, alpha, t[tube.tissue])
 
     def _rib(self, img, b0, data, ij, kind):
-        pts, a = data
-        # ribs are taller than thick: shrink the body axis before measuring distance
-        sw = RIB_HALF_THICKNESS_MM / RIB_HALF_HEIGHT_MM
-        scale = np.diag([1.0, 1.0, sw])
-        x, y, z = self._coords(b0, scale, np.zeros(3), ij)
-        dist = segment_distance(x, y, z, scale @ pts[a], scale @ pts[a + 1]) - F32(RIB_HALF_THICKNESS_MM)
+        q0, q1 = data  # segment ends, body axis shrunk: ribs are taller than thick
+        x, y, z = self._coords(b0, self.rib_scale, np.zeros(3), ij, self.rib_steps)
+        dist = segment_distance(x, y, z, q0, q1) - F32(RIB_HALF_THICKNESS_MM)
         view = img[ij[2]:ij[3], ij[0]:ij[1]]
         t = self.tissue
         alpha = coverage(dist, self.sigma)
@@ -414,16 +523,20 @@ class Renderer:
         frame_t = vb.frame.T
         shells, marrows = [], []
         cort = 0.9 * sp["cortex_mm"] + 0.3
-        for kind, cap, box in self.parts[vb.name]:
-            if not (box[4] <= z_world <= box[5]):
+        if vb.name not in self.parts:
+            self.parts[vb.name] = self._vertebra_parts(vb, self.margin)
+        parts, boxes, segs, z0s, z1s = self.parts[vb.name]
+        active = np.nonzero((z0s <= z_world) & (z1s >= z_world))[0]
+        patches, has_pixels = self._patches(boxes[active], segs[active], z_world)
+        for n, ij, ok in zip(active.tolist(), patches, has_pixels):
+            if not ok:
                 continue
-            ij = self._box_ij(box)
-            if ij[0] >= ij[1] or ij[2] >= ij[3]:
-                continue
+            kind, cap = parts[n]
             view = img[ij[2]:ij[3], ij[0]:ij[1]]
             if kind == "capsule":
+                cap, a_mat, steps = cap
                 sc = cap.scale
-                x, y, z = self._coords(b0, frame_t * sc[:, None], vb.center, ij)
+                x, y, z = self._coords(b0, a_mat, vb.center, ij, steps)
                 dist = segment_distance(x, y, z, cap.p0 * sc, cap.p1 * sc) - F32(cap.radius)
                 shells.append((view, coverage(dist, s)))
                 marrows.append((view, coverage(dist + F32(cort), s)))
@@ -603,7 +716,11 @@ def render_volume(params: dict):
         noise_sd = sc["noise_sd_hu_at_2.5mm"] * np.sqrt(2.5 / sc["slice_thickness_mm"]) * scanner.TRAINING_IN_PLANE_NOISE_FACTOR
     # independent noise fields at the clinical slice positions, interpolated onto the grid
     clin_dz = max(sc["slice_thickness_mm"], sc["slice_spacing_mm"]) if training else max(grid.slice_thickness_mm, grid.spacing[2])
-    z_out = grid.origin[2] + np.arange(nk) * grid.spacing[2]
+    # slice and sub-slice positions count from the root grid (a box of it shares them)
+    root = grid.root
+    k_off = grid.offset_kji[0] - root.offset_kji[0]
+    z_root = root.origin[2] + np.arange(root.shape[0]) * grid.spacing[2]
+    z_out = z_root[k_off:k_off + nk]
 
     clin_fields: dict[int, np.ndarray] = {}
 
@@ -615,17 +732,17 @@ def render_volume(params: dict):
 
     streak_z = []
     for st in sc["streaks"]:
-        zc = z_out[0] + st["z_center"] * (z_out[-1] - z_out[0])
+        zc = z_root[0] + st["z_center"] * (z_root[-1] - z_root[0])
         streak_z.append((zc, st))
     cache: dict[int, tuple] = {}
     scale = r.sub
     for k in range(nk):
         acc = np.zeros((nj, r.ni_r), np.float32)
-        base = k * m
+        base = (k + k_off) * m
         for off, wgt in zip(offsets, weights):
             key = base + int(off)
             if key not in cache:
-                zz = z_out[0] + key * step
+                zz = z_root[0] + key * step
                 cache[key] = r.render(zz, want_labels=(key % m == 0))
             img, lab, lev = cache[key]
             acc += img * F32(wgt)
@@ -642,7 +759,7 @@ def render_volume(params: dict):
         if scale > 1:
             acc = acc.reshape(nj, ni, scale).mean(axis=2)
         # noise from the clinical slices around this one
-        pos = (z_out[k] - z_out[0]) / clin_dz
+        pos = (z_out[k] - z_root[0]) / clin_dz
         n0 = int(np.floor(pos))
         f = pos - n0
         if f < 1e-6:
@@ -689,7 +806,7 @@ def render_case(params: dict):
     mean = 0.5 * (bmd["L1"] + bmd["L2"])
     sc = params["scanner"]
     slope, offset = density.calibration(sc["kvp"], sc["scanner_offset_hu"], sc["slope_jitter"])
-    present = sorted(int(v) for v in np.unique(levels) if v)
+    present = [int(v) for v in np.unique(levels[levels != 0])]  # mostly background: unique of the rest is faster
     meta = {
         "schema": "osteoscreen.phantom/1",
         "seed": params["seed"],

@@ -14,13 +14,23 @@ import numpy as np
 F32 = np.float32
 RAMP_SLOPE = 0.4  # 1/sqrt(2*pi): slope of a Gaussian edge profile at its centre, per sigma
 
+try:  # the ufunc behind np.clip, without its Python wrapper (same values; the renderer calls it ~10^5 times)
+    from numpy._core.umath import clip as _clip
+except ImportError:  # numpy < 2
+    from numpy.core.umath import clip as _clip
+
 
 def coverage(distance_mm: np.ndarray, sigma_mm: float) -> np.ndarray:
     """Fraction (0..1) of a voxel inside a shape, from its signed distance (blurred edge)."""
     a = distance_mm * F32(-RAMP_SLOPE / max(sigma_mm, 1e-3))
     a += F32(0.5)
-    np.clip(a, 0.0, 1.0, out=a)
+    _clip(a, 0.0, 1.0, out=a)
     return a
+
+
+def coverage_reach(sigma_mm: float) -> float:
+    """Distance (mm) beyond which :func:`coverage` is 0: nothing is painted farther out."""
+    return 0.5 / RAMP_SLOPE * max(sigma_mm, 1e-3)
 
 
 def paint(image: np.ndarray, alpha: np.ndarray, value) -> None:
@@ -68,7 +78,7 @@ def segment_distance(px, py, pz, p0, p1) -> np.ndarray:
     if dd < 1e-9:
         return np.sqrt(ux * ux + uy * uy + uz * uz)
     t = ux * F32(d[0] / dd) + uy * F32(d[1] / dd) + uz * F32(d[2] / dd)
-    np.clip(t, 0.0, 1.0, out=t)
+    _clip(t, 0.0, 1.0, out=t)
     ux -= t * F32(d[0])
     uy -= t * F32(d[1])
     uz -= t * F32(d[2])

@@ -180,7 +180,7 @@ EXTREMES = {
 @pytest.mark.parametrize("extreme", list(EXTREMES))
 def test_every_preset_makes_a_valid_case_for_extreme_parameters(preset, extreme):
     params = _with(sample_parameters(5, preset), **EXTREMES[extreme])
-    if preset == "chest" and extreme == "thin_dense_young":
+    if preset in ("chest", "chest-box") and extreme == "thin_dense_young":
         params["scanner"]["slice_thickness_mm"] = params["scanner"]["slice_spacing_mm"] = 5.0  # keep the test fast
     if extreme == "thick_porotic_fractured":
         params["subject"]["bmd_mg_cm3"].update(L1=20.0, L2=25.0, subject_mg_cm3=22.0)
@@ -201,6 +201,101 @@ def test_every_preset_makes_a_valid_case_for_extreme_parameters(preset, extreme)
     _assert_labels_follow_rib_counting(case)
     expected = registry.qct_class(0.5 * (params["subject"]["bmd_mg_cm3"]["L1"] + params["subject"]["bmd_mg_cm3"]["L2"]))
     assert case.meta["qct_class"] == expected
-    if preset == "chest":
-        assert case.ct.array.shape[1:] == (512, 512)
+    if preset in ("chest", "chest-box"):
+        assert preset == "chest-box" or case.ct.array.shape[1:] == (512, 512)
         assert 0.6 - 1e-9 <= case.ct.spacing_mm[0] <= 0.98 + 1e-9
+
+
+# --------------------------------------------------------------------------- chest-box: a box of the chest case
+
+BOX_SEEDS = (0, 2)  # 0: 5 mm slices every 2.5 mm (interpolated noise); 2: streaks, FOV ending in the lower L2
+
+
+@pytest.fixture(scope="module")
+def chest_and_box_cases():
+    """The chest case and the chest-box case of each of BOX_SEEDS (a chest case costs a few seconds)."""
+    return {seed: (generate_case(seed, "chest"), generate_case(seed, "chest-box")) for seed in BOX_SEEDS}
+
+
+def _box_in_chest(box, chest) -> tuple[slice, slice, slice]:
+    """Index slices (k, j, i) of ``box``'s voxels in ``chest``, checking that the box is a sub-lattice of it."""
+    a, b = chest.ct.ijk_to_ras, box.ct.ijk_to_ras
+    assert np.array_equal(a[:3, :3], b[:3, :3])  # same spacing and directions
+    ijk = np.linalg.solve(a, b[:, 3])[:3]  # the box's voxel (0, 0, 0) in chest indices
+    assert np.allclose(ijk, np.round(ijk), atol=1e-6), ijk  # ... on a chest voxel centre, so all of them are
+    i0, j0, k0 = (int(v) for v in np.round(ijk))
+    nk, nj, ni = box.ct.array.shape
+    assert 0 <= k0 and k0 + nk <= chest.ct.array.shape[0]
+    assert 0 <= j0 and j0 + nj <= chest.ct.array.shape[1] and 0 <= i0 and i0 + ni <= chest.ct.array.shape[2]
+    assert box.meta["grid"]["box_of"]["offset_kji"] == [k0, j0, i0]
+    return slice(k0, k0 + nk), slice(j0, j0 + nj), slice(i0, i0 + ni)
+
+
+@pytest.mark.parametrize("seed", BOX_SEEDS)
+def test_chest_box_is_the_chest_case_on_a_box_of_its_grid(chest_and_box_cases, seed):
+    chest, box = chest_and_box_cases[seed]
+    assert box.meta["parameters"]["subject"] == chest.meta["parameters"]["subject"]
+    assert box.meta["parameters"]["scanner"] == chest.meta["parameters"]["scanner"]
+    assert box.meta["parameters"]["pose"] == chest.meta["parameters"]["pose"]
+    assert box.meta["vertebrae"] == chest.meta["vertebrae"]
+    crop = _box_in_chest(box, chest)
+    assert box.labels.same_grid(box.ct) and box.levels.same_grid(box.ct)
+    assert np.array_equal(box.labels.array, chest.labels.array[crop])
+    assert np.array_equal(box.levels.array, chest.levels.array[crop])
+    # L1 and L2 lie whole in the box (as far as the chest field of view holds them)
+    for label in (1, 2):
+        assert (chest.labels.array == label).sum() > 100
+        assert (box.labels.array == label).sum() == (chest.labels.array == label).sum()
+    # about 176 mm in-plane around L1-L2, and much smaller than the chest scan
+    extent = np.array(box.ct.array.shape[1:]) * box.ct.spacing_mm[:2]
+    assert np.all((extent > 170.0) & (extent < 200.0)), extent
+    assert box.ct.array.size < 0.25 * chest.ct.array.size
+    # The noise-free image of the box equals the chest's exactly (test below); only the noise
+    # differs: another realisation with the same statistics. So the difference has zero mean
+    # (inside the bodies, where the BMD is read, within 3 HU: noise SD <= ~60 HU averaged over
+    # >= 5000 voxels with a correlation length of ~1-2 voxels), and the anatomy, which spans
+    # ~1000 HU (air, lung, fat, soft tissue, bone), dominates the voxelwise correlation.
+    ct_box = box.ct.array.astype(np.float64)
+    ct_chest = chest.ct.array[crop].astype(np.float64)
+    bodies = box.labels.array > 0
+    assert bodies.sum() > 5000
+    assert abs(np.mean(ct_box[bodies] - ct_chest[bodies])) < 3.0
+    assert abs(np.median(ct_box[bodies]) - np.median(ct_chest[bodies])) < 5.0
+    assert np.corrcoef(ct_box.ravel(), ct_chest.ravel())[0, 1] > 0.95
+    # the same noise level: the spread of the difference is that of two independent noises
+    sd_box = np.std(ct_box[bodies] - np.mean(ct_box[bodies]))
+    sd_chest = np.std(ct_chest[bodies] - np.mean(ct_chest[bodies]))
+    assert 0.8 < sd_box / sd_chest < 1.25
+
+
+def test_chest_box_without_noise_equals_the_chest_image_on_the_box_and_keeps_a_cut_field_of_view():
+    chest_p, box_p = sample_parameters(7, "chest"), sample_parameters(7, "chest-box")
+    for p in (chest_p, box_p):  # a short, thick-sliced chest scan keeps this fast
+        p["scanner"].update(slice_thickness_mm=5.0, slice_spacing_mm=5.0, **{"noise_sd_hu_at_2.5mm": 0.0})
+        p["scanner"]["streaks"] = [{"z_center": 0.9, "z_extent_mm": 40.0, "angle_deg": 20.0, "amplitude_hu": -50.0,
+                                    "width_mm": 8.0}]
+        p["fov"]["top"] = {"level": "T12", "fraction": 0.0}
+        p["fov"]["bottom_position"] = 0.0  # the chest FOV ends in the middle of L2
+    chest, box = render_case(chest_p), render_case(box_p)
+    crop = _box_in_chest(box, chest)
+    assert np.array_equal(box.ct.array, chest.ct.array[crop])
+    assert np.array_equal(box.labels.array, chest.labels.array[crop])
+    assert crop[0].start == 0  # the box stops where the chest scan stops, in L2
+    assert 0 < (box.labels.array == 2).sum() == (chest.labels.array == 2).sum()
+
+
+def test_chest_box_same_seed_gives_same_bytes_and_its_own_jitter(chest_and_box_cases):
+    seed = BOX_SEEDS[0]
+    box = chest_and_box_cases[seed][1]
+    again = generate_case(seed, "chest-box")
+    for name in ("ct", "labels", "levels"):
+        assert np.array_equal(getattr(box, name).array, getattr(again, name).array), name
+        assert np.array_equal(getattr(box, name).ijk_to_ras, getattr(again, name).ijk_to_ras), name
+    assert json.dumps(box.meta) == json.dumps(again.meta)
+    # the box offset comes from a stream of its own: the chest parameters of the seed are unchanged
+    p_chest, p_box = sample_parameters(seed, "chest"), sample_parameters(seed, "chest-box")
+    offset = p_box["fov"].pop("box_offset_mm")
+    assert all(-15.0 <= o <= 15.0 for o in offset)
+    assert offset != sample_parameters(seed + 1, "chest-box")["fov"]["box_offset_mm"]
+    p_box["preset"] = "chest"
+    assert p_box == p_chest

@@ -5,7 +5,7 @@ import pytest
 from conftest import oblique_matrix
 
 from OsteoScreenLib.postprocess import fill_holes, largest_component
-from OsteoScreenLib.resample import axis_aligned_grid, block_mean, centred_grid, crop_to_grid, sample
+from OsteoScreenLib.resample import axis_aligned_grid, block_mean, centred_grid, crop_to_grid, crop_to_mask, mask_box, sample
 from OsteoScreenLib.volume import Volume
 
 
@@ -102,3 +102,22 @@ def test_the_fast_path_handles_permuted_axes_and_channels():
     for c in range(2):
         general = resample._interp(source.array[..., c], coords, 1, 0.0).reshape(shape)
         np.testing.assert_allclose(fast[..., c], general, atol=1e-5)
+
+
+def test_mask_box_is_the_bounding_box_of_the_voxels_and_crop_keeps_their_world_position():
+    rng = np.random.default_rng(3)
+    vol = Volume(rng.normal(size=(20, 30, 40)), oblique_matrix(spacing=(0.7, 0.8, 2.5)))
+    mask = np.zeros(vol.array.shape, bool)
+    mask[4, 7, 30] = mask[11, 20, 5] = mask[6, 12, 12] = True
+    kji = np.argwhere(mask)
+    lo, hi = mask_box(mask)
+    np.testing.assert_array_equal(lo, kji.min(axis=0))
+    np.testing.assert_array_equal(hi, kji.max(axis=0) + 1)
+    lo2, hi2 = mask_box(mask, margin=5)
+    np.testing.assert_array_equal(lo2, [0, 2, 0])  # clipped at the array's edges
+    np.testing.assert_array_equal(hi2, [17, 26, 36])
+    assert mask_box(np.zeros((3, 3, 3), bool)) is None
+    box = crop_to_mask(vol, mask, margin=0)
+    inside = np.argwhere(mask[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]])
+    np.testing.assert_allclose(box.voxel_centers_ras(inside), vol.voxel_centers_ras(kji), atol=1e-9)
+    np.testing.assert_array_equal(box.array[tuple(inside.T)], vol.array[tuple(kji.T)])

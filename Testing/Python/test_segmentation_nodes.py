@@ -62,6 +62,10 @@ def test_seg_nrrd_round_trip_keeps_everything(tmp_path, a_scene, a_ct, two_bodie
         assert seg.GetColor() == pytest.approx(registry.VERTEBRA_BY_NAME[name].color_rgb, abs=1e-4)
         assert seg.GetTerminology() == registry.terminology_entry(name)
     np.testing.assert_array_equal(labelmap_on_grid(back, ct2), two_bodies.array)
+    # the file holds the segments' box only (small and fast on a full-size CT), in place
+    header = path.read_bytes().split(b"\n\n", 1)[0].decode("latin-1")
+    sizes = next(line for line in header.splitlines() if line.startswith("sizes:")).split()[1:]
+    assert [int(s) for s in sizes][-3:] == [8, 6, 10]  # i, j, k extent of the two bodies
 
 
 def test_saving_never_overwrites_without_permission(tmp_path, a_scene, a_ct, two_bodies):

@@ -25,8 +25,10 @@ CENTER_JITTER_MM = 8.0
 HINT_SHIFT_MM = 4.0
 
 # Each stage learns from the phantoms that look like its run-time input: the coarse stage
-# from whole chest CTs on a coarse grid, the fine stage from 1.5 mm crops of the lower spine.
-PRESETS = {"coarse": "chest-coarse", "fine": "training"}
+# from whole chest CTs on a coarse grid and spine-cropped scans, the fine stage from 1 mm
+# boxes cut out of full-size chest and spine scans (with the coarse stage's own hints).
+# The fine stage starts from weights pre-trained on the faster `training` preset (1.5 mm).
+PRESETS = {"coarse": "chest-coarse,spine", "fine": "chest,spine", "fine-pretrain": "training"}
 
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-3  # max |softmax(ONNX) - softmax(PyTorch)| accepted at export

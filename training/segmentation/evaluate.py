@@ -1,6 +1,6 @@
 """Evaluate the bundled segmentation model through the run-time path (ONNX Runtime).
 
-    python -m training.segmentation.evaluate --count 400
+    python -m training.segmentation.evaluate --count 400 [--workers 2]
 
 On test phantoms (full-size chest preset, seeds of the test split): DSC of L1
 and L2 on the CT grid (mean ± SD) and level identification (the predicted
@@ -31,6 +31,7 @@ from .config import SPLITS
 from .export import card_markdown
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
+PARTIAL_DIR = Path(__file__).resolve().parents[1] / "cache" / "segmentation-eval"
 REAL_CASES = {"totalsegmentator-example": "totalsegmentator", "verse012": "verse"}
 
 
@@ -39,32 +40,65 @@ def dice(a: np.ndarray, b: np.ndarray) -> float:
     return float(2 * (a & b).sum() / denom) if denom else 1.0
 
 
-def evaluate_phantoms(seg: L1L2Segmenter, count: int, preset: str) -> dict:
+def evaluate_case(seg: L1L2Segmenter, seed: int, preset: str) -> dict:
     from OsteoScreenLib.phantom import generate_case
 
+    case = generate_case(seed, preset)
+    row = {"seed": seed}
+    try:
+        out = seg.segment(case.ct)
+    except OsteoScreenError as exc:
+        row["error"] = str(exc)
+        return row
+    for name, value in LABEL_OF.items():
+        pred, ref = out.labels.array == value, case.labels.array == value
+        row[f"dsc_{name}"] = dice(pred, ref)
+        kji = np.argwhere(pred)
+        if len(kji):
+            c = np.round(kji.mean(axis=0)).astype(int)
+            row[f"level_ok_{name}"] = bool(case.levels.array[tuple(c)] == VERSE_LEVEL_IDS[name])
+        else:
+            row[f"level_ok_{name}"] = False
+    row["time_s"] = out.timing_s["total"]
+    return row
+
+
+_WORKER: dict = {}
+
+
+def _worker_case(args: tuple[str, int, str]) -> dict:
+    folder, seed, preset = args
+    if "seg" not in _WORKER:
+        _WORKER["seg"] = L1L2Segmenter(Path(folder), threads=1)
+    return evaluate_case(_WORKER["seg"], seed, preset)
+
+
+def evaluate_phantoms(seg: L1L2Segmenter, count: int, preset: str, workers: int = 1) -> dict:
+    """Rows are appended to a cache file as they come (keyed by the model's checksums), so a
+    killed evaluation resumes; ``workers`` processes share the cases (one thread each)."""
+    from multiprocessing import Pool
+
     first, n = SPLITS["test"]
-    rows = []
-    for seed in range(first, first + min(count, n)):
-        case = generate_case(seed, preset)
-        row = {"seed": seed}
-        try:
-            out = seg.segment(case.ct)
-        except OsteoScreenError as exc:
-            row["error"] = str(exc)
-            rows.append(row)
-            continue
-        for name, value in LABEL_OF.items():
-            pred, ref = out.labels.array == value, case.labels.array == value
-            row[f"dsc_{name}"] = dice(pred, ref)
-            kji = np.argwhere(pred)
-            if len(kji):
-                c = np.round(kji.mean(axis=0)).astype(int)
-                row[f"level_ok_{name}"] = bool(case.levels.array[tuple(c)] == VERSE_LEVEL_IDS[name])
-            else:
-                row[f"level_ok_{name}"] = False
-        row["time_s"] = out.timing_s["total"]
-        rows.append(row)
-        print(json.dumps(row), flush=True)
+    seeds = list(range(first, first + min(count, n)))
+    key = "-".join(f["sha256"][:12] for f in seg.card["files"].values())
+    partial = PARTIAL_DIR / f"eval-{preset}-{key}.jsonl"
+    partial.parent.mkdir(parents=True, exist_ok=True)
+    done = {}
+    if partial.exists():
+        for line in partial.read_text().splitlines():
+            if line.strip():
+                row = json.loads(line)
+                done[row["seed"]] = row
+    todo = [(str(seg.folder), s, preset) for s in seeds if s not in done]
+    with open(partial, "a") as log:
+        results = Pool(workers).imap_unordered(_worker_case, todo) if workers > 1 else (
+            evaluate_case(seg, s, p) for _, s, p in todo)
+        for row in results:
+            done[row["seed"]] = row
+            log.write(json.dumps(row) + "\n")
+            log.flush()
+            print(json.dumps(row), flush=True)
+    rows = [done[s] for s in seeds]
     return {"preset": preset, "cases": len(rows), "rows": rows, "summary": summarise(rows)}
 
 
@@ -144,6 +178,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--count", type=int, default=400)
     p.add_argument("--preset", default="chest")
+    p.add_argument("--workers", type=int, default=2)
     p.add_argument("--real-data", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data" / "real")
     p.add_argument("--no-card", action="store_true", help="do not write the metrics into the model card")
     a = p.parse_args()
@@ -154,7 +189,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"),
         "model_version": seg.card["version"],
-        "phantoms": evaluate_phantoms(seg, a.count, a.preset),
+        "phantoms": evaluate_phantoms(seg, a.count, a.preset, a.workers),
         "real": evaluate_real(seg, a.real_data) if a.real_data.is_dir() else {},
     }
     result["elapsed_s"] = round(time.perf_counter() - t, 1)

@@ -27,8 +27,43 @@ def sample_paths(cache: Path, preset: str, seed: int) -> tuple[Path, Path]:
     return base / "coarse" / f"{seed}.npz", base / "fine" / f"{seed}.npz"
 
 
-def prepare_one(args: tuple[Path, str, int, str]) -> tuple[int, float]:
-    cache, preset, seed, stages = args
+_COARSE = None
+COARSE_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "segmentation-coarse" / "final.pt"
+
+
+def _coarse_hints(ct, checkpoint: Path):
+    """The trained coarse stage's probabilities on this CT, through the run-time preprocessing
+    (None without a trained coarse stage, or when the CT holds no body)."""
+    global _COARSE
+    import torch
+
+    from OsteoScreenLib.errors import OsteoScreenError
+    from OsteoScreenLib.segmenter import coarse_input, pad_to_multiple, softmax
+    from OsteoScreenLib.volume import Volume
+
+    from .config import PREPROCESSING
+    from .train import build_network
+
+    if _COARSE is None:
+        if not checkpoint.exists():
+            return None
+        torch.set_num_threads(1)
+        _COARSE = build_network("coarse")
+        _COARSE.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
+        _COARSE.eval()
+    cfg = PREPROCESSING["coarse"]
+    try:
+        x, grid = coarse_input(ct, cfg)
+    except OsteoScreenError:
+        return None
+    padded, valid = pad_to_multiple(x[None], cfg["pad_multiple"], -1.0)
+    with torch.no_grad():
+        logits = _COARSE(torch.from_numpy(np.ascontiguousarray(padded, np.float32))).numpy()[0]
+    return Volume(np.moveaxis(softmax(logits[(slice(None), *valid)], 0), 0, -1), grid)
+
+
+def prepare_one(args: tuple[Path, str, int, str, Path]) -> tuple[int, float]:
+    cache, preset, seed, stages, coarse_checkpoint = args
     coarse_path, fine_path = sample_paths(cache, preset, seed)
     todo = [s for s, p in (("coarse", coarse_path), ("fine", fine_path)) if s in stages and not p.exists()]
     if not todo:
@@ -41,7 +76,7 @@ def prepare_one(args: tuple[Path, str, int, str]) -> tuple[int, float]:
     if "coarse" in todo:
         save(coarse_path, coarse_sample(case.ct, case.labels))
     if "fine" in todo:
-        save(fine_path, fine_sample(case.ct, case.labels, rng))
+        save(fine_path, fine_sample(case.ct, case.labels, rng, _coarse_hints(case.ct, coarse_checkpoint)))
     return seed, time.perf_counter() - t
 
 
@@ -50,8 +85,9 @@ def seeds_of(split: str, count: int | None = None) -> list[int]:
     return list(range(first, first + (n if count is None else min(count, n))))
 
 
-def prepare(split: str, count: int | None, preset: str, cache: Path, workers: int, stages: str = "coarse,fine") -> None:
-    jobs = [(cache, preset, s, stages) for s in seeds_of(split, count)]
+def prepare(split: str, count: int | None, preset: str, cache: Path, workers: int, stages: str = "coarse,fine",
+            coarse_checkpoint: Path = COARSE_CHECKPOINT) -> None:
+    jobs = [(cache, preset, s, stages, coarse_checkpoint) for s in seeds_of(split, count)]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.perf_counter()
     with Pool(workers) as pool:
@@ -68,8 +104,10 @@ def main() -> None:
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--stages", default="coarse,fine", help="which samples to cache: coarse, fine or both")
+    p.add_argument("--coarse-checkpoint", type=Path, default=COARSE_CHECKPOINT,
+                   help="trained coarse stage whose output becomes the fine samples' hints")
     a = p.parse_args()
-    prepare(a.split, a.count, a.preset, a.cache, a.workers, a.stages)
+    prepare(a.split, a.count, a.preset, a.cache, a.workers, a.stages, a.coarse_checkpoint)
 
 
 if __name__ == "__main__":

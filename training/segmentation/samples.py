@@ -35,10 +35,18 @@ def coarse_sample(ct: Volume, labels: Volume) -> dict:
     return {"x": x.astype(np.float16), "y": y}
 
 
-def fine_sample(ct: Volume, labels: Volume, rng: np.random.Generator) -> dict:
+def fine_sample(ct: Volume, labels: Volume, rng: np.random.Generator, coarse: Volume | None = None) -> dict:
+    """One fine-stage sample. ``coarse``: the coarse stage's probabilities on this CT, used as
+    the hints when its L1 and L2 lie near the truth (so the fine stage learns the hints it
+    gets at run time); otherwise the hints are perturbed reference labels."""
     cfg = PREPROCESSING["fine"]
     kji = np.argwhere(labels.array > 0)
     center = labels.voxel_centers_ras(kji.mean(axis=0))[0] + rng.uniform(-1, 1, 3) * CENTER_JITTER_MM
+    if coarse is not None and _levels_agree(coarse, labels):
+        hints = Volume(coarse.array, coarse.ijk_to_ras.copy())
+        hints.ijk_to_ras[:3, 3] += rng.uniform(-1, 1, 3) * HINT_SHIFT_MM / 2
+        x, grid = fine_input(ct, hints, center, cfg)
+        return {"x": x.astype(np.float16), "y": labels_on(labels, grid, x.shape[1:])}
     # hints: reference labels blurred to the coarse spacing and shifted, like a coarse prediction
     coarse_cfg = PREPROCESSING["coarse"]
     lo, hi = labels.voxel_centers_ras(kji.min(axis=0)), labels.voxel_centers_ras(kji.max(axis=0))
@@ -51,6 +59,19 @@ def fine_sample(ct: Volume, labels: Volume, rng: np.random.Generator) -> dict:
     x, grid = fine_input(ct, hints, center, cfg)
     y = labels_on(labels, grid, x.shape[1:])
     return {"x": x.astype(np.float16), "y": y}
+
+
+def _levels_agree(coarse: Volume, labels: Volume, tolerance_mm: float = 10.0) -> bool:
+    """True when the coarse L1 and L2 centroids lie within ``tolerance_mm`` of the reference ones."""
+    pred = np.argmax(coarse.array, axis=-1)
+    for value in (1, 2):
+        p, r = np.argwhere(pred == value), np.argwhere(labels.array == value)
+        if len(p) == 0 or len(r) == 0:
+            return False
+        d = coarse.voxel_centers_ras(p.mean(axis=0))[0] - labels.voxel_centers_ras(r.mean(axis=0))[0]
+        if np.linalg.norm(d) > tolerance_mm:
+            return False
+    return True
 
 
 def save(path: Path, sample_: dict) -> None:

@@ -65,9 +65,14 @@ def augment(x: np.ndarray, rng) -> np.ndarray:
 
 
 class Samples:
-    def __init__(self, stage: str, seeds: list[int], preset: str, cache: Path):
-        self.paths = [sample_paths(cache, preset, s)[0 if stage == "coarse" else 1] for s in seeds]
+    """Cached samples of one stage; ``presets`` is a comma-separated list, each preset adds its
+    cached cases of these seeds (a preset of the same seed is a different scan of the same body)."""
+
+    def __init__(self, stage: str, seeds: list[int], presets: str, cache: Path):
+        self.paths = [sample_paths(cache, preset, s)[0 if stage == "coarse" else 1]
+                      for preset in presets.split(",") for s in seeds]
         self.paths = [p for p in self.paths if p.exists()]
+        preset = presets
         if not self.paths:
             raise SystemExit(f"no cached {stage} samples for preset {preset} under {cache}; run training.segmentation.prepare")
         self.stage = stage
@@ -112,10 +117,17 @@ def train(args) -> None:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.iterations, pct_start=0.05)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     config = {"stage": args.stage, "network": NETWORKS[args.stage], "preprocessing": PREPROCESSING,
-              "train_count": len(train_set.paths), "preset": args.preset, "iterations": args.iterations,
-              "lr": args.lr, "batch": args.batch, "seed": args.seed}
+              "train_count": len(seeds_of("train", args.train_count)), "train_samples": len(train_set.paths),
+              "preset": args.preset, "iterations": args.iterations, "lr": args.lr, "batch": args.batch,
+              "seed": args.seed}
     start, log = 0, []
     ckpt = out / "last.pt"
+    if args.init is not None:  # fine-tune: start from another run's weights (its config is kept)
+        init_dir = Path(args.init)
+        config["init"] = {"run": init_dir.name, "config": json.loads((init_dir / "config.json").read_text())}
+        if not ckpt.exists():
+            state = torch.load(init_dir / "final.pt", map_location="cpu", weights_only=True)
+            net.load_state_dict(state["model"])
     if ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors only, never pickle objects
         net.load_state_dict(state["model"])
@@ -170,7 +182,7 @@ def main() -> None:
     p.add_argument("--stage", choices=("coarse", "fine"), required=True)
     p.add_argument("--train-count", type=int, default=300)
     p.add_argument("--tune-count", type=int, default=20)
-    p.add_argument("--preset", default=None, help="phantom preset of the samples (default: config.PRESETS[stage])")
+    p.add_argument("--preset", default=None, help="phantom presets of the samples, comma-separated (default: config.PRESETS[stage])")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--iterations", type=int, default=3000)
     p.add_argument("--batch", type=int, default=2)
@@ -180,6 +192,7 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
+    p.add_argument("--init", default=None, help="checkpoint folder whose final weights start this run")
     a = p.parse_args()
     a.preset = a.preset or STAGE_PRESETS[a.stage]
     a.out = a.out or str(Path(__file__).resolve().parents[1] / "checkpoints" / f"segmentation-{a.stage}")
