@@ -15,6 +15,7 @@ import re
 import struct
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -58,8 +59,22 @@ def read_volume(path: str | os.PathLike) -> Volume:
         raise OsteoScreenError(
             f"{path}: unsupported file type; use NIfTI, NRRD, MetaImage or a folder of DICOM files"
         )
-    _check_file(path, ext)
-    return _read_with_storage_node(path, [path])
+    completeness_check = _check_file(path, ext)
+    if completeness_check is None:
+        return _read_with_storage_node(path, [path])
+    # Inflating a .gz to prove it complete takes as long as reading it: do both at once
+    # (ITK reads without holding Python's lock), and report a cut file rather than ITK's failure.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(completeness_check)
+        try:
+            volume = _read_with_storage_node(path, [path])
+        except OsteoScreenError:
+            pending.result()
+            raise
+        pending.result()
+    return volume
 
 
 def check_hounsfield(volume: Volume, path: Path | str) -> None:
@@ -147,7 +162,9 @@ class _Header:
         self.offset, self.encoding, self.endian = offset, encoding, endian
 
 
-def _check_file(path: Path, ext: str) -> None:
+def _check_file(path: Path, ext: str) -> Callable[[], None] | None:
+    """Header checks now; returns the completeness check of a compressed file to run
+    alongside the reading (None when everything is checked already)."""
     try:
         header = _read_header(path, ext)
     except (OSError, EOFError, ValueError, KeyError, struct.error) as exc:
@@ -160,14 +177,14 @@ def _check_file(path: Path, ext: str) -> None:
     if len([s for s in sizes if s > 1]) < 3:
         raise OsteoScreenError(f"{path}: a 2D image (sizes {sizes}); OsteoScreen needs a 3D volume")
     if header.dtype is None or header.data_file is None:
-        return
+        return None
     itemsize = np.dtype(header.dtype).itemsize
     expected = int(np.prod(sizes)) * itemsize
     floating = header.dtype.startswith("f")
+    if header.encoding == "gzip" and not floating:
+        return lambda: _check_size(path, _gzip_size(header.data_file) - header.offset, expected)
     if header.encoding == "raw" and not floating:
         available = header.data_file.stat().st_size - header.offset
-    elif header.encoding == "gzip" and not floating:
-        available = _gzip_size(header.data_file) - header.offset
     else:
         payload = _payload(header, expected)
         available = len(payload)
@@ -175,6 +192,11 @@ def _check_file(path: Path, ext: str) -> None:
             values = np.frombuffer(payload[:expected], dtype=header.endian + header.dtype)
             if not np.isfinite(values).all():
                 raise OsteoScreenError(f"{path}: contains NaN or infinite voxels; export the CT again")
+    _check_size(path, available, expected)
+    return None
+
+
+def _check_size(path: Path, available: int, expected: int) -> None:
     if available < expected:
         raise OsteoScreenError(
             f"{path}: truncated ({max(available, 0)} of {expected} data bytes); copy or export the file again"

@@ -26,7 +26,7 @@ from OsteoScreenLib import registry  # noqa: E402
 from OsteoScreenLib.phantom import GENERATOR_VERSION, generate_case, render_case, sample_parameters  # noqa: E402
 
 RESULTS = ROOT / "training" / "results"
-LIMIT_S = {"chest": 10.0, "chest_1.25mm": 10.0, "training": 1.0, "spine": None}
+LIMIT_S = {"chest": 10.0, "chest_1.25mm": 10.0, "training": 1.0, "chest-box": None, "spine": None}
 
 
 def cpu_model() -> str:
@@ -47,7 +47,7 @@ def main() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})  # one core
     rows = []
-    for preset in ("chest", "chest_1.25mm", "training", "spine"):
+    for preset in ("chest", "chest_1.25mm", "training", "chest-box", "spine"):
         times, shapes = [], []
         for seed in range(args.seeds):
             t0 = time.perf_counter()

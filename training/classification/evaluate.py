@@ -28,6 +28,7 @@ from OsteoScreenLib.segmenter import softmax
 
 from ..segmentation.evaluate import update_card
 from .delong import auc_ci, paired_test
+from .config import PRESET
 from .prepare import load_split
 from .train import inputs
 
@@ -131,7 +132,7 @@ def markdown(r: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--preset", default="training")
+    p.add_argument("--preset", default=PRESET)
     a = p.parse_args()
     RESULTS.mkdir(parents=True, exist_ok=True)
     r = evaluate(a.preset)

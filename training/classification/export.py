@@ -31,7 +31,7 @@ from .config import BMD_SCALE_MG_CM3, MODELS, NETWORK, ONNX_OPSET, ONNX_TOLERANC
 from .network import IMAGE_CHANNELS, FusionClassifier
 from .train import CHECKPOINTS
 
-MODEL_VERSION = "0.1.0"
+MODEL_VERSION = "0.2.0"
 
 
 class _Exported(torch.nn.Module):

@@ -19,7 +19,7 @@ import numpy as np
 from OsteoScreenLib.features import body_features
 from OsteoScreenLib.registry import CLASSES
 
-from .config import SPLITS
+from .config import PRESET, SPLITS
 
 CACHE = Path(__file__).resolve().parents[1] / "cache" / "classification"
 
@@ -76,7 +76,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--split", choices=list(SPLITS), default="train")
     p.add_argument("--count", type=int, default=None)
-    p.add_argument("--preset", default="training")
+    p.add_argument("--preset", default=PRESET)
     p.add_argument("--workers", type=int, default=2)
     a = p.parse_args()
     os.environ.setdefault("OMP_NUM_THREADS", "1")

@@ -18,7 +18,7 @@ from torch import nn
 
 from OsteoScreenLib.features import erode, network_image
 
-from .config import BMD_LOSS_WEIGHT, BMD_SCALE_MG_CM3, MODELS, NETWORK
+from .config import BMD_LOSS_WEIGHT, BMD_SCALE_MG_CM3, MODELS, NETWORK, PRESET
 from .network import IMAGE_CHANNELS, FusionClassifier
 from .prepare import load_split
 
@@ -100,7 +100,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", choices=list(MODELS), required=True)
     p.add_argument("--epochs", type=int, default=12)
-    p.add_argument("--preset", default="training")
+    p.add_argument("--preset", default=PRESET)
     p.add_argument("--train-count", type=int, default=None)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)

@@ -28,7 +28,7 @@ from .config import NETWORKS, ONNX_OPSET, ONNX_TOLERANCE, PREPROCESSING, SPLITS
 from .train import build_network
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-MODEL_VERSION = "0.1.0"
+MODEL_VERSION = "0.2.0"
 
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
@@ -148,13 +148,30 @@ def card_markdown(card: dict) -> str:
     lines += ["", "## Training data", "", card["training_data"]["source"] + ".",
               f"Generator version {card['training_data']['generator_version']}; seeds: "
               + ", ".join(f"{k} {v[1]} from {v[0]}" for k, v in card["training_data"]["splits_first_seed_and_count"].items()),
-              "", "## Preprocessing", "", "```", json.dumps(card["preprocessing"], indent=1), "```", "",
+              ""]
+    for stage, cfg in card["training_data"].get("stages", {}).items():
+        if cfg:
+            lines.append(_stage_line(stage, cfg))
+    lines += ["", "## Preprocessing", "", "```", json.dumps(card["preprocessing"], indent=1), "```", "",
               "## Labels", ""]
     lines += [f"- {k}: {v}" for k, v in card["labels"].items()]
     lines += ["", "## Metrics", "", "```", json.dumps(card["metrics"], indent=1), "```", "",
               "## Intended use", "", card["intended_use"], "", "## Limits", ""]
     lines += [f"- {x}" for x in card["limits"]]
     return "\n".join(lines) + "\n"
+
+
+def _stage_line(stage: str, cfg: dict) -> str:
+    """One line per stage: which phantoms, how long, and what it started from."""
+    line = (f"- {stage} stage: presets `{cfg.get('preset')}`, {cfg.get('train_count')} training seeds "
+            f"({cfg.get('train_samples', cfg.get('train_count'))} samples), {cfg.get('iterations')} iterations, "
+            f"batch {cfg.get('batch')}, lr {cfg.get('lr')}")
+    init = cfg.get("init")
+    if init:
+        c = init["config"]
+        line += (f"; started from `{init['run']}` (presets `{c.get('preset')}`, {c.get('train_count')} seeds, "
+                 f"{c.get('iterations')} iterations)")
+    return line + "."
 
 
 def main() -> None:
