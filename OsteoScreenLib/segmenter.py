@@ -31,6 +31,12 @@ from .volume import Volume
 
 MODEL_NAME = "segmentation"
 MIN_COARSE_VOXELS = 20  # below this a level counts as not found (at ~5 mm, a body is ~250 voxels)
+# Level certainty from the coarse stage (calibrated on the tune phantoms and the real cases,
+# training/results/level_confidence.md): a level is flagged for the reader to check when the
+# mean probability over its region is low, or when much of its probability lies elsewhere
+# (the model hesitates between two vertebrae).
+LEVEL_CONFIDENCE_MIN = 0.90
+LEVEL_SPREAD_MAX = 1.5
 BODY_HU_THRESHOLD = -500.0  # air vs body, to crop the coarse grid to the patient
 
 
@@ -90,6 +96,7 @@ class SegmentationOutput:
     labels: Volume  # 0 background, 1 = L1, 2 = L2 on the CT grid
     warnings: list[str] = field(default_factory=list)
     timing_s: dict[str, float] = field(default_factory=dict)
+    level_confidence: dict[str, dict[str, float]] = field(default_factory=dict)  # see level_certainty
 
 
 class L1L2Segmenter:
@@ -141,7 +148,7 @@ class L1L2Segmenter:
         step(0.05, "finding L1 and L2")
         coarse = self.coarse_probabilities(ct)
         timing["coarse"] = time.perf_counter() - t0
-        centroids = {}
+        centroids, confidence, warnings = {}, {}, []
         coarse_labels = np.argmax(coarse.array, axis=-1)
         missing = []
         for name in VERTEBRA_NAMES:
@@ -150,6 +157,10 @@ class L1L2Segmenter:
                 missing.append(name)
                 continue
             centroids[name] = coarse.voxel_centers_ras(np.argwhere(mask).mean(axis=0))[0]
+            confidence[name] = level_certainty(coarse.array[..., LABEL_OF[name]], mask)
+            warning = level_warning(name, confidence[name])
+            if warning:
+                warnings.append(warning)
         if missing:
             raise OsteoScreenError(
                 f"{' and '.join(missing)} not found in the field of view; OsteoScreen needs a CT that "
@@ -162,11 +173,12 @@ class L1L2Segmenter:
         timing["fine"] = time.perf_counter() - t1
         step(0.8, "mapping to the CT grid")
         t2 = time.perf_counter()
-        labels, warnings = self._to_ct_grid(ct, fine)
+        labels, grid_warnings = self._to_ct_grid(ct, fine)
         timing["to_ct_grid"] = time.perf_counter() - t2
         timing["total"] = time.perf_counter() - t0
         step(1.0, "done")
-        return SegmentationOutput(labels, warnings, {k: round(v, 3) for k, v in timing.items()})
+        return SegmentationOutput(labels, warnings + grid_warnings, {k: round(v, 3) for k, v in timing.items()},
+                                  confidence)
 
     def _to_ct_grid(self, ct: Volume, fine: Volume) -> tuple[Volume, list[str]]:
         """Fine probabilities -> label map on the CT grid, inside the fine box only."""
@@ -188,6 +200,23 @@ class L1L2Segmenter:
         out = ct.with_array(labels)
         warnings += _order_and_edge_checks(out)
         return out, warnings
+
+
+def level_certainty(probability: np.ndarray, region: np.ndarray) -> dict[str, float]:
+    """How sure the coarse stage is of one level: mean probability over the level's region,
+    and the level's whole probability mass relative to the region's size (near 1: one place)."""
+    n = int(region.sum())
+    return {"mean_probability": round(float(probability[region].mean()), 3),
+            "spread": round(float(probability.sum()) / n, 3)}
+
+
+def level_warning(name: str, certainty: dict[str, float]) -> str | None:
+    p, spread = certainty["mean_probability"], certainty["spread"]
+    if p >= LEVEL_CONFIDENCE_MIN and spread <= LEVEL_SPREAD_MAX:
+        return None
+    why = f"model confidence {p:.2f}" if p < LEVEL_CONFIDENCE_MIN else "the model hesitates between two vertebrae"
+    return (f"{name} level uncertain ({why}): check that {'L1 is the first vertebra below the last rib-bearing one' if name == 'L1' else 'L2 lies directly below L1'}, "
+            "and correct the segments if not")
 
 
 def _order_and_edge_checks(labels: Volume) -> list[str]:

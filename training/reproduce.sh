@@ -27,7 +27,10 @@ if [[ $what == segmentation || $what == all ]]; then
   $P --split train --count "$SEG_TRAIN" --preset chest-coarse --stages coarse
   $P --split train --count "$SEG_SPINE" --preset spine
   $P --split tune --count 20 --preset spine
-  $T --stage coarse --train-count "$SEG_TRAIN" --iterations "$SEG_COARSE_IT" --lr 1e-3 --init $C/segmentation-coarse-pretrain
+  $T --stage coarse --train-count "$SEG_TRAIN" --iterations "$SEG_COARSE_IT" --lr 1e-3 --init $C/segmentation-coarse-pretrain \
+     --out $C/segmentation-coarse-548
+  #    then scans with rib variants drawn 4x as often (L1 found by counting ribs)
+  $T --stage coarse --train-count "$SEG_TRAIN" --iterations 500 --lr 5e-4 --variant-weight 4 --init $C/segmentation-coarse-548
   # 2. fine stage: pre-train on 1.5 mm crops (fast to render), then fine-tune on 1 mm boxes of
   #    full-size chest and spine scans with the coarse stage's own hints
   $P --split train --count 300 --preset training --stages fine

@@ -43,7 +43,8 @@ def test_labels_come_back_on_the_original_grid(a_segmented_phantom):
 
 @pytest.mark.parametrize("case", ["totalsegmentator-example", "verse012"])
 def test_on_real_cases_a_level_is_either_inside_its_reference_vertebra_or_reported_missing(segmenter, real_data, case):
-    """No accuracy claim on real scans (see segmentation_eval.md); but never a wrong level in silence."""
+    """No accuracy claim on real scans (see segmentation_eval.md); but never a wrong level in silence:
+    each level is inside its reference vertebra, reported missing, or flagged as uncertain."""
     mapping = LABEL_MAPPINGS["totalsegmentator" if case.startswith("total") else "verse"]
     try:
         out = segmenter.segment(read_ct(real_data / case / "ct.nii.gz"))
@@ -57,7 +58,8 @@ def test_on_real_cases_a_level_is_either_inside_its_reference_vertebra_or_report
             assert any(name in w for w in out.warnings)
             continue
         centroid = tuple(np.round(kji.mean(axis=0)).astype(int))
-        assert ref[centroid] == mapping[name], f"{name} centroid is not in the reference {name}"
+        flagged = any(w.startswith(f"{name} level uncertain") for w in out.warnings)
+        assert ref[centroid] == mapping[name] or flagged, f"{name} centroid is not in the reference {name}"
 
 
 def test_a_scan_ending_at_t12_says_which_levels_are_missing(segmenter, real_data):
@@ -109,3 +111,20 @@ def test_inference_imports_neither_torch_nor_monai(bundled_models):
             "OsteoporosisClassifier('l1l2'); print(sorted(m for m in ('torch', 'monai') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_level_certainty_flags_a_weak_or_split_level():
+    from OsteoScreenLib.segmenter import level_certainty, level_warning
+
+    prob = np.zeros((10, 10, 10), np.float32)
+    region = np.zeros_like(prob, bool)
+    region[2:5, 2:5, 2:5] = True
+    prob[region] = 0.97
+    sure = level_certainty(prob, region)
+    assert sure == {"mean_probability": 0.97, "spread": 0.97} and level_warning("L1", sure) is None
+    prob[region] = 0.8
+    assert "L1 level uncertain (model confidence 0.80)" in level_warning("L1", level_certainty(prob, region))
+    prob[region] = 0.97
+    prob[6:9, 6:9, 6:9] = 0.9  # as much again somewhere else: two candidate vertebrae
+    assert "hesitates between two vertebrae" in level_warning("L2", level_certainty(prob, region))
+

@@ -77,6 +77,19 @@ class Samples:
             raise SystemExit(f"no cached {stage} samples for preset {preset} under {cache}; run training.segmentation.prepare")
         self.stage = stage
         self.cache: dict[int, dict] = {}
+        self.weights = np.ones(len(self.paths))
+
+    def weight_variants(self, factor: float) -> None:
+        """Draw scans with rare rib variants (11 or 13 rib pairs, a lumbar rib) ``factor`` times
+        as often: there L1 must be found by counting ribs, not from where organs usually are."""
+        from OsteoScreenLib.phantom import sample_parameters
+
+        variant = np.array([sample_parameters(int(p.stem), "chest")["spine"]["rib_variant"] != "normal"
+                            for p in self.paths])
+        self.weights = np.where(variant, factor, 1.0)
+
+    def draw(self, rng) -> int:
+        return int(rng.choice(len(self.paths), p=self.weights / self.weights.sum()))
 
     def get(self, n: int, rng, train: bool = True):
         if n not in self.cache:
@@ -112,6 +125,8 @@ def train(args) -> None:
     out.mkdir(parents=True, exist_ok=True)
     train_set = Samples(args.stage, seeds_of("train", args.train_count), args.preset, args.cache)
     tune_set = Samples(args.stage, seeds_of("tune", args.tune_count), args.preset, args.cache)
+    if args.variant_weight != 1.0:
+        train_set.weight_variants(args.variant_weight)
     net = build_network(args.stage)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.iterations, pct_start=0.05)
@@ -119,7 +134,7 @@ def train(args) -> None:
     config = {"stage": args.stage, "network": NETWORKS[args.stage], "preprocessing": PREPROCESSING,
               "train_count": len(seeds_of("train", args.train_count)), "train_samples": len(train_set.paths),
               "preset": args.preset, "iterations": args.iterations, "lr": args.lr, "batch": args.batch,
-              "seed": args.seed}
+              "seed": args.seed, "variant_weight": args.variant_weight}
     start, log = 0, []
     ckpt = out / "last.pt"
     if args.init is not None:  # fine-tune: start from another run's weights (its config is kept)
@@ -143,7 +158,7 @@ def train(args) -> None:
     net.train()
     running = []
     for it in range(start, args.iterations):
-        batch = [train_set.get(int(rng.integers(len(train_set.paths))), rng) for _ in range(args.batch)]
+        batch = [train_set.get(train_set.draw(rng), rng) for _ in range(args.batch)]
         x = torch.from_numpy(np.stack([b[0] for b in batch]))
         y = torch.from_numpy(np.stack([b[1] for b in batch]))[:, None]
         loss = loss_fn(net(x), y)
@@ -192,6 +207,8 @@ def main() -> None:
     p.add_argument("--eval-every", type=int, default=250)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None)
+    p.add_argument("--variant-weight", type=float, default=1.0,
+                   help="draw scans with rib variants this many times as often")
     p.add_argument("--init", default=None, help="checkpoint folder whose final weights start this run")
     a = p.parse_args()
     a.preset = a.preset or STAGE_PRESETS[a.stage]
