@@ -205,7 +205,7 @@ def cmd_demo(args) -> int:
         print(f"  {name}: {v['volume_ml']:.1f} ml" + (f", trabecular ROI {roi:.0f} HU" if roi is not None else ""))
     for name, a in (result.get("reference_agreement") or {}).items():
         if "fraction_inside_reference" in a:
-            print(f"  {name} vs reference labels: centroid inside {a['centroid_in_reference']}, "
+            print(f"  model {name} vs reference labels: centroid inside {a['centroid_in_reference']}, "
                   f"{a['fraction_inside_reference']:.0%} of voxels inside")
     for w in result["warnings"]:
         print(f"  note: {w}")

@@ -47,12 +47,18 @@ def run_demo(ct_path: Path, labels_path: Path | None, mapping: dict[str, int], o
     ct_node = logic.load_ct(ct_path)
     warnings: list[str] = []
     timing = {"load": round(time.perf_counter() - t0, 3)}
-    seg_node = None
+    seg_node = model_labels = None
     if models_available():
         try:
             seg_node, out = logic.segment(ct_node)
             warnings += out.warnings
             timing.update({f"segment_{k}": v for k, v in out.timing_s.items()})
+            model_labels = out.labels
+            if labels_path is not None and any("level uncertain" in w for w in out.warnings):
+                # A reader would correct uncertain levels before classifying: the reference
+                # labels play that part here (the model's own segments are scored below).
+                warnings.append("segmentation model: levels uncertain -> classified from the reference labels")
+                seg_node = None
         except OsteoScreenError as exc:
             if labels_path is None:
                 raise
@@ -69,7 +75,9 @@ def run_demo(ct_path: Path, labels_path: Path | None, mapping: dict[str, int], o
     logic.save_segmentation(seg_node, output_dir / "segmentation.seg.nrrd", overwrite)
     ct = volume_from_node(ct_node)
     labels = logic.labelmap(seg_node, ct_node)
-    agreement = reference_agreement(labels, labels_path, mapping) if labels_path is not None else None
+    # how the model's own segments agree with the reference (when the model ran)
+    scored = model_labels if model_labels is not None else labels
+    agreement = reference_agreement(scored, labels_path, mapping) if labels_path is not None else None
     if models_available():
         result = logic.classify(ct_node, seg_node, model, warnings, timing)
         result["segmentation"]["path"] = "segmentation.seg.nrrd"
