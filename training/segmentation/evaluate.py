@@ -109,6 +109,10 @@ def summarise(rows: list[dict]) -> dict:
         d = np.array([r[f"dsc_{name}"] for r in ok]) if ok else np.zeros(0)
         out[f"dsc_{name}_mean"] = round(float(d.mean()), 4) if len(d) else None
         out[f"dsc_{name}_sd"] = round(float(d.std()), 4) if len(d) else None
+        out[f"dsc_{name}_median"] = round(float(np.median(d)), 4) if len(d) else None
+        # outline quality apart from level finding: cases whose level is right
+        right = np.array([r[f"dsc_{name}"] for r in ok if r[f"level_ok_{name}"]])
+        out[f"dsc_{name}_mean_right_level"] = round(float(right.mean()), 4) if len(right) else None
     levels = [r[f"level_ok_{n}"] for r in ok for n in LABEL_OF]
     out["level_identification"] = round(float(np.mean(levels)), 4) if levels else None
     # a failed case counts as a wrong level
@@ -155,10 +159,11 @@ def write_results(result: dict) -> None:
         "# Segmentation evaluation", "",
         f"Machine: {result['machine']}; model {result['model_version']}; {result['date']}.", "",
         f"## Test phantoms (preset `{result['phantoms']['preset']}`, {s['cases']} cases, {s['failed']} failed)", "",
-        "| level | DSC mean ± SD |", "| --- | --- |",
+        "| level | DSC mean ± SD | median | mean where the level is right |", "| --- | --- | --- | --- |",
     ]
     for name in LABEL_OF:
-        lines.append(f"| {name} | {s[f'dsc_{name}_mean']} ± {s[f'dsc_{name}_sd']} |")
+        lines.append(f"| {name} | {s[f'dsc_{name}_mean']} ± {s[f'dsc_{name}_sd']} | {s[f'dsc_{name}_median']} "
+                     f"| {s[f'dsc_{name}_mean_right_level']} |")
     lines += ["", f"Level identification: {s['level_identification']} (failed cases counted wrong: "
               f"{s['level_identification_incl_failures']}); median time per case {s['median_time_s']} s.", "",
               "## Real cases (reference masks are whole vertebrae)", "", "```",
