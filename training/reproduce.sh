@@ -40,14 +40,18 @@ if [[ $what == segmentation || $what == all ]]; then
   $P --split tune --count 20 --preset chest --stages fine
   $T --stage fine --train-count "$SEG_FINE_CHEST" --iterations "$SEG_FINE_IT" --lr 1e-3 --init $C/segmentation-fine-pretrain
   $PY -m training.segmentation.export
-  $PY -m training.segmentation.evaluate --count "$SEG_EVAL"
+  $PY -m training.segmentation.evaluate --count "$SEG_EVAL" --workers "$WORKERS"
+  $PY -m training.segmentation.level_confidence --count 100 --workers "$WORKERS"
+  # learning curve of the fine stage (scored on 1 mm boxes of 100 test scans)
+  $P --split test --count 100 --preset chest --stages fine
+  $PY -m training.segmentation.learning_curve --sizes 50,100,200,300 --iterations 300
 fi
 if [[ $what == classification || $what == all ]]; then
   for split in train tune test; do
     $PY -m training.classification.prepare --split $split --workers "$WORKERS"
   done
-  $PY -m training.classification.train --model l1l2
-  $PY -m training.classification.train --model l1
+  $PY -m training.classification.train --model l1l2 --epochs 16
+  $PY -m training.classification.train --model l1 --epochs 16
   $PY -m training.classification.export --model l1l2
   $PY -m training.classification.export --model l1
   $PY -m training.classification.evaluate

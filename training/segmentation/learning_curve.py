@@ -58,6 +58,8 @@ def main() -> None:
     p.add_argument("--test-count", type=int, default=100)
     p.add_argument("--preset", default="chest")
     p.add_argument("--init", type=Path, default=CHECKPOINTS / "segmentation-fine-pretrain")
+    p.add_argument("--reference", type=Path, default=CHECKPOINTS / "segmentation-fine",
+                   help="a run scored on the same boxes beside the curve (default: the bundled fine stage)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     a = p.parse_args()
@@ -78,9 +80,17 @@ def main() -> None:
                      "dsc_L1_mean": round(float(d[:, 0].mean()), 4), "dsc_L1_sd": round(float(d[:, 0].std()), 4),
                      "dsc_L2_mean": round(float(d[:, 1].mean()), 4), "dsc_L2_sd": round(float(d[:, 1].std()), 4)})
         print(json.dumps(rows[-1]), flush=True)
+    reference = None
+    if (a.reference / "final.pt").exists():  # the bundled fine stage, scored on the same boxes
+        d = np.array(test_scores(a.reference, a.preset, a.test_count, a.cache))
+        config = json.loads((a.reference / "config.json").read_text())
+        reference = {"run": a.reference.name, "train_samples": config.get("train_samples"),
+                     "iterations": config.get("iterations"), "preset": config.get("preset"),
+                     "dsc_L1_mean": round(float(d[:, 0].mean()), 4), "dsc_L1_sd": round(float(d[:, 0].std()), 4),
+                     "dsc_L2_mean": round(float(d[:, 1].mean()), 4), "dsc_L2_sd": round(float(d[:, 1].std()), 4)}
     result = {"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
               "date": time.strftime("%Y-%m-%d"), "iterations": a.iterations, "preset": a.preset,
-              "test_cases": a.test_count, "init": a.init.name, "rows": rows}
+              "test_cases": a.test_count, "init": a.init.name, "rows": rows, "bundled": reference}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "segmentation_learning_curve.json").write_text(json.dumps(result, indent=1) + "\n")
     md = ["# Learning curve of the fine segmentation stage", "",
@@ -90,6 +100,11 @@ def main() -> None:
           "| training scans | DSC L1 (mean ± SD) | DSC L2 (mean ± SD) |", "| --- | --- | --- |"]
     md += [f"| {r['train_scans']} | {r['dsc_L1_mean']} ± {r['dsc_L1_sd']} | {r['dsc_L2_mean']} ± {r['dsc_L2_sd']} |"
            for r in rows]
+    if reference:
+        md += ["", f"The bundled fine stage (`{reference['run']}`: {reference['iterations']} iterations on "
+               f"{reference['train_samples']} samples of presets `{reference['preset']}`, after the same start) on the "
+               f"same boxes: L1 {reference['dsc_L1_mean']} ± {reference['dsc_L1_sd']}, "
+               f"L2 {reference['dsc_L2_mean']} ± {reference['dsc_L2_sd']}."]
     md += ["", "![learning curve](segmentation_learning_curve.png)", ""]
     (RESULTS / "segmentation_learning_curve.md").write_text("\n".join(md))
     plot(rows, RESULTS / "segmentation_learning_curve.png")
