@@ -38,7 +38,9 @@ if [[ $what == segmentation || $what == all ]]; then
   $T --stage fine --preset training --train-count 300 --iterations 800 --out $C/segmentation-fine-pretrain
   $P --split train --count "$SEG_FINE_CHEST" --preset chest --stages fine
   $P --split tune --count 20 --preset chest --stages fine
-  $T --stage fine --train-count "$SEG_FINE_CHEST" --iterations "$SEG_FINE_IT" --lr 1e-3 --init $C/segmentation-fine-pretrain
+  $T --stage fine --train-count "$SEG_FINE_CHEST" --iterations "$SEG_FINE_IT" --lr 1e-3 --init $C/segmentation-fine-pretrain \
+     --out $C/segmentation-fine-500
+  $T --stage fine --train-count "$SEG_FINE_CHEST" --iterations 1000 --lr 5e-4 --init $C/segmentation-fine-500
   $PY -m training.segmentation.export
   $PY -m training.segmentation.evaluate --count "$SEG_EVAL" --workers "$WORKERS"
   $PY -m training.segmentation.level_confidence --count 100 --workers "$WORKERS"

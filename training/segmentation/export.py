@@ -28,7 +28,7 @@ from .config import NETWORKS, ONNX_OPSET, ONNX_TOLERANCE, PREPROCESSING, SPLITS
 from .train import build_network
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-MODEL_VERSION = "0.2.0"
+MODEL_VERSION = "0.3.0"
 
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"

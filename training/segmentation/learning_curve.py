@@ -85,6 +85,7 @@ def main() -> None:
         d = np.array(test_scores(a.reference, a.preset, a.test_count, a.cache))
         config = json.loads((a.reference / "config.json").read_text())
         reference = {"run": a.reference.name, "train_samples": config.get("train_samples"),
+                     "init": (config.get("init") or {}).get("run"),
                      "iterations": config.get("iterations"), "preset": config.get("preset"),
                      "dsc_L1_mean": round(float(d[:, 0].mean()), 4), "dsc_L1_sd": round(float(d[:, 0].std()), 4),
                      "dsc_L2_mean": round(float(d[:, 1].mean()), 4), "dsc_L2_sd": round(float(d[:, 1].std()), 4)}
@@ -102,7 +103,8 @@ def main() -> None:
            for r in rows]
     if reference:
         md += ["", f"The bundled fine stage (`{reference['run']}`: {reference['iterations']} iterations on "
-               f"{reference['train_samples']} samples of presets `{reference['preset']}`, after the same start) on the "
+               f"{reference['train_samples']} samples of presets `{reference['preset']}`, started from `{reference['init']}`, "
+               "itself from the same pre-training) on the "
                f"same boxes: L1 {reference['dsc_L1_mean']} ± {reference['dsc_L1_sd']}, "
                f"L2 {reference['dsc_L2_mean']} ± {reference['dsc_L2_sd']}."]
     md += ["", "![learning curve](segmentation_learning_curve.png)", ""]
@@ -113,6 +115,7 @@ def main() -> None:
 
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
+    import matplotlib.ticker
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -126,6 +129,7 @@ def plot(rows: list[dict], path: Path) -> None:
     ax.set_ylabel("test DSC (1 mm box)")
     ax.set_xscale("log")
     ax.set_xticks(n, [str(v) for v in n])
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.legend()
     ax.grid(alpha=0.3)
     fig.tight_layout()
