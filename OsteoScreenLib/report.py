@@ -7,6 +7,7 @@ no OpenGL context, no matplotlib, so it runs inside Slicer and headless.
 from __future__ import annotations
 
 import os
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -114,9 +115,13 @@ def render_report(ct: Volume, labels: Volume, result: dict, features: dict[str, 
         (f"model {result['model']['name']} v{result['model']['version']}; axial views {IMAGE_FOV_MM:.0f} mm, "
          "ROI in red", 12, (0.7, 0.7, 0.7)),
     ]
-    lines += [(f"warning: {w}", 12, (1.0, 0.75, 0.3)) for w in result.get("warnings", [])[:3]]
+    # long warnings wrap to the image width (about 0.6 font sizes per character)
+    chars = max(40, int((top.shape[1] - 16) / (0.6 * 12)))
+    for w in result.get("warnings", [])[:3]:
+        lines += [(part, 12, (1.0, 0.75, 0.3)) for part in textwrap.wrap(f"warning: {w}", chars)]
     lines.append((DISCLAIMER, 12, (1.0, 0.5, 0.5)))
-    text = _text(lines, top.shape[1], TEXT_HEIGHT_PX)
+    height = max(TEXT_HEIGHT_PX, 12 + sum(int(size * 1.8) for _, size, _ in lines))  # room for every line
+    text = _text(lines, top.shape[1], height)
     return np.clip(np.concatenate([top, text], axis=0), 0, 255).astype(np.uint8)
 
 
