@@ -148,19 +148,11 @@ class L1L2Segmenter:
         step(0.05, "finding L1 and L2")
         coarse = self.coarse_probabilities(ct)
         timing["coarse"] = time.perf_counter() - t0
-        centroids, confidence, warnings = {}, {}, []
-        coarse_labels = np.argmax(coarse.array, axis=-1)
-        missing = []
-        for name in VERTEBRA_NAMES:
-            mask = largest_component(coarse_labels == LABEL_OF[name])
-            if mask.sum() < MIN_COARSE_VOXELS:
-                missing.append(name)
-                continue
-            centroids[name] = coarse.voxel_centers_ras(np.argwhere(mask).mean(axis=0))[0]
-            confidence[name] = level_certainty(coarse.array[..., LABEL_OF[name]], mask)
-            warning = level_warning(name, confidence[name])
-            if warning:
-                warnings.append(warning)
+        levels = find_levels(coarse)
+        missing = [name for name in VERTEBRA_NAMES if name not in levels]
+        centroids = {name: lv["centroid_ras"] for name, lv in levels.items()}
+        confidence = {name: lv["certainty"] for name, lv in levels.items()}
+        warnings = [w for w in (level_warning(n, c) for n, c in confidence.items()) if w]
         if missing:
             raise OsteoScreenError(
                 f"{' and '.join(missing)} not found in the field of view; OsteoScreen needs a CT that "
@@ -200,6 +192,20 @@ class L1L2Segmenter:
         out = ct.with_array(labels)
         warnings += _order_and_edge_checks(out)
         return out, warnings
+
+
+def find_levels(coarse: Volume) -> dict[str, dict]:
+    """Each level the coarse stage finds: the largest region of its label (at least
+    MIN_COARSE_VOXELS), the region's centroid (RAS) and its certainty; absent levels are left out."""
+    labels = np.argmax(coarse.array, axis=-1)
+    out = {}
+    for name in VERTEBRA_NAMES:
+        region = largest_component(labels == LABEL_OF[name])
+        if region.sum() < MIN_COARSE_VOXELS:
+            continue
+        out[name] = {"centroid_ras": coarse.voxel_centers_ras(np.argwhere(region).mean(axis=0))[0],
+                     "certainty": level_certainty(coarse.array[..., LABEL_OF[name]], region)}
+    return out
 
 
 def level_certainty(probability: np.ndarray, region: np.ndarray) -> dict[str, float]:

@@ -21,10 +21,9 @@ from pathlib import Path
 import numpy as np
 
 from OsteoScreenLib.ct_io import read_ct, read_volume
-from OsteoScreenLib.postprocess import largest_component
 from OsteoScreenLib.registry import LABEL_MAPPINGS, LABEL_OF, VERSE_LEVEL_IDS
 from OsteoScreenLib.segmenter import (
-    LEVEL_CONFIDENCE_MIN, LEVEL_SPREAD_MAX, MIN_COARSE_VOXELS, L1L2Segmenter, level_certainty, level_warning,
+    LEVEL_CONFIDENCE_MIN, LEVEL_SPREAD_MAX, L1L2Segmenter, find_levels, level_warning,
 )
 
 from .config import SPLITS
@@ -36,19 +35,16 @@ _SEG: dict = {}
 def levels_of(ct, levels, ids: dict[str, int]) -> dict:
     if "seg" not in _SEG:
         _SEG["seg"] = L1L2Segmenter(threads=1)
-    coarse = _SEG["seg"].coarse_probabilities(ct)
-    labels = np.argmax(coarse.array, axis=-1)
+    found = find_levels(_SEG["seg"].coarse_probabilities(ct))
     out = {}
-    for name, value in LABEL_OF.items():
-        region = largest_component(labels == value)
-        if region.sum() < MIN_COARSE_VOXELS:
+    for name in LABEL_OF:
+        if name not in found:
             out[name] = {"found": False}
             continue
-        centre = coarse.voxel_centers_ras(np.argwhere(region).mean(axis=0))[0]
-        ijk = np.round(levels.ras_to_ijk @ np.r_[centre, 1.0])[:3].astype(int)
+        ijk = np.round(levels.ras_to_ijk @ np.r_[found[name]["centroid_ras"], 1.0])[:3].astype(int)
         inside = bool(np.all(ijk >= 0) and np.all(ijk < levels.shape_ijk))
         right = inside and int(levels.array[ijk[2], ijk[1], ijk[0]]) == ids[name]
-        certainty = level_certainty(coarse.array[..., value], region)
+        certainty = found[name]["certainty"]
         out[name] = {"found": True, "right": right, **certainty, "flagged": level_warning(name, certainty) is not None}
     return out
 
