@@ -41,3 +41,21 @@ def fill_holes(mask: np.ndarray) -> np.ndarray:
     ]))
     enclosed = (labels > 0) & ~np.isin(labels, border)
     return mask.astype(bool) | enclosed
+
+
+def components(mask: np.ndarray, min_size: int = 1) -> list[np.ndarray]:
+    """Face-connected components of at least ``min_size`` voxels, largest first."""
+    if not mask.any():
+        return []
+    labels, sizes = _components(mask)
+    return [labels == i + 1 for i, n in enumerate(sizes) if n >= min_size]
+
+
+def dilate(mask: np.ndarray, iterations: int = 1) -> np.ndarray:
+    """3D binary dilation with the 6-neighbourhood, repeated (pure numpy)."""
+    m = mask.astype(bool)
+    for _ in range(iterations):
+        p = np.pad(m, 1)
+        m = (p[1:-1, 1:-1, 1:-1] | p[:-2, 1:-1, 1:-1] | p[2:, 1:-1, 1:-1] | p[1:-1, :-2, 1:-1] | p[1:-1, 2:, 1:-1]
+             | p[1:-1, 1:-1, :-2] | p[1:-1, 1:-1, 2:])
+    return m

@@ -37,6 +37,8 @@ MIN_COARSE_VOXELS = 20  # below this a level counts as not found (at ~5 mm, a bo
 # (the model hesitates between two vertebrae).
 LEVEL_CONFIDENCE_MIN = 0.90
 LEVEL_SPREAD_MAX = 1.5
+# Centroid distance of L1 and L2 (one vertebral body and disc, about 25-35 mm in adults), with margin.
+LEVEL_STEP_MM = (15.0, 45.0)
 BODY_HU_THRESHOLD = -500.0  # air vs body, to crop the coarse grid to the patient
 
 
@@ -161,7 +163,7 @@ class L1L2Segmenter:
         step(0.4, "outlining the vertebral bodies")
         t1 = time.perf_counter()
         center = (centroids["L1"] + centroids["L2"]) / 2
-        fine = self.fine_probabilities(ct, coarse, center)
+        fine = self.fine_probabilities(ct, level_hints(coarse, levels), center)
         timing["fine"] = time.perf_counter() - t1
         step(0.8, "mapping to the CT grid")
         t2 = time.perf_counter()
@@ -195,17 +197,53 @@ class L1L2Segmenter:
 
 
 def find_levels(coarse: Volume) -> dict[str, dict]:
-    """Each level the coarse stage finds: the largest region of its label (at least
-    MIN_COARSE_VOXELS), the region's centroid (RAS) and its certainty; absent levels are left out."""
+    """Each level the coarse stage finds: its region, the region's centroid (RAS) and certainty;
+    absent levels are left out.
+
+    A label can cover parts of several vertebrae (e.g. L2 split between the L1 and L2 labels
+    and all of L3 labelled L2). Of the regions of each label (at least MIN_COARSE_VOXELS), the
+    pair with the most probability whose L2 lies one vertebra below L1 (LEVEL_STEP_MM) is taken;
+    without such a pair, each label's region of most probability.
+    """
     labels = np.argmax(coarse.array, axis=-1)
-    out = {}
-    for name in VERTEBRA_NAMES:
-        region = largest_component(labels == LABEL_OF[name])
-        if region.sum() < MIN_COARSE_VOXELS:
-            continue
-        out[name] = {"centroid_ras": coarse.voxel_centers_ras(np.argwhere(region).mean(axis=0))[0],
-                     "certainty": level_certainty(coarse.array[..., LABEL_OF[name]], region)}
+    candidates = {name: _regions(labels == LABEL_OF[name], coarse, LABEL_OF[name]) for name in VERTEBRA_NAMES}
+    chosen = {name: max(regions, key=lambda r: r["mass"]) for name, regions in candidates.items() if regions}
+    pairs = [(a["mass"] + b["mass"], a, b) for a in candidates["L1"] for b in candidates["L2"]
+             if _one_level_apart(a["centroid_ras"], b["centroid_ras"])]
+    if pairs:
+        _, chosen["L1"], chosen["L2"] = max(pairs, key=lambda t: t[0])
+    return {name: {"centroid_ras": r["centroid_ras"], "region": r["region"],
+                   "certainty": level_certainty(coarse.array[..., LABEL_OF[name]], r["region"])}
+            for name, r in chosen.items()}
+
+
+def _regions(mask: np.ndarray, coarse: Volume, label: int) -> list[dict]:
+    from .postprocess import components
+
+    out = []
+    for region in components(mask, MIN_COARSE_VOXELS):
+        out.append({"region": region, "mass": float(coarse.array[..., label][region].sum()),
+                    "centroid_ras": coarse.voxel_centers_ras(np.argwhere(region).mean(axis=0))[0]})
     return out
+
+
+def _one_level_apart(l1_ras: np.ndarray, l2_ras: np.ndarray) -> bool:
+    d = l1_ras - l2_ras
+    return bool(d[2] > 0 and LEVEL_STEP_MM[0] <= np.linalg.norm(d) <= LEVEL_STEP_MM[1])
+
+
+def level_hints(coarse: Volume, levels: dict[str, dict]) -> Volume:
+    """The fine stage's hints: each level's probability kept on its chosen region (and one voxel
+    around it) only, so a label that also marks a neighbouring vertebra does not mislead it."""
+    from .postprocess import dilate
+
+    probs = coarse.array.copy()
+    for name in VERTEBRA_NAMES:
+        keep = dilate(levels[name]["region"], 1) if name in levels else np.zeros(probs.shape[:3], bool)
+        channel = LABEL_OF[name]
+        probs[..., 0] += np.where(keep, 0.0, probs[..., channel])
+        probs[..., channel] = np.where(keep, probs[..., channel], 0.0)
+    return Volume(probs, coarse.ijk_to_ras)
 
 
 def level_certainty(probability: np.ndarray, region: np.ndarray) -> dict[str, float]:

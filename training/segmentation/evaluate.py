@@ -73,14 +73,26 @@ def _worker_case(args: tuple[str, int, str]) -> dict:
     return evaluate_case(_WORKER["seg"], seed, preset)
 
 
+def runtime_code_key() -> str:
+    """Checksum of the run-time modules that turn network outputs into levels and labels."""
+    import hashlib
+
+    import OsteoScreenLib
+
+    lib = Path(OsteoScreenLib.__file__).parent
+    data = b"".join((lib / name).read_bytes() for name in ("segmenter.py", "postprocess.py", "resample.py"))
+    return hashlib.sha256(data).hexdigest()[:8]
+
+
 def evaluate_phantoms(seg: L1L2Segmenter, count: int, preset: str, workers: int = 1) -> dict:
-    """Rows are appended to a cache file as they come (keyed by the model's checksums), so a
-    killed evaluation resumes; ``workers`` processes share the cases (one thread each)."""
+    """Rows are appended to a cache file as they come (keyed by the model's checksums and the
+    run-time code that decodes its output), so a killed evaluation resumes; ``workers``
+    processes share the cases (one thread each)."""
     from multiprocessing import Pool
 
     first, n = SPLITS["test"]
     seeds = list(range(first, first + min(count, n)))
-    key = "-".join(f["sha256"][:12] for f in seg.card["files"].values())
+    key = "-".join([f["sha256"][:12] for f in seg.card["files"].values()] + [runtime_code_key()])
     partial = PARTIAL_DIR / f"eval-{preset}-{key}.jsonl"
     partial.parent.mkdir(parents=True, exist_ok=True)
     done = {}

@@ -1,0 +1,47 @@
+"""Level finding on the coarse stage's output: L2 one vertebra below L1, hints from the chosen regions."""
+
+import numpy as np
+
+from OsteoScreenLib.segmenter import LEVEL_STEP_MM, find_levels, level_hints
+from OsteoScreenLib.volume import Volume
+
+SPACING_MM = 5.0
+
+
+def coarse_with(bodies: dict[int, list[tuple[int, float]]], shape=(40, 12, 12)) -> Volume:
+    """Probabilities (k, j, i, 3) on a 5 mm grid: each label's bodies as (centre slice, probability)
+    cubes of 5x5x5 voxels; k grows towards superior (RAS z)."""
+    p = np.zeros((*shape, 3), np.float32)
+    for label, cubes in bodies.items():
+        for k, prob in cubes:
+            p[k - 2 : k + 3, 4:9, 4:9, label] = prob
+    p[..., 0] = 1.0 - p[..., 1:].sum(-1)
+    return Volume.from_geometry(p, (SPACING_MM,) * 3, (0.0, 0.0, 0.0))
+
+
+def test_l2_is_the_region_one_vertebra_below_l1_not_the_largest():
+    # L1 at slice 30; L2 label on the true L2 (6 slices = 30 mm below) and, with more voxels, on L3.
+    coarse = coarse_with({1: [(30, 0.95)], 2: [(24, 0.9), (12, 0.95)]})
+    coarse.array[8:17, 3:10, 3:10, 2] = 0.95  # the L3 region: larger than the true L2's
+    coarse.array[8:17, 3:10, 3:10, 0] = 0.05
+    levels = find_levels(coarse)
+    assert levels["L1"]["centroid_ras"][2] == 30 * SPACING_MM
+    assert levels["L2"]["centroid_ras"][2] == 24 * SPACING_MM
+    hints = level_hints(coarse, levels).array
+    assert hints[12, 6, 6, 2] == 0 and hints[12, 6, 6, 0] == 1  # L3's L2 probability goes to background
+    assert hints[24, 6, 6, 2] == np.float32(0.9)
+    assert np.allclose(hints.sum(-1), 1)
+
+
+def test_without_a_pair_one_level_apart_each_label_keeps_its_largest_region():
+    far = int(LEVEL_STEP_MM[1] / SPACING_MM) + 3
+    coarse = coarse_with({1: [(35, 0.95)], 2: [(35 - far, 0.9)]})
+    levels = find_levels(coarse)
+    assert levels["L2"]["centroid_ras"][2] == (35 - far) * SPACING_MM
+
+
+def test_a_missing_level_is_left_out_and_its_hint_is_background():
+    coarse = coarse_with({1: [(20, 0.95)]})
+    levels = find_levels(coarse)
+    assert set(levels) == {"L1"}
+    assert not level_hints(coarse, levels).array[..., 2].any()
