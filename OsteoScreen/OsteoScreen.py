@@ -111,6 +111,20 @@ class ClassifierModel(enum.Enum):
         return MODEL_LABELS[member.value]
 
 
+class TubeVoltage(enum.Enum):
+    """The scan's kVp for the classifiers; AUTO takes it from the DICOM header (unknown otherwise)."""
+
+    AUTO = "auto"
+    KV80 = "80"
+    KV100 = "100"
+    KV120 = "120"
+    KV140 = "140"
+
+    @staticmethod
+    def label(member):
+        return "From the DICOM header (else unknown)" if member.value == "auto" else f"{member.value} kVp"
+
+
 def pythonSlicerExecutable():
     """Slicer's own Python interpreter, which sees the same packages as the application."""
     name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
@@ -187,6 +201,8 @@ def run(job):
         if job.get("segmentation_source"):
             seg.SetAttribute("OsteoScreen.Source", job["segmentation_source"])
         check()
+        if job.get("kvp"):
+            logic.set_tube_voltage(ct, job["kvp"], job.get("kvp_source") or "user")
         progress(0.3, "classifying with model " + job["model"])
         result = logic.classify(ct, seg, model=job["model"], warnings=job.get("warnings") or None)
         check()
@@ -390,6 +406,8 @@ def formatResult(result):
              f"({MODEL_LABELS.get(model.get('name'), model.get('name', '?'))}, v{model.get('version', '?')})"]
     lines.append("Probabilities: " + ", ".join(f"{c} {p:.2f}" for c, p in prediction["probabilities"].items()))
     lines.append(f"Estimated BMD: {prediction['bmd_mg_cm3']:.1f} mg/cm\u00b3")
+    kvp = result.get("input", {}).get("tube_voltage_kvp")
+    lines.append(f"Tube voltage: {kvp} kVp ({result['input'].get('tube_voltage_source')})" if kvp else "Tube voltage: unknown")
     for name, v in result.get("vertebrae", {}).items():
         if v.get("trabecular_roi_hu") is not None:
             lines.append(f"{name} trabecular ROI: {v['trabecular_roi_hu']:.1f} HU")
@@ -534,6 +552,7 @@ class OsteoScreenParameterNode:
     inputVolume: vtkMRMLScalarVolumeNode
     segmentation: vtkMRMLSegmentationNode
     model: ClassifierModel = ClassifierModel.L1L2
+    tubeVoltage: TubeVoltage = TubeVoltage.AUTO
     resultTable: vtkMRMLTableNode
     reportFolder: pathlib.Path
     overwriteReport: bool = False
@@ -841,6 +860,14 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 "warnings": segmentationWarnings(seg),
                 "model": model,
             }
+            # The worker reads a plain NRRD copy: the kVp (the reader's choice, else the
+            # DICOM header through Slicer's database) travels with the job.
+            if p.tubeVoltage != TubeVoltage.AUTO:
+                inputs["kvp"], inputs["kvp_source"] = int(p.tubeVoltage.value), "user"
+            else:
+                kvp, source = self.logic.tube_voltage(ct)
+                if kvp is not None:
+                    inputs["kvp"], inputs["kvp_source"] = kvp, source
         except Exception as exc:
             shutil.rmtree(workDir, ignore_errors=True)
             self.showError(f"Could not prepare the inputs: {exc}")

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OsteoScreenError
-from .features import BodyFeatures, body_features
+from .features import BodyFeatures, body_features, scan_vector
 from .model_store import model_folder, verified_files
 from .onnx_runner import OnnxNetwork
 from .registry import CLASSES, LABEL_OF
@@ -43,6 +43,7 @@ class Classification:
     predicted_class: str
     bmd_mg_cm3: float
     features: dict[str, BodyFeatures]
+    tube_voltage_kvp: int | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -55,8 +56,12 @@ class OsteoporosisClassifier:
         self.net = OnnxNetwork(files["classifier"], threads)
         self.sha256 = self.card["files"]["classifier"]["sha256"]
 
-    def classify(self, ct: Volume, labels: Volume) -> Classification:
-        """Classify one case from its CT and L1/L2 label map on the CT grid."""
+    def classify(self, ct: Volume, labels: Volume, kvp: int | None = None) -> Classification:
+        """Classify one case from its CT and L1/L2 label map on the CT grid.
+
+        ``kvp``: the tube voltage (one of registry.TUBE_VOLTAGES_KVP), or None when unknown;
+        the BMD estimate is more precise with it, as single-energy QCT calibrates per voltage.
+        """
         present = {n for n, v in LABEL_OF.items() if np.any(labels.array == v)}
         needed = self.spec["vertebrae"]
         missing = [n for n in needed if n not in present]
@@ -70,12 +75,16 @@ class OsteoporosisClassifier:
                 features[n] = body_features(ct, labels, n)
             except OsteoScreenError as exc:
                 warnings.append(str(exc))
+        if kvp is None:
+            warnings.append("tube voltage unknown (the file does not record it): BMD estimated without it, "
+                            "less precise; give it with --kvp or in the module")
         x = np.stack([features[n].network_image() for n in needed])[None]
-        logits, bmd = self.net.run_all(x)[:2]
+        scan = scan_vector(kvp, [features[n].roi_hu for n in needed])[None]
+        logits, bmd = self.net.run_all(x, scan)[:2]
         p = softmax(logits[0].astype(np.float64), axis=-1)
         probabilities = {c: round(float(v), 4) for c, v in zip(CLASSES, p)}
         return Classification(
             model=self.name, model_version=self.card["version"], model_sha256=self.sha256,
             probabilities=probabilities, predicted_class=CLASSES[int(np.argmax(p))],
-            bmd_mg_cm3=round(float(np.ravel(bmd)[0]), 1), features=features, warnings=warnings,
+            bmd_mg_cm3=round(float(np.ravel(bmd)[0]), 1), features=features, tube_voltage_kvp=kvp, warnings=warnings,
         )

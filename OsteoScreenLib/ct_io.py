@@ -36,23 +36,30 @@ def volume_extension(path: str | os.PathLike) -> str | None:
 # --------------------------------------------------------------------------- reading
 
 
-def read_ct(path: str | os.PathLike) -> Volume:
-    """Read a CT scan (file or DICOM folder) in Hounsfield units, checked for plausibility."""
+def read_ct(path: str | os.PathLike, header: dict | None = None) -> Volume:
+    """Read a CT scan (file or DICOM folder) in Hounsfield units, checked for plausibility.
+
+    ``header``, if given, receives what the acquisition records: ``kvp`` (tube voltage of a
+    DICOM series, None for files that do not record it).
+    """
     path = Path(path)
-    volume = read_volume(path)
+    volume = read_volume(path, header)
     check_hounsfield(volume, path)
     return volume
 
 
-def read_volume(path: str | os.PathLike) -> Volume:
-    """Read any supported 3D volume (CT or label map) without HU checks."""
+def read_volume(path: str | os.PathLike, header: dict | None = None) -> Volume:
+    """Read any supported 3D volume (CT or label map) without HU checks (``header``: see read_ct)."""
     path = Path(path)
+    header = {} if header is None else header
+    header["kvp"] = None
     if not path.exists():
         raise OsteoScreenError(f"{path}: no such file or folder; check the path")
     if path.is_dir():
-        from .dicom_io import select_ct_series
+        from .dicom_io import select_ct_series, series_kvp
 
         files = select_ct_series(path)
+        header["kvp"] = series_kvp(files)
         return _read_with_storage_node(path, files)
     ext = volume_extension(path)
     if ext is None:

@@ -66,6 +66,17 @@ def select_ct_series(folder: Path) -> list[Path]:
     return [p for p, _ in items]
 
 
+def series_kvp(files: list[Path]) -> float | None:
+    """The tube voltage (KVP, 0018,0060) the series records, or None."""
+    import pydicom
+
+    try:
+        value = pydicom.dcmread(files[0], stop_before_pixels=True, specific_tags=["KVP"]).get("KVP")
+        return float(value) if value not in (None, "") else None
+    except (ValueError, TypeError, OSError):
+        return None
+
+
 def dicom_geometry(files: list[Path]) -> np.ndarray:
     """IJK-to-RAS matrix of a sorted series from its headers (the DICOM standard's definition)."""
     import pydicom
@@ -91,8 +102,10 @@ def write_dicom_series(
     patient_id: str = "OSTEOSCREEN-PHANTOM",
     description: str = "OsteoScreen synthetic chest CT",
     uid_seed: int = 0,
+    kvp: float | None = None,
 ) -> Path:
-    """Write an int16 HU volume as an uncompressed CT Image Storage series (one file per k)."""
+    """Write an int16 HU volume as an uncompressed CT Image Storage series (one file per k),
+    with the tube voltage ``kvp`` in its header when given."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -135,6 +148,8 @@ def write_dicom_series(
             ds.ImageOrientationPatient = [f"{v:.8f}" for v in (*dirs[:, 0], *dirs[:, 1])]
             ds.PixelSpacing = [f"{spacing[1]:.6f}", f"{spacing[0]:.6f}"]
             ds.SliceThickness = f"{spacing[2]:.6f}"
+            if kvp is not None:
+                ds.KVP = f"{kvp:g}"
             ds.Rows, ds.Columns = pixels.shape[1], pixels.shape[2]
             ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
             ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1

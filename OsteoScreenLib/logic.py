@@ -9,12 +9,17 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from . import segmentation_nodes
+from . import registry, segmentation_nodes
 from .ct_io import read_ct
+from .errors import OsteoScreenError
 from .hashing import sha256_path
 from .measurements import vertebra_stats
 from .mrml_convert import volume_from_node, volume_to_node
 from .volume import Volume
+
+KVP_ATTRIBUTE = "OsteoScreen.TubeVoltageKVP"  # as the header or the user gives it
+KVP_SOURCE_ATTRIBUTE = "OsteoScreen.TubeVoltageSource"
+DICOM_KVP_TAG = "0018,0060"
 
 
 class OsteoScreenLogic:
@@ -38,13 +43,54 @@ class OsteoScreenLogic:
         """Read a CT file or DICOM folder into a new scalar volume node (``display``: with
         display nodes, as a viewer needs; a batch without views skips their histogram work)."""
         path = Path(path)
-        volume = read_ct(path)
+        header: dict = {}
+        volume = read_ct(path, header)
         node = volume_to_node(self.scene, volume, name or _display_name(path))
         node.SetAttribute("OsteoScreen.SourcePath", str(path))
         node.SetAttribute("OsteoScreen.SourceSHA256", sha256_path(path))
+        if header.get("kvp") is not None:
+            node.SetAttribute(KVP_ATTRIBUTE, f"{header['kvp']:g}")
+            node.SetAttribute(KVP_SOURCE_ATTRIBUTE, "DICOM header")
         if display:
             node.CreateDefaultDisplayNodes()
         return node
+
+    # --- tube voltage (the classifiers calibrate HU to BMD per voltage)
+
+    def set_tube_voltage(self, ct_node, kvp, source: str = "user") -> None:
+        """Record the tube voltage of a CT whose file does not (NIfTI, NRRD); None forgets it."""
+        if kvp is None:
+            ct_node.RemoveAttribute(KVP_ATTRIBUTE)
+            ct_node.RemoveAttribute(KVP_SOURCE_ATTRIBUTE)
+            return
+        if registry.tube_voltage(kvp) is None:
+            known = ", ".join(str(v) for v in registry.TUBE_VOLTAGES_KVP)
+            raise OsteoScreenError(f"tube voltage {kvp} kVp is not one the classifiers know ({known}); "
+                                   "choose one of them or leave it unknown")
+        ct_node.SetAttribute(KVP_ATTRIBUTE, f"{float(kvp):g}")
+        ct_node.SetAttribute(KVP_SOURCE_ATTRIBUTE, source)
+
+    def default_tube_voltage(self, ct_node, kvp) -> list[str]:
+        """Use ``kvp`` (e.g. --kvp) where the scan records none; the header wins. Returns warnings."""
+        recorded, source = self.tube_voltage(ct_node)
+        if kvp is None or recorded == kvp:
+            return []
+        if recorded is not None and source == "DICOM header":
+            return [f"the DICOM header gives the tube voltage ({recorded} kVp); {kvp} kVp not used"]
+        self.set_tube_voltage(ct_node, kvp)
+        return []
+
+    def tube_voltage(self, ct_node) -> tuple[int | None, str]:
+        """(kVp the classifiers use or None, where it comes from)."""
+        raw, source = ct_node.GetAttribute(KVP_ATTRIBUTE), ct_node.GetAttribute(KVP_SOURCE_ATTRIBUTE) or "user"
+        if not raw:
+            raw, source = _slicer_dicom_kvp(ct_node), "DICOM header"
+        if not raw:
+            return None, "unknown"
+        kvp = registry.tube_voltage(raw)
+        if kvp is None:
+            return None, f"{source} ({raw} kVp, not one the classifiers know: treated as unknown)"
+        return kvp, source
 
     # --- segmentations
 
@@ -105,13 +151,15 @@ class OsteoScreenLogic:
 
         from .result import build_result, input_info
 
-        classification = self.classifier(model).classify(ct, labels)
+        kvp, kvp_source = self.tube_voltage(ct_node)
+        classification = self.classifier(model).classify(ct, labels, kvp)
         timing = dict(timing_s or {})
         timing["classify"] = round(time.perf_counter() - t0, 3)
         source = segmentation_node.GetAttribute("OsteoScreen.Source") or "user segmentation"
         path = ct_node.GetAttribute("OsteoScreen.SourcePath")
         sha = ct_node.GetAttribute("OsteoScreen.SourceSHA256")
-        return build_result(classification, labels, input_info(path, ct, sha), source, warnings, timing)
+        info = input_info(path, ct, sha, kvp, kvp_source)
+        return build_result(classification, labels, info, source, warnings, timing)
 
     def result_to_table(self, result: dict, table_node=None):
         """Put a result into a table node (one row per measure), creating the node if needed."""
@@ -128,6 +176,8 @@ class OsteoScreenLogic:
                 ("Class", pred["class"])]
         rows += [(f"P({c})", f"{p:.3f}") for c, p in pred["probabilities"].items()]
         rows.append(("Estimated BMD (mg/cm3)", f"{pred['bmd_mg_cm3']:.1f}"))
+        kvp = result["input"].get("tube_voltage_kvp")
+        rows.append(("Tube voltage (kVp)", f"{kvp} ({result['input'].get('tube_voltage_source')})" if kvp else "unknown"))
         for name, v in result["vertebrae"].items():
             if v.get("trabecular_roi_hu") is not None:
                 rows.append((f"{name} trabecular ROI (HU)", f"{v['trabecular_roi_hu']:.1f}"))
@@ -162,10 +212,12 @@ class OsteoScreenLogic:
 
     # --- batch
 
-    def screen(self, inputs, output_dir, model: str = "l1l2", overwrite: bool = False, progress=None, cancel=None):
+    def screen(self, inputs, output_dir, model: str = "l1l2", overwrite: bool = False, progress=None, cancel=None,
+               kvp: int | None = None):
         """Segment, classify and report each input into ``output_dir`` (see :mod:`batch`).
 
-        Each case runs in a private scene, so the user's scene is left alone.
+        Each case runs in a private scene, so the user's scene is left alone. ``kvp``: the tube
+        voltage of inputs that do not record it (DICOM headers win).
         """
         import time
 
@@ -182,6 +234,7 @@ class OsteoScreenLogic:
             case_logic._segmenter, case_logic._classifiers = self.segmenter, self._classifiers
             ct_node = case_logic.load_ct(source, display=False)
             seg_node, out = case_logic.segment(ct_node, cancel=cancel)
+            out.warnings.extend(case_logic.default_tube_voltage(ct_node, kvp))
             case_logic.save_segmentation(seg_node, folder / "segmentation.seg.nrrd", overwrite=True)
             ct = volume_from_node(ct_node)
             result = case_logic._classify_arrays(ct_node, ct, out.labels, seg_node, model, out.warnings,
@@ -204,6 +257,19 @@ def write_case_report(ct: Volume, labels: Volume, result: dict, folder: Path, ov
     write_png(render_report(ct, labels, result, features), folder / "report.png", overwrite)
     write_json(folder / "result.json", result, overwrite)
     return folder
+
+
+def _slicer_dicom_kvp(ct_node) -> str | None:
+    """The KVP of a volume loaded by Slicer's DICOM module (its instances are in the database)."""
+    uids = (ct_node.GetAttribute("DICOM.instanceUIDs") or "").split()
+    if not uids:
+        return None
+    try:
+        import slicer
+
+        return slicer.dicomDatabase.instanceValue(uids[0], DICOM_KVP_TAG) or None
+    except (ImportError, AttributeError):  # headless: no DICOM database
+        return None
 
 
 def _display_name(path: Path) -> str:

@@ -33,10 +33,14 @@ class OnnxNetwork:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as exc:  # onnxruntime raises its own exception types
             raise OsteoScreenError(f"{path}: not a valid ONNX model ({exc.__class__.__name__}); reinstall OsteoScreen") from None
-        self.input_name = self.session.get_inputs()[0].name
+        self.input_names = [i.name for i in self.session.get_inputs()]
 
-    def run(self, batch: np.ndarray) -> np.ndarray:
-        return self.run_all(batch)[0]
+    def run(self, *batches: np.ndarray) -> np.ndarray:
+        return self.run_all(*batches)[0]
 
-    def run_all(self, batch: np.ndarray) -> list[np.ndarray]:
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, np.float32)})
+    def run_all(self, *batches: np.ndarray) -> list[np.ndarray]:
+        """All outputs for float32 inputs given in the network's input order."""
+        if len(batches) != len(self.input_names):
+            raise OsteoScreenError(f"the model takes {len(self.input_names)} inputs, not {len(batches)}; "
+                                   "reinstall OsteoScreen (model and code do not match)")
+        return self.session.run(None, {n: np.ascontiguousarray(b, np.float32) for n, b in zip(self.input_names, batches)})

@@ -77,6 +77,22 @@ def qct_class(mean_bmd_mg_cm3: float) -> str:
     return "osteopenia"
 
 
+# --- Tube voltage: the slope of HU against BMD depends on it (single-energy QCT) ---
+
+TUBE_VOLTAGES_KVP: tuple[int, ...] = (80, 100, 120, 140)  # what the classifiers know; others are "unknown"
+TUBE_VOLTAGE_SNAP_KVP = 5  # a header value this close to a known voltage counts as it (135 -> 140; 110 is neither)
+
+
+def tube_voltage(kvp) -> int | None:
+    """The known tube voltage a recorded kVp stands for, or None (missing or unlike any known one)."""
+    try:
+        value = float(kvp)
+    except (TypeError, ValueError):
+        return None
+    best = min(TUBE_VOLTAGES_KVP, key=lambda v: abs(v - value))
+    return best if abs(best - value) <= TUBE_VOLTAGE_SNAP_KVP else None
+
+
 # --- Plausibility limits for CT input ---
 
 HU_MIN_PLAUSIBLE = -2048.0  # below: not Hounsfield units (e.g. raw detector values)

@@ -49,10 +49,12 @@ def build_result(
     }
 
 
-def input_info(path, ct: Volume, sha256: str | None) -> dict:
+def input_info(path, ct: Volume, sha256: str | None, kvp: int | None = None, kvp_source: str = "unknown") -> dict:
     return {
         "path": str(path) if path is not None else None,
         "sha256": sha256,
         "shape": list(ct.shape_ijk),
         "spacing_mm": [round(float(s), 4) for s in ct.spacing_mm],
+        "tube_voltage_kvp": kvp,
+        "tube_voltage_source": kvp_source,
     }

@@ -57,4 +57,6 @@ if [[ $what == classification || $what == all ]]; then
   $PY -m training.classification.export --model l1l2
   $PY -m training.classification.export --model l1
   $PY -m training.classification.evaluate
+  # the bundled versions side by side on the same test phantoms (0.1.0, 0.2.0, the working tree)
+  $PY -m training.classification.compare_versions --rev 31833d2 --rev 843edec --rev WORKTREE
 fi

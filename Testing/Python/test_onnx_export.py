@@ -44,10 +44,14 @@ def test_classifier_onnx_matches_pytorch(bundled_models, model):
 
     files, _ = verified_files(model_folder(f"classifier-{model}"))
     net = load_state(_Exported(FusionClassifier(len(MODELS[model]), **NETWORK)), f"classifier-{model}")
-    x = np.random.default_rng(1).normal(size=(3, len(MODELS[model]), IMAGE_CHANNELS, 128, 128)).astype(np.float32)
+    from OsteoScreenLib.features import scan_vector
+
+    v = len(MODELS[model])
+    x = np.random.default_rng(1).normal(size=(3, v, IMAGE_CHANNELS, 128, 128)).astype(np.float32)
+    scan = np.stack([scan_vector(80, [2.0] * v), scan_vector(140, [0.3] * v), scan_vector(None, [1.1] * v)])
     with torch.no_grad():
-        logits, bmd = (t.numpy() for t in net(torch.from_numpy(x)))
-    got = OnnxNetwork(files["classifier"]).run_all(x)
+        logits, bmd = (t.numpy() for t in net(torch.from_numpy(x), torch.from_numpy(scan)))
+    got = OnnxNetwork(files["classifier"]).run_all(x, scan)
     assert np.abs(softmax(got[0]) - softmax(logits)).max() < 1e-4
     assert np.abs(got[1] - bmd).max() < 1e-4 * BMD_SCALE_MG_CM3
 

@@ -197,6 +197,7 @@ def connector_class_for(annotation: str) -> set[str]:
         "str": {"QLineEdit", "QTextEdit", "QComboBox"},
         "pathlib.Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
         "ClassifierModel": {"QComboBox"},  # an enum.Enum
+        "TubeVoltage": {"QComboBox"},  # an enum.Enum
     }[annotation]
 
 
@@ -215,6 +216,16 @@ def test_the_model_choice_offers_both_models_with_their_explanations():
     assert h["ClassifierModel"].label(h["ClassifierModel"].L1L2) == "Model 1: L1 + L2 fusion"
     assert h["ClassifierModel"].label(h["ClassifierModel"].L1) == "Model 2: L1 only"
     assert set(h["MODEL_HELP"]) == {"l1l2", "l1"}
+
+
+def test_the_tube_voltage_choice_offers_the_header_and_every_voltage_the_classifiers_know():
+    from OsteoScreenLib.registry import TUBE_VOLTAGES_KVP
+
+    h = helpers()
+    values = [m.value for m in h["TubeVoltage"]]
+    assert values[0] == "auto" and [int(v) for v in values[1:]] == list(TUBE_VOLTAGES_KVP)
+    assert "DICOM" in h["TubeVoltage"].label(h["TubeVoltage"].AUTO)
+    assert h["TubeVoltage"].label(h["TubeVoltage"].KV100) == "100 kVp"
 
 
 def test_the_panel_says_it_is_not_a_diagnostic_device():
@@ -426,6 +437,7 @@ def test_the_icon_is_a_128_pixel_png():
 HELPER_NAMES = {
     "MODULE_NAME", "MODULE_DIR", "SAMPLE_NAME", "SAMPLE_SEED", "WORKER_PREFIX", "CANCEL_GRACE_S", "MODEL_LABELS",
     "MODEL_HELP", "moduleBaseFolders", "resourcePath", "libraryParent", "ensureLibraryImportable", "ClassifierModel",
+    "TubeVoltage",
     "pythonSlicerExecutable", "WORKER_CODE", "WorkerProcess", "exportVolumeForWorker", "sourcePathOf",
     "importSegmentation", "segmentationWarnings", "formatResult", "COMPARISON_COLUMNS", "comparisonToTable",
     "writeComparisonCsv", "caseFile",
@@ -635,8 +647,12 @@ def test_a_result_is_shown_with_class_probabilities_roi_hu_and_bmd(h):
                        "bmd_mg_cm3": 101.23},
         "vertebrae": {"L1": {"trabecular_roi_hu": 131.0}, "L2": {"trabecular_roi_hu": 127.5}},
         "warnings": ["L2 touches the edge of the scan"],
+        "input": {"tube_voltage_kvp": 100, "tube_voltage_source": "DICOM header"},
     }
     text = h["formatResult"](result)
     for part in ("Osteopenia", "Model 1: L1 + L2 fusion", "normal 0.20", "osteopenia 0.70", "osteoporosis 0.10",
-                 "101.2 mg/cm", "L1 trabecular ROI: 131.0 HU", "L2 trabecular ROI: 127.5 HU", "L2 touches the edge"):
+                 "101.2 mg/cm", "L1 trabecular ROI: 131.0 HU", "L2 trabecular ROI: 127.5 HU", "L2 touches the edge",
+                 "Tube voltage: 100 kVp (DICOM header)"):
         assert part in text, part
+    result["input"] = {"tube_voltage_kvp": None, "tube_voltage_source": "unknown"}
+    assert "Tube voltage: unknown" in h["formatResult"](result)

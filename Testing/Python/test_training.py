@@ -58,13 +58,20 @@ def test_segmentation_samples_train_checkpoint_and_resume(tmp_path):
 
 def test_classifier_features_train_one_epoch(tmp_path, monkeypatch):
     from training.classification import prepare as cls_prepare
-    from training.classification.train import train
+    from OsteoScreenLib.features import scan_vector_size
+    from training.classification.train import inputs, train
 
     monkeypatch.setattr(cls_prepare, "CACHE", tmp_path / "cache")
     for seed in (400000, 400001, 500000):
         cls_prepare.prepare_one(("training", seed))
     data = cls_prepare.load_split("train", "training")
     assert data["image_hu"].shape[:2] == (2, 2) and data["label"].shape == (2,)
+    images, scans = inputs(data, "l1l2", kvp_known=True)
+    assert images.shape == (2, 2, 2, 128, 128) and scans.shape == (2, scan_vector_size(2))
+    assert np.allclose(scans[:, :5].sum(1), 1) and not scans[:, 4].any()  # tube voltage known
+    assert scans[:, 5] == pytest.approx(data["roi_hu"][:, 0] / 100, abs=0.02)  # ROI HU measured as at run time
+    assert inputs(data, "l1l2", kvp_known=False)[1][:, 4].all()
     config = train("l1", 1, "training", 0, tmp_path / "run", train_count=2, threads=1)
     assert config["train_cases"] == 2 and config["tune_cases"] == 1
+    assert config["calibration_init"]["train_mae_mg_cm3"] >= 0  # BMD path started at the least-squares line
     assert (tmp_path / "run" / "best.pt").exists()

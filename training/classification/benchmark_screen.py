@@ -1,10 +1,11 @@
 """Batch speed: `osteoscreen screen` on 20 full-size chest phantoms, amortised per scan.
 
-    python -m training.classification.benchmark_screen [--count 20]
+    python -m training.classification.benchmark_screen [--count 20] [--format nifti|dicom]
 
 Phantoms are written first (not timed); then one `osteoscreen screen` process
 segments, classifies and reports all of them. Writes
-training/results/screen_benchmark.{md,json}.
+training/results/screen_benchmark.{md,json} (NIfTI: no tube voltage in the file) or
+screen_benchmark_dicom.{md,json} (DICOM series: the header gives the kVp).
 """
 
 from __future__ import annotations
@@ -31,12 +32,13 @@ def main() -> None:
     p.add_argument("--count", type=int, default=20)
     p.add_argument("--first-seed", type=int, default=300100)
     p.add_argument("--model", default="l1l2")
+    p.add_argument("--format", choices=("nifti", "dicom"), default="nifti")
     a = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         inputs = []
         for seed in range(a.first_seed, a.first_seed + a.count):
-            folder = write_case(generate_case(seed, "chest"), Path(tmp) / "in" / f"case{seed}", fmt="nifti")
-            inputs.append(str(folder / "ct.nii.gz"))
+            folder = write_case(generate_case(seed, "chest"), Path(tmp) / "in" / f"case{seed}", fmt=a.format)
+            inputs.append(str(folder / ("ct.nii.gz" if a.format == "nifti" else "ct")))
         t = time.perf_counter()
         proc = subprocess.run([sys.executable, "-m", "OsteoScreenLib.cli", "screen", *inputs, "--output-dir",
                                str(Path(tmp) / "out"), "--model", a.model], capture_output=True, text=True)
@@ -52,7 +54,7 @@ def main() -> None:
     errors = [abs(float(r["bmd_mg_cm3"]) - truth[r["case"]]["bmd_mg_cm3"]["mean"]) for r in done]
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
-        "date": time.strftime("%Y-%m-%d %H:%M"), "scans": a.count, "model": a.model, "ok": ok,
+        "date": time.strftime("%Y-%m-%d %H:%M"), "scans": a.count, "model": a.model, "format": a.format, "ok": ok,
         "failed": a.count - ok, "exit_status": proc.returncode, "total_s": round(total, 1),
         "per_scan_s": round(total / a.count, 2), "peak_rss_mb": round(peak_mb, 1), "goal_per_scan_s": 3.0,
         "failures": [r["error"] for r in rows if r["status"] != "ok"],
@@ -60,10 +62,12 @@ def main() -> None:
         "end_to_end_bmd_mae_mg_cm3": round(sum(errors) / len(errors), 1) if errors else None,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "screen_benchmark.json").write_text(json.dumps(result, indent=1) + "\n")
+    name = "screen_benchmark" + ("" if a.format == "nifti" else f"_{a.format}")
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     md = ["# Batch screening speed", "", f"{result['machine']}; {result['date']}.", "",
-          f"`osteoscreen screen` on {a.count} full-size chest phantoms (512x512; seeds {a.first_seed}+), model {a.model}, "
-          "one process: segmentation, classification, report image and results.csv per scan.", "",
+          f"`osteoscreen screen` on {a.count} full-size chest phantoms (512x512; seeds {a.first_seed}+) written as "
+          f"{'NIfTI (no tube voltage in the file)' if a.format == 'nifti' else 'DICOM series (the header gives the kVp)'}, "
+          f"model {a.model}, one process: segmentation, classification, report image and results.csv per scan.", "",
           "| measure | value | goal |", "| --- | --- | --- |",
           f"| total | {result['total_s']} s | - |",
           f"| per scan, amortised | {result['per_scan_s']} s | <= 3 s |",
@@ -73,7 +77,7 @@ def main() -> None:
           f"class accuracy {result['end_to_end_accuracy']}, BMD mean absolute error "
           f"{result['end_to_end_bmd_mae_mg_cm3']} mg/cm3 (a small sample: the classifier's own evaluation on "
           "418 test phantoms is in classification_eval.md).", ""]
-    (RESULTS / "screen_benchmark.md").write_text("\n".join(md))
+    (RESULTS / f"{name}.md").write_text("\n".join(md))
     print("\n".join(md))
 
 

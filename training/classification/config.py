@@ -13,6 +13,12 @@ PRESET = "chest-box"
 
 NETWORK = {"width": 24, "features": 96, "dropout": 0.2}
 BMD_SCALE_MG_CM3 = 100.0  # the BMD head predicts BMD / 100
-BMD_LOSS_WEIGHT = 1.0
+# BMD loss: smooth L1 on BMD / 100, quadratic only within 5 mg/cm3, so the BMD head keeps learning
+# at errors of 10 mg/cm3 (a plain smooth L1 on BMD / 100 was quadratic up to 100 mg/cm3 and its
+# gradient vanished there); weighted to weigh about as much as the class loss.
+BMD_LOSS_BETA_MG_CM3 = 5.0
+BMD_LOSS_WEIGHT = 2.0
+# Share of training cases shown with the tube voltage unknown (NIfTI/NRRD inputs have no kVp).
+UNKNOWN_KVP_FRACTION = 0.3
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4

@@ -35,14 +35,16 @@ from .train import inputs
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-def predict(model: str, data: dict) -> tuple[np.ndarray, np.ndarray, dict]:
+def predict(model: str, data: dict, kvp_known: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Bundled model ``model`` on cached cases, with the tube voltage as a DICOM header gives it
+    (``kvp_known``) or unknown as for a NIfTI file."""
     folder = model_folder(RUNTIME_MODELS[model]["folder"])
     files, card = verified_files(folder)
     net = OnnxNetwork(files["classifier"])
-    x = inputs(data, model)
+    x, scan = inputs(data, model, kvp_known=kvp_known)
     logits, bmd = [], []
     for s in range(0, len(x), 32):
-        out = net.run_all(x[s : s + 32])
+        out = net.run_all(x[s : s + 32], scan[s : s + 32])
         logits.append(out[0])
         bmd.append(out[1][:, 0])
     return softmax(np.concatenate(logits), axis=1), np.concatenate(bmd), card
@@ -63,6 +65,8 @@ def evaluate(preset: str) -> dict:
     probs, bmds, cards = {}, {}, {}
     for m in ("l1l2", "l1"):
         probs[m], bmds[m], cards[m] = predict(m, test)
+    for m in ("l1l2", "l1"):
+        probs[f"{m} kVp unknown"], bmds[f"{m} kVp unknown"], _ = predict(m, test, kvp_known=False)
     probs["l1_roi_hu"], bmds["l1_roi_hu"] = hu_baseline(train, test)
     table = {}
     for name, p in probs.items():
@@ -77,12 +81,14 @@ def evaluate(preset: str) -> dict:
             "bmd_mae_mg_cm3": float(np.abs(bmds[name] - bmd_true).mean()),
         }
     delong = {c: paired_test(y == k, probs["l1l2"][:, k], probs["l1"][:, k]) for k, c in enumerate(CLASSES)}
-    plot_roc(y, probs)
+    vs_baseline = {m: {c: paired_test(y == k, probs[m][:, k], probs["l1_roi_hu"][:, k]) for k, c in enumerate(CLASSES)}
+                   for m in probs if m != "l1_roi_hu"}
+    plot_roc(y, {m: probs[m] for m in ("l1l2", "l1", "l1_roi_hu")})
     return {
         "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"), "preset": preset, "test_cases": int(len(y)),
         "class_counts": {c: int((y == k).sum()) for k, c in enumerate(CLASSES)},
-        "models": table, "delong_model1_vs_model2": delong,
+        "models": table, "delong_model1_vs_model2": delong, "delong_vs_l1_roi_hu": vs_baseline,
         "model_versions": {m: cards[m]["version"] for m in cards},
         "paper_auc": {"l1l2": [0.990, 0.952, 0.980], "l1": [0.983, 0.940, 0.978]},
     }
@@ -113,15 +119,21 @@ def plot_roc(y, probs) -> None:
 def markdown(r: dict) -> str:
     lines = ["# Classification evaluation (test phantoms)", "",
              f"{r['test_cases']} test phantoms (preset `{r['preset']}`), classes {r['class_counts']}; "
-             f"{r['machine']}; {r['date']}.", "",
+             f"{r['machine']}; {r['date']}. Models `l1l2` and `l1` get the tube voltage, as a DICOM header gives it; "
+             "the rows `kVp unknown` are the same models on the same cases without it, as for a NIfTI file. "
+             "`l1_roi_hu`: mean HU of the L1 trabecular ROI, logistic and linear regression fitted on the "
+             "training phantoms.", "",
              "| model | class | AUC (95 % DeLong CI) | paper AUC |", "| --- | --- | --- | --- |"]
     for name, t in r["models"].items():
         for k, c in enumerate(CLASSES):
             a = t["auc"][c]
-            paper = r["paper_auc"].get(name, [None] * 3)[k]
+            paper = r["paper_auc"].get(name, [None] * 3)[k]  # the paper read DICOM: kVp known
             lines.append(f"| {name} | {c} | {a['auc']:.3f} ({a['ci_low']:.3f}-{a['ci_high']:.3f}) | {paper or '-'} |")
     lines += ["", "| class | DeLong model 1 vs model 2: z | p |", "| --- | --- | --- |"]
     lines += [f"| {c} | {d['z']:.2f} | {d['p']:.3g} |" for c, d in r["delong_model1_vs_model2"].items()]
+    lines += ["", "| model | DeLong against the L1 ROI HU baseline: p (normal / osteopenia / osteoporosis) |", "| --- | --- |"]
+    lines += [f"| {m} | " + " / ".join(f"{d['p']:.3g} ({'+' if d['z'] > 0 else '-'})" for d in v.values()) + " |"
+              for m, v in r["delong_vs_l1_roi_hu"].items()]
     lines += ["", "| model | accuracy | BMD MAE (mg/cm³) | confusion matrix (rows true, cols predicted) |",
               "| --- | --- | --- | --- |"]
     lines += [f"| {n} | {t['accuracy']:.3f} | {t['bmd_mae_mg_cm3']:.1f} | {t['confusion_matrix_rows_true_cols_pred']} |"

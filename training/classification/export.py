@@ -21,17 +21,17 @@ import torch
 from OsteoScreenLib import __version__
 from OsteoScreenLib.classifier import MODELS as RUNTIME_MODELS
 from OsteoScreenLib.features import (IMAGE_FOV_MM, IMAGE_HU_WINDOW, IMAGE_SIZE_PX, ROI_CORTEX_MARGIN_MM, ROI_SCALE,
-                                     SLAB_OFFSETS_MM)
+                                     SLAB_OFFSETS_MM, scan_vector)
 from OsteoScreenLib.hashing import sha256_file
 from OsteoScreenLib.paths import models_dir
-from OsteoScreenLib.registry import CLASSES, NORMAL_MIN_BMD_MG_CM3, OSTEOPOROSIS_MAX_BMD_MG_CM3
+from OsteoScreenLib.registry import CLASSES, NORMAL_MIN_BMD_MG_CM3, OSTEOPOROSIS_MAX_BMD_MG_CM3, TUBE_VOLTAGES_KVP
 
 from ..segmentation.export import card_markdown, save_state, source_commit
 from .config import BMD_SCALE_MG_CM3, MODELS, NETWORK, ONNX_OPSET, ONNX_TOLERANCE, SPLITS
 from .network import IMAGE_CHANNELS, FusionClassifier
 from .train import CHECKPOINTS
 
-MODEL_VERSION = "0.2.0"
+MODEL_VERSION = "0.3.0"
 
 
 class _Exported(torch.nn.Module):
@@ -41,8 +41,8 @@ class _Exported(torch.nn.Module):
         super().__init__()
         self.net = net
 
-    def forward(self, x):
-        logits, bmd = self.net(x)
+    def forward(self, x, scan):
+        logits, bmd = self.net(x, scan)
         return logits, bmd * BMD_SCALE_MG_CM3
 
 
@@ -55,15 +55,17 @@ def export(model: str, metrics: dict | None = None) -> Path:
     out = models_dir() / RUNTIME_MODELS[model]["folder"]
     out.mkdir(parents=True, exist_ok=True)
     x = torch.randn(2, len(MODELS[model]), IMAGE_CHANNELS, IMAGE_SIZE_PX, IMAGE_SIZE_PX)
+    scan = torch.from_numpy(np.stack([scan_vector(120, [1.5] * len(MODELS[model])), scan_vector(None, [0.5] * len(MODELS[model]))]))
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "classifier.onnx"
-        torch.onnx.export(wrapped, (x,), str(path), opset_version=ONNX_OPSET, input_names=["images"],
-                          output_names=["logits", "bmd_mg_cm3"], dynamic_axes={"images": {0: "n"}, "logits": {0: "n"},
-                          "bmd_mg_cm3": {0: "n"}}, dynamo=False)
+        torch.onnx.export(wrapped, (x, scan), str(path), opset_version=ONNX_OPSET, input_names=["images", "scan"],
+                          output_names=["logits", "bmd_mg_cm3"], dynamic_axes={"images": {0: "n"}, "scan": {0: "n"},
+                          "logits": {0: "n"}, "bmd_mg_cm3": {0: "n"}}, dynamo=False)
         import onnxruntime as ort
 
-        ref = [t.detach().numpy() for t in wrapped(x)]
-        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"images": x.numpy()})
+        ref = [t.detach().numpy() for t in wrapped(x, scan)]
+        got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+            None, {"images": x.numpy(), "scan": scan.numpy()})
         diff = max(float(np.abs(a - b).max() / (1 if i == 0 else BMD_SCALE_MG_CM3)) for i, (a, b) in enumerate(zip(got, ref)))
         if diff > ONNX_TOLERANCE:
             raise SystemExit(f"ONNX differs from PyTorch by {diff:.2e} > {ONNX_TOLERANCE}")
@@ -78,13 +80,19 @@ def export(model: str, metrics: dict | None = None) -> Path:
         "task": f"{RUNTIME_MODELS[model]['title']}: QCT class (normal > {NORMAL_MIN_BMD_MG_CM3:g}, osteopenia "
         f"{OSTEOPOROSIS_MAX_BMD_MG_CM3:g}-{NORMAL_MIN_BMD_MG_CM3:g}, osteoporosis < {OSTEOPOROSIS_MAX_BMD_MG_CM3:g} "
         "mg/cm3 on the mean BMD of L1 and L2) and that mean BMD, from central axial images of "
-        + " and ".join(MODELS[model]),
+        + " and ".join(MODELS[model]) + ", their trabecular ROI HU and the tube voltage when known",
         "created": datetime.date.today().isoformat(),
         "osteoscreen_version": __version__,
         "files": {"classifier": {"path": "classifier.onnx", "sha256": sha256_file(out / "classifier.onnx"),
                                  "format": f"ONNX opset {ONNX_OPSET}"}},
-        "architecture": {"type": "shared 2D CNN encoder per vertebra, late fusion by concatenation", **NETWORK,
-                         "inputs": list(MODELS[model]), "outputs": {"logits": list(CLASSES), "bmd_mg_cm3": "mean of L1 and L2"}},
+        "architecture": {"type": "shared 2D CNN encoder per vertebra, late fusion by concatenation with the scan vector, "
+                         "which also reaches both outputs through linear skips", **NETWORK,
+                         "inputs": list(MODELS[model]),
+                         "onnx_inputs": {"images": "(N, V, 2, H, W): features.network_image of each vertebra",
+                                         "scan": "(N, S): features.scan_vector: tube voltage one-hot "
+                                         f"{list(TUBE_VOLTAGES_KVP)} + unknown, ROI HU / 100 of each vertebra, "
+                                         "and their products"},
+                         "outputs": {"logits": list(CLASSES), "bmd_mg_cm3": "mean of L1 and L2"}},
         "preprocessing": {"image_size_px": IMAGE_SIZE_PX, "field_of_view_mm": IMAGE_FOV_MM, "slab_offsets_mm": SLAB_OFFSETS_MM,
                           "hu_window": IMAGE_HU_WINDOW,
                           "channels": ["body only (0 outside the segment)", "unmasked plane (reference tissues)"],

@@ -10,6 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from OsteoScreenLib.features import scan_vector_size
+
 IMAGE_CHANNELS = 2  # masked body, unmasked context (features.network_image)
 
 
@@ -34,19 +36,28 @@ class VertebraEncoder(nn.Module):
 
 
 class FusionClassifier(nn.Module):
-    """Input (N, V, C, H, W): V vertebrae, C channels each (see features.network_image);
-    outputs class logits (N, 3) and BMD / 100 (N, 1)."""
+    """Inputs: images (N, V, C, H, W), V vertebrae with C channels each (features.network_image),
+    and the scan vector (N, S) of features.scan_vector (tube voltage, ROI HU). Outputs class
+    logits (N, 3) and BMD / 100 (N, 1).
+
+    The scan vector also reaches both outputs through linear skips: the per-voltage HU-to-BMD
+    line is then learnt directly, and the image branch only has to learn what it misses.
+    """
 
     def __init__(self, n_vertebrae: int, width: int = 24, features: int = 96, dropout: float = 0.2):
         super().__init__()
         self.n = n_vertebrae
+        scan = scan_vector_size(n_vertebrae)
         self.encoder = VertebraEncoder(width, features)
-        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(features * n_vertebrae, features), nn.ReLU(inplace=True))
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(features * n_vertebrae + scan, features),
+                                  nn.ReLU(inplace=True))
         self.classes = nn.Linear(features, 3)
         self.bmd = nn.Linear(features, 1)
+        self.classes_skip = nn.Linear(scan, 3)
+        self.bmd_skip = nn.Linear(scan, 1)
 
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor, scan: torch.Tensor):
         n, v, c, h, w = x.shape
         f = self.encoder(x.reshape(n * v, c, h, w)).reshape(n, -1)
-        z = self.head(f)
-        return self.classes(z), self.bmd(z)
+        z = self.head(torch.cat([f, scan], 1))
+        return self.classes(z) + self.classes_skip(scan), self.bmd(z) + self.bmd_skip(scan)
