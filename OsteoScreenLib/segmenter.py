@@ -200,18 +200,18 @@ def find_levels(coarse: Volume) -> dict[str, dict]:
     """Each level the coarse stage finds: its region, the region's centroid (RAS) and certainty;
     absent levels are left out.
 
-    A label can cover parts of several vertebrae (e.g. L2 split between the L1 and L2 labels
-    and all of L3 labelled L2). Of the regions of each label (at least MIN_COARSE_VOXELS), the
-    pair with the most probability whose L2 lies one vertebra below L1 (LEVEL_STEP_MM) is taken;
-    without such a pair, each label's region of most probability.
+    Each label's region of most probability (at least MIN_COARSE_VOXELS), except that L2 is
+    taken one vertebra below L1 (LEVEL_STEP_MM) when a region of the L2 label lies there: the
+    L2 label can cover parts of two vertebrae, e.g. the lower half of L2 and all of L3 as its
+    largest region. L1, which the network finds by counting ribs, is not moved.
     """
     labels = np.argmax(coarse.array, axis=-1)
     candidates = {name: _regions(labels == LABEL_OF[name], coarse, LABEL_OF[name]) for name in VERTEBRA_NAMES}
     chosen = {name: max(regions, key=lambda r: r["mass"]) for name, regions in candidates.items() if regions}
-    pairs = [(a["mass"] + b["mass"], a, b) for a in candidates["L1"] for b in candidates["L2"]
-             if _one_level_apart(a["centroid_ras"], b["centroid_ras"])]
-    if pairs:
-        _, chosen["L1"], chosen["L2"] = max(pairs, key=lambda t: t[0])
+    if "L1" in chosen:
+        below = [r for r in candidates["L2"] if _one_level_apart(chosen["L1"]["centroid_ras"], r["centroid_ras"])]
+        if below:
+            chosen["L2"] = max(below, key=lambda r: r["mass"])
     return {name: {"centroid_ras": r["centroid_ras"], "region": r["region"],
                    "certainty": level_certainty(coarse.array[..., LABEL_OF[name]], r["region"])}
             for name, r in chosen.items()}
@@ -228,8 +228,8 @@ def _regions(mask: np.ndarray, coarse: Volume, label: int) -> list[dict]:
 
 
 def _one_level_apart(l1_ras: np.ndarray, l2_ras: np.ndarray) -> bool:
-    d = l1_ras - l2_ras
-    return bool(d[2] > 0 and LEVEL_STEP_MM[0] <= np.linalg.norm(d) <= LEVEL_STEP_MM[1])
+    """L2 lies one vertebra below L1: measured along S, as partial regions shift sideways."""
+    return bool(LEVEL_STEP_MM[0] <= l1_ras[2] - l2_ras[2] <= LEVEL_STEP_MM[1])
 
 
 def level_hints(coarse: Volume, levels: dict[str, dict]) -> Volume:

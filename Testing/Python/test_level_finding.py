@@ -45,3 +45,12 @@ def test_a_missing_level_is_left_out_and_its_hint_is_background():
     levels = find_levels(coarse)
     assert set(levels) == {"L1"}
     assert not level_hints(coarse, levels).array[..., 2].any()
+
+
+def test_l1_stays_the_region_of_most_probability():
+    # Shifted labels lower down (L1 on L2, L2 on L3) hold more probability as a pair, but L1
+    # stays where the network puts most of its L1 probability, and L2 one vertebra below it.
+    coarse = coarse_with({1: [(30, 0.95), (18, 0.9)], 2: [(24, 0.6), (12, 0.95)]})
+    levels = find_levels(coarse)
+    assert levels["L1"]["centroid_ras"][2] == 30 * SPACING_MM
+    assert levels["L2"]["centroid_ras"][2] == 24 * SPACING_MM
