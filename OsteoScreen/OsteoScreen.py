@@ -125,6 +125,20 @@ class TubeVoltage(enum.Enum):
         return "From the DICOM header (else unknown)" if member.value == "auto" else f"{member.value} kVp"
 
 
+class ContrastPhase(enum.Enum):
+    """The scan's contrast phase for the classifiers (DICOM does not record it reliably)."""
+
+    UNKNOWN = "unknown"
+    NONE = "none"
+    ARTERIAL = "arterial"
+    PORTAL = "portal"
+
+    @staticmethod
+    def label(member):
+        return {"unknown": "Unknown", "none": "None (unenhanced)", "arterial": "Arterial",
+                "portal": "Portal venous"}[member.value]
+
+
 def pythonSlicerExecutable():
     """Slicer's own Python interpreter, which sees the same packages as the application."""
     name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
@@ -203,6 +217,8 @@ def run(job):
         check()
         if job.get("kvp"):
             logic.set_tube_voltage(ct, job["kvp"], job.get("kvp_source") or "user")
+        if job.get("contrast"):
+            logic.set_contrast_phase(ct, job["contrast"])
         progress(0.3, "classifying with model " + job["model"])
         result = logic.classify(ct, seg, model=job["model"], warnings=job.get("warnings") or None)
         check()
@@ -408,6 +424,7 @@ def formatResult(result):
     lines.append(f"Estimated BMD: {prediction['bmd_mg_cm3']:.1f} mg/cm\u00b3")
     kvp = result.get("input", {}).get("tube_voltage_kvp")
     lines.append(f"Tube voltage: {kvp} kVp ({result['input'].get('tube_voltage_source')})" if kvp else "Tube voltage: unknown")
+    lines.append(f"Contrast phase: {result.get('input', {}).get('contrast_phase') or 'unknown'}")
     for name, v in result.get("vertebrae", {}).items():
         if v.get("trabecular_roi_hu") is not None:
             lines.append(f"{name} trabecular ROI: {v['trabecular_roi_hu']:.1f} HU")
@@ -553,6 +570,7 @@ class OsteoScreenParameterNode:
     segmentation: vtkMRMLSegmentationNode
     model: ClassifierModel = ClassifierModel.L1L2
     tubeVoltage: TubeVoltage = TubeVoltage.AUTO
+    contrastPhase: ContrastPhase = ContrastPhase.UNKNOWN
     resultTable: vtkMRMLTableNode
     reportFolder: pathlib.Path
     overwriteReport: bool = False
@@ -868,6 +886,8 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 kvp, source = self.logic.tube_voltage(ct)
                 if kvp is not None:
                     inputs["kvp"], inputs["kvp_source"] = kvp, source
+            if p.contrastPhase != ContrastPhase.UNKNOWN:
+                inputs["contrast"] = p.contrastPhase.value
         except Exception as exc:
             shutil.rmtree(workDir, ignore_errors=True)
             self.showError(f"Could not prepare the inputs: {exc}")

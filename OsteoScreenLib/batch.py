@@ -26,7 +26,7 @@ RESULT_NAME, ERROR_NAME = "result.json", "error.json"
 CSV_FIELDS = (
     ["case", "input", "status", "model", "class"]
     + [f"p_{c}" for c in CLASSES]
-    + ["bmd_mg_cm3", "tube_voltage_kvp"]
+    + ["bmd_mg_cm3", "tube_voltage_kvp", "contrast_phase"]
     + [f"{n}_roi_hu" for n in VERTEBRA_NAMES]
     + [f"{n}_volume_ml" for n in VERTEBRA_NAMES]
     + ["warnings", "error"]
@@ -100,6 +100,7 @@ def csv_row(case: str, folder: Path, source: Path) -> dict:
         pred = r["prediction"]
         row.update({"status": "ok", "model": r["model"]["name"], "class": pred["class"],
                     "bmd_mg_cm3": pred["bmd_mg_cm3"], "tube_voltage_kvp": r["input"].get("tube_voltage_kvp"),
+                    "contrast_phase": r["input"].get("contrast_phase"),
                     "warnings": " | ".join(r.get("warnings", []))})
         row.update({f"p_{c}": pred["probabilities"][c] for c in CLASSES})
         for n in VERTEBRA_NAMES:

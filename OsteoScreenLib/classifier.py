@@ -16,7 +16,7 @@ from .errors import OsteoScreenError
 from .features import BodyFeatures, body_features, scan_vector
 from .model_store import model_folder, verified_files
 from .onnx_runner import OnnxNetwork
-from .registry import CLASSES, LABEL_OF
+from .registry import CLASSES, LABEL_OF, qct_class
 from .segmenter import softmax
 from .volume import Volume
 
@@ -44,6 +44,7 @@ class Classification:
     bmd_mg_cm3: float
     features: dict[str, BodyFeatures]
     tube_voltage_kvp: int | None = None
+    contrast_phase: str | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -56,11 +57,12 @@ class OsteoporosisClassifier:
         self.net = OnnxNetwork(files["classifier"], threads)
         self.sha256 = self.card["files"]["classifier"]["sha256"]
 
-    def classify(self, ct: Volume, labels: Volume, kvp: int | None = None) -> Classification:
+    def classify(self, ct: Volume, labels: Volume, kvp: int | None = None, contrast: str | None = None) -> Classification:
         """Classify one case from its CT and L1/L2 label map on the CT grid.
 
-        ``kvp``: the tube voltage (one of registry.TUBE_VOLTAGES_KVP), or None when unknown;
-        the BMD estimate is more precise with it, as single-energy QCT calibrates per voltage.
+        ``kvp``: the tube voltage (one of registry.TUBE_VOLTAGES_KVP); ``contrast``: the contrast
+        phase (registry.CONTRAST_PHASES); None when unknown. The BMD estimate is more precise
+        with them: single-energy QCT calibrates per voltage, and iodine raises the marrow's HU.
         """
         present = {n for n, v in LABEL_OF.items() if np.any(labels.array == v)}
         needed = self.spec["vertebrae"]
@@ -79,12 +81,17 @@ class OsteoporosisClassifier:
             warnings.append("tube voltage unknown (the file does not record it): BMD estimated without it, "
                             "less precise; give it with --kvp or in the module")
         x = np.stack([features[n].network_image() for n in needed])[None]
-        scan = scan_vector(kvp, [features[n].roi_hu for n in needed])[None]
+        scan = scan_vector(kvp, [features[n].roi_hu for n in needed], contrast)[None]
         logits, bmd = self.net.run_all(x, scan)[:2]
         p = softmax(logits[0].astype(np.float64), axis=-1)
         probabilities = {c: round(float(v), 4) for c, v in zip(CLASSES, p)}
+        predicted, bmd_value = CLASSES[int(np.argmax(p))], round(float(np.ravel(bmd)[0]), 1)
+        if qct_class(bmd_value) != predicted:  # the two heads disagree: a case near a threshold
+            warnings.append(f"the class ({predicted}) and the estimated BMD ({bmd_value:.0f} mg/cm3, "
+                            f"{qct_class(bmd_value)} range) disagree: the case lies near a threshold; read both")
         return Classification(
             model=self.name, model_version=self.card["version"], model_sha256=self.sha256,
-            probabilities=probabilities, predicted_class=CLASSES[int(np.argmax(p))],
-            bmd_mg_cm3=round(float(np.ravel(bmd)[0]), 1), features=features, tube_voltage_kvp=kvp, warnings=warnings,
+            probabilities=probabilities, predicted_class=predicted,
+            bmd_mg_cm3=bmd_value, features=features, tube_voltage_kvp=kvp,
+            contrast_phase=contrast, warnings=warnings,
         )

@@ -108,6 +108,7 @@ def cmd_classify(args) -> int:
     seg_node = logic.load_segmentation(args.segmentation, ct_node, mapping)
     seg_node.SetAttribute("OsteoScreen.Source", f"file {args.segmentation}")
     warnings = logic.default_tube_voltage(ct_node, args.kvp)
+    logic.set_contrast_phase(ct_node, args.contrast)
     result = logic.classify(ct_node, seg_node, args.model, warnings=warnings)
     pred = result["prediction"]
     print(f"{pred['class']}  (model {args.model}; estimated BMD {pred['bmd_mg_cm3']:.0f} mg/cm3)")
@@ -134,7 +135,8 @@ def cmd_screen(args) -> int:
         bar = "#" * int(width * done / total) + "-" * (width - int(width * done / total))
         print(f"[{bar}] {done}/{total} {case}: {status}", file=sys.stderr, flush=True)
 
-    summary = logic.screen(args.inputs, Path(args.output_dir), args.model, args.overwrite, progress, kvp=args.kvp)
+    summary = logic.screen(args.inputs, Path(args.output_dir), args.model, args.overwrite, progress, kvp=args.kvp,
+                           contrast=args.contrast)
     print(f"{len(summary.done)} done, {len(summary.skipped)} already done, {len(summary.failed)} failed; "
           f"table: {summary.csv_path}")
     for case, error in summary.failed.items():
@@ -242,12 +244,15 @@ def _fmt(values) -> str:
 # --------------------------------------------------------------------------- parser
 
 
-def _kvp_option(parser) -> None:
-    from .registry import TUBE_VOLTAGES_KVP
+def _scan_options(parser) -> None:
+    from .registry import CONTRAST_PHASES, TUBE_VOLTAGES_KVP
 
     parser.add_argument("--kvp", type=int, choices=TUBE_VOLTAGES_KVP, default=None,
                         help="tube voltage of scans whose file does not record it (NIfTI, NRRD); a DICOM header wins. "
                         "The BMD estimate is more precise with it")
+    parser.add_argument("--contrast", choices=CONTRAST_PHASES, default=None,
+                        help="contrast phase of the scans: none (unenhanced), arterial or portal (venous); "
+                        "iodine raises the marrow's HU, so the BMD estimate is more precise with it")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -291,7 +296,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--labels", default=None, help="label mapping of a label map: verse, totalsegmentator or L1=..,L2=..")
     s.add_argument("--model", choices=("l1l2", "l1"), default="l1l2", help="l1l2: L1 + L2 fusion (model 1); l1: L1 only")
     s.add_argument("--json", help="write result.json here")
-    _kvp_option(s)
+    _scan_options(s)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_classify)
 
@@ -299,7 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="CT files, DICOM folders, or folders of those")
     s.add_argument("--output-dir", required=True)
     s.add_argument("--model", choices=("l1l2", "l1"), default="l1l2")
-    _kvp_option(s)
+    _scan_options(s)
     s.add_argument("--overwrite", action="store_true", help="redo cases that are already done")
     s.set_defaults(func=cmd_screen)
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import OsteoScreenError
-from .registry import LABEL_OF, TUBE_VOLTAGES_KVP
+from .registry import CONTRAST_PHASES, LABEL_OF, TUBE_VOLTAGES_KVP
 from .resample import crop_to_grid, mask_box, sample, subvolume
 from .volume import Volume
 
@@ -61,22 +61,25 @@ def network_image(image_hu: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.stack([np.where(mask, x, 0.0).astype(np.float32), x])
 
 
-def scan_vector(kvp: int | None, roi_hu) -> np.ndarray:
+def scan_vector(kvp: int | None, roi_hu, contrast: str | None = None) -> np.ndarray:
     """The classifiers' second input, float32, of scan_vector_size(V) for V bodies.
 
     The tube voltage one-hot (last entry: unknown, e.g. a NIfTI file), each body's ROI HU / 100,
-    and their products: a linear layer on it holds one HU-to-BMD line per voltage, the
-    calibration of single-energy QCT; the images add what a mean over the ROI misses
-    (contrast, marrow texture, the reference tissues).
+    their products, then the contrast phase one-hot (last entry: unknown). A linear layer on it
+    holds one HU-to-BMD line per voltage, the calibration of single-energy QCT, shifted by the
+    iodine in the marrow; the images add what a mean over the ROI misses (marrow texture, the
+    reference tissues).
     """
     onehot = np.zeros(len(TUBE_VOLTAGES_KVP) + 1, np.float32)
     onehot[TUBE_VOLTAGES_KVP.index(kvp) if kvp in TUBE_VOLTAGES_KVP else -1] = 1.0
+    phase = np.zeros(len(CONTRAST_PHASES) + 1, np.float32)
+    phase[CONTRAST_PHASES.index(contrast) if contrast in CONTRAST_PHASES else -1] = 1.0
     hu = np.asarray(roi_hu, np.float32) / 100.0
-    return np.concatenate([onehot, hu, np.outer(onehot, hu).ravel()]).astype(np.float32)
+    return np.concatenate([onehot, hu, np.outer(onehot, hu).ravel(), phase]).astype(np.float32)
 
 
 def scan_vector_size(n_vertebrae: int) -> int:
-    return (len(TUBE_VOLTAGES_KVP) + 1) * (1 + n_vertebrae) + n_vertebrae
+    return (len(TUBE_VOLTAGES_KVP) + 1) * (1 + n_vertebrae) + n_vertebrae + len(CONTRAST_PHASES) + 1
 
 
 def body_axis(world_points: np.ndarray) -> np.ndarray:

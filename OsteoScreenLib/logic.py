@@ -20,6 +20,7 @@ from .volume import Volume
 KVP_ATTRIBUTE = "OsteoScreen.TubeVoltageKVP"  # as the header or the user gives it
 KVP_SOURCE_ATTRIBUTE = "OsteoScreen.TubeVoltageSource"
 DICOM_KVP_TAG = "0018,0060"
+CONTRAST_ATTRIBUTE = "OsteoScreen.ContrastPhase"  # as the reader gives it (DICOM does not record the phase)
 
 
 class OsteoScreenLogic:
@@ -79,6 +80,20 @@ class OsteoScreenLogic:
             return [f"the DICOM header gives the tube voltage ({recorded} kVp); {kvp} kVp not used"]
         self.set_tube_voltage(ct_node, kvp)
         return []
+
+    def set_contrast_phase(self, ct_node, phase) -> None:
+        """Record the contrast phase of a CT (none, arterial, portal); None forgets it."""
+        if phase is None:
+            ct_node.RemoveAttribute(CONTRAST_ATTRIBUTE)
+            return
+        known = registry.contrast_phase(phase)
+        if known is None:
+            raise OsteoScreenError(f"contrast phase {phase!r} unknown; choose one of "
+                                   f"{', '.join(registry.CONTRAST_PHASES)} or leave it unknown")
+        ct_node.SetAttribute(CONTRAST_ATTRIBUTE, known)
+
+    def contrast_phase(self, ct_node) -> str | None:
+        return registry.contrast_phase(ct_node.GetAttribute(CONTRAST_ATTRIBUTE))
 
     def tube_voltage(self, ct_node) -> tuple[int | None, str]:
         """(kVp the classifiers use or None, where it comes from)."""
@@ -152,13 +167,14 @@ class OsteoScreenLogic:
         from .result import build_result, input_info
 
         kvp, kvp_source = self.tube_voltage(ct_node)
-        classification = self.classifier(model).classify(ct, labels, kvp)
+        contrast = self.contrast_phase(ct_node)
+        classification = self.classifier(model).classify(ct, labels, kvp, contrast)
         timing = dict(timing_s or {})
         timing["classify"] = round(time.perf_counter() - t0, 3)
         source = segmentation_node.GetAttribute("OsteoScreen.Source") or "user segmentation"
         path = ct_node.GetAttribute("OsteoScreen.SourcePath")
         sha = ct_node.GetAttribute("OsteoScreen.SourceSHA256")
-        info = input_info(path, ct, sha, kvp, kvp_source)
+        info = input_info(path, ct, sha, kvp, kvp_source, contrast)
         return build_result(classification, labels, info, source, warnings, timing)
 
     def result_to_table(self, result: dict, table_node=None):
@@ -178,6 +194,7 @@ class OsteoScreenLogic:
         rows.append(("Estimated BMD (mg/cm3)", f"{pred['bmd_mg_cm3']:.1f}"))
         kvp = result["input"].get("tube_voltage_kvp")
         rows.append(("Tube voltage (kVp)", f"{kvp} ({result['input'].get('tube_voltage_source')})" if kvp else "unknown"))
+        rows.append(("Contrast phase", result["input"].get("contrast_phase") or "unknown"))
         for name, v in result["vertebrae"].items():
             if v.get("trabecular_roi_hu") is not None:
                 rows.append((f"{name} trabecular ROI (HU)", f"{v['trabecular_roi_hu']:.1f}"))
@@ -213,11 +230,12 @@ class OsteoScreenLogic:
     # --- batch
 
     def screen(self, inputs, output_dir, model: str = "l1l2", overwrite: bool = False, progress=None, cancel=None,
-               kvp: int | None = None):
+               kvp: int | None = None, contrast: str | None = None):
         """Segment, classify and report each input into ``output_dir`` (see :mod:`batch`).
 
         Each case runs in a private scene, so the user's scene is left alone. ``kvp``: the tube
-        voltage of inputs that do not record it (DICOM headers win).
+        voltage of inputs that do not record it (DICOM headers win); ``contrast``: the contrast
+        phase of every input (none, arterial, portal), None if unknown.
         """
         import time
 
@@ -235,6 +253,7 @@ class OsteoScreenLogic:
             ct_node = case_logic.load_ct(source, display=False)
             seg_node, out = case_logic.segment(ct_node, cancel=cancel)
             out.warnings.extend(case_logic.default_tube_voltage(ct_node, kvp))
+            case_logic.set_contrast_phase(ct_node, contrast)
             case_logic.save_segmentation(seg_node, folder / "segmentation.seg.nrrd", overwrite=True)
             ct = volume_from_node(ct_node)
             result = case_logic._classify_arrays(ct_node, ct, out.labels, seg_node, model, out.warnings,

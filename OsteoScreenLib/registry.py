@@ -93,6 +93,20 @@ def tube_voltage(kvp) -> int | None:
     return best if abs(best - value) <= TUBE_VOLTAGE_SNAP_KVP else None
 
 
+# --- Contrast phase: iodine in the marrow raises its HU (about 8 HU arterial, 18 HU portal venous at 120 kVp) ---
+
+CONTRAST_PHASES: tuple[str, ...] = ("none", "arterial", "portal")  # "portal": portal venous
+CONTRAST_PHASE_TITLES = {"none": "none (unenhanced)", "arterial": "arterial", "portal": "portal venous"}
+
+
+def contrast_phase(value) -> str | None:
+    """A known contrast phase from a user's word, or None (unknown)."""
+    v = str(value or "").strip().lower().replace(" ", "").replace("-", "").replace("_", "")
+    aliases = {"none": "none", "unenhanced": "none", "noncontrast": "none", "native": "none", "arterial": "arterial",
+               "portal": "portal", "portalvenous": "portal", "venous": "portal"}
+    return aliases.get(v)
+
+
 # --- Plausibility limits for CT input ---
 
 HU_MIN_PLAUSIBLE = -2048.0  # below: not Hounsfield units (e.g. raw detector values)

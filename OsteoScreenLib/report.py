@@ -99,9 +99,10 @@ def _text(lines: list[tuple[str, int, tuple]], width: int, height: int) -> np.nd
     return canvas
 
 
-def _kvp_text(result: dict) -> str:
+def _scan_text(result: dict) -> str:
     kvp = result.get("input", {}).get("tube_voltage_kvp")
-    return f"{kvp} kVp" if kvp else "unknown"
+    contrast = result.get("input", {}).get("contrast_phase")
+    return f"{f'{kvp} kVp' if kvp else 'unknown'}, contrast {contrast or 'unknown'}"
 
 
 def render_report(ct: Volume, labels: Volume, result: dict, features: dict[str, BodyFeatures]) -> np.ndarray:
@@ -118,7 +119,7 @@ def render_report(ct: Volume, labels: Volume, result: dict, features: dict[str, 
         ("trabecular ROI: " + "   ".join(f"{n} {v['trabecular_roi_hu']:.0f} HU" for n, v in result["vertebrae"].items()
                                          if v.get("trabecular_roi_hu") is not None), 14, (0.9, 0.9, 0.9)),
         (f"model {result['model']['name']} v{result['model']['version']}; tube voltage "
-         f"{_kvp_text(result)}; axial views {IMAGE_FOV_MM:.0f} mm, ROI in red", 12, (0.7, 0.7, 0.7)),
+         f"{_scan_text(result)}; axial views {IMAGE_FOV_MM:.0f} mm, ROI in red", 12, (0.7, 0.7, 0.7)),
     ]
     # long warnings wrap to the image width (about 0.6 font sizes per character)
     chars = max(40, int((top.shape[1] - 16) / (0.6 * 12)))

@@ -49,7 +49,8 @@ def build_result(
     }
 
 
-def input_info(path, ct: Volume, sha256: str | None, kvp: int | None = None, kvp_source: str = "unknown") -> dict:
+def input_info(path, ct: Volume, sha256: str | None, kvp: int | None = None, kvp_source: str = "unknown",
+               contrast: str | None = None) -> dict:
     return {
         "path": str(path) if path is not None else None,
         "sha256": sha256,
@@ -57,4 +58,5 @@ def input_info(path, ct: Volume, sha256: str | None, kvp: int | None = None, kvp
         "spacing_mm": [round(float(s), 4) for s in ct.spacing_mm],
         "tube_voltage_kvp": kvp,
         "tube_voltage_source": kvp_source,
+        "contrast_phase": contrast,  # as the reader gave it; None: unknown
     }

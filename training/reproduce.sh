@@ -46,17 +46,22 @@ if [[ $what == segmentation || $what == all ]]; then
   $PY -m training.segmentation.level_confidence --count 100 --workers "$WORKERS"
   # learning curve of the fine stage (scored on 1 mm boxes of 100 test scans)
   $P --split test --count 100 --preset chest --stages fine
-  $PY -m training.segmentation.learning_curve --sizes 50,100,200,300 --iterations 300
+  $P --split train --count "$SEG_TRAIN" --preset chest --stages fine
+  $PY -m training.segmentation.learning_curve --sizes 50,100,200,300,"$SEG_TRAIN" --iterations 300
 fi
 if [[ $what == classification || $what == all ]]; then
   for split in train tune test; do
     $PY -m training.classification.prepare --split $split --workers "$WORKERS"
   done
-  $PY -m training.classification.train --model l1l2 --epochs 16
-  $PY -m training.classification.train --model l1 --epochs 16
+  # each bundled classifier averages two networks (training/classification/config.py ENSEMBLE_SEEDS)
+  for model in l1l2 l1; do
+    for seed in 0 1; do
+      $PY -m training.classification.train --model $model --epochs 16 --seed $seed
+    done
+  done
   $PY -m training.classification.export --model l1l2
   $PY -m training.classification.export --model l1
   $PY -m training.classification.evaluate
-  # the bundled versions side by side on the same test phantoms (0.1.0, 0.2.0, the working tree)
-  $PY -m training.classification.compare_versions --rev 31833d2 --rev 843edec --rev WORKTREE
+  # the bundled versions side by side on the same test phantoms (0.1.0, 0.2.0, 0.3.0, the working tree)
+  $PY -m training.classification.compare_versions --rev 31833d2 --rev 843edec --rev fc06b3a --rev WORKTREE
 fi

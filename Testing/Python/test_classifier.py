@@ -116,3 +116,18 @@ def test_a_killed_batch_loses_no_finished_case(a_chest_phantom, tmp_path, bundle
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["status"] for r in rows] == ["ok", "ok", "ok"]
     assert (out / "p0_ct" / "result.json").stat().st_mtime_ns == stamp  # kept, not redone
+
+
+def test_a_class_outside_the_estimated_bmd_range_is_flagged(phantom_nodes):
+    """Class head and BMD head are separate outputs: when their classes differ, the result says so."""
+    from OsteoScreenLib.registry import qct_class
+
+    logic, ct_node, seg_node, _ = phantom_nodes
+    for kvp in (80, 100, 120, 140, None):
+        logic.set_tube_voltage(ct_node, kvp)
+        for model in ("l1l2", "l1"):
+            result = logic.classify(ct_node, seg_node, model)
+            pred = result["prediction"]
+            disagree = qct_class(pred["bmd_mg_cm3"]) != pred["class"]
+            assert disagree == any("disagree" in w for w in result["warnings"]), (kvp, model, pred)
+    logic.set_tube_voltage(ct_node, None)

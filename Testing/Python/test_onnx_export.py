@@ -37,13 +37,14 @@ def test_segmentation_onnx_matches_pytorch(bundled_models, stage, shape):
 
 @pytest.mark.parametrize("model", ["l1l2", "l1"])
 def test_classifier_onnx_matches_pytorch(bundled_models, model):
-    from training.classification.config import BMD_SCALE_MG_CM3, MODELS, NETWORK
-    from training.classification.export import _Exported
-    from training.classification.network import IMAGE_CHANNELS, FusionClassifier
+    from training.classification.config import BMD_SCALE_MG_CM3, MODELS
+    from training.classification.export import build_exported
+    from training.classification.network import IMAGE_CHANNELS
     from training.segmentation.export import load_state
 
-    files, _ = verified_files(model_folder(f"classifier-{model}"))
-    net = load_state(_Exported(FusionClassifier(len(MODELS[model]), **NETWORK)), f"classifier-{model}")
+    files, card = verified_files(model_folder(f"classifier-{model}"))
+    seeds = [m["seed"] for m in card["training_data"].get("ensemble", [{"seed": 0}])]
+    net = load_state(build_exported(model, seeds), f"classifier-{model}")
     from OsteoScreenLib.features import scan_vector
 
     v = len(MODELS[model])

@@ -198,6 +198,7 @@ def connector_class_for(annotation: str) -> set[str]:
         "pathlib.Path": {"ctkPathLineEdit", "ctkDirectoryButton"},
         "ClassifierModel": {"QComboBox"},  # an enum.Enum
         "TubeVoltage": {"QComboBox"},  # an enum.Enum
+        "ContrastPhase": {"QComboBox"},  # an enum.Enum
     }[annotation]
 
 
@@ -226,6 +227,16 @@ def test_the_tube_voltage_choice_offers_the_header_and_every_voltage_the_classif
     assert values[0] == "auto" and [int(v) for v in values[1:]] == list(TUBE_VOLTAGES_KVP)
     assert "DICOM" in h["TubeVoltage"].label(h["TubeVoltage"].AUTO)
     assert h["TubeVoltage"].label(h["TubeVoltage"].KV100) == "100 kVp"
+
+
+def test_the_contrast_phase_choice_offers_unknown_and_every_phase_the_classifiers_know():
+    from OsteoScreenLib.registry import CONTRAST_PHASES, contrast_phase
+
+    h = helpers()
+    values = [m.value for m in h["ContrastPhase"]]
+    assert values[0] == "unknown" and values[1:] == list(CONTRAST_PHASES)
+    assert all(contrast_phase(v) == v for v in values[1:]) and contrast_phase(values[0]) is None
+    assert h["ContrastPhase"].label(h["ContrastPhase"].PORTAL) == "Portal venous"
 
 
 def test_the_panel_says_it_is_not_a_diagnostic_device():
@@ -437,7 +448,7 @@ def test_the_icon_is_a_128_pixel_png():
 HELPER_NAMES = {
     "MODULE_NAME", "MODULE_DIR", "SAMPLE_NAME", "SAMPLE_SEED", "WORKER_PREFIX", "CANCEL_GRACE_S", "MODEL_LABELS",
     "MODEL_HELP", "moduleBaseFolders", "resourcePath", "libraryParent", "ensureLibraryImportable", "ClassifierModel",
-    "TubeVoltage",
+    "TubeVoltage", "ContrastPhase",
     "pythonSlicerExecutable", "WORKER_CODE", "WorkerProcess", "exportVolumeForWorker", "sourcePathOf",
     "importSegmentation", "segmentationWarnings", "formatResult", "COMPARISON_COLUMNS", "comparisonToTable",
     "writeComparisonCsv", "caseFile",
@@ -652,7 +663,7 @@ def test_a_result_is_shown_with_class_probabilities_roi_hu_and_bmd(h):
     text = h["formatResult"](result)
     for part in ("Osteopenia", "Model 1: L1 + L2 fusion", "normal 0.20", "osteopenia 0.70", "osteoporosis 0.10",
                  "101.2 mg/cm", "L1 trabecular ROI: 131.0 HU", "L2 trabecular ROI: 127.5 HU", "L2 touches the edge",
-                 "Tube voltage: 100 kVp (DICOM header)"):
+                 "Tube voltage: 100 kVp (DICOM header)", "Contrast phase: unknown"):
         assert part in text, part
     result["input"] = {"tube_voltage_kvp": None, "tube_voltage_source": "unknown"}
     assert "Tube voltage: unknown" in h["formatResult"](result)

@@ -71,6 +71,8 @@ def test_classifier_features_train_one_epoch(tmp_path, monkeypatch):
     assert np.allclose(scans[:, :5].sum(1), 1) and not scans[:, 4].any()  # tube voltage known
     assert scans[:, 5] == pytest.approx(data["roi_hu"][:, 0] / 100, abs=0.02)  # ROI HU measured as at run time
     assert inputs(data, "l1l2", kvp_known=False)[1][:, 4].all()
+    assert not inputs(data, "l1l2")[1][:, -1].any() and inputs(data, "l1l2", contrast_known=False)[1][:, -1].all()
+    assert set(data["contrast"]) <= {"none", "arterial", "portal"}
     config = train("l1", 1, "training", 0, tmp_path / "run", train_count=2, threads=1)
     assert config["train_cases"] == 2 and config["tune_cases"] == 1
     assert config["calibration_init"]["train_mae_mg_cm3"] >= 0  # BMD path started at the least-squares line

@@ -56,10 +56,13 @@ def same_preprocessing(card: dict) -> bool:
             and list(pre["slab_offsets_mm"]) == list(SLAB_OFFSETS_MM) and list(pre["hu_window"]) == list(IMAGE_HU_WINDOW))
 
 
-def score(folder: Path, model: str, data: dict, kvp_known: bool) -> dict:
+def score(folder: Path, model: str, data: dict, known: bool) -> dict:
+    """``known``: tube voltage and contrast phase given (to models that take them)."""
     files, card = verified_files(folder)
     net = OnnxNetwork(files["classifier"])
-    x, scan = inputs(data, model, kvp_known=kvp_known)
+    x, scan = inputs(data, model, kvp_known=known, contrast_known=known)
+    if len(net.input_names) == 2:  # 0.3.0 took the scan vector without its last part, the contrast phase
+        scan = scan[:, : net.session.get_inputs()[1].shape[1]]
     batches = (lambda s: (x[s], scan[s])) if len(net.input_names) == 2 else (lambda s: (x[s],))  # 0.1-0.2: images only
     out = [net.run_all(*batches(slice(i, i + 32))) for i in range(0, len(x), 32)]
     p = softmax(np.concatenate([o[0] for o in out]), axis=1)
@@ -98,8 +101,10 @@ def main() -> None:
     (RESULTS / "classifier_versions.json").write_text(json.dumps(report, indent=1) + "\n")
     lines = ["# Classifier versions on the same test phantoms", "",
              f"{report['test_cases']} test phantoms (preset `{a.preset}`); {report['machine']}; {report['date']}. "
-             "`python -m training.classification.compare_versions " + " ".join(f"--rev {r}" for r in a.rev) + "`", "",
-             "| revision | model | version | tube voltage | AUC normal | AUC osteopenia | AUC osteoporosis | accuracy | "
+             "`python -m training.classification.compare_versions " + " ".join(f"--rev {r}" for r in a.rev) + "`. "
+             "Tube voltage and contrast phase `given`: each model gets what it takes of them (0.3.0 the voltage "
+             "only; 0.1.0 and 0.2.0 neither).", "",
+             "| revision | model | version | kVp, contrast | AUC normal | AUC osteopenia | AUC osteoporosis | accuracy | "
              "BMD MAE (mg/cm³) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         auc = r["auc"]

@@ -20,5 +20,11 @@ BMD_LOSS_BETA_MG_CM3 = 5.0
 BMD_LOSS_WEIGHT = 2.0
 # Share of training cases shown with the tube voltage unknown (NIfTI/NRRD inputs have no kVp).
 UNKNOWN_KVP_FRACTION = 0.3
+# Share shown with the contrast phase unknown (the reader does not give it), drawn independently.
+UNKNOWN_CONTRAST_FRACTION = 0.3
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-4
+
+# The bundled model averages networks trained with these seeds (same data, other initialisation
+# and augmentation draws): an ensemble ranks cases more steadily than any one of them.
+ENSEMBLE_SEEDS = (0, 1)

@@ -35,13 +35,15 @@ from .train import inputs
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-def predict(model: str, data: dict, kvp_known: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
+def predict(model: str, data: dict, kvp_known: bool = True,
+            contrast_known: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
     """Bundled model ``model`` on cached cases, with the tube voltage as a DICOM header gives it
-    (``kvp_known``) or unknown as for a NIfTI file."""
+    (``kvp_known``) or unknown as for a NIfTI file, and the contrast phase given by the reader
+    (``contrast_known``) or not."""
     folder = model_folder(RUNTIME_MODELS[model]["folder"])
     files, card = verified_files(folder)
     net = OnnxNetwork(files["classifier"])
-    x, scan = inputs(data, model, kvp_known=kvp_known)
+    x, scan = inputs(data, model, kvp_known=kvp_known, contrast_known=contrast_known)
     logits, bmd = [], []
     for s in range(0, len(x), 32):
         out = net.run_all(x[s : s + 32], scan[s : s + 32])
@@ -66,7 +68,8 @@ def evaluate(preset: str) -> dict:
     for m in ("l1l2", "l1"):
         probs[m], bmds[m], cards[m] = predict(m, test)
     for m in ("l1l2", "l1"):
-        probs[f"{m} kVp unknown"], bmds[f"{m} kVp unknown"], _ = predict(m, test, kvp_known=False)
+        probs[f"{m} kVp only"], bmds[f"{m} kVp only"], _ = predict(m, test, contrast_known=False)
+        probs[f"{m} unknown"], bmds[f"{m} unknown"], _ = predict(m, test, kvp_known=False, contrast_known=False)
     probs["l1_roi_hu"], bmds["l1_roi_hu"] = hu_baseline(train, test)
     table = {}
     for name, p in probs.items():
@@ -119,8 +122,9 @@ def plot_roc(y, probs) -> None:
 def markdown(r: dict) -> str:
     lines = ["# Classification evaluation (test phantoms)", "",
              f"{r['test_cases']} test phantoms (preset `{r['preset']}`), classes {r['class_counts']}; "
-             f"{r['machine']}; {r['date']}. Models `l1l2` and `l1` get the tube voltage, as a DICOM header gives it; "
-             "the rows `kVp unknown` are the same models on the same cases without it, as for a NIfTI file. "
+             f"{r['machine']}; {r['date']}. Models `l1l2` and `l1` get the tube voltage, as a DICOM header gives it, "
+             "and the contrast phase, as the reader gives it; the rows `kVp only` are the same models on the same "
+             "cases without the phase, `unknown` without either (a NIfTI file and no word from the reader). "
              "`l1_roi_hu`: mean HU of the L1 trabecular ROI, logistic and linear regression fitted on the "
              "training phantoms.", "",
              "| model | class | AUC (95 % DeLong CI) | paper AUC |", "| --- | --- | --- | --- |"]

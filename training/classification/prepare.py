@@ -69,7 +69,16 @@ def load_split(split: str, preset: str, count: int | None = None) -> dict:
                 rows.append({k: z[k] for k in z.files} | {"seed": np.array(seed)})
     if not rows:
         raise SystemExit(f"no cached {split} cases for preset {preset}; run training.classification.prepare")
-    return {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    data = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    data["contrast"] = np.array([contrast_of(int(seed), preset) for seed in data["seed"]])
+    return data
+
+
+def contrast_of(seed: int, preset: str) -> str:
+    """The contrast phase of a phantom, from its parameters (cheap: nothing is rendered)."""
+    from OsteoScreenLib.phantom.parameters import sample_parameters
+
+    return sample_parameters(seed, preset)["scanner"]["contrast_phase"]
 
 
 def main() -> None:

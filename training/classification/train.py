@@ -18,19 +18,21 @@ from torch import nn
 
 from OsteoScreenLib.features import elliptical_roi, erode, network_image, scan_vector, scan_vector_size
 
-from .config import BMD_LOSS_BETA_MG_CM3, BMD_LOSS_WEIGHT, BMD_SCALE_MG_CM3, MODELS, NETWORK, PRESET, UNKNOWN_KVP_FRACTION
+from .config import BMD_LOSS_BETA_MG_CM3, BMD_LOSS_WEIGHT, BMD_SCALE_MG_CM3, MODELS, NETWORK, PRESET, UNKNOWN_CONTRAST_FRACTION, UNKNOWN_KVP_FRACTION
 from .network import IMAGE_CHANNELS, FusionClassifier
 from .prepare import load_split
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 
 
-def inputs(data: dict, model: str, rng=None, kvp_known: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def inputs(data: dict, model: str, rng=None, kvp_known: bool = True,
+           contrast_known: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Network inputs: images (N, V, C, H, W) and scan vectors (N, S).
 
     With ``rng``, augmented as a reader's segment and another scanner would vary, and the
-    tube voltage hidden in a share of cases (files without a DICOM header). The ROI HU is
-    measured on the (augmented) image and mask, as at run time.
+    tube voltage and the contrast phase each hidden in a share of cases (files without a
+    DICOM header, readers who do not give the phase). The ROI HU is measured on the
+    (augmented) image and mask, as at run time.
     """
     idx = [("L1", "L2").index(v) for v in MODELS[model]]
     n_cases = len(data["label"])
@@ -51,7 +53,9 @@ def inputs(data: dict, model: str, rng=None, kvp_known: bool = True) -> tuple[np
             roi_hu.append(float(image[roi].mean()) if roi.any() else float(data["roi_hu"][n, v]))
             images[n, c] = network_image(image, mask)
         known = kvp_known if rng is None else rng.uniform() >= UNKNOWN_KVP_FRACTION
-        scans[n] = scan_vector(int(data["kvp"][n]) if known else None, roi_hu)
+        phase_known = contrast_known if rng is None else rng.uniform() >= UNKNOWN_CONTRAST_FRACTION
+        scans[n] = scan_vector(int(data["kvp"][n]) if known else None, roi_hu,
+                               str(data["contrast"][n]) if phase_known else None)
     return images, scans
 
 
@@ -60,8 +64,9 @@ def init_calibration(net: FusionClassifier, data: dict, model: str) -> dict:
     line per tube voltage, and one for unknown), with the image branch's BMD weights at zero:
     the images then learn only what the ROI mean misses. Without it the network ended above the
     error of that linear fit on its own input (tune MAE 12-20 against 8.7 mg/cm3)."""
-    scans = np.concatenate([inputs_scan(data, model, known) for known in (True, False)])
-    target = np.tile(data["bmd"][:, 2] / BMD_SCALE_MG_CM3, 2)
+    cases = [(k, c) for k in (True, False) for c in (True, False)]
+    scans = np.concatenate([inputs_scan(data, model, k, c) for k, c in cases])
+    target = np.tile(data["bmd"][:, 2] / BMD_SCALE_MG_CM3, len(cases))
     design = np.concatenate([scans, np.ones((len(scans), 1), np.float32)], 1).astype(np.float64)
     ridge = 1e-3 * np.eye(design.shape[1])
     w = np.linalg.solve(design.T @ design + ridge, design.T @ target)
@@ -74,11 +79,12 @@ def init_calibration(net: FusionClassifier, data: dict, model: str) -> dict:
     return {"train_mae_mg_cm3": round(fit_mae, 2)}
 
 
-def inputs_scan(data: dict, model: str, kvp_known: bool) -> np.ndarray:
+def inputs_scan(data: dict, model: str, kvp_known: bool, contrast_known: bool) -> np.ndarray:
     """Scan vectors of cached cases (reference masks, no augmentation)."""
     idx = [("L1", "L2").index(v) for v in MODELS[model]]
-    return np.stack([scan_vector(int(k) if kvp_known else None, [float(h[i]) for i in idx])
-                     for k, h in zip(data["kvp"], data["roi_hu"])])
+    return np.stack([scan_vector(int(k) if kvp_known else None, [float(h[i]) for i in idx],
+                                 str(c) if contrast_known else None)
+                     for k, h, c in zip(data["kvp"], data["roi_hu"], data["contrast"])])
 
 
 def train(model: str, epochs: int, preset: str, seed: int, out: Path, train_count: int | None, threads: int = 2) -> dict:
@@ -91,8 +97,9 @@ def train(model: str, epochs: int, preset: str, seed: int, out: Path, train_coun
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     ce, l1 = nn.CrossEntropyLoss(), nn.SmoothL1Loss(beta=BMD_LOSS_BETA_MG_CM3 / BMD_SCALE_MG_CM3)
-    # Tune loss over both cases of use: tube voltage from a DICOM header, and unknown.
-    tune = [tuple(torch.from_numpy(a) for a in inputs(tune_data, model, kvp_known=k)) for k in (True, False)]
+    # Tune loss over both cases of use: tube voltage and contrast phase given, and neither.
+    tune = [tuple(torch.from_numpy(a) for a in inputs(tune_data, model, kvp_known=k, contrast_known=k))
+            for k in (True, False)]
     y_tune = torch.from_numpy(tune_data["label"].astype(np.int64))
     b_tune = torch.from_numpy(tune_data["bmd"][:, 2] / BMD_SCALE_MG_CM3)[:, None]
     best, log = None, []
@@ -127,7 +134,7 @@ def train(model: str, epochs: int, preset: str, seed: int, out: Path, train_coun
         tune_loss = 0.5 * (loss_k + loss_u)
         entry = {"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 4), "tune_loss": round(tune_loss, 4),
                  "tune_accuracy": round(acc_k, 4), "tune_bmd_mae": round(mae_k, 2),
-                 "tune_accuracy_kvp_unknown": round(acc_u, 4), "tune_bmd_mae_kvp_unknown": round(mae_u, 2),
+                 "tune_accuracy_unknown": round(acc_u, 4), "tune_bmd_mae_unknown": round(mae_u, 2),
                  "elapsed_s": round(time.perf_counter() - t0, 1)}
         log.append(entry)
         print(json.dumps(entry), flush=True)
@@ -136,6 +143,7 @@ def train(model: str, epochs: int, preset: str, seed: int, out: Path, train_coun
             torch.save({"model": net.state_dict()}, out / "best.pt")
     config = {"model": model, "vertebrae": MODELS[model], "network": NETWORK, "epochs": epochs,
               "unknown_kvp_fraction": UNKNOWN_KVP_FRACTION,
+              "unknown_contrast_fraction": UNKNOWN_CONTRAST_FRACTION,
               "calibration_init": calibration,
               "bmd_loss": {"smooth_l1_beta_mg_cm3": BMD_LOSS_BETA_MG_CM3, "weight": BMD_LOSS_WEIGHT}, "preset": preset,
               "seed": seed, "train_cases": int(len(train_data["label"])), "tune_cases": int(len(tune_data["label"])),
@@ -143,6 +151,11 @@ def train(model: str, epochs: int, preset: str, seed: int, out: Path, train_coun
     (out / "config.json").write_text(json.dumps(config, indent=2))
     (out / "log.json").write_text(json.dumps(log, indent=1))
     return config
+
+
+def run_folder(model: str, seed: int) -> Path:
+    """Checkpoint folder of one member of the ensemble (config.ENSEMBLE_SEEDS)."""
+    return CHECKPOINTS / (f"classifier-{model}" if seed == 0 else f"classifier-{model}-seed{seed}")
 
 
 def main() -> None:
@@ -154,7 +167,7 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=2)
     a = p.parse_args()
-    train(a.model, a.epochs, a.preset, a.seed, CHECKPOINTS / f"classifier-{a.model}", a.train_count, a.threads)
+    train(a.model, a.epochs, a.preset, a.seed, run_folder(a.model, a.seed), a.train_count, a.threads)
 
 
 if __name__ == "__main__":

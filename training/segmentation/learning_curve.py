@@ -1,6 +1,6 @@
 """Learning curve of the fine stage: test DSC against the number of training scans.
 
-    python -m training.segmentation.learning_curve [--sizes 50,100,200,300] [--iterations 300]
+    python -m training.segmentation.learning_curve [--sizes 50,100,200,300,548] [--iterations 300]
 
 Like the paper's experiment (DSC for 50 ... 548 training images), at the scale this
 machine allows: for each size the fine stage is fine-tuned from the same pre-trained
@@ -53,7 +53,7 @@ def test_scores(run: Path, preset: str, count: int, cache: Path) -> list[list[fl
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--sizes", default="50,100,200,300")
+    p.add_argument("--sizes", default="50,100,200,300,548")
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--test-count", type=int, default=100)
     p.add_argument("--preset", default="chest")
