@@ -99,8 +99,8 @@ def csv_row(case: str, folder: Path, source: Path) -> dict:
         r = json.loads((folder / RESULT_NAME).read_text())
         pred = r["prediction"]
         row.update({"status": "ok", "model": r["model"]["name"], "class": pred["class"],
-                    "bmd_mg_cm3": pred["bmd_mg_cm3"], "tube_voltage_kvp": r["input"].get("tube_voltage_kvp"),
-                    "contrast_phase": r["input"].get("contrast_phase"),
+                    "bmd_mg_cm3": pred["bmd_mg_cm3"], "tube_voltage_kvp": r.get("input", {}).get("tube_voltage_kvp"),
+                    "contrast_phase": r.get("input", {}).get("contrast_phase"),
                     "warnings": " | ".join(r.get("warnings", []))})
         row.update({f"p_{c}": pred["probabilities"][c] for c in CLASSES})
         for n in VERTEBRA_NAMES:
