@@ -43,8 +43,6 @@ class Classification:
     predicted_class: str
     bmd_mg_cm3: float
     features: dict[str, BodyFeatures]
-    tube_voltage_kvp: int | None = None
-    contrast_phase: str | None = None
     warnings: list[str] = field(default_factory=list)
 
 
@@ -92,6 +90,5 @@ class OsteoporosisClassifier:
         return Classification(
             model=self.name, model_version=self.card["version"], model_sha256=self.sha256,
             probabilities=probabilities, predicted_class=predicted,
-            bmd_mg_cm3=bmd_value, features=features, tube_voltage_kvp=kvp,
-            contrast_phase=contrast, warnings=warnings,
+            bmd_mg_cm3=bmd_value, features=features, warnings=warnings,
         )

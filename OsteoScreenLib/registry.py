@@ -96,7 +96,6 @@ def tube_voltage(kvp) -> int | None:
 # --- Contrast phase: iodine in the marrow raises its HU (about 8 HU arterial, 18 HU portal venous at 120 kVp) ---
 
 CONTRAST_PHASES: tuple[str, ...] = ("none", "arterial", "portal")  # "portal": portal venous
-CONTRAST_PHASE_TITLES = {"none": "none (unenhanced)", "arterial": "arterial", "portal": "portal venous"}
 
 
 def contrast_phase(value) -> str | None:

@@ -24,7 +24,7 @@ from .ct_io import check_hounsfield
 from .errors import OsteoScreenError
 from .model_store import model_folder, verified_files
 from .onnx_runner import OnnxNetwork
-from .postprocess import fill_holes, largest_component
+from .postprocess import components, dilate, fill_holes, largest_component
 from .registry import LABEL_OF, VERTEBRA_NAMES
 from .resample import axis_aligned_grid, bounds_ras, centred_grid, crop_to_mask, index_box, mask_box, sample, subvolume
 from .volume import Volume
@@ -218,8 +218,6 @@ def find_levels(coarse: Volume) -> dict[str, dict]:
 
 
 def _regions(mask: np.ndarray, coarse: Volume, label: int) -> list[dict]:
-    from .postprocess import components
-
     out = []
     for region in components(mask, MIN_COARSE_VOXELS):
         out.append({"region": region, "mass": float(coarse.array[..., label][region].sum()),
@@ -235,8 +233,6 @@ def _one_level_apart(l1_ras: np.ndarray, l2_ras: np.ndarray) -> bool:
 def level_hints(coarse: Volume, levels: dict[str, dict]) -> Volume:
     """The fine stage's hints: each level's probability kept on its chosen region (and one voxel
     around it) only, so a label that also marks a neighbouring vertebra does not mislead it."""
-    from .postprocess import dilate
-
     probs = coarse.array.copy()
     for name in VERTEBRA_NAMES:
         keep = dilate(levels[name]["region"], 1) if name in levels else np.zeros(probs.shape[:3], bool)
