@@ -21,16 +21,13 @@ import numpy as np
 
 from OsteoScreenLib.classifier import MODELS as RUNTIME_MODELS
 from OsteoScreenLib.features import IMAGE_FOV_MM, IMAGE_HU_WINDOW, IMAGE_SIZE_PX, SLAB_OFFSETS_MM
-from OsteoScreenLib.model_store import verified_files
-from OsteoScreenLib.onnx_runner import OnnxNetwork
 from OsteoScreenLib.paths import models_dir
 from OsteoScreenLib.registry import CLASSES
-from OsteoScreenLib.segmenter import softmax
 
 from .config import PRESET
 from .delong import auc_ci
+from .evaluate import predict
 from .prepare import load_split
-from .train import inputs
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "training" / "results"
@@ -58,17 +55,9 @@ def same_preprocessing(card: dict) -> bool:
 
 def score(folder: Path, model: str, data: dict, known: bool) -> dict:
     """``known``: tube voltage and contrast phase given (to models that take them)."""
-    files, card = verified_files(folder)
-    net = OnnxNetwork(files["classifier"])
-    x, scan = inputs(data, model, kvp_known=known, contrast_known=known)
-    if len(net.input_names) == 2:  # 0.3.0 took the scan vector without its last part, the contrast phase
-        scan = scan[:, : net.session.get_inputs()[1].shape[1]]
-    batches = (lambda s: (x[s], scan[s])) if len(net.input_names) == 2 else (lambda s: (x[s],))  # 0.1-0.2: images only
-    out = [net.run_all(*batches(slice(i, i + 32))) for i in range(0, len(x), 32)]
-    p = softmax(np.concatenate([o[0] for o in out]), axis=1)
-    bmd = np.concatenate([o[1][:, 0] for o in out])
+    p, bmd, card = predict(model, data, kvp_known=known, contrast_known=known, folder=folder)
     y = data["label"]
-    return {"version": card["version"], "uses_kvp": len(net.input_names) == 2,
+    return {"version": card["version"], "uses_kvp": "onnx_inputs" in card["architecture"],
             "auc": {c: round(auc_ci(y == k, p[:, k])["auc"], 4) for k, c in enumerate(CLASSES)},
             "accuracy": round(float((p.argmax(1) == y).mean()), 4),
             "bmd_mae_mg_cm3": round(float(np.abs(bmd - data["bmd"][:, 2]).mean()), 2)}

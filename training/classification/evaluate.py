@@ -35,18 +35,21 @@ from .train import inputs
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 
 
-def predict(model: str, data: dict, kvp_known: bool = True,
-            contrast_known: bool = True) -> tuple[np.ndarray, np.ndarray, dict]:
-    """Bundled model ``model`` on cached cases, with the tube voltage as a DICOM header gives it
-    (``kvp_known``) or unknown as for a NIfTI file, and the contrast phase given by the reader
-    (``contrast_known``) or not."""
-    folder = model_folder(RUNTIME_MODELS[model]["folder"])
+def predict(model: str, data: dict, kvp_known: bool = True, contrast_known: bool = True,
+            folder: Path | None = None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """Model ``model`` (bundled, or the model folder ``folder``) on cached cases, with the tube
+    voltage as a DICOM header gives it (``kvp_known``) or unknown as for a NIfTI file, and the
+    contrast phase given by the reader (``contrast_known``) or not. Older versions are fed what
+    they take: 0.1-0.2 the images only, 0.3 the scan vector without its last part (the phase)."""
+    folder = model_folder(RUNTIME_MODELS[model]["folder"]) if folder is None else folder
     files, card = verified_files(folder)
     net = OnnxNetwork(files["classifier"])
     x, scan = inputs(data, model, kvp_known=kvp_known, contrast_known=contrast_known)
+    takes = net.session.get_inputs()
+    scan = scan[:, : takes[1].shape[1]] if len(takes) == 2 else None
     logits, bmd = [], []
     for s in range(0, len(x), 32):
-        out = net.run_all(x[s : s + 32], scan[s : s + 32])
+        out = net.run_all(*((x[s : s + 32],) if scan is None else (x[s : s + 32], scan[s : s + 32])))
         logits.append(out[0])
         bmd.append(out[1][:, 0])
     return softmax(np.concatenate(logits), axis=1), np.concatenate(bmd), card
