@@ -233,7 +233,8 @@ def cmd_phantom(args) -> int:
         case = generate_case(seed, args.preset)
         write_case(case, folder, fmt=args.format, overwrite=args.overwrite)
         meta = case.meta
-        print(f"{folder}: mean BMD {meta['bmd_mg_cm3']['mean']:.1f} mg/cm3 ({meta['qct_class']})")
+        print(f"{folder}: QCT BMD {meta['qct_bmd_mg_cm3']['mean']:.1f} mg/cm3 ({meta['qct_class']}), "
+              f"true {meta['bmd_mg_cm3']['mean']:.1f}")
     return EXIT_OK
 
 

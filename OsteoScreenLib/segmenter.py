@@ -1,7 +1,9 @@
 """L1/L2 vertebral-body segmentation with the bundled ONNX networks, coarse to fine.
 
 1. coarse: the whole CT resampled to a few-mm RAS grid; a network marks the L1
-   and L2 bodies (it counts from the last rib-bearing vertebra);
+   and L2 bodies (it counts from the last rib-bearing vertebra); a small second
+   network, the rib check (rib_check.py), asks of the vertebrae around that L1
+   whether they bear ribs, and moves both levels by one vertebra when they say so;
 2. fine: a ~1 mm box around L1-L2; a second network, given the CT and the coarse
    masks as hints, outlines both bodies;
 3. the fine probabilities are resampled onto the original CT grid inside the box
@@ -26,6 +28,7 @@ from .model_store import model_folder, verified_files
 from .onnx_runner import OnnxNetwork
 from .postprocess import components, dilate, fill_holes, largest_component
 from .registry import LABEL_OF, VERTEBRA_NAMES
+from .rib_check import check_levels, shift_levels
 from .resample import axis_aligned_grid, bounds_ras, centred_grid, crop_to_mask, index_box, mask_box, sample, subvolume
 from .volume import Volume
 
@@ -99,6 +102,7 @@ class SegmentationOutput:
     warnings: list[str] = field(default_factory=list)
     timing_s: dict[str, float] = field(default_factory=dict)
     level_confidence: dict[str, dict[str, float]] = field(default_factory=dict)  # see level_certainty
+    rib_check: dict = field(default_factory=dict)  # rib-bearing probabilities around L1 and the shift made
 
 
 class L1L2Segmenter:
@@ -112,13 +116,30 @@ class L1L2Segmenter:
         self.fine_net = OnnxNetwork(files["fine"], threads)
         self.coarse_cfg = self.card["preprocessing"]["coarse"]
         self.fine_cfg = self.card["preprocessing"]["fine"]
+        # model folders before 0.4.0 have no rib check: their coarse stage's levels stand
+        self.rib_net = OnnxNetwork(files["rib_check"], threads) if "rib_check" in files else None
+        self.rib_cfg = self.card["preprocessing"].get("rib_check")
 
     # --- stages
 
-    def coarse_probabilities(self, ct: Volume) -> Volume:
-        """Class probabilities (k, j, i, 3) on the coarse RAS grid."""
+    def coarse_stage(self, ct: Volume) -> tuple[Volume, Volume]:
+        """Class probabilities (k, j, i, 3) and the network's input (k, j, i) on the coarse RAS grid."""
         x, grid = coarse_input(ct, self.coarse_cfg)
-        return Volume(np.moveaxis(self._run(self.coarse_net, x, self.coarse_cfg, -1.0), 0, -1), grid)
+        return Volume(np.moveaxis(self._run(self.coarse_net, x, self.coarse_cfg, -1.0), 0, -1), grid), Volume(x[0], grid)
+
+    def checked_levels(self, ct: Volume, coarse: Volume, coarse_x: Volume) -> tuple[Volume, dict, dict]:
+        """The coarse probabilities and levels after the rib check, and what the check found."""
+        levels = find_levels(coarse)
+        if self.rib_net is None or not levels:
+            return coarse, levels, {}
+        ras = {name: lv["centroid_ras"] for name, lv in levels.items()}
+        decision = check_levels(ct, coarse_x, ras.get("L1"), ras.get("L2"), self.rib_net.run, self.rib_cfg)
+        report = {"checked": decision.checked, "shift": decision.shift,
+                  "rib_probability": {str(m): round(p, 3) for m, p in decision.rib_probability.items()}}
+        if decision.shift:
+            coarse = shift_levels(coarse, decision.shift, decision.step_ras, "L1" in levels)
+            levels = find_levels(coarse)
+        return coarse, levels, report
 
     def fine_probabilities(self, ct: Volume, coarse: Volume, center_ras: np.ndarray) -> Volume:
         x, grid = fine_input(ct, coarse, center_ras, self.fine_cfg)
@@ -148,13 +169,17 @@ class L1L2Segmenter:
         t0 = time.perf_counter()
         check_hounsfield(ct, "input CT")
         step(0.05, "finding L1 and L2")
-        coarse = self.coarse_probabilities(ct)
+        coarse, coarse_x = self.coarse_stage(ct)
+        coarse, levels, rib_report = self.checked_levels(ct, coarse, coarse_x)
         timing["coarse"] = time.perf_counter() - t0
-        levels = find_levels(coarse)
         missing = [name for name in VERTEBRA_NAMES if name not in levels]
         centroids = {name: lv["centroid_ras"] for name, lv in levels.items()}
         confidence = {name: lv["certainty"] for name, lv in levels.items()}
         warnings = [w for w in (level_warning(n, c) for n, c in confidence.items()) if w]
+        if rib_report.get("shift"):
+            warnings.append(f"L1 and L2 moved one vertebra {'down' if rib_report['shift'] > 0 else 'up'} by the rib "
+                            "check (the counting from the top disagreed): check that L1 is the first vertebra below "
+                            "the last rib-bearing one")
         if missing:
             raise OsteoScreenError(
                 f"{' and '.join(missing)} not found in the field of view; OsteoScreen needs a CT that "
@@ -172,7 +197,7 @@ class L1L2Segmenter:
         timing["total"] = time.perf_counter() - t0
         step(1.0, "done")
         return SegmentationOutput(labels, warnings + grid_warnings, {k: round(v, 3) for k, v in timing.items()},
-                                  confidence)
+                                  confidence, rib_report)
 
     def _to_ct_grid(self, ct: Volume, fine: Volume) -> tuple[Volume, list[str]]:
         """Fine probabilities -> label map on the CT grid, inside the fine box only."""

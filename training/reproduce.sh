@@ -31,6 +31,8 @@ if [[ $what == segmentation || $what == all ]]; then
      --out $C/segmentation-coarse-548
   #    then scans with rib variants drawn 4x as often (L1 found by counting ribs)
   $T --stage coarse --train-count "$SEG_TRAIN" --iterations 500 --lr 5e-4 --variant-weight 4 --init $C/segmentation-coarse-548
+  #    the rib check: does the vertebra in a coarse-grid box bear ribs (boxes of the same chest-coarse samples)
+  $PY -m training.segmentation.rib_check --epochs 12
   # 2. fine stage: pre-train on 1.5 mm crops (fast to render), then fine-tune on 1 mm boxes of
   #    full-size chest and spine scans with the coarse stage's own hints
   $P --split train --count 300 --preset training --stages fine
@@ -40,7 +42,11 @@ if [[ $what == segmentation || $what == all ]]; then
   $P --split tune --count 20 --preset chest --stages fine
   $T --stage fine --train-count "$SEG_FINE_CHEST" --iterations "$SEG_FINE_IT" --lr 1e-3 --init $C/segmentation-fine-pretrain \
      --out $C/segmentation-fine-500
-  $T --stage fine --train-count "$SEG_FINE_CHEST" --iterations 1000 --lr 5e-4 --init $C/segmentation-fine-500
+  $T --stage fine --train-count "$SEG_FINE_CHEST" --iterations 1000 --lr 5e-4 --init $C/segmentation-fine-500 \
+     --out $C/segmentation-fine-300
+  #    then on all 548 chest scans (the learning curve still rose at 548)
+  $P --split train --count "$SEG_TRAIN" --preset chest --stages fine
+  $T --stage fine --train-count "$SEG_TRAIN" --iterations 800 --lr 3e-4 --eval-every 100 --init $C/segmentation-fine-300
   $PY -m training.segmentation.export
   $PY -m training.segmentation.evaluate --count "$SEG_EVAL" --workers "$WORKERS"
   $PY -m training.segmentation.level_confidence --count 100 --workers "$WORKERS"

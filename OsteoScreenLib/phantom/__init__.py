@@ -15,11 +15,12 @@ from __future__ import annotations
 from .case import PhantomCase
 from .parameters import GENERATOR_VERSION, sample_parameters
 from .presets import PRESETS
+from .reference import reference_standard
 from .render import render_case
 from .writer import write_case
 
-__all__ = ["PRESETS", "GENERATOR_VERSION", "PhantomCase", "generate_case", "render_case", "sample_parameters",
-           "write_case"]
+__all__ = ["PRESETS", "GENERATOR_VERSION", "PhantomCase", "generate_case", "reference_standard", "render_case",
+           "sample_parameters", "write_case"]
 
 
 def generate_case(seed: int, preset: str = "chest") -> PhantomCase:

@@ -82,6 +82,19 @@ def trabecular_hu(bmd_mg_cm3: float, kvp: int, scanner_offset_hu: float, slope_j
     return offset + slope * bmd_mg_cm3 + fat + enhancement
 
 
+def qct_reading(bmd_mg_cm3: float, kvp: int, slope_jitter: float, marrow_fat_fraction: float) -> float:
+    """BMD that single-energy QCT reads on this body (mg/cm3): the paper's reference standard.
+
+    QCT converts the trabecular HU of an unenhanced scan to BMD through a calibration phantom
+    scanned with the patient, which removes the scanner's offset and slope but not the marrow fat:
+    fat above the calibration's reference fraction reads as missing mineral (the fat error of
+    single-energy QCT, larger in the elderly). The ACR thresholds apply to this reading.
+    """
+    slope, _ = calibration(kvp, 0.0, slope_jitter)
+    fat = MARROW_FAT_HU_PER_FRACTION * (marrow_fat_fraction - REFERENCE_MARROW_FAT_FRACTION)
+    return bmd_mg_cm3 + fat / slope
+
+
 def kv_iodine_factor(kvp: int) -> float:
     """Iodine contrast in HU grows at low kVp (relative to 120 kVp)."""
     return {80: 1.65, 100: 1.3, 120: 1.0, 140: 0.85}[int(kvp)]

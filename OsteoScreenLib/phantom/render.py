@@ -19,10 +19,11 @@ import numpy as np
 from .. import registry
 from . import density, scanner
 from .geometry import Grid, Pose, make_grid, make_pose
+from .reference import reference_standard
 from .ribs import RIB_HALF_HEIGHT_MM, RIB_HALF_THICKNESS_MM, build_ribs
 from .shapes import F32, coverage, coverage_reach, ellipse_distance, ellipsoid_distance, paint, segment_distance
 from .spine import Vertebra, build_spine
-from .torso import Ellipsoid, TorsoProfile, Tube, build_organs
+from .torso import Ellipsoid, TorsoProfile, build_organs
 
 HU_MIN, HU_MAX = -1024, 3071
 LABEL_BODY = {name: registry.LABEL_OF[name] for name in registry.VERTEBRA_NAMES}  # L1 -> 1, L2 -> 2
@@ -789,7 +790,7 @@ def render_volume(params: dict):
 
 LABEL_CONVENTION = (
     "L1 is the first vertebra below the last rib-bearing vertebra, where a vertebra bears a rib when "
-    f"its rib is at least 40 mm long (a rudimentary lumbar rib does not count); "
+    "its rib is at least 40 mm long (a rudimentary lumbar rib does not count); "
     "levels are whole vertebrae (body and posterior elements, no ribs) with VerSe ids; "
     "labels are vertebral bodies with their cortical shell (1 = L1, 2 = L2)."
 )
@@ -802,18 +803,15 @@ def render_case(params: dict):
 
     ct, labels, levels, grid, anatomy, r = render_volume(params)
     m = grid.ijk_to_ras
-    bmd = params["subject"]["bmd_mg_cm3"]
-    mean = 0.5 * (bmd["L1"] + bmd["L2"])
     sc = params["scanner"]
     slope, offset = density.calibration(sc["kvp"], sc["scanner_offset_hu"], sc["slope_jitter"])
     present = [int(v) for v in np.unique(levels[levels != 0])]  # mostly background: unique of the rest is faster
     meta = {
-        "schema": "osteoscreen.phantom/1",
+        "schema": "osteoscreen.phantom/2",
         "seed": params["seed"],
         "generator_version": params["generator_version"],
         "preset": params["preset"],
-        "bmd_mg_cm3": {"L1": round(bmd["L1"], 3), "L2": round(bmd["L2"], 3), "mean": round(mean, 3)},
-        "qct_class": registry.qct_class(mean),
+        **reference_standard(params),  # QCT reading and class (the labels), and the true density
         "trabecular_hu": {"L1": round(r.trab_hu["L1"], 2), "L2": round(r.trab_hu["L2"], 2)},
         "calibration": {"slope_hu_per_mg_cm3": round(slope, 4), "offset_hu": round(offset, 3),
                         "marrow_fat_fraction": round(params["subject"]["marrow_fat_fraction"], 4)},

@@ -189,7 +189,7 @@ def build_spine(sp: dict, subject: dict, v_l1: float) -> list[Vertebra]:
 
 
 def _add_posterior_elements(vb: Vertebra, lumbar_index: int) -> None:
-    a, b, h, t = vb.half_width, vb.half_depth, vb.half_height, vb.lumbarness
+    b, h, t = vb.half_depth, vb.half_height, vb.lumbarness
     cervical = vb.name.startswith("C")
     canal_a = (7.5 + 4.0 * t) * (0.95 if cervical else 1.0)
     canal_b = 7.0 + 0.8 * t

@@ -13,7 +13,7 @@ import pytest
 from OsteoScreenLib.cli import main
 from OsteoScreenLib.ct_io import write_volume
 from OsteoScreenLib.logic import OsteoScreenLogic
-from OsteoScreenLib.registry import CLASSES, LABEL_MAPPINGS
+from OsteoScreenLib.registry import CLASSES
 
 
 @pytest.fixture(scope="module")

@@ -35,6 +35,21 @@ def test_segmentation_onnx_matches_pytorch(bundled_models, stage, shape):
     assert np.abs(got - ref).max() < TOLERANCE
 
 
+def test_rib_check_onnx_matches_pytorch(bundled_models):
+    from training.segmentation.export import load_state
+    from training.segmentation.rib_check import build_network
+
+    files, card = verified_files(model_folder("segmentation"))
+    net = load_state(build_network(), "segmentation-rib_check")
+    cfg = card["preprocessing"]["rib_check"]
+    shape = [int(round(s / cfg["spacing_mm"])) for s in cfg["size_mm"][::-1]]
+    x = np.random.default_rng(2).uniform(-1, 1, size=(4, 1, *shape)).astype(np.float32)
+    with torch.no_grad():
+        ref = torch.sigmoid(net(torch.from_numpy(x))).numpy()
+    got = 1 / (1 + np.exp(-OnnxNetwork(files["rib_check"]).run(x)))
+    assert got.shape == (4, 1) and np.abs(got - ref).max() < TOLERANCE
+
+
 @pytest.mark.parametrize("model", ["l1l2", "l1"])
 def test_classifier_onnx_matches_pytorch(bundled_models, model):
     from training.classification.config import BMD_SCALE_MG_CM3, MODELS

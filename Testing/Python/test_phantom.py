@@ -116,9 +116,27 @@ def test_body_masks_lie_inside_the_levels_vertebra_of_the_same_level(a_training_
 
 def test_bmd_class_follows_the_registry_thresholds(a_training_case):
     meta = a_training_case.meta
-    bmd = meta["bmd_mg_cm3"]
-    assert bmd["mean"] == pytest.approx(0.5 * (bmd["L1"] + bmd["L2"]), abs=1e-3)
-    assert meta["qct_class"] == registry.qct_class(bmd["mean"])
+    for key, cls in (("qct_bmd_mg_cm3", "qct_class"), ("bmd_mg_cm3", "bmd_class")):
+        bmd = meta[key]
+        assert bmd["mean"] == pytest.approx(0.5 * (bmd["L1"] + bmd["L2"]), abs=1e-3)
+        assert meta[cls] == registry.qct_class(bmd["mean"])
+
+
+@pytest.mark.parametrize("fat", [0.2, 0.75])
+def test_the_qct_label_is_what_a_calibrated_roi_reads_on_the_image(training_parameters, fat):
+    """The label is the QCT reading: the trabecular ROI's HU through the scanner's calibration line
+    gives it, marrow fat included; the true density differs from it by the fat error."""
+    from OsteoScreenLib.features import body_features
+
+    params = _with(training_parameters, subject__marrow_fat_fraction=fat, scanner__contrast_phase="none")
+    case = render_case(params)
+    cal = case.meta["calibration"]
+    for v in ("L1", "L2"):
+        roi_hu = body_features(case.ct, case.labels, v).roi_hu
+        read = (roi_hu - cal["offset_hu"]) / cal["slope_hu_per_mg_cm3"]
+        qct, true = case.meta["qct_bmd_mg_cm3"][v], case.meta["bmd_mg_cm3"][v]
+        assert read == pytest.approx(qct, abs=6.0), (v, read, qct)
+        assert abs(qct - true) > 18.0 and np.sign(qct - true) == (1 if fat < 0.45 else -1)
 
 
 def test_all_three_classes_occur_and_l1_l2_are_correlated_but_not_equal():
@@ -200,7 +218,7 @@ def test_every_preset_makes_a_valid_case_for_extreme_parameters(preset, extreme)
         assert 5.0 < ml < 80.0, (label, ml)
     _assert_labels_follow_rib_counting(case)
     expected = registry.qct_class(0.5 * (params["subject"]["bmd_mg_cm3"]["L1"] + params["subject"]["bmd_mg_cm3"]["L2"]))
-    assert case.meta["qct_class"] == expected
+    assert case.meta["bmd_class"] == case.meta["qct_class"] == expected  # far from the thresholds: fat cannot move it
     if preset in ("chest", "chest-box"):
         assert preset == "chest-box" or case.ct.array.shape[1:] == (512, 512)
         assert 0.6 - 1e-9 <= case.ct.spacing_mm[0] <= 0.98 + 1e-9

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from OsteoScreenLib import registry
-from OsteoScreenLib.ct_io import read_ct, read_volume
+from OsteoScreenLib.ct_io import read_ct
 from OsteoScreenLib.dicom_io import dicom_geometry, select_ct_series
 from OsteoScreenLib.logic import OsteoScreenLogic
 

@@ -56,6 +56,22 @@ def test_segmentation_samples_train_checkpoint_and_resume(tmp_path):
     assert load(sample_paths(tmp_path / "cache2", "training", 100001)[1])["x"].shape == (3, 112, 80, 80)
 
 
+def test_rib_check_boxes_train_one_epoch(tmp_path):
+    from training.segmentation.prepare import prepare
+    from training.segmentation.rib_check import case_items, train
+
+    cache = tmp_path / "cache"
+    prepare("train", 2, "chest-coarse", cache, workers=1, stages="coarse")
+    prepare("tune", 1, "chest-coarse", cache, workers=1, stages="coarse")
+    items = case_items(100000, cache)
+    by_level = {it["level"]: it["label"] for it in items}
+    assert by_level["T12"] == 1.0 and by_level["L1"] == 0.0  # L1: the first vertebra without ribs
+    config = train(1, tmp_path / "run", threads=1, cache=cache)
+    assert config["train_cases"] == 2 and config["tune_cases"] == 1 and config["train_boxes"] == len(
+        case_items(100000, cache)) + len(case_items(100001, cache))
+    assert (tmp_path / "run" / "final.pt").exists()
+
+
 def test_classifier_features_train_one_epoch(tmp_path, monkeypatch):
     from training.classification import prepare as cls_prepare
     from OsteoScreenLib.features import scan_vector_size
@@ -73,6 +89,17 @@ def test_classifier_features_train_one_epoch(tmp_path, monkeypatch):
     assert inputs(data, "l1l2", kvp_known=False)[1][:, 4].all()
     assert not inputs(data, "l1l2")[1][:, -1].any() and inputs(data, "l1l2", contrast_known=False)[1][:, -1].all()
     assert set(data["contrast"]) <= {"none", "arterial", "portal"}
+    # labels: the QCT reading (marrow fat read as missing mineral), not the density drawn
+    from OsteoScreenLib.phantom import sample_parameters
+    from OsteoScreenLib.phantom.density import qct_reading
+    from OsteoScreenLib.registry import CLASSES, qct_class
+
+    p = sample_parameters(400000, "training")
+    expected = qct_reading(p["subject"]["bmd_mg_cm3"]["L1"], p["scanner"]["kvp"], p["scanner"]["slope_jitter"],
+                           p["subject"]["marrow_fat_fraction"])
+    assert data["bmd"][0, 0] == pytest.approx(expected, abs=1e-2)
+    assert data["true_bmd"][0, 0] == pytest.approx(p["subject"]["bmd_mg_cm3"]["L1"], abs=1e-2)
+    assert [CLASSES[k] for k in data["label"]] == [qct_class(b) for b in data["bmd"][:, 2]]
     config = train("l1", 1, "training", 0, tmp_path / "run", train_count=2, threads=1)
     assert config["train_cases"] == 2 and config["tune_cases"] == 1
     assert config["calibration_init"]["train_mae_mg_cm3"] >= 0  # BMD path started at the least-squares line

@@ -48,10 +48,10 @@ def main() -> None:
         truth = {f"case{s}_ct": json.loads((Path(tmp) / "in" / f"case{s}" / "meta.json").read_text())
                  for s in range(a.first_seed, a.first_seed + a.count)}
     ok = sum(r["status"] == "ok" for r in rows)
-    # end to end (automatic segmentation, then the classifier) against the phantoms' truth
+    # end to end (automatic segmentation, then the classifier) against the phantoms' QCT reading
     done = [r for r in rows if r["status"] == "ok"]
     correct = sum(r["class"] == truth[r["case"]]["qct_class"] for r in done)
-    errors = [abs(float(r["bmd_mg_cm3"]) - truth[r["case"]]["bmd_mg_cm3"]["mean"]) for r in done]
+    errors = [abs(float(r["bmd_mg_cm3"]) - truth[r["case"]]["qct_bmd_mg_cm3"]["mean"]) for r in done]
     result = {
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
         "date": time.strftime("%Y-%m-%d %H:%M"), "scans": a.count, "model": a.model, "format": a.format, "ok": ok,
@@ -73,7 +73,7 @@ def main() -> None:
           f"| per scan, amortised | {result['per_scan_s']} s | <= 3 s |",
           f"| peak memory | {result['peak_rss_mb']:.0f} MB | - |",
           f"| scans ok / failed | {ok} / {a.count - ok} | - |", "",
-          f"End to end on these scans (automatic segmentation, then model {a.model}; truth from the phantoms): "
+          f"End to end on these scans (automatic segmentation, then model {a.model}; truth: the phantoms' QCT readings): "
           f"class accuracy {result['end_to_end_accuracy']}, BMD mean absolute error "
           f"{result['end_to_end_bmd_mae_mg_cm3']} mg/cm3 (a small sample: the classifier's own evaluation on "
           "418 test phantoms is in classification_eval.md).", ""]

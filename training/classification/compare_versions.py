@@ -53,14 +53,19 @@ def same_preprocessing(card: dict) -> bool:
             and list(pre["slab_offsets_mm"]) == list(SLAB_OFFSETS_MM) and list(pre["hu_window"]) == list(IMAGE_HU_WINDOW))
 
 
-def score(folder: Path, model: str, data: dict, known: bool) -> dict:
-    """``known``: tube voltage and contrast phase given (to models that take them)."""
+def score(folder: Path, model: str, data: dict, known: bool) -> list[dict]:
+    """``known``: tube voltage and contrast phase given (to models that take them). One row per
+    reference standard: the QCT reading (what 0.5.0 learns) and the true density (what 0.1.0-0.4.0 learnt)."""
     p, bmd, card = predict(model, data, kvp_known=known, contrast_known=known, folder=folder)
-    y = data["label"]
-    return {"version": card["version"], "uses_kvp": "onnx_inputs" in card["architecture"],
-            "auc": {c: round(auc_ci(y == k, p[:, k])["auc"], 4) for k, c in enumerate(CLASSES)},
-            "accuracy": round(float((p.argmax(1) == y).mean()), 4),
-            "bmd_mae_mg_cm3": round(float(np.abs(bmd - data["bmd"][:, 2]).mean()), 2)}
+    rows = []
+    for reference, prefix in (("QCT", ""), ("true", "true_")):
+        y = data[prefix + "label"]
+        rows.append({"version": card["version"], "uses_kvp": "onnx_inputs" in card["architecture"],
+                     "reference": reference,
+                     "auc": {c: round(auc_ci(y == k, p[:, k])["auc"], 4) for k, c in enumerate(CLASSES)},
+                     "accuracy": round(float((p.argmax(1) == y).mean()), 4),
+                     "bmd_mae_mg_cm3": round(float(np.abs(bmd - data[prefix + "bmd"][:, 2]).mean()), 2)})
+    return rows
 
 
 def main() -> None:
@@ -79,11 +84,11 @@ def main() -> None:
                     notes.append(f"{rev} {model} {card['version']}: other preprocessing, skipped")
                     continue
                 for known in (True, False):
-                    r = score(folder, model, test, known)
-                    if not r["uses_kvp"] and not known:
-                        continue  # the same numbers as with the tube voltage: the model never reads it
-                    rows.append({"rev": rev, "model": model, "kvp": "given" if known and r["uses_kvp"] else
-                                 ("unknown" if r["uses_kvp"] else "not used"), **r})
+                    for r in score(folder, model, test, known):
+                        if not r["uses_kvp"] and not known:
+                            continue  # the same numbers as with the tube voltage: the model never reads it
+                        rows.append({"rev": rev, "model": model, "kvp": "given" if known and r["uses_kvp"] else
+                                     ("unknown" if r["uses_kvp"] else "not used"), **r})
     report = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
               "preset": a.preset, "test_cases": int(len(test["label"])), "rows": rows, "notes": notes}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -92,12 +97,13 @@ def main() -> None:
              f"{report['test_cases']} test phantoms (preset `{a.preset}`); {report['machine']}; {report['date']}. "
              "`python -m training.classification.compare_versions " + " ".join(f"--rev {r}" for r in a.rev) + "`. "
              "Tube voltage and contrast phase `given`: each model gets what it takes of them (0.3.0 the voltage "
-             "only; 0.1.0 and 0.2.0 neither).", "",
-             "| revision | model | version | kVp, contrast | AUC normal | AUC osteopenia | AUC osteoporosis | accuracy | "
-             "BMD MAE (mg/cm³) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "only; 0.1.0 and 0.2.0 neither). Reference `QCT`: the QCT reading of each phantom (the labels of "
+             "0.5.0 on); `true`: the density the generator drew (the labels of 0.1.0 to 0.4.0).", "",
+             "| revision | model | version | kVp, contrast | reference | AUC normal | AUC osteopenia | AUC osteoporosis | "
+             "accuracy | BMD MAE (mg/cm³) |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         auc = r["auc"]
-        lines.append(f"| {r['rev']} | {r['model']} | {r['version']} | {r['kvp']} | {auc['normal']:.3f} | "
+        lines.append(f"| {r['rev']} | {r['model']} | {r['version']} | {r['kvp']} | {r['reference']} | {auc['normal']:.3f} | "
                      f"{auc['osteopenia']:.3f} | {auc['osteoporosis']:.3f} | {r['accuracy']:.3f} | {r['bmd_mae_mg_cm3']:.1f} |")
     lines += [""] + [f"- {n}" for n in notes] + [""]
     (RESULTS / "classifier_versions.md").write_text("\n".join(lines))

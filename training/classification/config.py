@@ -11,6 +11,11 @@ MODELS = {"l1l2": ("L1", "L2"), "l1": ("L1",)}
 # the run-time input) rendered only around L1-L2, which is all the feature images need.
 PRESET = "chest-box"
 
+# What the classifiers learn and are scored on: the BMD that single-energy QCT reads on each phantom
+# (true density plus the marrow-fat error, as in the paper's QCT labels), not the density drawn.
+REFERENCE_STANDARD = ("QCT reading: trabecular BMD that phantom-calibrated single-energy QCT measures on the "
+                      "unenhanced scan (OsteoScreenLib.phantom.density.qct_reading), mean of L1 and L2")
+
 NETWORK = {"width": 24, "features": 96, "dropout": 0.2}
 BMD_SCALE_MG_CM3 = 100.0  # the BMD head predicts BMD / 100
 # BMD loss: smooth L1 on BMD / 100, quadratic only within 5 mg/cm3, so the BMD head keeps learning

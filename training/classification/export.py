@@ -28,11 +28,11 @@ from OsteoScreenLib.registry import (CLASSES, CONTRAST_PHASES, NORMAL_MIN_BMD_MG
                                     TUBE_VOLTAGES_KVP)
 
 from ..segmentation.export import card_markdown, save_state, source_commit
-from .config import BMD_SCALE_MG_CM3, ENSEMBLE_SEEDS, MODELS, NETWORK, ONNX_OPSET, ONNX_TOLERANCE, SPLITS
+from .config import BMD_SCALE_MG_CM3, ENSEMBLE_SEEDS, MODELS, NETWORK, ONNX_OPSET, ONNX_TOLERANCE, REFERENCE_STANDARD, SPLITS
 from .network import IMAGE_CHANNELS, FusionClassifier
 from .train import run_folder
 
-MODEL_VERSION = "0.4.0"
+MODEL_VERSION = "0.5.0"
 
 
 class _Exported(torch.nn.Module):
@@ -113,6 +113,7 @@ def export(model: str, metrics: dict | None = None) -> Path:
         "labels": {str(i): c for i, c in enumerate(CLASSES)},
         "training_data": {"source": "synthetic chest-CT phantoms of OsteoScreenLib.phantom (no real patient data)",
                           "generator_version": GENERATOR_VERSION, "source_commit": source_commit(),
+                          "reference_standard": REFERENCE_STANDARD,
                           "splits_first_seed_and_count": SPLITS,
                           "training": configs[0], "ensemble": [
                               {"seed": c["seed"], "best": c["best"]} for c in configs]},

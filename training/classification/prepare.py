@@ -39,13 +39,10 @@ def prepare_one(job: tuple[str, int]) -> int:
 
     case = generate_case(seed, preset)
     feats = [body_features(case.ct, case.labels, n) for n in ("L1", "L2")]
-    bmd = case.meta["bmd_mg_cm3"]
-    out = {
+    out = {  # image-derived only: the labels come from the parameters (labels_of), so they can change
         "image_hu": np.stack([f.image_hu for f in feats]).astype(np.float16),
         "mask": np.stack([f.mask for f in feats]),
         "roi_hu": np.array([f.roi_hu for f in feats], np.float32),
-        "bmd": np.array([bmd["L1"], bmd["L2"], bmd["mean"]], np.float32),
-        "label": np.array(CLASSES.index(case.meta["qct_class"])),
         "kvp": np.array(case.meta["parameters"]["scanner"]["kvp"]),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,16 +66,28 @@ def load_split(split: str, preset: str, count: int | None = None) -> dict:
                 rows.append({k: z[k] for k in z.files} | {"seed": np.array(seed)})
     if not rows:
         raise SystemExit(f"no cached {split} cases for preset {preset}; run training.classification.prepare")
-    data = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
-    data["contrast"] = np.array([contrast_of(int(seed), preset) for seed in data["seed"]])
-    return data
+    data = {k: np.stack([r[k] for r in rows]) for k in rows[0] if k not in ("bmd", "label")}  # older caches
+    return data | labels_of([int(s) for s in data["seed"]], preset)
 
 
-def contrast_of(seed: int, preset: str) -> str:
-    """The contrast phase of a phantom, from its parameters (cheap: nothing is rendered)."""
+def labels_of(seeds: list[int], preset: str) -> dict:
+    """Reference standard and contrast phase of phantoms, from their parameters (nothing is rendered).
+
+    ``bmd`` / ``label``: the QCT reading (L1, L2, mean) and its class, what the classifiers learn
+    (the paper's reference standard); ``true_bmd`` / ``true_label``: the density the generator drew.
+    """
+    from OsteoScreenLib.phantom import reference_standard
     from OsteoScreenLib.phantom.parameters import sample_parameters
 
-    return sample_parameters(seed, preset)["scanner"]["contrast_phase"]
+    params = [sample_parameters(s, preset) for s in seeds]
+    refs = [reference_standard(p) for p in params]
+
+    def triple(key):
+        return np.array([[r[key][v] for v in ("L1", "L2", "mean")] for r in refs], np.float32)
+
+    return {"bmd": triple("qct_bmd_mg_cm3"), "label": np.array([CLASSES.index(r["qct_class"]) for r in refs]),
+            "true_bmd": triple("bmd_mg_cm3"), "true_label": np.array([CLASSES.index(r["bmd_class"]) for r in refs]),
+            "contrast": np.array([p["scanner"]["contrast_phase"] for p in params])}
 
 
 def main() -> None:

@@ -18,7 +18,7 @@ from torch import nn
 
 from OsteoScreenLib.features import elliptical_roi, erode, network_image, scan_vector, scan_vector_size
 
-from .config import BMD_LOSS_BETA_MG_CM3, BMD_LOSS_WEIGHT, BMD_SCALE_MG_CM3, MODELS, NETWORK, PRESET, UNKNOWN_CONTRAST_FRACTION, UNKNOWN_KVP_FRACTION
+from .config import BMD_LOSS_BETA_MG_CM3, BMD_LOSS_WEIGHT, BMD_SCALE_MG_CM3, MODELS, NETWORK, PRESET, REFERENCE_STANDARD, UNKNOWN_CONTRAST_FRACTION, UNKNOWN_KVP_FRACTION
 from .network import IMAGE_CHANNELS, FusionClassifier
 from .prepare import load_split
 
@@ -141,7 +141,8 @@ def train(model: str, epochs: int, preset: str, seed: int, out: Path, train_coun
         if best is None or tune_loss < best["tune_loss"]:
             best = entry
             torch.save({"model": net.state_dict()}, out / "best.pt")
-    config = {"model": model, "vertebrae": MODELS[model], "network": NETWORK, "epochs": epochs,
+    config = {"model": model, "vertebrae": MODELS[model], "reference_standard": REFERENCE_STANDARD,
+              "network": NETWORK, "epochs": epochs,
               "unknown_kvp_fraction": UNKNOWN_KVP_FRACTION,
               "unknown_contrast_fraction": UNKNOWN_CONTRAST_FRACTION,
               "calibration_init": calibration,

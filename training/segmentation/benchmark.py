@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from OsteoScreenLib.phantom import generate_case, render_case, sample_parameters, write_case
+from OsteoScreenLib.phantom import render_case, sample_parameters, write_case
 from OsteoScreenLib.resample import axis_aligned_grid, bounds_ras, sample
 from OsteoScreenLib.segmenter import L1L2Segmenter, normalise_hu, pad_to_multiple
 

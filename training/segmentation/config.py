@@ -7,6 +7,9 @@ PREPROCESSING = {
     "coarse": {"spacing_mm": 5.0, "hu_window": [-1000.0, 1500.0], "pad_multiple": 16},
     # 1 mm box around the L1-L2 midpoint: both bodies with margin for tilt and coarse error.
     "fine": {"spacing_mm": 1.0, "size_mm": [80.0, 80.0, 112.0], "hu_window": [-1000.0, 1500.0], "pad_multiple": 16},
+    # Rib check: a box of the coarse input around one vertebral body (x = R, y = A, z = S): the body,
+    # its rib heads and the first 60-100 mm of each rib, the neighbouring bodies at top and bottom.
+    "rib_check": {"spacing_mm": 5.0, "size_mm": [200.0, 160.0, 60.0]},
 }
 
 NETWORKS = {
@@ -16,6 +19,12 @@ NETWORKS = {
     "coarse": {"in_channels": 1, "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1, "norm": "batch"},
     "fine": {"in_channels": 3, "channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1},
 }
+# Rib check (training/segmentation/rib_check.py): a small 3D CNN, one logit (the vertebra bears ribs).
+RIB_CHECK_NETWORK = {"channels": [8, 16, 32], "dropout": 0.2}
+# Vertebrae whose boxes it learns from, and how far the box centre jitters (a coarse region's
+# centroid is a few mm off the body centre).
+RIB_CHECK_LEVELS = ("T9", "T10", "T11", "T12", "T13", "L1", "L2", "L3")
+RIB_CHECK_JITTER_MM = 8.0
 
 # Deterministic phantom splits mirroring the paper (548 train / 100 tune / 400 test).
 SPLITS = {"train": (100000, 548), "tune": (200000, 100), "test": (300000, 400)}  # first seed, count

@@ -80,7 +80,7 @@ def runtime_code_key() -> str:
     import OsteoScreenLib
 
     lib = Path(OsteoScreenLib.__file__).parent
-    data = b"".join((lib / name).read_bytes() for name in ("segmenter.py", "postprocess.py", "resample.py"))
+    data = b"".join((lib / name).read_bytes() for name in ("segmenter.py", "postprocess.py", "resample.py", "rib_check.py"))
     return hashlib.sha256(data).hexdigest()[:8]
 
 

@@ -2,7 +2,7 @@
 
     python -m training.segmentation.export [--metrics training/results/segmentation_eval.json]
 
-Writes ``Resources/Models/segmentation/``: coarse.onnx, fine.onnx,
+Writes ``Resources/Models/segmentation/``: coarse.onnx, fine.onnx, rib_check.onnx,
 model_card.json (read by OsteoScreenLib) and model_card.md (for people).
 Checks that ONNX Runtime reproduces PyTorch within ONNX_TOLERANCE first.
 """
@@ -24,11 +24,11 @@ from OsteoScreenLib.hashing import sha256_file
 from OsteoScreenLib.paths import models_dir
 from OsteoScreenLib.registry import LABEL_OF
 
-from .config import NETWORKS, ONNX_OPSET, ONNX_TOLERANCE, PREPROCESSING, SPLITS
+from .config import NETWORKS, ONNX_OPSET, ONNX_TOLERANCE, PREPROCESSING, RIB_CHECK_NETWORK, SPLITS
 from .train import build_network
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-MODEL_VERSION = "0.3.0"
+MODEL_VERSION = "0.4.0"
 
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
@@ -86,16 +86,22 @@ def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> 
             if diffs[stage] > ONNX_TOLERANCE:
                 raise SystemExit(f"{stage}: ONNX differs from PyTorch by {diffs[stage]:.2e} > {ONNX_TOLERANCE}")
             path.replace(out / f"{stage}.onnx")
+        diffs["rib_check"] = export_rib_check(Path(tmp) / "rib_check.onnx")
+        (Path(tmp) / "rib_check.onnx").replace(out / "rib_check.onnx")
     card = {
         "schema": "osteoscreen.model_card/1",
         "name": "segmentation",
         "version": MODEL_VERSION,
-        "task": "L1 and L2 vertebral-body segmentation on chest CT (coarse level finding, fine outline)",
+        "task": "L1 and L2 vertebral-body segmentation on chest CT (coarse level finding checked by a rib check, "
+        "fine outline)",
         "created": datetime.date.today().isoformat(),
         "osteoscreen_version": __version__,
         "files": {s: {"path": f"{s}.onnx", "sha256": sha256_file(out / f"{s}.onnx"), "format": f"ONNX opset {ONNX_OPSET}"}
-                  for s in ("coarse", "fine")},
-        "architecture": {s: {"type": "MONAI UNet", "spatial_dims": 3, "out_channels": 3, **NETWORKS[s]} for s in NETWORKS},
+                  for s in ("coarse", "fine", "rib_check")},
+        "architecture": {**{s: {"type": "MONAI UNet", "spatial_dims": 3, "out_channels": 3, **NETWORKS[s]} for s in NETWORKS},
+                         "rib_check": {"type": "3D CNN (two 3x3x3 convolutions per block, max pooling, global average "
+                                       "pooling), one logit: the vertebra at the box centre bears a rib pair",
+                                       **RIB_CHECK_NETWORK}},
         "preprocessing": PREPROCESSING,
         "labels": {"0": "background", **{str(v): k for k, v in LABEL_OF.items()}},
         "training_data": {
@@ -113,12 +119,37 @@ def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> 
             "Trained on synthetic phantoms only; accuracy on real scans is not established.",
             "Not a medical device; not for diagnosis.",
             "Needs L1 and L2 in the field of view; transitional anatomy may shift the levels.",
+            "The rib check learnt the phantoms' ribs, whose 12th ribs are longer than many real ones; it is "
+            "skipped where the field of view does not show the ribs (spine-cropped scans).",
         ],
         "exported_on": platform.platform(),
     }
     (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
     (out / "model_card.md").write_text(card_markdown(card))
     return out
+
+
+def export_rib_check(path: Path) -> float:
+    """Export the rib check (dynamic batch); return max |sigmoid difference| ONNX vs PyTorch."""
+    import onnxruntime as ort
+
+    from .rib_check import build_network as build_rib_check
+
+    net = build_rib_check()
+    net.load_state_dict(torch.load(CHECKPOINTS / "rib-check" / "final.pt", map_location="cpu", weights_only=True)["model"])
+    net.eval()
+    save_state(net, "segmentation-rib_check")
+    size = [int(round(s / PREPROCESSING["rib_check"]["spacing_mm"])) for s in PREPROCESSING["rib_check"]["size_mm"][::-1]]
+    x = torch.randn(3, 1, *size)
+    torch.onnx.export(net, (x,), str(path), opset_version=ONNX_OPSET, input_names=["image"], output_names=["logit"],
+                      dynamic_axes={"image": {0: "n"}, "logit": {0: "n"}}, dynamo=False)
+    with torch.no_grad():
+        ref = torch.sigmoid(net(x)).numpy()
+    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+    diff = float(np.abs(1 / (1 + np.exp(-got)) - ref).max())
+    if diff > ONNX_TOLERANCE:
+        raise SystemExit(f"rib check: ONNX differs from PyTorch by {diff:.2e} > {ONNX_TOLERANCE}")
+    return diff
 
 
 def source_commit() -> str | None:
@@ -149,6 +180,8 @@ def card_markdown(card: dict) -> str:
               f"Generator version {card['training_data']['generator_version']}; seeds: "
               + ", ".join(f"{k} {v[1]} from {v[0]}" for k, v in card["training_data"]["splits_first_seed_and_count"].items()),
               ""]
+    if card["training_data"].get("reference_standard"):
+        lines += [f"Labels: {card['training_data']['reference_standard']}.", ""]
     for stage, cfg in card["training_data"].get("stages", {}).items():
         if cfg:
             lines.append(_stage_line(stage, cfg))
@@ -163,6 +196,10 @@ def card_markdown(card: dict) -> str:
 
 def _stage_line(stage: str, cfg: dict) -> str:
     """One line per stage: which phantoms, how long, and what it started from."""
+    if "train_boxes" in cfg:  # the rib check
+        return (f"- rib check: preset `{cfg['preset']}`, {cfg['train_boxes']} vertebra boxes ({', '.join(cfg['levels'])}) "
+                f"of {cfg['train_cases']} training seeds, {cfg['epochs']} epochs; tune accuracy "
+                f"{cfg['best']['tune_accuracy']} on {cfg['tune_boxes']} boxes of {cfg['tune_cases']} seeds.")
     line = (f"- {stage} stage: presets `{cfg.get('preset')}`, {cfg.get('train_count')} training seeds "
             f"({cfg.get('train_samples', cfg.get('train_count'))} samples), {cfg.get('iterations')} iterations, "
             f"batch {cfg.get('batch')}, lr {cfg.get('lr')}")
@@ -184,6 +221,8 @@ def main() -> None:
     for s in ("coarse", "fine"):
         cfg = CHECKPOINTS / f"segmentation-{s}" / "config.json"
         configs[s] = json.loads(cfg.read_text()) if cfg.exists() else {}
+    cfg = CHECKPOINTS / "rib-check" / "config.json"
+    configs["rib_check"] = json.loads(cfg.read_text()) if cfg.exists() else {}
     out = write_model_folder(a.out, metrics, configs)
     print(f"wrote {out}")
 

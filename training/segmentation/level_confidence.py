@@ -23,7 +23,7 @@ import numpy as np
 from OsteoScreenLib.ct_io import read_ct, read_volume
 from OsteoScreenLib.registry import LABEL_MAPPINGS, LABEL_OF, VERSE_LEVEL_IDS
 from OsteoScreenLib.segmenter import (
-    LEVEL_CONFIDENCE_MIN, LEVEL_SPREAD_MAX, L1L2Segmenter, find_levels, level_warning,
+    LEVEL_CONFIDENCE_MIN, LEVEL_SPREAD_MAX, L1L2Segmenter, level_warning,
 )
 
 from .config import SPLITS
@@ -35,8 +35,9 @@ _SEG: dict = {}
 def levels_of(ct, levels, ids: dict[str, int]) -> dict:
     if "seg" not in _SEG:
         _SEG["seg"] = L1L2Segmenter(threads=1)
-    found = find_levels(_SEG["seg"].coarse_probabilities(ct))
-    out = {}
+    seg = _SEG["seg"]
+    _, found, rib = seg.checked_levels(ct, *seg.coarse_stage(ct))  # the levels segment() uses
+    out = {"rib_check_shift": rib.get("shift", 0)}
     for name in LABEL_OF:
         if name not in found:
             out[name] = {"found": False}
@@ -45,7 +46,9 @@ def levels_of(ct, levels, ids: dict[str, int]) -> dict:
         inside = bool(np.all(ijk >= 0) and np.all(ijk < levels.shape_ijk))
         right = inside and int(levels.array[ijk[2], ijk[1], ijk[0]]) == ids[name]
         certainty = found[name]["certainty"]
-        out[name] = {"found": True, "right": right, **certainty, "flagged": level_warning(name, certainty) is not None}
+        # segment() also warns when the rib check moved the levels
+        flagged = level_warning(name, certainty) is not None or bool(out["rib_check_shift"])
+        out[name] = {"found": True, "right": right, **certainty, "flagged": flagged}
     return out
 
 
@@ -85,14 +88,16 @@ def main() -> None:
     md = ["# Level certainty of the coarse stage", "",
           f"{result['machine']}; {result['date']}. {len(rows)} tune phantoms (preset `chest`, seeds {first}+) and "
           f"the real cases; a level is flagged when its mean probability < {LEVEL_CONFIDENCE_MIN} or its spread "
-          f"> {LEVEL_SPREAD_MAX}.", "",
+          f"> {LEVEL_SPREAD_MAX}, or when the rib check moved it (levels after the rib check, as `segment` "
+          f"returns them; {sum(bool(r['rib_check_shift']) for r in rows)} of {len(rows)} scans moved).", "",
           "| levels (L1 and L2 of each scan) | count | flagged |", "| --- | --- | --- |",
           f"| right | {summary['right']} | {summary['flagged_right']} |",
           f"| wrong | {summary['wrong']} | {summary['flagged_wrong']} |", "",
           "Real cases (reference masks are whole vertebrae):", "",
           "| case | level | right | mean probability | spread | flagged |", "| --- | --- | --- | --- | --- | --- |"]
     for case, levels in real.items():
-        for name, f in levels.items():
+        for name in LABEL_OF:
+            f = levels[name]
             if f["found"]:
                 md.append(f"| {case} | {name} | {f['right']} | {f['mean_probability']} | {f['spread']} | {f['flagged']} |")
             else:

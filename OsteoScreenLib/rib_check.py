@@ -1,0 +1,108 @@
+"""Rib check: which vertebra is L1, asked locally of each vertebra instead of counted from the top.
+
+L1 is the first vertebra below the last rib-bearing one. The coarse stage finds L1 by counting
+over the whole chest and is sometimes one vertebra off (a short 12th rib, 11 or 13 rib pairs).
+A small network answers, for a box around one vertebral body on the coarse grid, whether that
+vertebra bears a rib pair. Stepping from the coarse L1 along the spine, the level is moved by
+one vertebra when the ribs say so clearly; otherwise the coarse stage's answer stands.
+
+Pure functions of arrays and geometry; the network runs through ``OnnxNetwork``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .registry import LABEL_OF
+from .resample import bounds_ras, centred_grid, sample
+from .volume import Volume
+
+# Spacing of neighbouring vertebrae along the spine (centre to centre) accepted from the
+# coarse L1 and L2; outside it the typical step is used.
+STEP_RANGE_MM = (22.0, 45.0)
+TYPICAL_STEP_MM = 32.0
+# A level is moved only when the ribs favour the move this many times more than the coarse level.
+MIN_LIKELIHOOD_RATIO = 20.0
+# Only where the CT covers the box sideways (within this margin): a spine-cropped field of view
+# hides the ribs, and missing ribs would read as a lumbar vertebra.
+FOV_MARGIN_MM = 10.0
+
+
+@dataclass
+class RibDecision:
+    shift: int  # vertebrae to move L1 and L2 by (+1 = one vertebra down, -1 = up)
+    step_ras: np.ndarray  # from one vertebra to the one below (mm)
+    rib_probability: dict[int, float]  # by offset from the coarse L1 (-2 .. +1)
+    checked: bool  # False when the field of view does not show the ribs
+
+
+def crop(coarse_input: Volume, center_ras, cfg: dict) -> np.ndarray:
+    """The network's input (1, k, j, i): the coarse stage's input around one vertebral body
+    (``cfg``: the model card's preprocessing of the rib check, box size and spacing)."""
+    grid, shape = centred_grid(center_ras, cfg["size_mm"], cfg["spacing_mm"])
+    return sample(coarse_input, grid, shape, order=1, fill=-1.0, antialias=False)[None].astype(np.float32)
+
+
+def covers(ct: Volume, center_ras, cfg: dict) -> bool:
+    """Whether the CT's field of view holds the rib box sideways (R and A)."""
+    lo, hi = bounds_ras(ct)
+    half = np.asarray(cfg["size_mm"][:2]) / 2 - FOV_MARGIN_MM
+    c = np.asarray(center_ras, float)[:2]
+    return bool(np.all(c - half >= lo[:2]) and np.all(c + half <= hi[:2]))
+
+
+def spine_step(l1_ras, l2_ras) -> np.ndarray:
+    """From one vertebra to the one below: L1 to L2 when plausible, else straight down."""
+    if l1_ras is not None and l2_ras is not None:
+        d = np.asarray(l2_ras, float) - np.asarray(l1_ras, float)
+        n = float(np.linalg.norm(d))
+        if d[2] < 0 and STEP_RANGE_MM[0] <= n <= STEP_RANGE_MM[1]:
+            return d
+    return np.array([0.0, 0.0, -TYPICAL_STEP_MM])
+
+
+def decide(p: dict[int, float]) -> int:
+    """Offset of L1 from the coarse L1 (-1, 0, +1): L1 bears no ribs and the vertebra above it does.
+
+    ``p``: rib-bearing probability at offsets -2 .. +1 from the coarse L1."""
+    eps = 1e-4
+
+    def score(m: int) -> float:
+        return np.log(max(p[m - 1], eps)) + np.log(max(1.0 - p[m], eps))
+
+    best = max((-1, 0, 1), key=score)
+    if best != 0 and score(best) - score(0) >= np.log(MIN_LIKELIHOOD_RATIO):
+        return best
+    return 0
+
+
+def check_levels(ct: Volume, coarse_input: Volume, l1_ras, l2_ras, run, cfg: dict) -> RibDecision:
+    """Rib-bearing probability of the vertebrae around the coarse L1, and the level shift they call for.
+
+    ``run``: batch (n, 1, k, j, i) -> logits (n, 1). With L1 not found, its place is one step above L2."""
+    step = spine_step(l1_ras, l2_ras)
+    anchor = np.asarray(l1_ras, float) if l1_ras is not None else np.asarray(l2_ras, float) - step
+    offsets = (-2, -1, 0, 1)
+    centers = [anchor + m * step for m in offsets]
+    if not all(covers(ct, c, cfg) for c in centers):
+        return RibDecision(0, step, {}, False)
+    logits = np.asarray(run(np.stack([crop(coarse_input, c, cfg) for c in centers])), float).reshape(-1)
+    p = {m: float(1.0 / (1.0 + np.exp(-v))) for m, v in zip(offsets, logits)}
+    return RibDecision(decide(p), step, p, True)
+
+
+def shift_levels(coarse: Volume, shift: int, step_ras: np.ndarray, l1_found: bool) -> Volume:
+    """Coarse probabilities with L1 and L2 moved ``shift`` vertebrae along ``step_ras``.
+
+    Without an L1 region, L1 is taken from the L2 map one vertebra above its new place."""
+    out = coarse.array.copy()
+    moves = {"L1": ("L1", shift) if l1_found else ("L2", shift - 1), "L2": ("L2", shift)}
+    for name, (source, n) in moves.items():
+        moved = Volume(coarse.array[..., LABEL_OF[source]], coarse.ijk_to_ras.copy())
+        moved.ijk_to_ras[:3, 3] += n * np.asarray(step_ras, float)
+        out[..., LABEL_OF[name]] = sample(moved, coarse.ijk_to_ras, coarse.array.shape[:3], order=1, fill=0.0,
+                                          antialias=False)
+    out[..., 0] = np.clip(1.0 - out[..., 1:].sum(-1), 0.0, 1.0)
+    return Volume(out, coarse.ijk_to_ras.copy())

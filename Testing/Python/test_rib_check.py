@@ -1,0 +1,101 @@
+"""The rib check: L1 is the first vertebra below the last rib-bearing one, asked of each vertebra."""
+
+import numpy as np
+import pytest
+
+from OsteoScreenLib.registry import VERSE_LEVEL_IDS
+from OsteoScreenLib.rib_check import check_levels, decide, shift_levels, spine_step
+from OsteoScreenLib.segmenter import L1L2Segmenter, find_levels
+from OsteoScreenLib.volume import Volume
+
+SPACING_MM = 5.0
+
+
+def coarse_with(bodies: dict[int, int], shape=(40, 12, 12)) -> Volume:
+    """Probabilities (k, j, i, 3) on a 5 mm grid, each label a 5x5x5 cube at its centre slice."""
+    p = np.zeros((*shape, 3), np.float32)
+    for label, k in bodies.items():
+        p[k - 2 : k + 3, 4:9, 4:9, label] = 0.95
+    p[..., 0] = 1.0 - p[..., 1:].sum(-1)
+    return Volume.from_geometry(p, (SPACING_MM,) * 3, (0.0, 0.0, 0.0))
+
+
+RIBS = 0.99  # rib-bearing probability of a thoracic vertebra
+NONE = 0.01
+
+
+@pytest.mark.parametrize("p, expected", [
+    ({-2: RIBS, -1: RIBS, 0: NONE, 1: NONE}, 0),   # the coarse L1 is right
+    ({-2: RIBS, -1: RIBS, 0: RIBS, 1: NONE}, 1),   # the coarse L1 bears ribs: it is T12
+    ({-2: RIBS, -1: NONE, 0: NONE, 1: NONE}, -1),  # the vertebra above bears none: the coarse L1 is L2
+    ({-2: RIBS, -1: RIBS, 0: 0.6, 1: NONE}, 0),    # unclear: the coarse stage's answer stands
+    ({-2: RIBS, -1: 0.5, 0: NONE, 1: NONE}, 0),
+])
+def test_the_level_moves_only_when_the_ribs_say_so_clearly(p, expected):
+    assert decide(p) == expected
+
+
+def test_the_step_along_the_spine_comes_from_l1_and_l2_when_plausible():
+    assert np.allclose(spine_step(np.array([0, 0, 100.0]), np.array([0, -5, 70.0])), [0, -5, -30])
+    assert np.allclose(spine_step(np.array([0, 0, 100.0]), np.array([0, 0, 30.0])), [0, 0, -32])  # 70 mm: two levels
+    assert np.allclose(spine_step(None, np.array([0, 0, 30.0])), [0, 0, -32])
+
+
+def test_shifting_moves_both_levels_one_vertebra_down():
+    coarse = coarse_with({1: 30, 2: 24})
+    moved = shift_levels(coarse, 1, np.array([0.0, 0.0, -6 * SPACING_MM]), l1_found=True)
+    levels = find_levels(moved)
+    assert levels["L1"]["centroid_ras"][2] == 24 * SPACING_MM
+    assert levels["L2"]["centroid_ras"][2] == 18 * SPACING_MM
+    assert np.allclose(moved.array.sum(-1), 1, atol=1e-5)
+
+
+def test_without_l1_the_l2_region_becomes_l1_when_the_ribs_say_so():
+    coarse = coarse_with({2: 24})
+    moved = shift_levels(coarse, 1, np.array([0.0, 0.0, -6 * SPACING_MM]), l1_found=False)
+    levels = find_levels(moved)
+    assert levels["L1"]["centroid_ras"][2] == 24 * SPACING_MM
+    assert levels["L2"]["centroid_ras"][2] == 18 * SPACING_MM
+
+
+@pytest.fixture(scope="module")
+def segmenter(bundled_models):
+    return L1L2Segmenter(threads=1)
+
+
+def _right_level(case, center_ras, verse_id) -> bool:
+    ijk = np.round(case.levels.ras_to_ijk @ np.r_[center_ras, 1.0])[:3].astype(int)
+    return int(case.levels.array[ijk[2], ijk[1], ijk[0]]) == verse_id
+
+
+def test_on_a_phantom_the_rib_check_keeps_right_levels_and_corrects_wrong_ones(segmenter, a_chest_phantom):
+    """The real networks: levels moved one vertebra up or down (as a miscounting coarse stage would
+    leave them) are moved back, and the right levels stay."""
+    case, _ = a_chest_phantom
+    coarse, coarse_x = segmenter.coarse_stage(case.ct)
+    levels = find_levels(coarse)
+    ras = {n: lv["centroid_ras"] for n, lv in levels.items()}
+    assert all(_right_level(case, ras[n], VERSE_LEVEL_IDS[n]) for n in ("L1", "L2"))
+    right = check_levels(case.ct, coarse_x, ras["L1"], ras["L2"], segmenter.rib_net.run, segmenter.rib_cfg)
+    assert right.checked and right.shift == 0
+    assert right.rib_probability[-1] > 0.5 > right.rib_probability[0]  # T12 bears ribs, L1 none
+    step = right.step_ras
+    for wrong_by in (-1, 1):  # L1 put on T12, and on L2
+        wrong = find_levels(shift_levels(coarse, wrong_by, step, l1_found=True))
+        w = {n: lv["centroid_ras"] for n, lv in wrong.items()}
+        assert not _right_level(case, w["L1"], VERSE_LEVEL_IDS["L1"])
+        decision = check_levels(case.ct, coarse_x, w["L1"], w["L2"], segmenter.rib_net.run, segmenter.rib_cfg)
+        assert decision.checked and decision.shift == -wrong_by, decision
+
+
+def test_a_narrow_field_of_view_is_not_checked(segmenter):
+    """Spine-cropped scans cut the ribs off: the rib check stays out and the coarse levels stand."""
+    from OsteoScreenLib.phantom import render_case, sample_parameters
+
+    params = sample_parameters(7, "spine")
+    params["fov"]["crop_width_mm"] = 100.0
+    params["fov"]["orientation"] = "axial"
+    case = render_case(params)
+    coarse, coarse_x = segmenter.coarse_stage(case.ct)
+    _, levels, report = segmenter.checked_levels(case.ct, coarse, coarse_x)
+    assert report == {"checked": False, "shift": 0, "rib_probability": {}}

@@ -1,0 +1,182 @@
+"""Train the rib check: does the vertebra at the centre of a coarse-grid box bear a rib pair?
+
+    python -m training.segmentation.rib_check [--epochs 12]
+
+Boxes come from the cached coarse-stage samples of the chest phantoms (prepare.py, preset
+chest-coarse): the L1 label gives the L1 body's centre on the sample's 5 mm RAS grid, and the
+phantom's anatomy (parameters only, nothing is rendered) gives every other vertebra relative to
+it, with whether it bears ribs (``OsteoScreenLib.phantom``: a rib of at least 40 mm). Boxes are
+cut by ``OsteoScreenLib.rib_check.crop``, as at run time. Writes training/checkpoints/rib-check.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from OsteoScreenLib.rib_check import crop
+from OsteoScreenLib.volume import Volume
+
+from .config import PREPROCESSING, RIB_CHECK_JITTER_MM, RIB_CHECK_LEVELS, RIB_CHECK_NETWORK
+from .prepare import DEFAULT_CACHE, sample_paths, seeds_of
+from .samples import load
+
+CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
+PRESET = "chest-coarse"
+RIB_BEARING_MIN_MM = 40.0  # the phantom's definition of a rib-bearing vertebra
+
+
+class RibCheckNet(nn.Module):
+    """Three conv blocks, global average pooling, one logit."""
+
+    def __init__(self, channels=(8, 16, 32), dropout: float = 0.2):
+        super().__init__()
+        layers, c_in = [], 1
+        for i, c in enumerate(channels):
+            layers += [nn.Conv3d(c_in, c, 3, padding=1), nn.BatchNorm3d(c), nn.ReLU(inplace=True),
+                       nn.Conv3d(c, c, 3, padding=1), nn.BatchNorm3d(c), nn.ReLU(inplace=True)]
+            if i < len(channels) - 1:
+                layers.append(nn.MaxPool3d(2))
+            c_in = c
+        self.features = nn.Sequential(*layers)
+        self.head = nn.Sequential(nn.Dropout(dropout), nn.Linear(c_in, 1))
+
+    def forward(self, x):
+        return self.head(self.features(x).mean(dim=(2, 3, 4)))
+
+
+def build_network() -> RibCheckNet:
+    return RibCheckNet(tuple(RIB_CHECK_NETWORK["channels"]), RIB_CHECK_NETWORK["dropout"])
+
+
+def vertebrae_from_l1(seed: int, preset: str = PRESET) -> dict[str, tuple[np.ndarray, bool]]:
+    """Each vertebra's body centre relative to L1's (RAS mm) and whether it bears ribs."""
+    from OsteoScreenLib.phantom import sample_parameters
+    from OsteoScreenLib.phantom.geometry import make_pose
+    from OsteoScreenLib.phantom.render import build_anatomy
+
+    params = sample_parameters(seed, preset)
+    anatomy = build_anatomy(params)
+    rotation = make_pose(params["pose"]).rotation
+    l1 = next(v for v in anatomy.vertebrae if v.name == "L1").center
+    return {v.name: (rotation @ (np.asarray(v.center) - l1), v.rib_length_mm >= RIB_BEARING_MIN_MM)
+            for v in anatomy.vertebrae if v.name in RIB_CHECK_LEVELS}
+
+
+def case_items(seed: int, cache: Path = DEFAULT_CACHE) -> list[dict]:
+    """The boxes of one cached case: its coarse input, and each vertebra's centre and label."""
+    path = sample_paths(cache, PRESET, seed)[0]
+    if not path.exists():
+        return []
+    s = load(path)
+    spacing = PREPROCESSING["coarse"]["spacing_mm"]
+    affine = np.diag([spacing, spacing, spacing, 1.0])  # the sample's RAS grid, origin at voxel 0
+    image = Volume(s["x"][0].astype(np.float32), affine)
+    l1_voxels = np.argwhere(s["y"] == 1)
+    if len(l1_voxels) == 0:
+        return []
+    l1_ras = image.voxel_centers_ras(l1_voxels.mean(axis=0))[0]
+    return [{"image": image, "center": l1_ras + offset, "label": float(ribs), "level": name, "seed": seed}
+            for name, (offset, ribs) in vertebrae_from_l1(seed).items()]
+
+
+def boxes(items: list[dict], rng: np.random.Generator | None) -> np.ndarray:
+    cfg = PREPROCESSING["rib_check"]
+    out = []
+    for it in items:
+        c = it["center"] + (rng.uniform(-1, 1, 3) * RIB_CHECK_JITTER_MM if rng is not None else 0.0)
+        x = crop(it["image"], c, cfg)
+        if rng is not None and rng.uniform() < 0.5:
+            x = x[..., ::-1]  # left-right mirror: ribs come in pairs
+        out.append(x)
+    return np.ascontiguousarray(np.stack(out), np.float32)
+
+
+def accuracy_by_level(items, probs) -> dict[str, float]:
+    out = {}
+    for name in RIB_CHECK_LEVELS:
+        idx = [i for i, it in enumerate(items) if it["level"] == name]
+        if idx:
+            out[name] = round(float(np.mean([(probs[i] > 0.5) == (items[i]["label"] > 0.5) for i in idx])), 4)
+    return out
+
+
+def predict(net: nn.Module, items: list[dict]) -> np.ndarray:
+    net.eval()
+    out = []
+    with torch.no_grad():
+        for s in range(0, len(items), 64):
+            out.append(torch.sigmoid(net(torch.from_numpy(boxes(items[s : s + 64], None)))).numpy()[:, 0])
+    return np.concatenate(out)
+
+
+def train(epochs: int, out: Path, seed: int = 0, threads: int = 2, cache: Path = DEFAULT_CACHE,
+          train_count: int | None = None) -> dict:
+    torch.manual_seed(seed)
+    torch.set_num_threads(threads)
+    rng = np.random.default_rng(seed)
+    train_items = [it for s in seeds_of("train", train_count) for it in case_items(s, cache)]
+    tune_items = [it for s in seeds_of("tune") for it in case_items(s, cache)]
+    if not train_items:
+        raise SystemExit("no cached chest-coarse samples; run training.segmentation.prepare --preset chest-coarse")
+    net = build_network()
+    opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
+    loss_fn = nn.BCEWithLogitsLoss()
+    out.mkdir(parents=True, exist_ok=True)
+    log, best, t0 = [], None, time.perf_counter()
+    for epoch in range(epochs):
+        net.train()
+        order = rng.permutation(len(train_items))
+        losses = []
+        for s in range(0, len(order), 32):
+            batch = [train_items[i] for i in order[s : s + 32]]
+            x = torch.from_numpy(boxes(batch, rng))
+            y = torch.tensor([[it["label"]] for it in batch])
+            loss = loss_fn(net(x), y)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        sched.step()
+        p = predict(net, tune_items)
+        y = np.array([it["label"] for it in tune_items])
+        eps = 1e-6
+        tune_loss = float(-np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)))
+        entry = {"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 4), "tune_loss": round(tune_loss, 4),
+                 "tune_accuracy": round(float(np.mean((p > 0.5) == (y > 0.5))), 4),
+                 "tune_accuracy_by_level": accuracy_by_level(tune_items, p),
+                 "elapsed_s": round(time.perf_counter() - t0, 1)}
+        log.append(entry)
+        print(json.dumps(entry), flush=True)
+        if best is None or tune_loss <= best["tune_loss"]:
+            best = entry
+            torch.save({"model": net.state_dict()}, out / "final.pt")
+    config = {"network": RIB_CHECK_NETWORK, "preprocessing": PREPROCESSING["rib_check"], "preset": PRESET,
+              "levels": list(RIB_CHECK_LEVELS), "jitter_mm": RIB_CHECK_JITTER_MM, "epochs": epochs, "seed": seed,
+              "train_cases": len({it["seed"] for it in train_items}), "train_boxes": len(train_items),
+              "tune_cases": len({it["seed"] for it in tune_items}), "tune_boxes": len(tune_items), "best": best}
+    (out / "config.json").write_text(json.dumps(config, indent=2))
+    (out / "log.json").write_text(json.dumps(log, indent=1))
+    return config
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--epochs", type=int, default=12)
+    p.add_argument("--out", type=Path, default=CHECKPOINTS / "rib-check")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--train-count", type=int, default=None)
+    a = p.parse_args()
+    train(a.epochs, a.out, threads=a.threads, cache=a.cache, train_count=a.train_count)
+
+
+if __name__ == "__main__":
+    main()
