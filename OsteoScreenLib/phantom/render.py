@@ -22,7 +22,7 @@ from .geometry import Grid, Pose, make_grid, make_pose
 from .reference import reference_standard
 from .ribs import RIB_HALF_HEIGHT_MM, RIB_HALF_THICKNESS_MM, build_ribs
 from .shapes import F32, coverage, coverage_reach, ellipse_distance, ellipsoid_distance, paint, segment_distance
-from .spine import Vertebra, build_spine
+from .spine import RIB_BEARING_MIN_MM, Vertebra, build_spine
 from .torso import Ellipsoid, TorsoProfile, build_organs
 
 HU_MIN, HU_MAX = -1024, 3071
@@ -790,7 +790,7 @@ def render_volume(params: dict):
 
 LABEL_CONVENTION = (
     "L1 is the first vertebra below the last rib-bearing vertebra, where a vertebra bears a rib when "
-    "its rib is at least 40 mm long (a rudimentary lumbar rib does not count); "
+    f"its rib is at least {RIB_BEARING_MIN_MM:g} mm long (a rudimentary lumbar rib does not count); "
     "levels are whole vertebrae (body and posterior elements, no ribs) with VerSe ids; "
     "labels are vertebral bodies with their cortical shell (1 = L1, 2 = L2)."
 )
@@ -820,14 +820,14 @@ def render_case(params: dict):
         "levels_present": {registry.VERSE_LEVEL_NAMES[v]: v for v in present},
         "vertebrae": [
             {"name": vb.name, "verse_id": vb.level_id, "bmd_mg_cm3": round(vb.bmd_mg_cm3, 2),
-             "rib_length_mm": round(vb.rib_length_mm, 1), "rib_bearing": vb.rib_length_mm >= 40.0,
+             "rib_length_mm": round(vb.rib_length_mm, 1), "rib_bearing": vb.rib_length_mm >= RIB_BEARING_MIN_MM,
              "body_width_mm": round(2 * vb.half_width, 2), "body_depth_mm": round(2 * vb.half_depth, 2),
              "body_height_mm": round(2 * vb.half_height, 2),
              "center_ras_mm": [round(float(c), 2) for c in r.pose.to_world(vb.center)],
              "fracture": vb.fracture}
             for vb in anatomy.vertebrae
         ],
-        "rib_pairs": sum(1 for vb in anatomy.vertebrae if vb.rib_length_mm >= 40.0),
+        "rib_pairs": sum(1 for vb in anatomy.vertebrae if vb.rib_length_mm >= RIB_BEARING_MIN_MM),
         "grid": grid.as_dict(),
         "parameters": params,
     }

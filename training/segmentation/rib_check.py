@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from OsteoScreenLib.phantom.spine import RIB_BEARING_MIN_MM
 from OsteoScreenLib.rib_check import crop
 from OsteoScreenLib.volume import Volume
 
@@ -29,7 +30,6 @@ from .samples import load
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 PRESET = "chest-coarse"
-RIB_BEARING_MIN_MM = 40.0  # the phantom's definition of a rib-bearing vertebra
 
 
 class RibCheckNet(nn.Module):
