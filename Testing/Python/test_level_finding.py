@@ -54,3 +54,21 @@ def test_l1_stays_the_region_of_most_probability():
     levels = find_levels(coarse)
     assert levels["L1"]["centroid_ras"][2] == 30 * SPACING_MM
     assert levels["L2"]["centroid_ras"][2] == 24 * SPACING_MM
+
+
+def _bodies(l1_slices: slice, l2_slices: slice) -> Volume:
+    """A label map on a 1 mm grid (k = S) with L1 and L2 as boxes over the given slices."""
+    labels = np.zeros((120, 30, 30), np.uint8)
+    labels[l1_slices, 5:25, 5:25] = 1
+    labels[l2_slices, 5:25, 5:25] = 2
+    return Volume.from_geometry(labels, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0))
+
+
+def test_l2_one_vertebra_below_l1_is_reported():
+    from OsteoScreenLib.segmenter import MAX_L1_L2_GAP_MM, _order_and_edge_checks
+
+    adjacent = _order_and_edge_checks(_bodies(slice(70, 95), slice(50, 62)))  # an 8 mm disc
+    assert not any("directly below" in w for w in adjacent)
+    gap = int(MAX_L1_L2_GAP_MM) + 6
+    on_l3 = _order_and_edge_checks(_bodies(slice(70, 95), slice(40, 70 - gap)))
+    assert [w for w in on_l3 if "L2 does not lie directly below L1" in w]

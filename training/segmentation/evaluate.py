@@ -33,6 +33,8 @@ from .export import card_markdown
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 PARTIAL_DIR = Path(__file__).resolve().parents[1] / "cache" / "segmentation-eval"
 REAL_CASES = {"totalsegmentator-example": "totalsegmentator", "verse012": "verse"}
+LEVEL_WARNING_STARTS = ("L1 level uncertain", "L2 level uncertain", "L1 and L2 moved", "L2 does not lie directly",
+                        "L1 and L2 came out")
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -60,6 +62,9 @@ def evaluate_case(seg: L1L2Segmenter, seed: int, preset: str) -> dict:
         else:
             row[f"level_ok_{name}"] = False
     row["time_s"] = out.timing_s["total"]
+    # a warning about the levels: uncertain, moved by the rib check, L2 not directly below L1, swapped
+    row["flagged"] = any(w.startswith(LEVEL_WARNING_STARTS) for w in out.warnings)
+    row["rib_check_shift"] = out.rib_check.get("shift", 0)
     return row
 
 
@@ -130,6 +135,12 @@ def summarise(rows: list[dict]) -> dict:
     # a failed case counts as a wrong level
     out["level_identification_incl_failures"] = round(sum(levels) / (2 * len(rows)), 4) if rows else None
     out["median_time_s"] = round(float(np.median([r["time_s"] for r in ok])), 3) if ok else None
+    # does the reader get a level warning on the scans whose levels are wrong, and how often on the right ones?
+    right = [r for r in ok if all(r[f"level_ok_{n}"] for n in LABEL_OF)]
+    wrong = [r for r in ok if r not in right]
+    out["warned_right_scans"] = f"{sum(r.get('flagged', False) for r in right)} of {len(right)}"
+    out["warned_wrong_scans"] = f"{sum(r.get('flagged', False) for r in wrong)} of {len(wrong)}"
+    out["rib_check_moved_scans"] = sum(bool(r.get("rib_check_shift")) for r in ok)
     return out
 
 
@@ -178,6 +189,9 @@ def write_results(result: dict) -> None:
                      f"| {s[f'dsc_{name}_mean_right_level']} |")
     lines += ["", f"Level identification: {s['level_identification']} (failed cases counted wrong: "
               f"{s['level_identification_incl_failures']}); median time per case {s['median_time_s']} s.", "",
+              f"Scans with a level warning for the reader: {s['warned_wrong_scans']} with a wrong level, "
+              f"{s['warned_right_scans']} with both levels right. The rib check moved the levels of "
+              f"{s['rib_check_moved_scans']} scans.", "",
               "## Real cases (reference masks are whole vertebrae)", "", "```",
               json.dumps(result["real"], indent=1), "```", ""]
     (RESULTS / "segmentation_eval.md").write_text("\n".join(lines))
