@@ -84,9 +84,10 @@ class OsteoporosisClassifier:
         p = softmax(logits[0].astype(np.float64), axis=-1)
         probabilities = {c: round(float(v), 4) for c, v in zip(CLASSES, p)}
         predicted, bmd_value = CLASSES[int(np.argmax(p))], round(float(np.ravel(bmd)[0]), 1)
-        if qct_class(bmd_value) != predicted:  # the two heads disagree: a case near a threshold
+        bmd_class = qct_class(bmd_value)
+        if bmd_class != predicted:  # the two heads disagree: a case near a threshold
             warnings.append(f"the class ({predicted}) and the estimated BMD ({bmd_value:.0f} mg/cm3, "
-                            f"{qct_class(bmd_value)} range) disagree: the case lies near a threshold; read both")
+                            f"{bmd_class} range) disagree: the case lies near a threshold; read both")
         return Classification(
             model=self.name, model_version=self.card["version"], model_sha256=self.sha256,
             probabilities=probabilities, predicted_class=predicted,

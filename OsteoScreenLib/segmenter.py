@@ -107,6 +107,7 @@ class SegmentationOutput:
     timing_s: dict[str, float] = field(default_factory=dict)
     level_confidence: dict[str, dict[str, float]] = field(default_factory=dict)  # see level_certainty
     rib_check: dict = field(default_factory=dict)  # rib-bearing probabilities around L1 and the shift made
+    level_warnings: list[str] = field(default_factory=list)  # those of ``warnings`` that question the levels
 
 
 class L1L2Segmenter:
@@ -179,9 +180,9 @@ class L1L2Segmenter:
         missing = [name for name in VERTEBRA_NAMES if name not in levels]
         centroids = {name: lv["centroid_ras"] for name, lv in levels.items()}
         confidence = {name: lv["certainty"] for name, lv in levels.items()}
-        warnings = [w for w in (level_warning(n, c) for n, c in confidence.items()) if w]
+        level_warnings = [w for w in (level_warning(n, c) for n, c in confidence.items()) if w]
         if rib_report.get("shift"):
-            warnings.append(f"L1 and L2 moved one vertebra {'down' if rib_report['shift'] > 0 else 'up'} by the rib "
+            level_warnings.append(f"L1 and L2 moved one vertebra {'down' if rib_report['shift'] > 0 else 'up'} by the rib "
                             "check (the counting from the top disagreed): check that L1 is the first vertebra below "
                             "the last rib-bearing one")
         if missing:
@@ -196,15 +197,17 @@ class L1L2Segmenter:
         timing["fine"] = time.perf_counter() - t1
         step(0.8, "mapping to the CT grid")
         t2 = time.perf_counter()
-        labels, grid_warnings = self._to_ct_grid(ct, fine)
+        labels, (outline_warnings, order_warnings) = self._to_ct_grid(ct, fine)
         timing["to_ct_grid"] = time.perf_counter() - t2
         timing["total"] = time.perf_counter() - t0
         step(1.0, "done")
-        return SegmentationOutput(labels, warnings + grid_warnings, {k: round(v, 3) for k, v in timing.items()},
-                                  confidence, rib_report)
+        return SegmentationOutput(labels, level_warnings + outline_warnings + order_warnings,
+                                  {k: round(v, 3) for k, v in timing.items()}, confidence, rib_report,
+                                  level_warnings + order_warnings)
 
-    def _to_ct_grid(self, ct: Volume, fine: Volume) -> tuple[Volume, list[str]]:
-        """Fine probabilities -> label map on the CT grid, inside the fine box only."""
+    def _to_ct_grid(self, ct: Volume, fine: Volume) -> tuple[Volume, tuple[list[str], list[str]]]:
+        """Fine probabilities -> label map on the CT grid, inside the fine box only, and the
+        warnings of ``_order_and_edge_checks``."""
         fine = crop_to_mask(fine, fine.array[..., 0] < 0.5, margin=2)  # only where the bodies are
         if fine is None:
             empty = ct.with_array(np.zeros(ct.array.shape, np.uint8))
@@ -216,13 +219,11 @@ class L1L2Segmenter:
         sub_labels = np.argmax(probs, axis=-1).astype(np.uint8)
         labels = np.zeros(ct.array.shape, np.uint8)
         block = labels[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
-        warnings: list[str] = []
         for name in VERTEBRA_NAMES:
             mask = fill_holes(largest_component(sub_labels == LABEL_OF[name]))
             block[mask & (block == 0)] = LABEL_OF[name]
         out = ct.with_array(labels)
-        warnings += _order_and_edge_checks(out)
-        return out, warnings
+        return out, _order_and_edge_checks(out)
 
 
 def find_levels(coarse: Volume) -> dict[str, dict]:
@@ -288,13 +289,14 @@ def level_warning(name: str, certainty: dict[str, float]) -> str | None:
             "and correct the segments if not")
 
 
-def _order_and_edge_checks(labels: Volume) -> list[str]:
-    """L1 must lie above L2, and L2 directly below it; a level touching the scan's edge may be cut."""
-    warnings = []
+def _order_and_edge_checks(labels: Volume) -> tuple[list[str], list[str]]:
+    """Warnings on the outlines (a level missing, or touching the scan's edge: it may be cut) and
+    on the levels (L1 must lie above L2, and L2 directly below it)."""
+    warnings, order = [], []
     arr = labels.array
     all_box = mask_box(arr > 0)
     if all_box is None:
-        return [f"{name} could not be outlined; check the segmentation" for name in VERTEBRA_NAMES]
+        return [f"{name} could not be outlined; check the segmentation" for name in VERTEBRA_NAMES], []
     block = subvolume(labels, all_box[0][::-1], all_box[1][::-1])  # a view: edits reach ``labels``
     centroids, extent_s = {}, {}
     for name in VERTEBRA_NAMES:
@@ -315,10 +317,10 @@ def _order_and_edge_checks(labels: Volume) -> list[str]:
             l1 = sub_arr == LABEL_OF["L1"]
             sub_arr[sub_arr == LABEL_OF["L2"]] = LABEL_OF["L1"]
             sub_arr[l1] = LABEL_OF["L2"]
-            warnings.append("L1 and L2 came out in the wrong order and were swapped; check the levels")
+            order.append("L1 and L2 came out in the wrong order and were swapped; check the levels")
             extent_s["L1"], extent_s["L2"] = extent_s["L2"], extent_s["L1"]
         gap = extent_s["L1"][0] - extent_s["L2"][1]
         if gap > MAX_L1_L2_GAP_MM:
-            warnings.append(f"L2 does not lie directly below L1 (a gap of {gap:.0f} mm between them): "
-                            "check that L2 is the vertebra directly below L1, and correct the segments if not")
-    return warnings
+            order.append(f"L2 does not lie directly below L1 (a gap of {gap:.0f} mm between them): "
+                         "check that L2 is the vertebra directly below L1, and correct the segments if not")
+    return warnings, order

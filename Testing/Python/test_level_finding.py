@@ -67,8 +67,8 @@ def _bodies(l1_slices: slice, l2_slices: slice) -> Volume:
 def test_l2_one_vertebra_below_l1_is_reported():
     from OsteoScreenLib.segmenter import MAX_L1_L2_GAP_MM, _order_and_edge_checks
 
-    adjacent = _order_and_edge_checks(_bodies(slice(70, 95), slice(50, 62)))  # an 8 mm disc
-    assert not any("directly below" in w for w in adjacent)
+    outline, order = _order_and_edge_checks(_bodies(slice(70, 95), slice(50, 62)))  # an 8 mm disc
+    assert outline == [] and order == []
     gap = int(MAX_L1_L2_GAP_MM) + 6
-    on_l3 = _order_and_edge_checks(_bodies(slice(70, 95), slice(40, 70 - gap)))
-    assert [w for w in on_l3 if "L2 does not lie directly below L1" in w]
+    outline, order = _order_and_edge_checks(_bodies(slice(70, 95), slice(40, 70 - gap)))
+    assert outline == [] and len(order) == 1 and order[0].startswith("L2 does not lie directly below L1")
