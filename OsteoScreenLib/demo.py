@@ -54,10 +54,11 @@ def run_demo(ct_path: Path, labels_path: Path | None, mapping: dict[str, int], o
             warnings += out.warnings
             timing.update({f"segment_{k}": v for k, v in out.timing_s.items()})
             model_labels = out.labels
-            if labels_path is not None and any("level uncertain" in w for w in out.warnings):
-                # A reader would correct uncertain levels before classifying: the reference
-                # labels play that part here (the model's own segments are scored below).
-                warnings.append("segmentation model: levels uncertain -> classified from the reference labels")
+            if labels_path is not None and out.level_warnings:
+                # A reader would check and correct questioned levels before classifying: the
+                # reference labels play that part here (the model's own segments are scored below).
+                warnings.append("segmentation model: levels questioned (see the warnings above) -> classified "
+                                "from the reference labels")
                 seg_node = None
         except OsteoScreenError as exc:
             if labels_path is None:

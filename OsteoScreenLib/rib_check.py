@@ -28,13 +28,15 @@ MIN_LIKELIHOOD_RATIO = 20.0
 # Only where the CT covers the box sideways (within this margin): a spine-cropped field of view
 # hides the ribs, and missing ribs would read as a lumbar vertebra.
 FOV_MARGIN_MM = 10.0
+# A vertebra is asked about only when its centre lies this far inside the first and last slice.
+IN_SCAN_MARGIN_MM = 5.0
 
 
 @dataclass
 class RibDecision:
     shift: int  # vertebrae to move L1 and L2 by (+1 = one vertebra down, -1 = up)
     step_ras: np.ndarray  # from one vertebra to the one below (mm)
-    rib_probability: dict[int, float]  # by offset from the coarse L1 (-2 .. +1)
+    rib_probability: dict[int, float]  # by offset from the coarse L1 (-2 .. +1), those inside the scan
     checked: bool  # False when the field of view does not show the ribs
 
 
@@ -53,6 +55,13 @@ def covers(ct: Volume, center_ras, cfg: dict) -> bool:
     return bool(np.all(c - half >= lo[:2]) and np.all(c + half <= hi[:2]))
 
 
+def in_scan(ct: Volume, center_ras) -> bool:
+    """Whether a vertebra's centre lies within the scan's S extent (its ribs can be seen at all):
+    a box beyond the first or last slice holds padding, whose answer means nothing."""
+    lo, hi = bounds_ras(ct)
+    return bool(lo[2] + IN_SCAN_MARGIN_MM <= float(np.asarray(center_ras, float)[2]) <= hi[2] - IN_SCAN_MARGIN_MM)
+
+
 def spine_step(l1_ras, l2_ras) -> np.ndarray:
     """From one vertebra to the one below: L1 to L2 when plausible, else straight down."""
     if l1_ras is not None and l2_ras is not None:
@@ -66,13 +75,17 @@ def spine_step(l1_ras, l2_ras) -> np.ndarray:
 def decide(p: dict[int, float]) -> int:
     """Offset of L1 from the coarse L1 (-1, 0, +1): L1 bears no ribs and the vertebra above it does.
 
-    ``p``: rib-bearing probability at offsets -2 .. +1 from the coarse L1."""
+    ``p``: rib-bearing probability at offsets -2 .. +1 from the coarse L1; an offset outside the
+    scan is left out, and a move that needs it is not made."""
     eps = 1e-4
 
     def score(m: int) -> float:
         return np.log(max(p[m - 1], eps)) + np.log(max(1.0 - p[m], eps))
 
-    best = max((-1, 0, 1), key=score)
+    possible = [m for m in (-1, 0, 1) if m - 1 in p and m in p]
+    if 0 not in possible:
+        return 0
+    best = max(possible, key=score)
     if best != 0 and score(best) - score(0) >= np.log(MIN_LIKELIHOOD_RATIO):
         return best
     return 0
@@ -88,8 +101,11 @@ def check_levels(ct: Volume, coarse_input: Volume, l1_ras, l2_ras, run, cfg: dic
     centers = [anchor + m * step for m in offsets]
     if not all(covers(ct, c, cfg) for c in centers):
         return RibDecision(0, step, {}, False)
-    logits = np.asarray(run(np.stack([crop(coarse_input, c, cfg) for c in centers])), float).reshape(-1)
-    p = {m: float(1.0 / (1.0 + np.exp(-v))) for m, v in zip(offsets, logits)}
+    asked = [(m, c) for m, c in zip(offsets, centers) if in_scan(ct, c)]
+    if not asked:
+        return RibDecision(0, step, {}, False)
+    logits = np.asarray(run(np.stack([crop(coarse_input, c, cfg) for _, c in asked])), float).reshape(-1)
+    p = {m: float(1.0 / (1.0 + np.exp(-v))) for (m, _), v in zip(asked, logits)}
     return RibDecision(decide(p), step, p, True)
 
 

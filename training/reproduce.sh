@@ -30,7 +30,11 @@ if [[ $what == segmentation || $what == all ]]; then
   $T --stage coarse --train-count "$SEG_TRAIN" --iterations "$SEG_COARSE_IT" --lr 1e-3 --init $C/segmentation-coarse-pretrain \
      --out $C/segmentation-coarse-548
   #    then scans with rib variants drawn 4x as often (L1 found by counting ribs)
-  $T --stage coarse --train-count "$SEG_TRAIN" --iterations 500 --lr 5e-4 --variant-weight 4 --init $C/segmentation-coarse-548
+  $T --stage coarse --train-count "$SEG_TRAIN" --iterations 500 --lr 5e-4 --variant-weight 4 --init $C/segmentation-coarse-548 \
+     --out $C/segmentation-coarse-variants
+  #    then turned, cut and degraded samples (augment.py): real scans have other poses, fields of view, kernels
+  $T --stage coarse --train-count "$SEG_TRAIN" --iterations 4500 --lr 5e-4 --variant-weight 4 --augment \
+     --init $C/segmentation-coarse-variants
   #    the rib check: does the vertebra in a coarse-grid box bear ribs (boxes of the same chest-coarse samples)
   $PY -m training.segmentation.rib_check --epochs 12
   # 2. fine stage: pre-train on 1.5 mm crops (fast to render), then fine-tune on 1 mm boxes of
@@ -46,9 +50,14 @@ if [[ $what == segmentation || $what == all ]]; then
      --out $C/segmentation-fine-300
   #    then on all 548 chest scans (the learning curve still rose at 548)
   $P --split train --count "$SEG_TRAIN" --preset chest --stages fine
-  $T --stage fine --train-count "$SEG_TRAIN" --iterations 800 --lr 3e-4 --eval-every 100 --init $C/segmentation-fine-300
+  $T --stage fine --train-count "$SEG_TRAIN" --iterations 800 --lr 3e-4 --eval-every 100 --init $C/segmentation-fine-300 \
+     --out $C/segmentation-fine-548
+  #    then with hints moved up to half a vertebra, as a coarse stage that is off on a real scan leaves them
+  $T --stage fine --train-count "$SEG_TRAIN" --iterations 600 --lr 3e-4 --eval-every 100 --augment \
+     --init $C/segmentation-fine-548
   $PY -m training.segmentation.export
   $PY -m training.segmentation.evaluate --count "$SEG_EVAL" --workers "$WORKERS"
+  $PY -m training.segmentation.real_hints  # real cases with the levels given: outlining apart from level finding
   $PY -m training.segmentation.level_confidence --count 100 --workers "$WORKERS"
   # learning curve of the fine stage (scored on 1 mm boxes of 100 test scans)
   $P --split test --count 100 --preset chest --stages fine

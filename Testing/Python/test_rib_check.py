@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from OsteoScreenLib.registry import VERSE_LEVEL_IDS
+from OsteoScreenLib.resample import bounds_ras, subvolume
 from OsteoScreenLib.rib_check import check_levels, decide, shift_levels, spine_step
 from OsteoScreenLib.segmenter import L1L2Segmenter, find_levels
 from OsteoScreenLib.volume import Volume
@@ -30,6 +31,11 @@ NONE = 0.01
     ({-2: RIBS, -1: NONE, 0: NONE, 1: NONE}, -1),  # the vertebra above bears none: the coarse L1 is L2
     ({-2: RIBS, -1: RIBS, 0: 0.6, 1: NONE}, 0),    # unclear: the coarse stage's answer stands
     ({-2: RIBS, -1: 0.5, 0: NONE, 1: NONE}, 0),
+    # offsets beyond the scan's first or last slice are not asked, and no move relies on them
+    ({-1: NONE, 0: NONE, 1: NONE}, 0),             # would move up, but the vertebra two above is not seen
+    ({-2: RIBS, -1: RIBS, 0: RIBS}, 0),            # would move down, but the vertebra below is not seen
+    ({0: NONE, 1: NONE}, 0),
+    ({-1: RIBS, 0: RIBS, 1: NONE}, 1),             # the scan starts just above: a move down needs no more
 ])
 def test_the_level_moves_only_when_the_ribs_say_so_clearly(p, expected):
     assert decide(p) == expected
@@ -99,3 +105,22 @@ def test_a_narrow_field_of_view_is_not_checked(segmenter):
     coarse, coarse_x = segmenter.coarse_stage(case.ct)
     _, levels, report = segmenter.checked_levels(case.ct, coarse, coarse_x)
     assert report == {"checked": False, "shift": 0, "rib_probability": {}}
+
+
+def test_vertebrae_beyond_the_first_slice_are_not_asked(segmenter, a_chest_phantom):
+    """A scan that starts 45 mm above L1 does not show the vertebra two above it: the check asks
+    only of the vertebrae inside the scan (a box of padding would answer anything)."""
+    case, _ = a_chest_phantom
+    coarse, coarse_x = segmenter.coarse_stage(case.ct)
+    ras = {n: lv["centroid_ras"] for n, lv in find_levels(coarse).items()}
+    s_axis = int(np.argmax(np.abs(case.ct.ijk_to_ras[2, :3])))  # the i, j or k axis along S
+    n = case.ct.array.shape[2 - s_axis]
+    s_of = case.ct.ijk_to_ras[2, s_axis] * np.arange(n) + case.ct.ijk_to_ras[2, 3]
+    keep = np.nonzero(s_of <= ras["L1"][2] + 45.0)[0]
+    lo, hi = np.zeros(3, int), np.array(case.ct.array.shape[::-1])
+    lo[s_axis], hi[s_axis] = keep.min(), keep.max() + 1
+    short = subvolume(case.ct, lo, hi)
+    assert bounds_ras(short)[1][2] < ras["L1"][2] + 46.0
+    decision = check_levels(short, coarse_x, ras["L1"], ras["L2"], segmenter.rib_net.run, segmenter.rib_cfg)
+    assert decision.checked and set(decision.rib_probability) == {-1, 0, 1}
+    assert decision.shift == 0

@@ -41,10 +41,38 @@ def test_labels_come_back_on_the_original_grid(a_segmented_phantom):
     assert set(np.unique(out.labels.array)) <= {0, 1, 2}
 
 
+def test_on_the_real_abdominal_scan_both_levels_lie_in_their_reference_vertebrae(segmenter, real_data):
+    """The issue's real-case criterion: each level found, its centroid inside the reference mask
+    of the same level (whole vertebrae), at least 90 % of its voxels inside that mask."""
+    case = real_data / "totalsegmentator-example"
+    out = segmenter.segment(read_ct(case / "ct.nii.gz"))
+    ref = read_volume(case / "labels.nii.gz").array
+    for name, value in LABEL_OF.items():
+        kji = np.argwhere(out.labels.array == value)
+        inside = ref[tuple(kji.T)] == LABEL_MAPPINGS["totalsegmentator"][name]
+        centroid = tuple(np.round(kji.mean(axis=0)).astype(int))
+        assert ref[centroid] == LABEL_MAPPINGS["totalsegmentator"][name], name
+        assert inside.mean() >= 0.9, (name, inside.mean())
+
+
+@pytest.mark.parametrize("case", ["totalsegmentator-example", "verse012"])
+def test_given_the_levels_the_fine_stage_outlines_each_real_body_inside_its_vertebra(segmenter, real_data, case):
+    """Outlining and level finding apart (training/results/segmentation_real_hints.md): with hints
+    from the reference vertebrae, each body lies in its vertebra, also where the levels found
+    by the model are wrong (verse012)."""
+    from training.segmentation.evaluate import REAL_CASE_LEVEL_NAMES, REAL_CASES
+    from training.segmentation.real_hints import run_case
+
+    result = run_case(segmenter, real_data / case, REAL_CASES[case], REAL_CASE_LEVEL_NAMES[case])
+    for name in LABEL_OF:
+        assert result[name]["centroid_in_reference"] and result[name]["fraction_inside_reference"] >= 0.9, result
+
+
 @pytest.mark.parametrize("case", ["totalsegmentator-example", "verse012"])
 def test_on_real_cases_a_level_is_either_inside_its_reference_vertebra_or_reported_missing(segmenter, real_data, case):
-    """No accuracy claim on real scans (see segmentation_eval.md); but never a wrong level in silence:
-    each level is inside its reference vertebra, reported missing, or flagged as uncertain."""
+    """No accuracy claim on real scans in general (see segmentation_eval.md); but never a wrong
+    level in silence: each level is inside its reference vertebra, reported missing, or the
+    levels are questioned (uncertain, moved by the rib check, or L2 not directly below L1)."""
     mapping = LABEL_MAPPINGS["totalsegmentator" if case.startswith("total") else "verse"]
     try:
         out = segmenter.segment(read_ct(real_data / case / "ct.nii.gz"))
@@ -58,8 +86,7 @@ def test_on_real_cases_a_level_is_either_inside_its_reference_vertebra_or_report
             assert any(name in w for w in out.warnings)
             continue
         centroid = tuple(np.round(kji.mean(axis=0)).astype(int))
-        flagged = any(w.startswith(f"{name} level uncertain") for w in out.warnings)
-        assert ref[centroid] == mapping[name] or flagged, f"{name} centroid is not in the reference {name}"
+        assert ref[centroid] == mapping[name] or out.level_warnings, f"{name} centroid is not in the reference {name}"
 
 
 def test_a_scan_ending_at_t12_says_which_levels_are_missing(segmenter, real_data):

@@ -26,6 +26,22 @@ RIB_CHECK_NETWORK = {"channels": [8, 16, 32], "dropout": 0.2}
 RIB_CHECK_LEVELS = ("T9", "T10", "T11", "T12", "T13", "L1", "L2", "L3")
 RIB_CHECK_JITTER_MM = 8.0
 
+# Coarse-stage augmentation (augment.py, train --augment): poses, fields of view and image
+# quality of real scans that the phantoms vary too little. Angles about R (sagittal tilt), A, S.
+COARSE_AUGMENT = {
+    "spacing_mm": PREPROCESSING["coarse"]["spacing_mm"],
+    "p_pose": 0.7, "rotate_deg": (25.0, 10.0, 10.0), "scale": (0.9, 1.1),
+    "p_short_scan": 0.4, "above_l1_mm": (0.0, 100.0), "p_cut_l2": 0.4,
+    "p_spine_crop": 0.25, "crop_width_mm": (90.0, 220.0), "crop_offset_mm": 25.0,
+    "blur_sd_voxels": (0.0, 1.0), "p_sharpen": 0.5, "intensity_scale": (0.85, 1.15), "intensity_shift": 0.06,
+    "texture_sd": 0.03, "noise_sd": 0.03,
+}
+
+# Fine-stage augmentation (augment.py, train --augment): on real scans the coarse levels can lie
+# up to about half a vertebra (15 mm) off; the hints are moved that far (S, A, R) so the fine stage
+# outlines the whole body the hint points at, not the part of two bodies under it.
+FINE_AUGMENT = {"spacing_mm": PREPROCESSING["fine"]["spacing_mm"], "p_hint_shift": 0.5, "hint_shift_mm": (15.0, 6.0, 6.0)}
+
 # Deterministic phantom splits mirroring the paper (548 train / 100 tune / 400 test).
 SPLITS = {"train": (100000, 548), "tune": (200000, 100), "test": (300000, 400)}  # first seed, count
 

@@ -24,7 +24,7 @@ from OsteoScreenLib.ct_io import read_ct, read_volume
 from OsteoScreenLib.errors import OsteoScreenError
 from OsteoScreenLib.model_store import CARD_NAME
 from OsteoScreenLib.paths import models_dir
-from OsteoScreenLib.registry import LABEL_MAPPINGS, LABEL_OF, VERSE_LEVEL_IDS
+from OsteoScreenLib.registry import LABEL_MAPPINGS, LABEL_OF, VERSE_LEVEL_IDS, VERSE_LEVEL_NAMES
 from OsteoScreenLib.segmenter import L1L2Segmenter
 
 from .config import SPLITS
@@ -33,6 +33,9 @@ from .export import card_markdown
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 PARTIAL_DIR = Path(__file__).resolve().parents[1] / "cache" / "segmentation-eval"
 REAL_CASES = {"totalsegmentator-example": "totalsegmentator", "verse012": "verse"}
+# Every vertebra label of the real cases (../shared/data/real/README.md), to say where a level lies.
+REAL_CASE_LEVEL_NAMES = {"totalsegmentator-example": {33: "T11", 32: "T12", 31: "L1", 30: "L2"},
+                         "verse012": VERSE_LEVEL_NAMES}
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -159,11 +162,14 @@ def evaluate_real(seg: L1L2Segmenter, root: Path) -> dict:
                     entry[name] = {"found": False}
                     continue
                 c = tuple(np.round(kji.mean(axis=0)).astype(int))
+                values, counts = np.unique(ref[tuple(kji.T)], return_counts=True)
+                names = REAL_CASE_LEVEL_NAMES[case]
                 entry[name] = {
                     "found": True,
                     "voxels": int(len(kji)),
                     "centroid_in_reference": bool(ref_mask[c]),
                     "fraction_inside_reference": round(float(ref_mask[tuple(kji.T)].mean()), 4),
+                    "voxels_by_reference_level": {names.get(int(v), "none"): int(n) for v, n in zip(values, counts)},
                 }
         except OsteoScreenError as exc:
             entry["error"] = str(exc)

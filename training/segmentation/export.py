@@ -28,7 +28,7 @@ from .config import NETWORKS, ONNX_OPSET, ONNX_TOLERANCE, PREPROCESSING, RIB_CHE
 from .train import build_network
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-MODEL_VERSION = "0.4.0"
+MODEL_VERSION = "0.5.0"
 
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
@@ -116,7 +116,8 @@ def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> 
         "intended_use": "Research: opportunistic screening of L1/L2 on adult chest or abdominal CT, "
         "as a first outline that a reader checks and corrects in 3D Slicer.",
         "limits": [
-            "Trained on synthetic phantoms only; accuracy on real scans is not established.",
+            "Trained on synthetic phantoms only; accuracy on real scans is not established (see the real cases "
+            "under metrics: too few to measure it).",
             "Not a medical device; not for diagnosis.",
             "Needs L1 and L2 in the field of view; transitional anatomy may shift the levels.",
             "The rib check learnt the phantoms' ribs, whose 12th ribs are longer than many real ones; it is "
@@ -203,6 +204,9 @@ def _stage_line(stage: str, cfg: dict) -> str:
     line = (f"- {stage} stage: presets `{cfg.get('preset')}`, {cfg.get('train_count')} training seeds "
             f"({cfg.get('train_samples', cfg.get('train_count'))} samples), {cfg.get('iterations')} iterations, "
             f"batch {cfg.get('batch')}, lr {cfg.get('lr')}")
+    if cfg.get("augment"):
+        line += ("; augmented: turned, cut to short or spine-cropped fields of view, blurred or sharpened, noisier"
+                 if stage == "coarse" else f"; augmented: hints moved up to {cfg['augment']['hint_shift_mm'][0]:g} mm")
     init = cfg.get("init")
     if init:
         c = init["config"]

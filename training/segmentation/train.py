@@ -18,7 +18,8 @@ import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
-from .config import NETWORKS, PREPROCESSING
+from .augment import augment_coarse, shift_hints
+from .config import COARSE_AUGMENT, FINE_AUGMENT, NETWORKS, PREPROCESSING
 from .config import PRESETS as STAGE_PRESETS
 from .prepare import DEFAULT_CACHE, sample_paths, seeds_of
 from .samples import load
@@ -68,7 +69,7 @@ class Samples:
     """Cached samples of one stage; ``presets`` is a comma-separated list, each preset adds its
     cached cases of these seeds (a preset of the same seed is a different scan of the same body)."""
 
-    def __init__(self, stage: str, seeds: list[int], presets: str, cache: Path):
+    def __init__(self, stage: str, seeds: list[int], presets: str, cache: Path, stage_augment: dict | None = None):
         self.paths = [sample_paths(cache, preset, s)[0 if stage == "coarse" else 1]
                       for preset in presets.split(",") for s in seeds]
         self.paths = [p for p in self.paths if p.exists()]
@@ -78,6 +79,7 @@ class Samples:
         self.stage = stage
         self.cache: dict[int, dict] = {}
         self.weights = np.ones(len(self.paths))
+        self.stage_augment = stage_augment  # COARSE_AUGMENT or FINE_AUGMENT (train --augment)
 
     def weight_variants(self, factor: float) -> None:
         """Draw scans with rare rib variants (11 or 13 rib pairs, a lumbar rib) ``factor`` times
@@ -98,8 +100,12 @@ class Samples:
         x, y = s["x"].astype(np.float32), s["y"].astype(np.int64)
         if self.stage == "coarse":
             x, y = _fit(x, y, COARSE_PATCH, rng, -1.0)
+            if train and self.stage_augment:
+                x, y = augment_coarse(x, y, rng, self.stage_augment)
         else:  # samples cached before a rounding fix may be one voxel larger
             x, y = _fit(x, y, fine_patch(), rng, 0.0)
+            if train and self.stage_augment:
+                x = shift_hints(x, rng, self.stage_augment)
         if train:
             x = augment(x, rng)
             if rng.uniform() < 0.5:
@@ -123,7 +129,8 @@ def train(args) -> None:
     rng = np.random.default_rng(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    train_set = Samples(args.stage, seeds_of("train", args.train_count), args.preset, args.cache)
+    stage_augment = ({"coarse": COARSE_AUGMENT, "fine": FINE_AUGMENT}[args.stage] if args.augment else None)
+    train_set = Samples(args.stage, seeds_of("train", args.train_count), args.preset, args.cache, stage_augment)
     tune_set = Samples(args.stage, seeds_of("tune", args.tune_count), args.preset, args.cache)
     if args.variant_weight != 1.0:
         train_set.weight_variants(args.variant_weight)
@@ -134,7 +141,7 @@ def train(args) -> None:
     config = {"stage": args.stage, "network": NETWORKS[args.stage], "preprocessing": PREPROCESSING,
               "train_count": len(seeds_of("train", args.train_count)), "train_samples": len(train_set.paths),
               "preset": args.preset, "iterations": args.iterations, "lr": args.lr, "batch": args.batch,
-              "seed": args.seed, "variant_weight": args.variant_weight}
+              "seed": args.seed, "variant_weight": args.variant_weight, "augment": stage_augment}
     start, log = 0, []
     ckpt = out / "last.pt"
     if args.init is not None:  # fine-tune: start from another run's weights (its config is kept)
@@ -209,6 +216,9 @@ def main() -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--variant-weight", type=float, default=1.0,
                    help="draw scans with rib variants this many times as often")
+    p.add_argument("--augment", action="store_true",
+                   help="coarse stage: turn, cut and degrade the samples; fine stage: move the hints "
+                   "(config.COARSE_AUGMENT, FINE_AUGMENT; augment.py)")
     p.add_argument("--init", default=None, help="checkpoint folder whose final weights start this run")
     a = p.parse_args()
     a.preset = a.preset or STAGE_PRESETS[a.stage]

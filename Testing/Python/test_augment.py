@@ -1,0 +1,99 @@
+"""The coarse stage's training augmentation keeps image and labels consistent (training side)."""
+
+import numpy as np
+import pytest
+
+pytest.importorskip("scipy")
+
+from training.segmentation.augment import (AIR, augment_coarse, random_field_of_view, random_image_quality, random_pose,
+                                          shift_hints)
+from training.segmentation.config import COARSE_AUGMENT, FINE_AUGMENT
+
+
+def a_sample():
+    """Body of soft tissue (-0.2) in air on a 5 mm grid (k = S, j = A, i = R), two 'bodies' of bone."""
+    x = np.full((1, 40, 30, 30), AIR, np.float32)
+    x[0, 2:38, 4:26, 4:26] = -0.2
+    y = np.zeros((40, 30, 30), np.uint8)
+    y[20:26, 12:18, 12:18] = 1  # L1 above
+    y[12:18, 12:18, 12:18] = 2  # L2
+    x[0][y > 0] = 0.1
+    return x, y
+
+
+def config(**changes):
+    return {**COARSE_AUGMENT, "p_pose": 0.0, "p_short_scan": 0.0, "p_spine_crop": 0.0, **changes}
+
+
+def test_a_pose_without_rotation_or_scaling_changes_nothing():
+    x, y = a_sample()
+    xs, ys = random_pose(x, y, np.random.default_rng(0), config(p_pose=1.0, rotate_deg=(0, 0, 0), scale=(1, 1)))
+    assert np.array_equal(ys, y) and np.allclose(xs, x, atol=1e-5)
+
+
+def test_a_turned_sample_keeps_its_labels_on_its_bone_and_l1_above_l2():
+    x, y = a_sample()
+    rng = np.random.default_rng(1)
+    for _ in range(5):
+        xs, ys = random_pose(x, y, rng, config(p_pose=1.0, rotate_deg=(25, 10, 10), scale=(0.9, 1.1)))
+        assert xs.shape == x.shape and ys.shape == y.shape
+        for v in (1, 2):
+            assert 0.6 < (ys == v).sum() / (y == v).sum() < 1.6
+        assert np.mean(xs[0][ys > 0] > -0.05) > 0.9  # labels move with the bone under them (edges blend)
+        assert np.argwhere(ys == 1)[:, 0].mean() > np.argwhere(ys == 2)[:, 0].mean()
+
+
+def test_a_short_scan_is_air_above_its_top_and_keeps_l1_whole():
+    x, y = a_sample()
+    rng = np.random.default_rng(2)
+    for _ in range(10):
+        xs, ys = random_field_of_view(x, y, rng, config(p_short_scan=1.0, p_cut_l2=1.0))
+        top = np.nonzero(np.any(xs[0] > AIR, axis=(1, 2)))[0].max()
+        assert top < 38 and top >= 25  # cut above the image's top, never into L1
+        assert (ys == 1).sum() == (y == 1).sum()
+        assert 0 < (ys == 2).sum() <= (y == 2).sum()  # L2 may lose its lower part, never all of it
+        assert np.all(xs[0][ys > 0] > AIR)  # no label on air
+
+
+def test_a_spine_crop_is_air_outside_a_box_that_holds_both_bodies():
+    x, y = a_sample()
+    rng = np.random.default_rng(3)
+    for _ in range(10):
+        xs, ys = random_field_of_view(x, y, rng, config(p_spine_crop=1.0, crop_width_mm=(20.0, 40.0)))
+        assert np.array_equal(ys, y)
+        assert np.all(xs[0][y > 0] == x[0][y > 0])
+        assert (xs[0] > AIR).sum() < (x[0] > AIR).sum()  # something was cut away
+
+
+def test_image_quality_changes_keep_air_as_air_and_the_window():
+    x, y = a_sample()
+    rng = np.random.default_rng(4)
+    for _ in range(5):
+        xs = random_image_quality(x, rng, COARSE_AUGMENT)
+        assert xs.shape == x.shape and xs.dtype == np.float32
+        assert np.all(xs[0][x[0] == AIR] == AIR) and xs.min() >= -1 and xs.max() <= 1
+        assert not np.array_equal(xs, x)
+
+
+def test_the_whole_augmentation_is_reproducible_from_the_seed():
+    x, y = a_sample()
+    a = augment_coarse(x, y, np.random.default_rng(5), COARSE_AUGMENT)
+    b = augment_coarse(x, y, np.random.default_rng(5), COARSE_AUGMENT)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_fine_hints_move_together_and_the_ct_stays():
+    x = np.full((3, 60, 20, 20), -1.0, np.float32)
+    x[0] = np.random.default_rng(6).normal(0, 0.1, x.shape[1:])
+    x[1, 30:36, 8:12, 8:12] = 1.0
+    x[2, 20:26, 8:12, 8:12] = 1.0
+    rng = np.random.default_rng(7)
+    moved = 0
+    for _ in range(20):
+        xs = shift_hints(x, rng, {**FINE_AUGMENT, "p_hint_shift": 1.0})
+        assert np.array_equal(xs[0], x[0])
+        d1 = np.argwhere(xs[1] > 0).mean(0) - np.argwhere(x[1] > 0).mean(0)
+        d2 = np.argwhere(xs[2] > 0).mean(0) - np.argwhere(x[2] > 0).mean(0)
+        assert np.allclose(d1, d2) and abs(d1[0]) <= 15 and np.all(np.abs(d1[1:]) <= 6)
+        moved += bool(np.any(d1 != 0))
+    assert moved > 10

@@ -1,0 +1,111 @@
+"""Coarse-stage augmentation: poses, fields of view and image quality the phantoms vary too little.
+
+On real scans the fine stage outlines the right bodies when it is told where they are, but the
+coarse stage trained on the plain phantoms puts its levels one or more vertebrae off: a tilted
+spine (lordosis of a patient lying differently), a scan that starts just above L1 or is cropped
+around the spine, a sharper or noisier reconstruction all change its answer. Each sample is
+therefore turned, cut and degraded at random, within the limits in ``config.COARSE_AUGMENT``.
+
+Pure functions of the network's input ``x`` (1, k, j, i), its labels ``y`` (k, j, i) on the 5 mm
+RAS grid (k = S, j = A, i = R) and a numpy generator. Outside the CT the input is air (-1), as at
+run time (``coarse_input`` fills outside the scan with -1000 HU).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from scipy import ndimage
+
+AIR = -1.0
+
+
+def _rotation(angles_deg) -> np.ndarray:
+    """Rotation on (k, j, i) indices: about R (i, sagittal tilt), about A (j), about S (k)."""
+    a, b, c = np.radians(angles_deg)
+    about_i = np.array([[np.cos(a), -np.sin(a), 0], [np.sin(a), np.cos(a), 0], [0, 0, 1]])
+    about_j = np.array([[np.cos(b), 0, -np.sin(b)], [0, 1, 0], [np.sin(b), 0, np.cos(b)]])
+    about_k = np.array([[1, 0, 0], [0, np.cos(c), -np.sin(c)], [0, np.sin(c), np.cos(c)]])
+    return about_i @ about_j @ about_k
+
+
+def random_pose(x: np.ndarray, y: np.ndarray, rng, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Turn and scale the sample about the centre of its L1-L2 labels (they stay in the patch)."""
+    fg = np.argwhere(y > 0)
+    if len(fg) == 0 or rng.uniform() >= cfg["p_pose"]:
+        return x, y
+    center = fg.mean(axis=0)
+    m = _rotation([rng.uniform(-r, r) for r in cfg["rotate_deg"]]) / rng.uniform(*cfg["scale"])
+    offset = center - m @ center
+    xs = ndimage.affine_transform(x[0], m, offset, order=1, mode="constant", cval=AIR)
+    ys = ndimage.affine_transform(y, m, offset, order=0, mode="constant", cval=0)
+    return xs[None].astype(np.float32), ys.astype(y.dtype)
+
+
+def random_field_of_view(x: np.ndarray, y: np.ndarray, rng, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Cut the scan like a short abdominal series (starting a little above L1, perhaps ending in
+    L2) or a spine-cropped reconstruction (a narrow box around the spine); air outside."""
+    fg = np.argwhere(y > 0)
+    if len(fg) == 0:
+        return x, y
+    x, y = x.copy(), y.copy()
+    mm = cfg["spacing_mm"]
+    if rng.uniform() < cfg["p_short_scan"]:
+        top = fg[:, 0].max() + int(round(rng.uniform(*cfg["above_l1_mm"]) / mm))
+        x[0, top + 1 :] = AIR
+        y[top + 1 :] = 0
+        l2 = np.argwhere(y == 2)
+        if len(l2) and rng.uniform() < cfg["p_cut_l2"]:
+            lo, hi = l2[:, 0].min(), l2[:, 0].max()
+            bottom = int(round(lo + rng.uniform(0.0, 0.5) * (hi - lo)))
+            x[0, :bottom] = AIR
+            y[:bottom] = 0
+    if rng.uniform() < cfg["p_spine_crop"]:
+        center = fg.mean(axis=0)
+        for axis in (1, 2):  # A, R
+            half = rng.uniform(*cfg["crop_width_mm"]) / 2 / mm
+            c = center[axis] + rng.uniform(-1, 1) * cfg["crop_offset_mm"] / mm
+            # the box holds the bodies whole: a spine-cropped reconstruction centres on the spine
+            lo = min(int(np.floor(c - half)), int(fg[:, axis].min()) - 1)
+            hi = max(int(np.ceil(c + half)), int(fg[:, axis].max()) + 1)
+            index = np.arange(x.shape[axis + 1])
+            outside = (index < lo) | (index > hi)
+            shape = [1, 1, 1]
+            shape[axis] = -1
+            x[0][np.broadcast_to(outside.reshape(shape), y.shape)] = AIR
+    return x, y
+
+
+def random_image_quality(x: np.ndarray, rng, cfg: dict) -> np.ndarray:
+    """Calibration, blur or sharpness, noise and soft-tissue texture of another scanner."""
+    img = x[0].astype(np.float32)
+    inside = img > AIR + 1e-3
+    sd = rng.uniform(*cfg["blur_sd_voxels"])
+    if sd > 0.05:
+        img = ndimage.gaussian_filter(img, sd, mode="nearest")
+    elif rng.uniform() < cfg["p_sharpen"]:  # unsharp mask: a bone kernel's overshoot at edges
+        img = img + rng.uniform(0.3, 1.0) * (img - ndimage.gaussian_filter(img, 1.0, mode="nearest"))
+    img = img * rng.uniform(*cfg["intensity_scale"]) + rng.uniform(-1, 1) * cfg["intensity_shift"]
+    texture = ndimage.gaussian_filter(rng.normal(0, 1, img.shape).astype(np.float32), 1.5)
+    img = img + texture / max(float(texture.std()), 1e-6) * rng.uniform(0, cfg["texture_sd"])
+    img = img + rng.normal(0, rng.uniform(0, cfg["noise_sd"]), img.shape).astype(np.float32)
+    return np.where(inside, np.clip(img, -1.0, 1.0), AIR)[None].astype(np.float32)
+
+
+def shift_hints(x: np.ndarray, rng, cfg: dict) -> np.ndarray:
+    """Move the fine stage's hint channels (1: L1, 2: L2; -1 = no hint) together by a random
+    whole-voxel offset, as a coarse stage that is off on a real scan leaves them."""
+    if rng.uniform() >= cfg["p_hint_shift"]:
+        return x
+    shift = [int(round(rng.uniform(-m, m) / cfg["spacing_mm"])) for m in cfg["hint_shift_mm"]]
+    out = np.full_like(x, -1.0)
+    out[0] = x[0]
+    src = tuple(slice(max(0, -d), n - max(0, d)) for d, n in zip(shift, x.shape[1:]))
+    dst = tuple(slice(max(0, d), n - max(0, -d)) for d, n in zip(shift, x.shape[1:]))
+    out[(slice(1, None), *dst)] = x[(slice(1, None), *src)]
+    return out
+
+
+def augment_coarse(x: np.ndarray, y: np.ndarray, rng, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+    x, y = random_pose(x, y, rng, cfg)
+    x, y = random_field_of_view(x, y, rng, cfg)
+    return random_image_quality(x, rng, cfg), y
