@@ -1,4 +1,6 @@
-"""Coarse-stage augmentation: poses, fields of view and image quality the phantoms vary too little.
+"""Training augmentation of the segmentation stages (``train --augment``) for real scans.
+
+Coarse stage: poses, fields of view and image quality the phantoms vary too little.
 
 On real scans the fine stage outlines the right bodies when it is told where they are, but the
 coarse stage trained on the plain phantoms puts its levels one or more vertebrae off: a tilted
@@ -6,9 +8,12 @@ spine (lordosis of a patient lying differently), a scan that starts just above L
 around the spine, a sharper or noisier reconstruction all change its answer. Each sample is
 therefore turned, cut and degraded at random, within the limits in ``config.COARSE_AUGMENT``.
 
-Pure functions of the network's input ``x`` (1, k, j, i), its labels ``y`` (k, j, i) on the 5 mm
-RAS grid (k = S, j = A, i = R) and a numpy generator. Outside the CT the input is air (-1), as at
-run time (``coarse_input`` fills outside the scan with -1000 HU).
+Fine stage: its hints moved by up to half a vertebra, as a coarse stage that is off leaves them
+(``shift_hints``, limits in ``config.FINE_AUGMENT``).
+
+Pure functions of the network's input ``x`` (C, k, j, i), its labels ``y`` (k, j, i) on the
+stage's RAS grid (k = S, j = A, i = R) and a numpy generator. Outside the CT the coarse input is
+air (-1), as at run time (``coarse_input`` fills outside the scan with -1000 HU).
 """
 
 from __future__ import annotations
