@@ -145,32 +145,39 @@ def summarise(rows: list[dict]) -> dict:
     return out
 
 
+def levels_in_reference(labels: np.ndarray, ref: np.ndarray, mapping: dict[str, int], names: dict[int, str]) -> dict:
+    """Where each level of a label map (values of LABEL_OF) lies in a real case's reference
+    vertebrae (``mapping``: level -> reference label; ``names``: every reference label's level)."""
+    out = {}
+    for name, value in LABEL_OF.items():
+        kji = np.argwhere(labels == value)
+        if len(kji) == 0:
+            out[name] = {"found": False}
+            continue
+        under = ref[tuple(kji.T)]
+        values, counts = np.unique(under, return_counts=True)
+        c = tuple(np.round(kji.mean(axis=0)).astype(int))
+        out[name] = {
+            "found": True,
+            "voxels": int(len(kji)),
+            "centroid_in_reference": bool(ref[c] == mapping[name]),
+            "fraction_inside_reference": round(float((under == mapping[name]).mean()), 4),
+            "voxels_by_reference_level": {names.get(int(v), "none"): int(n) for v, n in zip(values, counts)},
+        }
+    return out
+
+
 def evaluate_real(seg: L1L2Segmenter, root: Path) -> dict:
     out = {}
     for case, mapping_name in REAL_CASES.items():
         ct = read_ct(root / case / "ct.nii.gz")
         ref = read_volume(root / case / "labels.nii.gz").array
-        mapping = LABEL_MAPPINGS[mapping_name]
         entry = {}
         try:
             res = seg.segment(ct)
             entry["warnings"] = res.warnings
-            for name, value in LABEL_OF.items():
-                kji = np.argwhere(res.labels.array == value)
-                ref_mask = ref == mapping[name]
-                if len(kji) == 0:
-                    entry[name] = {"found": False}
-                    continue
-                c = tuple(np.round(kji.mean(axis=0)).astype(int))
-                values, counts = np.unique(ref[tuple(kji.T)], return_counts=True)
-                names = REAL_CASE_LEVEL_NAMES[case]
-                entry[name] = {
-                    "found": True,
-                    "voxels": int(len(kji)),
-                    "centroid_in_reference": bool(ref_mask[c]),
-                    "fraction_inside_reference": round(float(ref_mask[tuple(kji.T)].mean()), 4),
-                    "voxels_by_reference_level": {names.get(int(v), "none"): int(n) for v, n in zip(values, counts)},
-                }
+            entry.update(levels_in_reference(res.labels.array, ref, LABEL_MAPPINGS[mapping_name],
+                                             REAL_CASE_LEVEL_NAMES[case]))
         except OsteoScreenError as exc:
             entry["error"] = str(exc)
         out[case] = entry

@@ -25,7 +25,7 @@ from OsteoScreenLib.resample import sample
 from OsteoScreenLib.segmenter import L1L2Segmenter, coarse_input, find_levels, level_hints
 from OsteoScreenLib.volume import Volume
 
-from .evaluate import REAL_CASE_LEVEL_NAMES, REAL_CASES
+from .evaluate import REAL_CASE_LEVEL_NAMES, REAL_CASES, levels_in_reference
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 HINT_PROBABILITY = 0.9
@@ -52,20 +52,7 @@ def run_case(seg: L1L2Segmenter, case_dir: Path, mapping_name: str, names: dict[
     center = (levels["L1"]["centroid_ras"] + levels["L2"]["centroid_ras"]) / 2
     fine = seg.fine_probabilities(ct, level_hints(hints, levels), center)
     labels, _ = seg._to_ct_grid(ct, fine)
-    out = {}
-    for name, value in LABEL_OF.items():
-        kji = np.argwhere(labels.array == value)
-        if len(kji) == 0:
-            out[name] = {"found": False}
-            continue
-        inside = ref.array[tuple(kji.T)]
-        values, counts = np.unique(inside, return_counts=True)
-        c = tuple(np.round(kji.mean(axis=0)).astype(int))
-        out[name] = {"found": True, "voxels": int(len(kji)),
-                     "centroid_in_reference": bool(ref.array[c] == mapping[name]),
-                     "fraction_inside_reference": round(float((inside == mapping[name]).mean()), 4),
-                     "voxels_by_reference_level": {names.get(int(v), "none"): int(n) for v, n in zip(values, counts)}}
-    return out
+    return levels_in_reference(labels.array, ref.array, mapping, names)
 
 
 def main() -> None:
