@@ -3,8 +3,10 @@
 L1 is the first vertebra below the last rib-bearing one. The coarse stage finds L1 by counting
 over the whole chest and is sometimes one vertebra off (a short 12th rib, 11 or 13 rib pairs).
 A small network answers, for a box around one vertebral body on the coarse grid, whether that
-vertebra bears a rib pair. Stepping from the coarse L1 along the spine, the level is moved by
-one vertebra when the ribs say so clearly; otherwise the coarse stage's answer stands.
+vertebra bears a rib pair. Stepping from the coarse L1 along the spine, the levels are moved by
+up to two vertebrae when the ribs say so clearly; otherwise the coarse stage's answer stands.
+A spine-cropped scan is checked too when it shows the rib heads and necks (``covers``): there the
+coarse stage, which counts from the top, has little to count from.
 
 Pure functions of arrays and geometry; the network runs through ``OnnxNetwork``.
 """
@@ -20,14 +22,22 @@ from .resample import bounds_ras, centred_grid, sample
 from .volume import Volume
 
 # Spacing of neighbouring vertebrae along the spine (centre to centre) accepted from the
-# coarse L1 and L2; outside it the typical step is used.
+# coarse L1 and L2, or from twice it when they lie two vertebrae apart (the coarse stage skipped
+# one); outside both the typical step is used.
 STEP_RANGE_MM = (22.0, 45.0)
+TWO_STEP_RANGE_MM = (50.0, 80.0)
 TYPICAL_STEP_MM = 32.0
+# Vertebrae asked about (from the coarse L1) and the moves of L1 they can decide.
+OFFSETS = (-3, -2, -1, 0, 1, 2)
+MOVES = (-2, -1, 0, 1, 2)
 # A level is moved only when the ribs favour the move this many times more than the coarse level.
 MIN_LIKELIHOOD_RATIO = 20.0
-# Only where the CT covers the box sideways (within this margin): a spine-cropped field of view
-# hides the ribs, and missing ribs would read as a lumbar vertebra.
-FOV_MARGIN_MM = 10.0
+# Only where the CT shows a vertebra's rib heads and necks: this far each side of its centre (R),
+# in front of it and behind it (A). A narrower field of view hides the ribs, and missing ribs
+# would read as a lumbar vertebra. (The network learnt boxes cut that close: RIB_CHECK_AUGMENT.)
+MIN_SIDE_MM = 30.0
+MIN_FRONT_MM = 10.0
+MIN_BACK_MM = 50.0
 # A vertebra is asked about only when its centre lies this far inside the first and last slice.
 IN_SCAN_MARGIN_MM = 5.0
 
@@ -36,8 +46,9 @@ IN_SCAN_MARGIN_MM = 5.0
 class RibDecision:
     shift: int  # vertebrae to move L1 and L2 by (+1 = one vertebra down, -1 = up)
     step_ras: np.ndarray  # from one vertebra to the one below (mm)
-    rib_probability: dict[int, float]  # by offset from the coarse L1 (-2 .. +1), those inside the scan
+    rib_probability: dict[int, float]  # by offset from the coarse L1 (OFFSETS), those inside the scan
     checked: bool  # False when the field of view does not show the ribs
+    l2_follows_l1: bool = False  # the coarse L2 was not one vertebra below L1: after a move, L2 = L1 + step
 
 
 def crop(coarse_input: Volume, center_ras, cfg: dict) -> np.ndarray:
@@ -47,12 +58,12 @@ def crop(coarse_input: Volume, center_ras, cfg: dict) -> np.ndarray:
     return sample(coarse_input, grid, shape, order=1, fill=-1.0, antialias=False)[None].astype(np.float32)
 
 
-def covers(ct: Volume, center_ras, cfg: dict) -> bool:
-    """Whether the CT's field of view holds the rib box sideways (R and A)."""
+def covers(ct: Volume, center_ras) -> bool:
+    """Whether the CT's field of view shows a vertebra's rib heads and necks (R and A)."""
     lo, hi = bounds_ras(ct)
-    half = np.asarray(cfg["size_mm"][:2]) / 2 - FOV_MARGIN_MM
     c = np.asarray(center_ras, float)[:2]
-    return bool(np.all(c - half >= lo[:2]) and np.all(c + half <= hi[:2]))
+    below, above = np.array([MIN_SIDE_MM, MIN_BACK_MM]), np.array([MIN_SIDE_MM, MIN_FRONT_MM])  # R, A
+    return bool(np.all(c - below >= lo[:2]) and np.all(c + above <= hi[:2]))
 
 
 def in_scan(ct: Volume, center_ras) -> bool:
@@ -63,26 +74,39 @@ def in_scan(ct: Volume, center_ras) -> bool:
 
 
 def spine_step(l1_ras, l2_ras) -> np.ndarray:
-    """From one vertebra to the one below: L1 to L2 when plausible, else straight down."""
+    """From one vertebra to the one below: L1 to L2 when plausible (or half of it when they lie
+    two vertebrae apart), else straight down."""
     if l1_ras is not None and l2_ras is not None:
         d = np.asarray(l2_ras, float) - np.asarray(l1_ras, float)
         n = float(np.linalg.norm(d))
         if d[2] < 0 and STEP_RANGE_MM[0] <= n <= STEP_RANGE_MM[1]:
             return d
+        if d[2] < 0 and TWO_STEP_RANGE_MM[0] <= n <= TWO_STEP_RANGE_MM[1]:
+            return d / 2
     return np.array([0.0, 0.0, -TYPICAL_STEP_MM])
 
 
-def decide(p: dict[int, float]) -> int:
-    """Offset of L1 from the coarse L1 (-1, 0, +1): L1 bears no ribs and the vertebra above it does.
+def l2_below_l1(l1_ras, l2_ras) -> bool:
+    """Whether the coarse L2 lies one vertebra below the coarse L1."""
+    if l1_ras is None or l2_ras is None:
+        return False
+    d = np.asarray(l2_ras, float) - np.asarray(l1_ras, float)
+    return bool(d[2] < 0 and STEP_RANGE_MM[0] <= float(np.linalg.norm(d)) <= STEP_RANGE_MM[1])
 
-    ``p``: rib-bearing probability at offsets -2 .. +1 from the coarse L1; an offset outside the
-    scan is left out, and a move that needs it is not made."""
+
+def decide(p: dict[int, float]) -> int:
+    """Offset of L1 from the coarse L1 (one of MOVES): L1 bears no ribs and the vertebra above it does.
+
+    ``p``: rib-bearing probability at offsets (OFFSETS) from the coarse L1; an offset outside the
+    scan is left out, and a move that needs it is not made. Staying needs only the coarse L1 itself
+    (a scan that starts at it does not show the vertebra above), a move both vertebrae it relies on."""
     eps = 1e-4
 
     def score(m: int) -> float:
-        return np.log(max(p[m - 1], eps)) + np.log(max(1.0 - p[m], eps))
+        above = np.log(max(p[m - 1], eps)) if m - 1 in p else 0.0
+        return above + np.log(max(1.0 - p[m], eps))
 
-    possible = [m for m in (-1, 0, 1) if m - 1 in p and m in p]
+    possible = [m for m in MOVES if m in p and (m - 1 in p or m == 0)]
     if 0 not in possible:
         return 0
     best = max(possible, key=score)
@@ -97,24 +121,26 @@ def check_levels(ct: Volume, coarse_input: Volume, l1_ras, l2_ras, run, cfg: dic
     ``run``: batch (n, 1, k, j, i) -> logits (n, 1). With L1 not found, its place is one step above L2."""
     step = spine_step(l1_ras, l2_ras)
     anchor = np.asarray(l1_ras, float) if l1_ras is not None else np.asarray(l2_ras, float) - step
-    offsets = (-2, -1, 0, 1)
-    centers = [anchor + m * step for m in offsets]
-    if not all(covers(ct, c, cfg) for c in centers):
-        return RibDecision(0, step, {}, False)
-    asked = [(m, c) for m, c in zip(offsets, centers) if in_scan(ct, c)]
-    if not asked:
-        return RibDecision(0, step, {}, False)
+    follows = l1_ras is not None and l2_ras is not None and not l2_below_l1(l1_ras, l2_ras)
+    # a vertebra outside the scan or whose ribs the field of view hides is not asked (its box
+    # would answer anything), and no move relies on it; without the coarse L1 itself, no check
+    asked = [(m, c) for m, c in ((m, anchor + m * step) for m in OFFSETS) if in_scan(ct, c) and covers(ct, c)]
+    if 0 not in dict(asked):
+        return RibDecision(0, step, {}, False, follows)
     logits = np.asarray(run(np.stack([crop(coarse_input, c, cfg) for _, c in asked])), float).reshape(-1)
     p = {m: float(1.0 / (1.0 + np.exp(-v))) for (m, _), v in zip(asked, logits)}
-    return RibDecision(decide(p), step, p, True)
+    return RibDecision(decide(p), step, p, True, follows)
 
 
-def shift_levels(coarse: Volume, shift: int, step_ras: np.ndarray, l1_found: bool) -> Volume:
+def shift_levels(coarse: Volume, shift: int, step_ras: np.ndarray, l1_found: bool,
+                 l2_follows_l1: bool = False) -> Volume:
     """Coarse probabilities with L1 and L2 moved ``shift`` vertebrae along ``step_ras``.
 
-    Without an L1 region, L1 is taken from the L2 map one vertebra above its new place."""
+    Without an L1 region, L1 is taken from the L2 map one vertebra above its new place; with
+    ``l2_follows_l1`` (the coarse L2 was not one vertebra below L1), L2 from the L1 map one below."""
     out = coarse.array.copy()
-    moves = {"L1": ("L1", shift) if l1_found else ("L2", shift - 1), "L2": ("L2", shift)}
+    moves = {"L1": ("L1", shift) if l1_found else ("L2", shift - 1),
+             "L2": ("L1", shift + 1) if l1_found and l2_follows_l1 else ("L2", shift)}
     for name, (source, n) in moves.items():
         moved = Volume(coarse.array[..., LABEL_OF[source]], coarse.ijk_to_ras.copy())
         moved.ijk_to_ras[:3, 3] += n * np.asarray(step_ras, float)

@@ -3,7 +3,7 @@
 1. coarse: the whole CT resampled to a few-mm RAS grid; a network marks the L1
    and L2 bodies (it counts from the last rib-bearing vertebra); a small second
    network, the rib check (rib_check.py), asks of the vertebrae around that L1
-   whether they bear ribs, and moves both levels by one vertebra when they say so;
+   whether they bear ribs, and moves both levels by up to two vertebrae when they say so;
 2. fine: a ~1 mm box around L1-L2; a second network, given the CT and the coarse
    masks as hints, outlines both bodies;
 3. the fine probabilities are resampled onto the original CT grid inside the box
@@ -142,7 +142,7 @@ class L1L2Segmenter:
         report = {"checked": decision.checked, "shift": decision.shift,
                   "rib_probability": {str(m): round(p, 3) for m, p in decision.rib_probability.items()}}
         if decision.shift:
-            coarse = shift_levels(coarse, decision.shift, decision.step_ras, "L1" in levels)
+            coarse = shift_levels(coarse, decision.shift, decision.step_ras, "L1" in levels, decision.l2_follows_l1)
             levels = find_levels(coarse)
         return coarse, levels, report
 
@@ -182,9 +182,10 @@ class L1L2Segmenter:
         confidence = {name: lv["certainty"] for name, lv in levels.items()}
         level_warnings = [w for w in (level_warning(n, c) for n, c in confidence.items()) if w]
         if rib_report.get("shift"):
-            level_warnings.append(f"L1 and L2 moved one vertebra {'down' if rib_report['shift'] > 0 else 'up'} by the rib "
-                            "check (the counting from the top disagreed): check that L1 is the first vertebra below "
-                            "the last rib-bearing one")
+            n = abs(rib_report["shift"])
+            level_warnings.append(f"L1 and L2 moved {'one vertebra' if n == 1 else f'{n} vertebrae'} "
+                                  f"{'down' if rib_report['shift'] > 0 else 'up'} by the rib check (the counting from "
+                                  "the top disagreed): check that L1 is the first vertebra below the last rib-bearing one")
         if missing:
             raise OsteoScreenError(
                 f"{' and '.join(missing)} not found in the field of view; OsteoScreen needs a CT that "

@@ -35,8 +35,10 @@ if [[ $what == segmentation || $what == all ]]; then
   #    then turned, cut and degraded samples (augment.py): real scans have other poses, fields of view, kernels
   $T --stage coarse --train-count "$SEG_TRAIN" --iterations 4500 --lr 5e-4 --variant-weight 4 --augment \
      --init $C/segmentation-coarse-variants
-  #    the rib check: does the vertebra in a coarse-grid box bear ribs (boxes of the same chest-coarse samples)
-  $PY -m training.segmentation.rib_check --epochs 12
+  #    the rib check: does the vertebra in a coarse-grid box bear ribs (boxes of the same chest-coarse samples),
+  #    then on boxes turned, cut at the sides and front as in spine-cropped scans, and degraded
+  $PY -m training.segmentation.rib_check --epochs 12 --out $C/rib-check-plain
+  $PY -m training.segmentation.rib_check --epochs 12 --augment --init rib-check-plain
   # 2. fine stage: pre-train on 1.5 mm crops (fast to render), then fine-tune on 1 mm boxes of
   #    full-size chest and spine scans with the coarse stage's own hints
   $P --split train --count 300 --preset training --stages fine
@@ -57,6 +59,7 @@ if [[ $what == segmentation || $what == all ]]; then
      --init $C/segmentation-fine-548
   $PY -m training.segmentation.export
   $PY -m training.segmentation.evaluate --count "$SEG_EVAL" --workers "$WORKERS"
+  $PY -m training.segmentation.evaluate --preset spine --count "$SEG_EVAL" --workers "$WORKERS"  # spine-cropped
   $PY -m training.segmentation.real_hints  # real cases with the levels given: outlining apart from level finding
   $PY -m training.segmentation.level_confidence --count 100 --workers "$WORKERS"
   # learning curve of the fine stage (scored on 1 mm boxes of 100 test scans)

@@ -5,9 +5,10 @@ import pytest
 
 pytest.importorskip("scipy")
 
+from OsteoScreenLib.rib_check import MIN_BACK_MM, MIN_FRONT_MM, MIN_SIDE_MM
 from training.segmentation.augment import (AIR, augment_coarse, random_field_of_view, random_image_quality, random_pose,
-                                          shift_hints)
-from training.segmentation.config import COARSE_AUGMENT, FINE_AUGMENT
+                                          random_side_crop, shift_hints)
+from training.segmentation.config import COARSE_AUGMENT, FINE_AUGMENT, RIB_CHECK_AUGMENT
 
 
 def a_sample():
@@ -97,3 +98,32 @@ def test_fine_hints_move_together_and_the_ct_stays():
         assert np.allclose(d1, d2) and abs(d1[0]) <= 15 and np.all(np.abs(d1[1:]) <= 6)
         moved += bool(np.any(d1 != 0))
     assert moved > 10
+
+
+def a_rib_box():
+    """A rib-check box (1, k, j, i) on 5 mm: 60 x 160 x 200 mm of soft tissue, a body at the centre."""
+    x = np.full((1, 12, 32, 40), -0.2, np.float32)
+    x[0, 3:9, 13:19, 17:23] = 0.3
+    return x
+
+
+def test_a_rib_box_is_cut_at_the_sides_and_front_no_closer_than_the_run_time_check_accepts():
+    x = a_rib_box()
+    rng = np.random.default_rng(8)
+    r = (np.arange(40) - 19.5) * 5.0  # mm from the centre sideways
+    a = (np.arange(32) - 15.5) * 5.0  # towards A
+    cut_sides = cut_front = 0
+    for _ in range(40):
+        xs = random_side_crop(x, rng, RIB_CHECK_AUGMENT, 5.0)
+        air = xs[0] == AIR
+        assert np.array_equal(xs[0][~air], x[0][~air])  # only ever air put in
+        kept_r = r[~np.all(air, axis=(0, 1))]
+        kept_a = a[~np.all(air, axis=(0, 2))]
+        # the window keeps the body and at least what the run-time check asks for (its offset
+        # moves the centre by up to side_offset_mm)
+        off = RIB_CHECK_AUGMENT["side_offset_mm"] + 5.0
+        assert kept_r.min() <= -(MIN_SIDE_MM - off) and kept_r.max() >= MIN_SIDE_MM - off
+        assert kept_a.max() >= MIN_FRONT_MM - 10.0 and kept_a.min() <= -(MIN_BACK_MM - 5.0)
+        cut_sides += bool(np.all(air[..., 0]))
+        cut_front += bool(np.all(air[:, -1, :]))
+    assert 5 < cut_sides < 35 and 5 < cut_front < 30

@@ -5,7 +5,8 @@ import pytest
 
 from OsteoScreenLib.registry import VERSE_LEVEL_IDS
 from OsteoScreenLib.resample import bounds_ras, subvolume
-from OsteoScreenLib.rib_check import check_levels, decide, shift_levels, spine_step
+from OsteoScreenLib.rib_check import (MIN_BACK_MM, MIN_FRONT_MM, MIN_SIDE_MM, check_levels, covers, decide, shift_levels,
+                                      spine_step)
 from OsteoScreenLib.segmenter import L1L2Segmenter, find_levels
 from OsteoScreenLib.volume import Volume
 
@@ -36,6 +37,12 @@ NONE = 0.01
     ({-2: RIBS, -1: RIBS, 0: RIBS}, 0),            # would move down, but the vertebra below is not seen
     ({0: NONE, 1: NONE}, 0),
     ({-1: RIBS, 0: RIBS, 1: NONE}, 1),             # the scan starts just above: a move down needs no more
+    ({0: RIBS, 1: NONE}, 1),                       # the scan starts at the coarse L1, which bears ribs
+    ({0: 0.6, 1: NONE}, 0),
+    # two vertebrae off, as on a spine-cropped scan with little to count from
+    ({-1: RIBS, 0: RIBS, 1: RIBS, 2: NONE}, 2),    # the coarse L1 is T11
+    ({-3: RIBS, -2: NONE, -1: NONE, 0: NONE, 1: NONE}, -2),  # the coarse L1 is L3
+    ({-1: RIBS, 0: 0.6, 1: 0.5, 2: NONE}, 0),      # unclear
 ])
 def test_the_level_moves_only_when_the_ribs_say_so_clearly(p, expected):
     assert decide(p) == expected
@@ -43,8 +50,21 @@ def test_the_level_moves_only_when_the_ribs_say_so_clearly(p, expected):
 
 def test_the_step_along_the_spine_comes_from_l1_and_l2_when_plausible():
     assert np.allclose(spine_step(np.array([0, 0, 100.0]), np.array([0, -5, 70.0])), [0, -5, -30])
-    assert np.allclose(spine_step(np.array([0, 0, 100.0]), np.array([0, 0, 30.0])), [0, 0, -32])  # 70 mm: two levels
+    # 70 mm: two vertebrae apart (the coarse stage skipped one), half of it is one step
+    assert np.allclose(spine_step(np.array([0, 0, 100.0]), np.array([0, 6, 30.0])), [0, 3, -35])
+    assert np.allclose(spine_step(np.array([0, 0, 100.0]), np.array([0, 0, 10.0])), [0, 0, -32])  # 90 mm: neither
+    assert np.allclose(spine_step(np.array([0, 0, 100.0]), np.array([0, 0, 130.0])), [0, 0, -32])  # L2 above L1
     assert np.allclose(spine_step(None, np.array([0, 0, 30.0])), [0, 0, -32])
+
+
+def test_the_field_of_view_must_show_the_rib_heads_and_necks():
+    """R from -60 to +60 mm, A from -80 to +20 mm (voxel centres; 1 mm grid)."""
+    ct = Volume.from_geometry(np.zeros((3, 101, 121), np.int16), (1.0, 1.0, 1.0), (-60.0, -80.0, 0.0))
+    assert covers(ct, [0.0, 0.0, 1.0])
+    assert covers(ct, [60.0 - MIN_SIDE_MM, 20.0 - MIN_FRONT_MM, 1.0])  # just enough to the right and in front
+    assert not covers(ct, [61.0 - MIN_SIDE_MM, 0.0, 1.0])  # a rib head cut off on the right
+    assert not covers(ct, [0.0, 21.0 - MIN_FRONT_MM, 1.0])
+    assert not covers(ct, [0.0, -81.0 + MIN_BACK_MM, 1.0])  # the rib necks behind cut off
 
 
 def test_shifting_moves_both_levels_one_vertebra_down():
@@ -54,6 +74,16 @@ def test_shifting_moves_both_levels_one_vertebra_down():
     assert levels["L1"]["centroid_ras"][2] == 24 * SPACING_MM
     assert levels["L2"]["centroid_ras"][2] == 18 * SPACING_MM
     assert np.allclose(moved.array.sum(-1), 1, atol=1e-5)
+
+
+def test_an_l2_that_was_not_below_l1_follows_the_moved_l1():
+    """The coarse L1 two vertebrae high and its L2 on the real L1: after the move both lie where
+    the ribs put L1, and L2 is taken one vertebra below it, not moved along from the real L1."""
+    coarse = coarse_with({1: 32, 2: 20})
+    step = np.array([0.0, 0.0, -6 * SPACING_MM])
+    moved = find_levels(shift_levels(coarse, 2, step, l1_found=True, l2_follows_l1=True))
+    assert moved["L1"]["centroid_ras"][2] == 20 * SPACING_MM
+    assert moved["L2"]["centroid_ras"][2] == 14 * SPACING_MM
 
 
 def test_without_l1_the_l2_region_becomes_l1_when_the_ribs_say_so():
@@ -74,10 +104,7 @@ def _right_level(case, center_ras, verse_id) -> bool:
     return int(case.levels.array[ijk[2], ijk[1], ijk[0]]) == verse_id
 
 
-def test_on_a_phantom_the_rib_check_keeps_right_levels_and_corrects_wrong_ones(segmenter, a_chest_phantom):
-    """The real networks: levels moved one vertebra up or down (as a miscounting coarse stage would
-    leave them) are moved back, and the right levels stay."""
-    case, _ = a_chest_phantom
+def _check_keeps_right_levels_and_corrects_wrong_ones(segmenter, case, wrong_by=(-1, 1)):
     coarse, coarse_x = segmenter.coarse_stage(case.ct)
     levels = find_levels(coarse)
     ras = {n: lv["centroid_ras"] for n, lv in levels.items()}
@@ -86,22 +113,39 @@ def test_on_a_phantom_the_rib_check_keeps_right_levels_and_corrects_wrong_ones(s
     assert right.checked and right.shift == 0
     assert right.rib_probability[-1] > 0.5 > right.rib_probability[0]  # T12 bears ribs, L1 none
     step = right.step_ras
-    for wrong_by in (-1, 1):  # L1 put on T12, and on L2
-        wrong = find_levels(shift_levels(coarse, wrong_by, step, l1_found=True))
-        w = {n: lv["centroid_ras"] for n, lv in wrong.items()}
+    for n in wrong_by:  # L1 put on T12 (-1), on L2 (+1), ...
+        wrong = find_levels(shift_levels(coarse, n, step, l1_found=True))
+        w = {name: lv["centroid_ras"] for name, lv in wrong.items()}
         assert not _right_level(case, w["L1"], VERSE_LEVEL_IDS["L1"])
         decision = check_levels(case.ct, coarse_x, w["L1"], w["L2"], segmenter.rib_net.run, segmenter.rib_cfg)
-        assert decision.checked and decision.shift == -wrong_by, decision
+        assert decision.checked and decision.shift == -n, (n, decision)
 
 
-def test_a_narrow_field_of_view_is_not_checked(segmenter):
-    """Spine-cropped scans cut the ribs off: the rib check stays out and the coarse levels stand."""
+def test_on_a_phantom_the_rib_check_keeps_right_levels_and_corrects_wrong_ones(segmenter, a_chest_phantom):
+    """The real networks: levels moved one vertebra up or down (as a miscounting coarse stage would
+    leave them) are moved back, and the right levels stay."""
+    case, _ = a_chest_phantom
+    _check_keeps_right_levels_and_corrects_wrong_ones(segmenter, case)
+
+
+def _spine_crop(width_mm: float):
+    """A spine-cropped phantom like verse012: a sagittal slab of 3 mm voxels, ``width_mm`` wide."""
     from OsteoScreenLib.phantom import render_case, sample_parameters
 
-    params = sample_parameters(7, "spine")
-    params["fov"]["crop_width_mm"] = 100.0
-    params["fov"]["orientation"] = "axial"
-    case = render_case(params)
+    params = sample_parameters(300003, "spine")
+    params["fov"].update(crop_width_mm=width_mm, orientation="sagittal_slab", slab_mm=3.0)
+    return render_case(params)
+
+
+def test_on_a_spine_crop_that_shows_the_rib_heads_the_rib_check_corrects_levels(segmenter):
+    """A 105 mm slab hides the ribs beyond their necks; the check (trained on boxes cut that
+    narrow) still tells T12 from L1, and moves levels put one or two vertebrae off back."""
+    _check_keeps_right_levels_and_corrects_wrong_ones(segmenter, _spine_crop(105.0), wrong_by=(-2, -1, 1))
+
+
+def test_a_field_of_view_narrower_than_the_rib_heads_is_not_checked(segmenter):
+    """A 50 mm crop cuts the rib heads off: the rib check stays out and the coarse levels stand."""
+    case = _spine_crop(50.0)
     coarse, coarse_x = segmenter.coarse_stage(case.ct)
     _, levels, report = segmenter.checked_levels(case.ct, coarse, coarse_x)
     assert report == {"checked": False, "shift": 0, "rib_probability": {}}
@@ -122,5 +166,5 @@ def test_vertebrae_beyond_the_first_slice_are_not_asked(segmenter, a_chest_phant
     short = subvolume(case.ct, lo, hi)
     assert bounds_ras(short)[1][2] < ras["L1"][2] + 46.0
     decision = check_levels(short, coarse_x, ras["L1"], ras["L2"], segmenter.rib_net.run, segmenter.rib_cfg)
-    assert decision.checked and set(decision.rib_probability) == {-1, 0, 1}
+    assert decision.checked and set(decision.rib_probability) == {-1, 0, 1, 2}  # not -2 or -3, above the first slice
     assert decision.shift == 0

@@ -68,7 +68,8 @@ def test_rib_check_boxes_train_one_epoch(tmp_path):
     items = case_items(100000, cache)
     by_level = {it["level"]: it["label"] for it in items}
     assert by_level["T12"] == 1.0 and by_level["L1"] == 0.0  # L1: the first vertebra without ribs
-    config = train(1, tmp_path / "run", threads=1, cache=cache)
+    config = train(1, tmp_path / "run", threads=1, cache=cache, augment=True)  # turned, cut, degraded boxes
+    assert config["augment"] and "tune_loss_narrowest" in config["best"]
     assert config["train_cases"] == 2 and config["tune_cases"] == 1 and config["train_boxes"] == len(
         case_items(100000, cache)) + len(case_items(100001, cache))
     assert (tmp_path / "run" / "final.pt").exists()

@@ -8,6 +8,9 @@ spine (lordosis of a patient lying differently), a scan that starts just above L
 around the spine, a sharper or noisier reconstruction all change its answer. Each sample is
 therefore turned, cut and degraded at random, within the limits in ``config.COARSE_AUGMENT``.
 
+Rib check: each box turned, cut at the sides and degraded (``augment_rib_box``, limits in
+``config.RIB_CHECK_AUGMENT``), so it also reads narrow spine-cropped scans.
+
 Fine stage: its hints moved by up to half a vertebra, as a coarse stage that is off leaves them
 (``shift_hints``, limits in ``config.FINE_AUGMENT``).
 
@@ -94,6 +97,22 @@ def random_image_quality(x: np.ndarray, rng, cfg: dict) -> np.ndarray:
     img = img + texture / max(float(texture.std()), 1e-6) * rng.uniform(0, cfg["texture_sd"])
     img = img + rng.normal(0, rng.uniform(0, cfg["noise_sd"]), img.shape).astype(np.float32)
     return np.where(inside, np.clip(img, -1.0, 1.0), AIR)[None].astype(np.float32)
+
+
+def random_side_crop(x: np.ndarray, rng, cfg: dict, spacing_mm: float) -> np.ndarray:
+    """Air beyond a window around the box centre sideways (R) and front to back (A), as in a
+    spine-cropped reconstruction: the rib heads and necks stay, the rest of the ribs is gone."""
+    x = x.copy()
+    n_s, n_a, n_r = x.shape[1:]
+    if rng.uniform() < cfg["p_side_crop"]:
+        c = (n_r - 1) / 2 + rng.uniform(-1, 1) * cfg["side_offset_mm"] / spacing_mm
+        half = rng.uniform(*cfg["side_half_mm"]) / spacing_mm
+        x[..., np.abs(np.arange(n_r) - c) > half] = AIR
+    if rng.uniform() < cfg["p_ap_crop"]:
+        front, back = rng.uniform(*cfg["front_mm"]) / spacing_mm, rng.uniform(*cfg["back_mm"]) / spacing_mm
+        a = np.arange(n_a) - (n_a - 1) / 2  # j grows towards A
+        x[:, :, (a > front) | (a < -back), :] = AIR
+    return x
 
 
 def shift_hints(x: np.ndarray, rng, cfg: dict) -> np.ndarray:

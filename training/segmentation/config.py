@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from OsteoScreenLib.rib_check import MIN_BACK_MM, MIN_FRONT_MM, MIN_SIDE_MM
+
 PREPROCESSING = {
     # Whole CT -> 5 mm RAS grid cropped to the body: enough to count ribs and find L1/L2.
     "coarse": {"spacing_mm": 5.0, "hu_window": [-1000.0, 1500.0], "pad_multiple": 16},
@@ -25,6 +27,17 @@ RIB_CHECK_NETWORK = {"channels": [8, 16, 32], "dropout": 0.2}
 # centroid is a few mm off the body centre).
 RIB_CHECK_LEVELS = ("T9", "T10", "T11", "T12", "T13", "L1", "L2", "L3")
 RIB_CHECK_JITTER_MM = 8.0
+# Rib-check augmentation (rib_check.py --augment): the box turned like a tilted spine, cut at the
+# sides like a spine-cropped reconstruction (down to the rib heads and necks: the run-time check
+# asks for at least MIN_SIDE_MM each side, MIN_FRONT_MM in front and MIN_BACK_MM behind the
+# vertebra's centre), and degraded like another scanner's image.
+RIB_CHECK_AUGMENT = {
+    "p_pose": 0.7, "rotate_deg": (20.0, 8.0, 8.0),
+    "p_side_crop": 0.5, "side_half_mm": (MIN_SIDE_MM, 100.0), "side_offset_mm": 8.0,
+    "p_ap_crop": 0.4, "front_mm": (MIN_FRONT_MM - 5.0, 80.0), "back_mm": (MIN_BACK_MM, 80.0),
+    "blur_sd_voxels": (0.0, 0.6), "p_sharpen": 0.5, "intensity_scale": (0.85, 1.15), "intensity_shift": 0.06,
+    "texture_sd": 0.03, "noise_sd": 0.03,
+}
 
 # Coarse-stage augmentation (augment.py, train --augment): poses, fields of view and image
 # quality of real scans that the phantoms vary too little. Angles about R (sagittal tilt), A, S.

@@ -1,13 +1,15 @@
 """Evaluate the bundled segmentation model through the run-time path (ONNX Runtime).
 
-    python -m training.segmentation.evaluate --count 400 [--workers 2]
+    python -m training.segmentation.evaluate --count 400 [--workers 2] [--preset spine]
 
 On test phantoms (full-size chest preset, seeds of the test split): DSC of L1
 and L2 on the CT grid (mean ± SD) and level identification (the predicted
 body's centroid lies in the reference vertebra of the same level). On the real
 cases with L1 and L2: each level found, centroid inside the reference
 whole-vertebra mask, fraction of predicted voxels inside it. Writes
-training/results/segmentation_eval.{json,md} and the metrics into the model card.
+training/results/segmentation_eval.{json,md} and the metrics into the model card. With
+``--preset spine``: spine-cropped test phantoms (the VerSe-like fields of view: T9-T11 down to
+L2-L4, 90-160 mm wide), written to segmentation_eval_spine.{json,md}, no real cases.
 """
 
 from __future__ import annotations
@@ -108,14 +110,21 @@ def evaluate_phantoms(seg: L1L2Segmenter, count: int, preset: str, workers: int 
                 row = json.loads(line)
                 done[row["seed"]] = row
     todo = [(str(seg.folder), s, preset) for s in seeds if s not in done]
-    with open(partial, "a") as log:
-        results = Pool(workers).imap_unordered(_worker_case, todo) if workers > 1 else (
-            evaluate_case(seg, s, p) for _, s, p in todo)
-        for row in results:
-            done[row["seed"]] = row
-            log.write(json.dumps(row) + "\n")
-            log.flush()
-            print(json.dumps(row), flush=True)
+    # the pool is held by a name while its results are read: an unreferenced pool can be collected
+    # mid-iteration and hang (as it did when a resumed run had nothing left to do)
+    pool = Pool(workers) if workers > 1 and todo else None
+    try:
+        with open(partial, "a") as log:
+            results = pool.imap_unordered(_worker_case, todo) if pool else (evaluate_case(seg, s, p) for _, s, p in todo)
+            for row in results:
+                done[row["seed"]] = row
+                log.write(json.dumps(row) + "\n")
+                log.flush()
+                print(json.dumps(row), flush=True)
+    finally:
+        if pool:
+            pool.close()
+            pool.join()
     rows = [done[s] for s in seeds]
     return {"preset": preset, "cases": len(rows), "rows": rows, "summary": summarise(rows)}
 
@@ -176,6 +185,7 @@ def evaluate_real(seg: L1L2Segmenter, root: Path) -> dict:
         try:
             res = seg.segment(ct)
             entry["warnings"] = res.warnings
+            entry["rib_check"] = res.rib_check  # rib-bearing probability by vertebra from the coarse L1
             entry.update(levels_in_reference(res.labels.array, ref, LABEL_MAPPINGS[mapping_name],
                                              REAL_CASE_LEVEL_NAMES[case]))
         except OsteoScreenError as exc:
@@ -185,9 +195,15 @@ def evaluate_real(seg: L1L2Segmenter, root: Path) -> dict:
     return out
 
 
+def results_name(preset: str) -> str:
+    """segmentation_eval for the chest preset (the goals of the model), else one file per preset."""
+    return "segmentation_eval" if preset == "chest" else f"segmentation_eval_{preset}"
+
+
 def write_results(result: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "segmentation_eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    stem = results_name(result["phantoms"]["preset"])
+    (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     s = result["phantoms"]["summary"]
     lines = [
         "# Segmentation evaluation", "",
@@ -202,16 +218,17 @@ def write_results(result: dict) -> None:
               f"{s['level_identification_incl_failures']}); median time per case {s['median_time_s']} s.", "",
               f"Scans with a level warning for the reader: {s['warned_wrong_scans']} with a wrong level, "
               f"{s['warned_right_scans']} with both levels right. The rib check moved the levels of "
-              f"{s['rib_check_moved_scans']} scans.", "",
-              "## Real cases (reference masks are whole vertebrae)", "", "```",
-              json.dumps(result["real"], indent=1), "```", ""]
-    (RESULTS / "segmentation_eval.md").write_text("\n".join(lines))
+              f"{s['rib_check_moved_scans']} scans.", ""]
+    if result["real"]:
+        lines += ["## Real cases (reference masks are whole vertebrae)", "", "```",
+                  json.dumps(result["real"], indent=1), "```", ""]
+    (RESULTS / f"{stem}.md").write_text("\n".join(lines))
 
 
 def update_card(folder: Path, metrics: dict) -> None:
     card_path = folder / CARD_NAME
     card = json.loads(card_path.read_text())
-    card["metrics"] = metrics
+    card["metrics"] = {**card.get("metrics", {}), **metrics}
     card_path.write_text(json.dumps(card, indent=2) + "\n")
     (folder / "model_card.md").write_text(card_markdown(card))
 
@@ -232,12 +249,14 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "model_version": seg.card["version"],
         "phantoms": evaluate_phantoms(seg, a.count, a.preset, a.workers),
-        "real": evaluate_real(seg, a.real_data) if a.real_data.is_dir() else {},
+        # the real cases once, with the chest preset (they do not depend on it)
+        "real": evaluate_real(seg, a.real_data) if a.real_data.is_dir() and a.preset == "chest" else {},
     }
     result["elapsed_s"] = round(time.perf_counter() - t, 1)
     write_results(result)
     if not a.no_card:
-        update_card(folder, {"test_phantoms": result["phantoms"]["summary"], "real_cases": result["real"]})
+        update_card(folder, {"test_phantoms": result["phantoms"]["summary"], "real_cases": result["real"]}
+                    if a.preset == "chest" else {f"test_phantoms_{a.preset}": result["phantoms"]["summary"]})
     print(json.dumps(result["phantoms"]["summary"], indent=1))
 
 

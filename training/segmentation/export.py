@@ -28,7 +28,7 @@ from .config import NETWORKS, ONNX_OPSET, ONNX_TOLERANCE, PREPROCESSING, RIB_CHE
 from .train import build_network
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-MODEL_VERSION = "0.5.0"
+MODEL_VERSION = "0.6.0"
 
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
@@ -121,7 +121,9 @@ def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> 
             "Not a medical device; not for diagnosis.",
             "Needs L1 and L2 in the field of view; transitional anatomy may shift the levels.",
             "The rib check learnt the phantoms' ribs, whose 12th ribs are longer than many real ones; it is "
-            "skipped where the field of view does not show the ribs (spine-cropped scans).",
+            "skipped where the field of view does not show the rib heads and necks (closer than 30 mm beside, "
+            "10 mm in front of or 50 mm behind a vertebra's centre). On a real thin spine slab (verse012) it "
+            "does not see the short lower ribs, and the levels stay two vertebrae high (flagged).",
         ],
         "exported_on": platform.platform(),
     }
@@ -198,9 +200,15 @@ def card_markdown(card: dict) -> str:
 def _stage_line(stage: str, cfg: dict) -> str:
     """One line per stage: which phantoms, how long, and what it started from."""
     if "train_boxes" in cfg:  # the rib check
-        return (f"- rib check: preset `{cfg['preset']}`, {cfg['train_boxes']} vertebra boxes ({', '.join(cfg['levels'])}) "
+        line = (f"- rib check: preset `{cfg['preset']}`, {cfg['train_boxes']} vertebra boxes ({', '.join(cfg['levels'])}) "
                 f"of {cfg['train_cases']} training seeds, {cfg['epochs']} epochs; tune accuracy "
-                f"{cfg['best']['tune_accuracy']} on {cfg['tune_boxes']} boxes of {cfg['tune_cases']} seeds.")
+                f"{cfg['best']['tune_accuracy']} on {cfg['tune_boxes']} boxes of {cfg['tune_cases']} seeds")
+        if cfg.get("augment"):
+            line += (f" ({cfg['best']['tune_accuracy_narrowest']} cut to the narrowest field of view checked); "
+                     "augmented: turned, cut at the sides and front like a spine-cropped scan, degraded")
+        if cfg.get("init"):
+            line += f"; started from `{cfg['init']['run']}` ({cfg['init']['config']['epochs']} epochs, not augmented)"
+        return line + "."
     line = (f"- {stage} stage: presets `{cfg.get('preset')}`, {cfg.get('train_count')} training seeds "
             f"({cfg.get('train_samples', cfg.get('train_count'))} samples), {cfg.get('iterations')} iterations, "
             f"batch {cfg.get('batch')}, lr {cfg.get('lr')}")
@@ -227,6 +235,9 @@ def main() -> None:
         configs[s] = json.loads(cfg.read_text()) if cfg.exists() else {}
     cfg = CHECKPOINTS / "rib-check" / "config.json"
     configs["rib_check"] = json.loads(cfg.read_text()) if cfg.exists() else {}
+    init = configs["rib_check"].get("init")
+    if isinstance(init, str):  # the run it started from, as the stages record theirs
+        configs["rib_check"]["init"] = {"run": init, "config": json.loads((CHECKPOINTS / init / "config.json").read_text())}
     out = write_model_folder(a.out, metrics, configs)
     print(f"wrote {out}")
 

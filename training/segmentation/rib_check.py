@@ -1,12 +1,15 @@
 """Train the rib check: does the vertebra at the centre of a coarse-grid box bear a rib pair?
 
-    python -m training.segmentation.rib_check [--epochs 12]
+    python -m training.segmentation.rib_check [--epochs 12] [--augment] [--init RUN]
 
 Boxes come from the cached coarse-stage samples of the chest phantoms (prepare.py, preset
 chest-coarse): the L1 label gives the L1 body's centre on the sample's 5 mm RAS grid, and the
 phantom's anatomy (parameters only, nothing is rendered) gives every other vertebra relative to
 it, with whether it bears ribs (``OsteoScreenLib.phantom``: a rib of at least 40 mm). Boxes are
-cut by ``OsteoScreenLib.rib_check.crop``, as at run time. Writes training/checkpoints/rib-check.
+cut by ``OsteoScreenLib.rib_check.crop``, as at run time. With ``--augment`` each box is turned,
+cut at the sides and in front like a spine-cropped scan and degraded (augment.py,
+``config.RIB_CHECK_AUGMENT``).
+Writes training/checkpoints/rib-check.
 """
 
 from __future__ import annotations
@@ -18,13 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from scipy.spatial.transform import Rotation
 from torch import nn
 
 from OsteoScreenLib.phantom.spine import RIB_BEARING_MIN_MM
-from OsteoScreenLib.rib_check import crop
+from OsteoScreenLib.resample import centred_grid, sample
+from OsteoScreenLib.rib_check import MIN_BACK_MM, MIN_FRONT_MM, MIN_SIDE_MM, crop
 from OsteoScreenLib.volume import Volume
 
-from .config import PREPROCESSING, RIB_CHECK_JITTER_MM, RIB_CHECK_LEVELS, RIB_CHECK_NETWORK
+from .augment import AIR, random_image_quality, random_side_crop
+from .config import PREPROCESSING, RIB_CHECK_AUGMENT, RIB_CHECK_JITTER_MM, RIB_CHECK_LEVELS, RIB_CHECK_NETWORK
 from .prepare import DEFAULT_CACHE, sample_paths, seeds_of
 from .samples import load
 
@@ -86,12 +92,28 @@ def case_items(seed: int, cache: Path = DEFAULT_CACHE) -> list[dict]:
             for name, (offset, ribs) in vertebrae_from_l1(seed).items()]
 
 
-def boxes(items: list[dict], rng: np.random.Generator | None) -> np.ndarray:
+def turned_crop(image: Volume, center, cfg: dict, angles_deg) -> np.ndarray:
+    """``crop`` on a grid turned about the box centre (angles about R, A, S): a tilted spine."""
+    grid, shape = centred_grid(center, cfg["size_mm"], cfg["spacing_mm"])
+    turn = Rotation.from_euler("xyz", angles_deg, degrees=True).as_matrix()
+    grid[:3, :3] = turn @ grid[:3, :3]
+    grid[:3, 3] = np.asarray(center, float) + turn @ (grid[:3, 3] - np.asarray(center, float))
+    return sample(image, grid, shape, order=1, fill=AIR, antialias=False)[None].astype(np.float32)
+
+
+def boxes(items: list[dict], rng: np.random.Generator | None, augment: dict | None = None) -> np.ndarray:
+    """The network's batch; with ``rng`` the centres jitter and boxes are mirrored, with ``augment``
+    (``RIB_CHECK_AUGMENT``) they are also turned, cut at the sides and degraded."""
     cfg = PREPROCESSING["rib_check"]
     out = []
     for it in items:
         c = it["center"] + (rng.uniform(-1, 1, 3) * RIB_CHECK_JITTER_MM if rng is not None else 0.0)
-        x = crop(it["image"], c, cfg)
+        if augment and rng.uniform() < augment["p_pose"]:
+            x = turned_crop(it["image"], c, cfg, [rng.uniform(-r, r) for r in augment["rotate_deg"]])
+        else:
+            x = crop(it["image"], c, cfg)
+        if augment:
+            x = random_image_quality(random_side_crop(x, rng, augment, cfg["spacing_mm"]), rng, augment)
         if rng is not None and rng.uniform() < 0.5:
             x = x[..., ::-1]  # left-right mirror: ribs come in pairs
         out.append(x)
@@ -107,17 +129,37 @@ def accuracy_by_level(items, probs) -> dict[str, float]:
     return out
 
 
-def predict(net: nn.Module, items: list[dict]) -> np.ndarray:
+def narrowest_crop(x: np.ndarray) -> np.ndarray:
+    """Boxes (n, 1, k, j, i) cut to the narrowest field of view the run-time check accepts
+    (MIN_SIDE_MM each side, MIN_FRONT_MM in front, MIN_BACK_MM behind the centre); air beyond."""
+    x = x.copy()
+    mm = PREPROCESSING["rib_check"]["spacing_mm"]
+    r = np.arange(x.shape[-1]) - (x.shape[-1] - 1) / 2
+    a = np.arange(x.shape[-2]) - (x.shape[-2] - 1) / 2  # j grows towards A
+    x[..., np.abs(r) > MIN_SIDE_MM / mm] = AIR
+    x[..., (a > MIN_FRONT_MM / mm) | (a < -MIN_BACK_MM / mm), :] = AIR
+    return x
+
+
+def predict(net: nn.Module, items: list[dict], narrowest: bool = False) -> np.ndarray:
+    """Rib-bearing probabilities of the boxes as cut at run time (or cut to the narrowest field of view)."""
     net.eval()
     out = []
     with torch.no_grad():
         for s in range(0, len(items), 64):
-            out.append(torch.sigmoid(net(torch.from_numpy(boxes(items[s : s + 64], None)))).numpy()[:, 0])
+            x = boxes(items[s : s + 64], None)
+            if narrowest:
+                x = narrowest_crop(x)
+            out.append(torch.sigmoid(net(torch.from_numpy(x))).numpy()[:, 0])
     return np.concatenate(out)
 
 
+def bce(p: np.ndarray, y: np.ndarray, eps: float = 1e-6) -> float:
+    return float(-np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)))
+
+
 def train(epochs: int, out: Path, seed: int = 0, threads: int = 2, cache: Path = DEFAULT_CACHE,
-          train_count: int | None = None) -> dict:
+          train_count: int | None = None, augment: bool = False, init: str | None = None) -> dict:
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
@@ -126,18 +168,21 @@ def train(epochs: int, out: Path, seed: int = 0, threads: int = 2, cache: Path =
     if not train_items:
         raise SystemExit("no cached chest-coarse samples; run training.segmentation.prepare --preset chest-coarse")
     net = build_network()
+    if init:
+        net.load_state_dict(torch.load(CHECKPOINTS / init / "final.pt", map_location="cpu", weights_only=True)["model"])
+    aug = RIB_CHECK_AUGMENT if augment else None
     opt = torch.optim.AdamW(net.parameters(), lr=2e-3, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, epochs)
     loss_fn = nn.BCEWithLogitsLoss()
     out.mkdir(parents=True, exist_ok=True)
-    log, best, t0 = [], None, time.perf_counter()
+    log, best, best_loss, t0 = [], None, np.inf, time.perf_counter()
     for epoch in range(epochs):
         net.train()
         order = rng.permutation(len(train_items))
         losses = []
         for s in range(0, len(order), 32):
             batch = [train_items[i] for i in order[s : s + 32]]
-            x = torch.from_numpy(boxes(batch, rng))
+            x = torch.from_numpy(boxes(batch, rng, aug))
             y = torch.tensor([[it["label"]] for it in batch])
             loss = loss_fn(net(x), y)
             opt.zero_grad()
@@ -147,19 +192,25 @@ def train(epochs: int, out: Path, seed: int = 0, threads: int = 2, cache: Path =
         sched.step()
         p = predict(net, tune_items)
         y = np.array([it["label"] for it in tune_items])
-        eps = 1e-6
-        tune_loss = float(-np.mean(y * np.log(p + eps) + (1 - y) * np.log(1 - p + eps)))
+        tune_loss = bce(p, y)
         entry = {"epoch": epoch + 1, "train_loss": round(float(np.mean(losses)), 4), "tune_loss": round(tune_loss, 4),
                  "tune_accuracy": round(float(np.mean((p > 0.5) == (y > 0.5))), 4),
-                 "tune_accuracy_by_level": accuracy_by_level(tune_items, p),
-                 "elapsed_s": round(time.perf_counter() - t0, 1)}
+                 "tune_accuracy_by_level": accuracy_by_level(tune_items, p)}
+        if aug:  # the narrowest field of view the run-time check accepts; the checkpoint is chosen on both
+            pc = predict(net, tune_items, narrowest=True)
+            entry |= {"tune_loss_narrowest": round(bce(pc, y), 4),
+                      "tune_accuracy_narrowest": round(float(np.mean((pc > 0.5) == (y > 0.5))), 4),
+                      "tune_accuracy_narrowest_by_level": accuracy_by_level(tune_items, pc)}
+            tune_loss = (tune_loss + bce(pc, y)) / 2
+        entry["elapsed_s"] = round(time.perf_counter() - t0, 1)
         log.append(entry)
         print(json.dumps(entry), flush=True)
-        if best is None or tune_loss <= best["tune_loss"]:
-            best = entry
+        if best is None or tune_loss <= best_loss:
+            best, best_loss = entry, tune_loss
             torch.save({"model": net.state_dict()}, out / "final.pt")
     config = {"network": RIB_CHECK_NETWORK, "preprocessing": PREPROCESSING["rib_check"], "preset": PRESET,
-              "levels": list(RIB_CHECK_LEVELS), "jitter_mm": RIB_CHECK_JITTER_MM, "epochs": epochs, "seed": seed,
+              "levels": list(RIB_CHECK_LEVELS), "jitter_mm": RIB_CHECK_JITTER_MM,
+              "augment": aug, "init": init, "epochs": epochs, "seed": seed,
               "train_cases": len({it["seed"] for it in train_items}), "train_boxes": len(train_items),
               "tune_cases": len({it["seed"] for it in tune_items}), "tune_boxes": len(tune_items), "best": best}
     (out / "config.json").write_text(json.dumps(config, indent=2))
@@ -174,8 +225,10 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--train-count", type=int, default=None)
+    p.add_argument("--augment", action="store_true", help="turn, side-crop and degrade the boxes (RIB_CHECK_AUGMENT)")
+    p.add_argument("--init", default=None, help="start from this checkpoint run (under training/checkpoints)")
     a = p.parse_args()
-    train(a.epochs, a.out, threads=a.threads, cache=a.cache, train_count=a.train_count)
+    train(a.epochs, a.out, threads=a.threads, cache=a.cache, train_count=a.train_count, augment=a.augment, init=a.init)
 
 
 if __name__ == "__main__":
