@@ -198,7 +198,7 @@ class L1L2Segmenter:
         timing["fine"] = time.perf_counter() - t1
         step(0.8, "mapping to the CT grid")
         t2 = time.perf_counter()
-        labels, (outline_warnings, order_warnings) = self._to_ct_grid(ct, fine)
+        labels, (outline_warnings, order_warnings) = self.to_ct_grid(ct, fine)
         timing["to_ct_grid"] = time.perf_counter() - t2
         timing["total"] = time.perf_counter() - t0
         step(1.0, "done")
@@ -206,7 +206,7 @@ class L1L2Segmenter:
                                   {k: round(v, 3) for k, v in timing.items()}, confidence, rib_report,
                                   level_warnings + order_warnings)
 
-    def _to_ct_grid(self, ct: Volume, fine: Volume) -> tuple[Volume, tuple[list[str], list[str]]]:
+    def to_ct_grid(self, ct: Volume, fine: Volume) -> tuple[Volume, tuple[list[str], list[str]]]:
         """Fine probabilities -> label map on the CT grid, inside the fine box only, and the
         warnings of ``_order_and_edge_checks``."""
         fine = crop_to_mask(fine, fine.array[..., 0] < 0.5, margin=2)  # only where the bodies are

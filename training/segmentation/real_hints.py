@@ -51,7 +51,7 @@ def run_case(seg: L1L2Segmenter, case_dir: Path, mapping_name: str, names: dict[
     levels = find_levels(hints)
     center = (levels["L1"]["centroid_ras"] + levels["L2"]["centroid_ras"]) / 2
     fine = seg.fine_probabilities(ct, level_hints(hints, levels), center)
-    labels, _ = seg._to_ct_grid(ct, fine)
+    labels, _ = seg.to_ct_grid(ct, fine)
     return levels_in_reference(labels.array, ref.array, mapping, names)
 
 
