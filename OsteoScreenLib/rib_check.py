@@ -73,25 +73,28 @@ def in_scan(ct: Volume, center_ras) -> bool:
     return bool(lo[2] + IN_SCAN_MARGIN_MM <= float(np.asarray(center_ras, float)[2]) <= hi[2] - IN_SCAN_MARGIN_MM)
 
 
-def spine_step(l1_ras, l2_ras) -> np.ndarray:
-    """From one vertebra to the one below: L1 to L2 when plausible (or half of it when they lie
-    two vertebrae apart), else straight down."""
-    if l1_ras is not None and l2_ras is not None:
-        d = np.asarray(l2_ras, float) - np.asarray(l1_ras, float)
-        n = float(np.linalg.norm(d))
-        if d[2] < 0 and STEP_RANGE_MM[0] <= n <= STEP_RANGE_MM[1]:
-            return d
-        if d[2] < 0 and TWO_STEP_RANGE_MM[0] <= n <= TWO_STEP_RANGE_MM[1]:
-            return d / 2
-    return np.array([0.0, 0.0, -TYPICAL_STEP_MM])
+def _below(l1_ras, l2_ras, distance_mm) -> np.ndarray | None:
+    """L1 to L2 when L2 lies below L1 at a distance within ``distance_mm``, else None."""
+    if l1_ras is None or l2_ras is None:
+        return None
+    d = np.asarray(l2_ras, float) - np.asarray(l1_ras, float)
+    return d if d[2] < 0 and distance_mm[0] <= float(np.linalg.norm(d)) <= distance_mm[1] else None
 
 
 def l2_below_l1(l1_ras, l2_ras) -> bool:
     """Whether the coarse L2 lies one vertebra below the coarse L1."""
-    if l1_ras is None or l2_ras is None:
-        return False
-    d = np.asarray(l2_ras, float) - np.asarray(l1_ras, float)
-    return bool(d[2] < 0 and STEP_RANGE_MM[0] <= float(np.linalg.norm(d)) <= STEP_RANGE_MM[1])
+    return _below(l1_ras, l2_ras, STEP_RANGE_MM) is not None
+
+
+def spine_step(l1_ras, l2_ras) -> np.ndarray:
+    """From one vertebra to the one below: L1 to L2 when plausible (or half of it when they lie
+    two vertebrae apart), else straight down."""
+    one, two = _below(l1_ras, l2_ras, STEP_RANGE_MM), _below(l1_ras, l2_ras, TWO_STEP_RANGE_MM)
+    if one is not None:
+        return one
+    if two is not None:
+        return two / 2
+    return np.array([0.0, 0.0, -TYPICAL_STEP_MM])
 
 
 def decide(p: dict[int, float]) -> int:

@@ -99,20 +99,31 @@ def random_image_quality(x: np.ndarray, rng, cfg: dict) -> np.ndarray:
     return np.where(inside, np.clip(img, -1.0, 1.0), AIR)[None].astype(np.float32)
 
 
+def cut_box(x: np.ndarray, spacing_mm: float, side_mm: float | None = None, front_mm: float | None = None,
+            back_mm: float | None = None, side_offset_mm: float = 0.0) -> np.ndarray:
+    """Rib-check boxes (..., k, j, i) with air beyond ``side_mm`` each side of the centre (moved
+    ``side_offset_mm`` along R), ``front_mm`` in front of it and ``back_mm`` behind it (None: no cut)."""
+    x = x.copy()
+    n_a, n_r = x.shape[-2:]
+    if side_mm is not None:
+        r = np.arange(n_r) - (n_r - 1) / 2 - side_offset_mm / spacing_mm
+        x[..., np.abs(r) > side_mm / spacing_mm] = AIR
+    if front_mm is not None and back_mm is not None:
+        a = np.arange(n_a) - (n_a - 1) / 2  # j grows towards A
+        x[..., (a > front_mm / spacing_mm) | (a < -back_mm / spacing_mm), :] = AIR
+    return x
+
+
 def random_side_crop(x: np.ndarray, rng, cfg: dict, spacing_mm: float) -> np.ndarray:
     """Air beyond a window around the box centre sideways (R) and front to back (A), as in a
     spine-cropped reconstruction: the rib heads and necks stay, the rest of the ribs is gone."""
-    x = x.copy()
-    n_s, n_a, n_r = x.shape[1:]
+    side = offset = front = back = None
     if rng.uniform() < cfg["p_side_crop"]:
-        c = (n_r - 1) / 2 + rng.uniform(-1, 1) * cfg["side_offset_mm"] / spacing_mm
-        half = rng.uniform(*cfg["side_half_mm"]) / spacing_mm
-        x[..., np.abs(np.arange(n_r) - c) > half] = AIR
+        offset = rng.uniform(-1, 1) * cfg["side_offset_mm"]
+        side = rng.uniform(*cfg["side_half_mm"])
     if rng.uniform() < cfg["p_ap_crop"]:
-        front, back = rng.uniform(*cfg["front_mm"]) / spacing_mm, rng.uniform(*cfg["back_mm"]) / spacing_mm
-        a = np.arange(n_a) - (n_a - 1) / 2  # j grows towards A
-        x[:, :, (a > front) | (a < -back), :] = AIR
-    return x
+        front, back = rng.uniform(*cfg["front_mm"]), rng.uniform(*cfg["back_mm"])
+    return cut_box(x, spacing_mm, side, front, back, offset or 0.0)
 
 
 def shift_hints(x: np.ndarray, rng, cfg: dict) -> np.ndarray:

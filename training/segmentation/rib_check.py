@@ -29,7 +29,7 @@ from OsteoScreenLib.resample import centred_grid, sample
 from OsteoScreenLib.rib_check import MIN_BACK_MM, MIN_FRONT_MM, MIN_SIDE_MM, crop
 from OsteoScreenLib.volume import Volume
 
-from .augment import AIR, random_image_quality, random_side_crop
+from .augment import AIR, cut_box, random_image_quality, random_side_crop
 from .config import PREPROCESSING, RIB_CHECK_AUGMENT, RIB_CHECK_JITTER_MM, RIB_CHECK_LEVELS, RIB_CHECK_NETWORK
 from .prepare import DEFAULT_CACHE, sample_paths, seeds_of
 from .samples import load
@@ -132,13 +132,7 @@ def accuracy_by_level(items, probs) -> dict[str, float]:
 def narrowest_crop(x: np.ndarray) -> np.ndarray:
     """Boxes (n, 1, k, j, i) cut to the narrowest field of view the run-time check accepts
     (MIN_SIDE_MM each side, MIN_FRONT_MM in front, MIN_BACK_MM behind the centre); air beyond."""
-    x = x.copy()
-    mm = PREPROCESSING["rib_check"]["spacing_mm"]
-    r = np.arange(x.shape[-1]) - (x.shape[-1] - 1) / 2
-    a = np.arange(x.shape[-2]) - (x.shape[-2] - 1) / 2  # j grows towards A
-    x[..., np.abs(r) > MIN_SIDE_MM / mm] = AIR
-    x[..., (a > MIN_FRONT_MM / mm) | (a < -MIN_BACK_MM / mm), :] = AIR
-    return x
+    return cut_box(x, PREPROCESSING["rib_check"]["spacing_mm"], MIN_SIDE_MM, MIN_FRONT_MM, MIN_BACK_MM)
 
 
 def predict(net: nn.Module, items: list[dict], narrowest: bool = False) -> np.ndarray:
