@@ -8,8 +8,9 @@ spine (lordosis of a patient lying differently), a scan that starts just above L
 around the spine, a sharper or noisier reconstruction all change its answer. Each sample is
 therefore turned, cut and degraded at random, within the limits in ``config.COARSE_AUGMENT``.
 
-Rib check: each box turned, cut at the sides and degraded (``augment_rib_box``, limits in
-``config.RIB_CHECK_AUGMENT``), so it also reads narrow spine-cropped scans.
+Rib check: each box cut at the sides and in front (``random_side_crop``) and degraded, after
+``rib_check.boxes`` turned it (limits in ``config.RIB_CHECK_AUGMENT``), so it also reads narrow
+spine-cropped scans.
 
 Fine stage: its hints moved by up to half a vertebra, as a coarse stage that is off leaves them
 (``shift_hints``, limits in ``config.FINE_AUGMENT``).
