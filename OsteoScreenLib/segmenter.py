@@ -34,6 +34,11 @@ from .volume import Volume
 
 MODEL_NAME = "segmentation"
 MIN_COARSE_VOXELS = 20  # below this a level counts as not found (at ~5 mm, a body is ~250 voxels)
+# A level the coarse stage marks only faintly (a sharply tilted spine) is still taken when the
+# other level was found, it lies one vertebra from it on the right side, and well inside the
+# scan (a level cut by the first or last slice is not guessed); the reader is warned.
+MIN_FAINT_COARSE_VOXELS = 5
+FAINT_LEVEL_EDGE_MM = 10.0
 # Level certainty from the coarse stage (calibrated on the tune phantoms and the real cases,
 # training/results/level_confidence.md): a level is flagged for the reader to check when the
 # mean probability over its region is low, or when much of its probability lies elsewhere
@@ -186,6 +191,9 @@ class L1L2Segmenter:
             level_warnings.append(f"L1 and L2 moved {'one vertebra' if n == 1 else f'{n} vertebrae'} "
                                   f"{'down' if rib_report['shift'] > 0 else 'up'} by the rib check (the counting from "
                                   "the top disagreed): check that L1 is the first vertebra below the last rib-bearing one")
+        level_warnings += [f"{name} found only faintly by the level finder: check that "
+                           f"{'L1 lies directly above L2' if name == 'L1' else 'L2 lies directly below L1'}"
+                           for name, lv in levels.items() if lv.get("faint")]
         if missing:
             raise OsteoScreenError(
                 f"{' and '.join(missing)} not found in the field of view; OsteoScreen needs a CT that "
@@ -243,14 +251,32 @@ def find_levels(coarse: Volume) -> dict[str, dict]:
         below = [r for r in candidates["L2"] if _one_level_apart(chosen["L1"]["centroid_ras"], r["centroid_ras"])]
         if below:
             chosen["L2"] = max(below, key=lambda r: r["mass"])
-    return {name: {"centroid_ras": r["centroid_ras"], "region": r["region"],
+    if len(chosen) == 1:
+        chosen.update(_faint_level(labels, coarse, chosen))
+    return {name: {"centroid_ras": r["centroid_ras"], "region": r["region"], "faint": r.get("faint", False),
                    "certainty": level_certainty(coarse.array[..., LABEL_OF[name]], r["region"])}
             for name, r in chosen.items()}
 
 
-def _regions(mask: np.ndarray, coarse: Volume, label: int) -> list[dict]:
+def _faint_level(labels: np.ndarray, coarse: Volume, chosen: dict[str, dict]) -> dict[str, dict]:
+    """The missing level from regions smaller than MIN_COARSE_VOXELS: the one of most probability
+    that lies one vertebra from the level found (L1 above L2) and FAINT_LEVEL_EDGE_MM inside the
+    scan's first and last slice; none when there is no such region."""
+    (found, region), = chosen.items()
+    name = "L2" if found == "L1" else "L1"
+    lo, hi = bounds_ras(coarse)
+    fits = []
+    for r in _regions(labels == LABEL_OF[name], coarse, LABEL_OF[name], MIN_FAINT_COARSE_VOXELS):
+        c = r["centroid_ras"]
+        l1, l2 = (c, region["centroid_ras"]) if name == "L1" else (region["centroid_ras"], c)
+        if lo[2] + FAINT_LEVEL_EDGE_MM <= c[2] <= hi[2] - FAINT_LEVEL_EDGE_MM and _one_level_apart(l1, l2):
+            fits.append(r)
+    return {name: {**max(fits, key=lambda r: r["mass"]), "faint": True}} if fits else {}
+
+
+def _regions(mask: np.ndarray, coarse: Volume, label: int, min_voxels: int = MIN_COARSE_VOXELS) -> list[dict]:
     out = []
-    for region in components(mask, MIN_COARSE_VOXELS):
+    for region in components(mask, min_voxels):
         out.append({"region": region, "mass": float(coarse.array[..., label][region].sum()),
                     "centroid_ras": coarse.voxel_centers_ras(np.argwhere(region).mean(axis=0))[0]})
     return out

@@ -47,6 +47,29 @@ def test_a_missing_level_is_left_out_and_its_hint_is_background():
     assert not level_hints(coarse, levels).array[..., 2].any()
 
 
+def _with_faint(coarse: Volume, label: int, k: int) -> Volume:
+    """A faint region of ``label``: 8 voxels (2x2x2) centred near slice ``k``, below MIN_COARSE_VOXELS."""
+    coarse.array[k - 1 : k + 1, 5:7, 5:7, label] = 0.9
+    coarse.array[k - 1 : k + 1, 5:7, 5:7, 0] = 0.1
+    return coarse
+
+
+def test_a_faint_level_one_vertebra_from_the_other_is_taken_and_marked():
+    """A sharply tilted spine: the coarse stage marks L1 with 8 voxels only, 30 mm above its L2."""
+    levels = find_levels(_with_faint(coarse_with({2: [(20, 0.95)]}), 1, 26))
+    assert set(levels) == {"L1", "L2"} and levels["L1"]["faint"] and not levels["L2"]["faint"]
+    assert levels["L1"]["centroid_ras"][2] == 25.5 * SPACING_MM
+    levels = find_levels(_with_faint(coarse_with({1: [(26, 0.95)]}), 2, 21))  # a faint L2 below L1
+    assert levels["L2"]["faint"] and levels["L2"]["centroid_ras"][2] == 20.5 * SPACING_MM
+
+
+def test_a_faint_region_is_not_guessed_into_a_level_where_it_does_not_fit():
+    assert set(find_levels(_with_faint(coarse_with({2: [(20, 0.95)]}), 1, 12))) == {"L2"}  # below L2
+    assert set(find_levels(_with_faint(coarse_with({2: [(20, 0.95)]}), 1, 31))) == {"L2"}  # 55 mm above
+    assert set(find_levels(_with_faint(coarse_with({2: [(34, 0.95)]}), 1, 39))) == {"L2"}  # at the last slice
+    assert set(find_levels(_with_faint(coarse_with({}), 1, 20))) == set()  # nothing to be one vertebra from
+
+
 def test_l1_stays_the_region_of_most_probability():
     # Shifted labels lower down (L1 on L2, L2 on L3) hold more probability as a pair, but L1
     # stays where the network puts most of its L1 probability, and L2 one vertebra below it.
