@@ -89,6 +89,19 @@ def test_on_real_cases_a_level_is_either_inside_its_reference_vertebra_or_report
         assert ref[centroid] == mapping[name] or out.level_warnings, f"{name} centroid is not in the reference {name}"
 
 
+def test_a_sharply_tilted_spine_whose_l1_the_coarse_stage_marks_faintly_is_segmented_and_flagged(segmenter):
+    """Spine test phantom 300189: the coarse stage marks L1 with 12 voxels only (a level needs 20);
+    it lies one vertebra above L2, so it is taken, outlined on the right body and reported."""
+    from OsteoScreenLib.phantom import generate_case
+
+    case = generate_case(300189, "spine")
+    out = segmenter.segment(case.ct)
+    for name, value in LABEL_OF.items():
+        pred = out.labels.array == value
+        assert (case.levels.array[pred] == VERSE_LEVEL_IDS[name]).mean() > 0.9, name
+    assert any(w.startswith("L1 found only faintly") for w in out.level_warnings)
+
+
 def test_a_scan_ending_at_t12_says_which_levels_are_missing(segmenter, real_data):
     with pytest.raises(OsteoScreenError, match="L1 and L2 not found"):
         segmenter.segment(read_ct(real_data / "totalsegmentator-dicom"))
