@@ -66,11 +66,12 @@ def covers(ct: Volume, center_ras) -> bool:
     return bool(np.all(c - below >= lo[:2]) and np.all(c + above <= hi[:2]))
 
 
-def in_scan(ct: Volume, center_ras) -> bool:
-    """Whether a vertebra's centre lies within the scan's S extent (its ribs can be seen at all):
-    a box beyond the first or last slice holds padding, whose answer means nothing."""
+def in_scan(ct: Volume, center_ras, margin_mm: float = IN_SCAN_MARGIN_MM) -> bool:
+    """Whether a vertebra's centre lies within the scan's S extent, ``margin_mm`` inside its first
+    and last slice (its ribs can be seen at all): a box beyond them holds padding, whose answer
+    means nothing."""
     lo, hi = bounds_ras(ct)
-    return bool(lo[2] + IN_SCAN_MARGIN_MM <= float(np.asarray(center_ras, float)[2]) <= hi[2] - IN_SCAN_MARGIN_MM)
+    return bool(lo[2] + margin_mm <= float(np.asarray(center_ras, float)[2]) <= hi[2] - margin_mm)
 
 
 def _below(l1_ras, l2_ras, distance_mm) -> np.ndarray | None:

@@ -28,7 +28,7 @@ from .model_store import model_folder, verified_files
 from .onnx_runner import OnnxNetwork
 from .postprocess import components, dilate, fill_holes, largest_component
 from .registry import LABEL_OF, VERTEBRA_NAMES
-from .rib_check import check_levels, shift_levels
+from .rib_check import check_levels, in_scan, shift_levels
 from .resample import axis_aligned_grid, bounds_ras, centred_grid, crop_to_mask, index_box, mask_box, sample, subvolume
 from .volume import Volume
 
@@ -264,12 +264,11 @@ def _faint_level(labels: np.ndarray, coarse: Volume, chosen: dict[str, dict]) ->
     scan's first and last slice; none when there is no such region."""
     (found, region), = chosen.items()
     name = "L2" if found == "L1" else "L1"
-    lo, hi = bounds_ras(coarse)
     fits = []
     for r in _regions(labels == LABEL_OF[name], coarse, LABEL_OF[name], MIN_FAINT_COARSE_VOXELS):
         c = r["centroid_ras"]
         l1, l2 = (c, region["centroid_ras"]) if name == "L1" else (region["centroid_ras"], c)
-        if lo[2] + FAINT_LEVEL_EDGE_MM <= c[2] <= hi[2] - FAINT_LEVEL_EDGE_MM and _one_level_apart(l1, l2):
+        if in_scan(coarse, c, FAINT_LEVEL_EDGE_MM) and _one_level_apart(l1, l2):
             fits.append(r)
     return {name: {**max(fits, key=lambda r: r["mass"]), "faint": True}} if fits else {}
 
