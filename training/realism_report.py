@@ -7,8 +7,10 @@ level masks, since the real labels are whole vertebrae):
 - disc: a 10 mm wide, 2 mm thick disc halfway between two body centroids;
 - muscle: HU -29..150 in a paraspinal box behind the vertebrae; fat: HU -190..-30 in the body;
 - noise: SD of the residual after a 3x3x3 local mean, inside eroded paraspinal muscle;
-- body dimensions (width, depth, height in mm) per level from the body part.
-Writes training/results/realism_report.md, .json and realism_figure.png.
+- body dimensions (width, depth, height in mm) per level from the body part;
+- lower ribs: the height of the lowest rib 55-85 mm beside the spine, behind the L1 body's centre,
+  as a fraction of the way from the T12 body's centre (0) to L1's (1), each side.
+Writes training/results/realism_report.md, .json, realism_figure.png and realism_ribs.png.
 
 Run: python training/realism_report.py   (needs scipy and matplotlib)
 """
@@ -27,7 +29,8 @@ sys.path.insert(0, str(ROOT))
 
 from OsteoScreenLib import registry  # noqa: E402
 from OsteoScreenLib.ct_io import read_volume  # noqa: E402
-from OsteoScreenLib.phantom import generate_case  # noqa: E402
+from OsteoScreenLib.phantom import generate_case, render_case, sample_parameters  # noqa: E402
+from OsteoScreenLib.volume import Volume  # noqa: E402
 
 REAL = ROOT.parent / "shared" / "data" / "real"
 if not REAL.exists():
@@ -54,6 +57,13 @@ FINDINGS = """\
   rounded capsules; there are no scapulae, clavicles, sternum, iliac wings or arms-down arms.
   The real TotalSegmentator slab is 3 mm and blurrier than any phantom slice shown.
 - The TPTBox crop (PIR) is shown as stored, so its panel is not a true axial slice.
+- Lower ribs (generator 1.1.0): on the real abdominal CT the 12th rib runs down from T12 and lies
+  beside L1's centre 75-85 mm from the spine; the 1.0.0 phantoms' lowest ribs ran level at T12
+  height, so models trained on them could take any rib beside a vertebra for that vertebra's own.
+  Generator 1.1.0 bends the lowest ribs down (slopes fitted to this one real case, varied per
+  subject) and draws the lowest two pairs thinner and fainter, the last one shorter; the heights
+  above now fall in the real case's range. One real case is a thin basis: the slope varies widely
+  between people.
 """
 
 
@@ -193,6 +203,76 @@ def measure(name, ct, levels) -> dict:
     return res
 
 
+RIB_BINS_MM = (55, 65, 75, 85)
+
+
+def voxel_ras(vol) -> np.ndarray:
+    """RAS mm of every voxel centre, shape (k, j, i, 3)."""
+    kji = np.indices(vol.array.shape).reshape(3, -1)
+    ijk = np.vstack([kji[::-1], np.ones((1, kji.shape[1]))])
+    return (vol.ijk_to_ras @ ijk)[:3].T.reshape(*vol.array.shape, 3)
+
+
+def lowest_rib_profile(ct, levels, hu=200.0) -> dict:
+    """Per lateral distance (RIB_BINS_MM, +-5 mm) and side (R, L): the median height of the lowest
+    cluster of bone (> hu, outside the dilated vertebra masks, behind L1's centre), as a fraction from
+    T12's body centre (0) to L1's (1); None where no rib shows."""
+    a, lv = ct.array, levels.array
+    xyz = voxel_ras(ct)
+    t12 = xyz[lv == registry.VERSE_LEVEL_IDS["T12"]].mean(0)
+    l1 = xyz[lv == registry.VERSE_LEVEL_IDS["L1"]].mean(0)
+    bone = (a > hu) & ~ndimage.binary_dilation(lv > 0, iterations=2) & (xyz[..., 1] < l1[1] + 5.0)
+    out = {}
+    for b in RIB_BINS_MM:
+        row = {}
+        for side, sign in (("R", 1.0), ("L", -1.0)):
+            beside = sign * (xyz[..., 0] - l1[0])
+            f = (t12[2] - xyz[..., 2][bone & (beside >= b - 5) & (beside < b + 5)]) / (t12[2] - l1[2])
+            f = np.sort(f[(f > -0.3) & (f < 1.8)])[::-1]
+            if f.size < 3:
+                row[side] = None
+                continue
+            gaps = np.nonzero(-np.diff(f) > 0.25)[0]  # clusters of heights: one per rib
+            row[side] = round(float(np.median(f[:gaps[0] + 1] if len(gaps) else f)), 2)
+        out[b] = row
+    return out
+
+
+def rib_cases(n=3):
+    """Chest phantoms 0..n-1 with their generator's lower ribs, and with the level ribs of 1.0.0."""
+    out = []
+    for seed in range(n):
+        params = sample_parameters(seed, "chest")
+        out.append((f"phantom-chest-{seed}", render_case(params)))
+        del params["lower_ribs"]
+        out.append((f"phantom-chest-{seed} (1.0.0 ribs)", render_case(params)))
+    return out
+
+
+def rib_figure(cases, path):
+    """Coronal maximum-intensity views of the back half, L1 centred: the course of the lower ribs."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axs = plt.subplots(1, 3, figsize=(15, 5))
+    for ax, (title, ct, lv) in zip(axs, cases):
+        xyz = voxel_ras(ct)
+        l1 = xyz[lv.array == registry.VERSE_LEVEL_IDS["L1"]].mean(0)
+        rel = xyz - l1
+        keep = (np.abs(rel[..., 0]) < 130) & (rel[..., 2] > -60) & (rel[..., 2] < 90) & (rel[..., 1] < 5)
+        x = np.round(rel[..., 0][keep] / 3).astype(int) + 44
+        z = np.round(rel[..., 2][keep] / 3).astype(int) + 20
+        img = np.full((51, 89), -1000.0)
+        np.maximum.at(img, (z, x), ct.array[keep].astype(float))
+        ax.imshow(img, cmap="gray", vmin=-100, vmax=700, origin="lower", extent=(-133.5, 133.5, -61.5, 91.5))
+        ax.axhline(0, color="y", lw=0.5)
+        ax.set_title(title + " (line: L1 centre; mm)", fontsize=8)
+    plt.tight_layout()
+    fig.savefig(path, dpi=80)
+
+
 def phantom_cases(n=3):
     out = []
     for seed in range(n):
@@ -264,8 +344,14 @@ def main():
     truth = {n: {v["name"]: [v["body_width_mm"], v["body_depth_mm"], v["body_height_mm"]] for v in c.meta["vertebrae"]
                  if v["name"] in ("T11", "T12", "L1", "L2", "L3", "L4")} for n, _, _, c in phantoms}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "realism_report.json").write_text(json.dumps({"cases": rows, "phantom_true_body_dims_mm": truth}, indent=2) + "\n")
     figure(real, phantoms, RESULTS / "realism_figure.png")
+    ts_ct, ts_lv = next((ct, Volume(lv, ct.ijk_to_ras.copy())) for n, ct, lv in real if n == "totalsegmentator-example")
+    ribs = {"totalsegmentator-example": lowest_rib_profile(ts_ct, ts_lv)}
+    cases = [(name, c.ct, c.levels) for name, c in rib_cases()]
+    ribs.update({name: lowest_rib_profile(ct, lv) for name, ct, lv in cases})
+    rib_figure([("real: TotalSegmentator example", ts_ct, ts_lv)] + cases[:2], RESULTS / "realism_ribs.png")
+    (RESULTS / "realism_report.json").write_text(json.dumps({"cases": rows, "phantom_true_body_dims_mm": truth,
+                                                             "lowest_rib_t12_to_l1": ribs}, indent=2) + "\n")
     lines = ["# Realism report: phantoms beside real CT", "",
              "Generated by `training/realism_report.py`. Real cases: the three labelled cases of "
              "`shared/data/real` (whole-vertebra masks). Phantoms: seeds 0-2 of the `chest` and `spine` presets. "
@@ -290,7 +376,16 @@ def main():
     lines += ["", "True phantom body sizes (width x depth x height) from meta.json:", ""]
     for n, d in truth.items():
         lines.append(f"- {n}: " + ", ".join(f"{k} {v[0]:.0f}x{v[1]:.0f}x{v[2]:.0f}" for k, v in d.items()))
-    lines += ["", "![phantom beside real](realism_figure.png)", "", "## Where phantoms still differ", "", FINDINGS]
+    lines += ["", "![phantom beside real](realism_figure.png)", "",
+              "## Lower ribs beside the spine", "",
+              "Height of the lowest rib behind the L1 body's centre, 55-85 mm beside the spine: 0 = the T12 body's "
+              "centre, 1 = L1's (right / left). Generator 1.1.0 gave the lowest ribs this downward course; "
+              "the same phantoms with the level ribs of 1.0.0 beside them.", "",
+              "| case | " + " | ".join(f"{b} mm" for b in RIB_BINS_MM) + " |", "| --- " * (len(RIB_BINS_MM) + 1) + "|"]
+    for name, prof in ribs.items():
+        cells = [" / ".join("-" if prof[b][s_] is None else f"{prof[b][s_]:.2f}" for s_ in "RL") for b in RIB_BINS_MM]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", "![lower ribs](realism_ribs.png)", "", "## Where phantoms still differ", "", FINDINGS]
     (RESULTS / "realism_report.md").write_text("\n".join(lines))
     print("\n".join(lines))
 

@@ -13,7 +13,7 @@ from .. import registry
 from .density import sample_bmd
 from .presets import PRESETS
 
-GENERATOR_VERSION = "1.0.0"
+GENERATOR_VERSION = "1.1.0"
 
 KVP_CHOICES = registry.TUBE_VOLTAGES_KVP
 KVP_P = (0.07, 0.25, 0.58, 0.10)
@@ -30,6 +30,7 @@ FRACTURE_SITE_W = (0.5, 0.9, 0.9, 0.6, 0.6, 0.9, 1.4, 1.4, 0.9, 0.6, 0.4)
 # Chance that a subject has at least one fracture, by QCT class of L1-L2.
 FRACTURE_RISK = {"normal": 0.04, "osteopenia": 0.12, "osteoporosis": 0.35}
 BOX_STREAM = 0x626F78  # second seed word of the random stream of a box preset's offset ("box")
+RIB_STREAM = 0x726962  # second seed word of the stream of the lower ribs' look ("rib"; added in 1.1.0)
 
 
 def _u(rng, lo, hi) -> float:
@@ -230,6 +231,19 @@ def sample_fov(rng: np.random.Generator, preset: str) -> dict:
     return fov
 
 
+def sample_lower_ribs(rng: np.random.Generator) -> dict:
+    """How the lowest rib pairs run and look (generator 1.1.0). Real 11th and 12th ribs run steeply
+    down and out from their heads, past the next vertebrae (a coronal view of a real abdominal CT
+    shows them beside L1), are shorter and thinner than the ribs above and often faint; in 1.0.0
+    they ran level and were as thick as the others."""
+    return {
+        "descent_scale": _n(rng, 1.0, 0.2, 0.6, 1.4),  # times the posterior slope of ribs.LOWER_RIB_DESCENT_DEG
+        "last_rib_extent": _u(rng, 0.7, 1.05),  # the last rib's length, times that of 1.0.0
+        "lower_thickness_scale": _u(rng, 0.6, 1.0),  # the lowest two pairs
+        "lower_density_scale": _u(rng, 0.45, 1.0),  # from bone towards the muscle around them
+    }
+
+
 def sample_parameters(seed: int, preset: str = "chest") -> dict:
     """Every random choice of one case, drawn from ``seed`` (numpy PCG64)."""
     if preset not in PRESETS:
@@ -247,6 +261,8 @@ def sample_parameters(seed: int, preset: str = "chest") -> dict:
         "pose": sample_pose(rng),
         "fov": sample_fov(rng, preset),
     }
+    # from a stream of its own, so every other parameter of a seed is what 1.0.0 drew
+    params["lower_ribs"] = sample_lower_ribs(np.random.Generator(np.random.PCG64([int(seed), RIB_STREAM])))
     fixed_slice = PRESETS[preset].get("slice_mm")
     if fixed_slice:  # drawn like the others (same random stream), then fixed
         params["scanner"]["slice_thickness_mm"] = params["scanner"]["slice_spacing_mm"] = float(fixed_slice)

@@ -49,7 +49,7 @@ def build_anatomy(params: dict) -> Anatomy:
     v_l1 = p["v_spine"] - p["vc"]  # spine relative to the torso centre at L1
     vertebrae = build_spine(params["spine"], subject, v_l1)
     profile = TorsoProfile(vertebrae, torso, torso["fat_subcut_mm"])
-    ribs = build_ribs(vertebrae, profile)
+    ribs = build_ribs(vertebrae, profile, lower=params.get("lower_ribs"))  # absent: as generator 1.0.0
     for vb in vertebrae:
         mine = [r for r in ribs if r.vertebra == vb.name]
         if mine:
@@ -211,7 +211,7 @@ class Renderer:
                     continue
                 # body axis shrunk: ribs are taller than thick
                 q = np.stack([self.rib_scale @ pt for pt in pts])
-                add(7, part, lambda a, q=q: (q[a], q[a + 1]),
+                add(7, part, lambda a, q=q, rib=rib: (q[a], q[a + 1], rib.thickness_scale, rib.density_scale),
                     _world_boxes(pose, np.minimum(pts[:-1], pts[1:]), np.maximum(pts[:-1], pts[1:]),
                                  RIB_HALF_HEIGHT_MM + m),
                     _segment_supports(pose, self.rib_scale, zero, q[:-1], q[1:], RIB_HALF_THICKNESS_MM + self.reach))
@@ -502,9 +502,9 @@ class Renderer:
         paint(view, alpha, t[tube.tissue])
 
     def _rib(self, img, b0, data, ij, kind):
-        q0, q1 = data  # segment ends, body axis shrunk: ribs are taller than thick
+        q0, q1, size, bone = data  # segment ends (body axis shrunk: ribs are taller than thick), look
         x, y, z = self._coords(b0, self.rib_scale, np.zeros(3), ij, self.rib_steps)
-        dist = segment_distance(x, y, z, q0, q1) - F32(RIB_HALF_THICKNESS_MM)
+        dist = segment_distance(x, y, z, q0, q1) - F32(RIB_HALF_THICKNESS_MM * size)
         view = img[ij[2]:ij[3], ij[0]:ij[1]]
         t = self.tissue
         alpha = coverage(dist, self.sigma)
@@ -514,6 +514,8 @@ class Renderer:
             return
         inner = coverage(dist + F32(1.0), self.sigma)
         value = F32(t["cortical_bone"] * 0.75) + (F32(t["posterior_marrow"] + 40.0 - t["cortical_bone"] * 0.75)) * inner
+        if bone != 1.0:  # fainter: part of the way from bone to the muscle around it
+            value = F32(t["muscle"]) + (value - F32(t["muscle"])) * F32(bone)
         paint(view, alpha, value)
 
     def _vertebra(self, img, b0, vb: Vertebra, ij_unused, labels, levels, z_world):

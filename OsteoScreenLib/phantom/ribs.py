@@ -6,6 +6,11 @@ paraspinal muscles and runs inside the chest wall towards the front while it
 descends. Ribs 1-7 reach the sternum through their cartilage, 8-10 end at the
 costal margin, 11 and 12 float. A rudimentary lumbar rib is a short stub at
 the tip of the L1 transverse process.
+
+From generator 1.1.0 the lower ribs run down and out from the tubercle, steeper the lower
+the rib (``LOWER_RIB_DESCENT_DEG``), as on real CT, where the 11th and 12th ribs lie beside
+the next one or two vertebrae; the lowest two pairs are also thinner and fainter, and the
+last one shorter, by the case's ``params['lower_ribs']``.
 """
 
 from __future__ import annotations
@@ -22,6 +27,14 @@ RIB_HALF_HEIGHT_MM = 6.0
 _RIB_SHAPE = {1: (0.78, 18.0), 2: (0.82, 42.0), 3: (0.84, 58.0), 4: (0.84, 66.0), 5: (0.84, 72.0), 6: (0.83, 76.0),
               7: (0.82, 78.0), 8: (0.78, 76.0), 9: (0.74, 72.0), 10: (0.7, 66.0), 11: (0.56, 48.0), 12: (0.42, 30.0),
               13: (0.3, 18.0)}
+# Slope below the horizontal on a coronal view, from the tubercle outwards (degrees, by rib shape
+# number; measured on the real abdominal CT at hand: its 12th rib lies at L1's centre 75-85 mm
+# beside the spine), and the share of the 1.0.0 drop at the front that a rib keeps beside it:
+# ribs 1-8 run as before.
+LOWER_RIB_DESCENT_DEG = {8: 0.0, 9: 6.0, 10: 12.0, 11: 22.0, 12: 33.0, 13: 37.0}
+LEVEL_BEYOND_TUBERCLE_MM = 20.0  # the rib bends down from level over twice this distance out of the tubercle
+_FRONT_DROP_KEPT = {8: 1.0, 9: 0.7, 10: 0.5, 11: 0.0, 12: 0.0, 13: 0.0}
+MAX_DESCENT_DEG = 60.0
 
 
 @dataclass
@@ -31,13 +44,20 @@ class Rib:
     number: int
     points: np.ndarray  # (n, 3) body mm, bony part
     cartilage: np.ndarray | None  # (m, 3) body mm or None
+    thickness_scale: float = 1.0  # times RIB_HALF_THICKNESS_MM
+    density_scale: float = 1.0  # 1: bone as the other ribs; less: part of the way to the muscle around it
 
     @property
     def length_mm(self) -> float:
         return float(np.linalg.norm(np.diff(self.points, axis=0), axis=1).sum())
 
 
-def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0) -> list[Rib]:
+def _interp(table: dict, x: float) -> float:
+    return float(np.interp(x, list(table), list(table.values())))
+
+
+def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0, lower: dict | None = None) -> list[Rib]:
+    """The ribs of a spine; ``lower`` is ``params['lower_ribs']`` (None: the level ribs of 1.0.0)."""
     out = []
     n_thoracic = sum(1 for vb in vertebrae if vb.name.startswith("T"))
     for vb in vertebrae:
@@ -70,11 +90,22 @@ def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0) -> lis
                 a_in *= 0.85
                 b_in *= 0.88
             th_angle = float(np.arcsin(np.clip((abs(tubercle[0]) + 22.0) / a_in, 0.05, 0.9)))
-            th = np.linspace(th_angle, end_frac * np.pi, 28)
-            frac = (th - th_angle) / max(end_frac * np.pi - th_angle, 1e-6)
+            th_end = end_frac * np.pi
+            slope, keep = 0.0, 1.0
+            if lower is not None:
+                deg = min(_interp(LOWER_RIB_DESCENT_DEG, shape_n) * lower["descent_scale"], MAX_DESCENT_DEG)
+                slope, keep = float(np.tan(np.radians(deg))), _interp(_FRONT_DROP_KEPT, shape_n)
+                if number == n_thoracic:
+                    th_end = th_angle + (th_end - th_angle) * lower["last_rib_extent"]
+            th = np.linspace(th_angle, th_end, 28)
+            frac = (th - th_angle) / max(th_end - th_angle, 1e-6)
+            # how far out of the tubercle the rib has come (the slope is its course on a coronal view)
+            out_mm = np.maximum.accumulate(np.maximum(a_in * np.sin(th) - abs(tubercle[0]), 0.0))
+            bend = LEVEL_BEYOND_TUBERCLE_MM  # a smooth bend: out_mm - bend beyond twice that, no kink
+            lateral = np.where(out_mm < 2 * bend, out_mm ** 2 / (4 * bend), out_mm - bend)
             pts = [head, tubercle]
-            for f, ang in zip(frac, th):
-                w = w0 + 4.0 * np.sin(np.pi * min(f * 3, 1.0)) - drop * f ** 1.4
+            for f, ang, s in zip(frac, th, lateral):
+                w = w0 + keep * (4.0 * np.sin(np.pi * min(f * 3, 1.0)) - drop * f ** 1.4) - slope * s
                 q = profile.at(w)
                 vc = q["vc"] + 0.5 * (q["fat_post"] - q["fat_ant"])
                 pts.append(np.array([sgn * a_in * np.sin(ang), vc - b_in * np.cos(ang), w]))
@@ -91,5 +122,7 @@ def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0) -> lis
                 q = profile.at(last[2])
                 vc = q["vc"] + 0.5 * (q["fat_post"] - q["fat_ant"])
                 cart = np.array([[sgn * a_in * np.sin(a), vc - b_in * np.cos(a), z] for a, z in zip(ang, wc)])
-            out.append(Rib(vb.name, side, number, pts, cart))
+            thin = lower is not None and number >= n_thoracic - 1  # the lowest two pairs
+            out.append(Rib(vb.name, side, number, pts, cart,
+                           lower["lower_thickness_scale"] if thin else 1.0, lower["lower_density_scale"] if thin else 1.0))
     return out

@@ -104,6 +104,42 @@ def test_rib_variants_keep_labels_on_the_counted_levels(training_parameters, var
         assert "T13" in {v["name"] for v in case.meta["vertebrae"]}
 
 
+def test_lower_ribs_run_down_beside_the_next_vertebrae_and_the_lowest_two_pairs_are_thin(training_parameters):
+    from OsteoScreenLib.phantom.render import build_anatomy
+
+    p = _with(training_parameters, lower_ribs__descent_scale=1.0, lower_ribs__last_rib_extent=1.0,
+              lower_ribs__lower_thickness_scale=0.7, lower_ribs__lower_density_scale=0.5,
+              spine__rib_variant="normal", spine__thoracolumbar_count=17, spine__lumbar_rib_length_mm=0.0)
+    level = copy.deepcopy(p)
+    del level["lower_ribs"]  # the ribs of generator 1.0.0
+    new, old = build_anatomy(p), build_anatomy(level)
+    l1 = next(v for v in new.vertebrae if v.name == "L1")
+    l1_top = l1.center[2] + l1.half_height
+
+    def height_beside_spine(anatomy, number, lateral_mm=80.0):
+        """Where the rib runs 80 mm lateral of the body centre, as a coronal view of real CT shows it."""
+        rib = next(r for r in anatomy.ribs if r.number == number and r.side == "R")
+        x = np.abs(rib.points[1:, 0] - l1.center[0])
+        return float(np.interp(lateral_mm, x, rib.points[1:, 2]))
+
+    # 80 mm beside the spine the 12th rib runs beside L1 (on the real abdominal CT at hand: at L1's
+    # centre); in 1.0.0 it ran level, above L1
+    assert l1.center[2] - 10.0 < height_beside_spine(new, 12) < l1_top < height_beside_spine(old, 12)
+    assert height_beside_spine(new, 11) < height_beside_spine(old, 11) - 10.0
+    for number in range(1, 9):  # the ribs above are as before
+        assert all(np.array_equal(a.points, b.points) for a, b in zip(new.ribs, old.ribs) if a.number == number)
+    looks = {(r.number, r.thickness_scale, r.density_scale) for r in new.ribs}
+    assert looks == {(n, 0.7, 0.5) for n in (11, 12)} | {(n, 1.0, 1.0) for n in range(1, 11)}
+    assert all(r.thickness_scale == 1.0 for r in old.ribs)
+
+
+def test_a_seed_draws_its_lower_ribs_from_a_stream_of_its_own(training_parameters):
+    chest = sample_parameters(SEED, "chest")
+    assert chest["lower_ribs"] == training_parameters["lower_ribs"]  # same subject, whatever the scan
+    assert sample_parameters(SEED + 1, "training")["lower_ribs"] != training_parameters["lower_ribs"]
+    assert 0.6 <= training_parameters["lower_ribs"]["descent_scale"] <= 1.4
+
+
 def test_body_masks_lie_inside_the_levels_vertebra_of_the_same_level(a_training_case):
     labels, levels = a_training_case.labels.array, a_training_case.levels.array
     for label, name in ((1, "L1"), (2, "L2")):

@@ -26,6 +26,7 @@ from OsteoScreenLib.ct_io import read_ct, read_volume
 from OsteoScreenLib.errors import OsteoScreenError
 from OsteoScreenLib.model_store import CARD_NAME
 from OsteoScreenLib.paths import models_dir
+from OsteoScreenLib.phantom import GENERATOR_VERSION
 from OsteoScreenLib.registry import LABEL_MAPPINGS, LABEL_OF, VERSE_LEVEL_IDS, VERSE_LEVEL_NAMES
 from OsteoScreenLib.segmenter import L1L2Segmenter
 
@@ -93,15 +94,15 @@ def runtime_code_key() -> str:
 
 
 def evaluate_phantoms(seg: L1L2Segmenter, count: int, preset: str, workers: int = 1) -> dict:
-    """Rows are appended to a cache file as they come (keyed by the model's checksums and the
-    run-time code that decodes its output), so a killed evaluation resumes; ``workers``
+    """Rows are appended to a cache file as they come (keyed by the generator version, the model's
+    checksums and the run-time code that decodes its output), so a killed evaluation resumes; ``workers``
     processes share the cases (one thread each)."""
     from multiprocessing import Pool
 
     first, n = SPLITS["test"]
     seeds = list(range(first, first + min(count, n)))
     key = "-".join([f["sha256"][:12] for f in seg.card["files"].values()] + [runtime_code_key()])
-    partial = PARTIAL_DIR / f"eval-{preset}-{key}.jsonl"
+    partial = PARTIAL_DIR / f"eval-{preset}-v{GENERATOR_VERSION}-{key}.jsonl"  # other phantoms: other rows
     partial.parent.mkdir(parents=True, exist_ok=True)
     done = {}
     if partial.exists():
@@ -207,7 +208,8 @@ def write_results(result: dict) -> None:
     s = result["phantoms"]["summary"]
     lines = [
         "# Segmentation evaluation", "",
-        f"Machine: {result['machine']}; model {result['model_version']}; {result['date']}.", "",
+        f"Machine: {result['machine']}; model {result['model_version']}; phantom generator "
+        f"{result.get('generator_version', '1.0.0')}; {result['date']}.", "",
         f"## Test phantoms (preset `{result['phantoms']['preset']}`, {s['cases']} cases, {s['failed']} failed)", "",
         "| level | DSC mean ± SD | median | mean where the level is right |", "| --- | --- | --- | --- |",
     ]
@@ -248,6 +250,7 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"),
         "model_version": seg.card["version"],
+        "generator_version": GENERATOR_VERSION,
         "phantoms": evaluate_phantoms(seg, a.count, a.preset, a.workers),
         # the real cases once, with the chest preset (they do not depend on it)
         "real": evaluate_real(seg, a.real_data) if a.real_data.is_dir() and a.preset == "chest" else {},
@@ -255,8 +258,9 @@ def main() -> None:
     result["elapsed_s"] = round(time.perf_counter() - t, 1)
     write_results(result)
     if not a.no_card:
-        update_card(folder, {"test_phantoms": result["phantoms"]["summary"], "real_cases": result["real"]}
-                    if a.preset == "chest" else {f"test_phantoms_{a.preset}": result["phantoms"]["summary"]})
+        summary = {**result["phantoms"]["summary"], "generator_version": GENERATOR_VERSION}
+        update_card(folder, {"test_phantoms": summary, "real_cases": result["real"]}
+                    if a.preset == "chest" else {f"test_phantoms_{a.preset}": summary})
     print(json.dumps(result["phantoms"]["summary"], indent=1))
 
 

@@ -106,7 +106,7 @@ def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> 
         "labels": {"0": "background", **{str(v): k for k, v in LABEL_OF.items()}},
         "training_data": {
             "source": "synthetic chest-CT phantoms of OsteoScreenLib.phantom (no real patient data)",
-            "generator_version": _generator_version(),
+            "generator_version": _generator_versions(train_configs),
             "source_commit": source_commit(),
             "splits_first_seed_and_count": SPLITS,
             "stages": train_configs,
@@ -169,10 +169,21 @@ def source_commit() -> str | None:
         return None
 
 
-def _generator_version() -> str:
-    from OsteoScreenLib.phantom.parameters import GENERATOR_VERSION
+# Training runs record the generator version of their phantoms from 1.1.0 on; the runs before
+# that did not, and all of them learnt from generator 1.0.0.
+UNRECORDED_GENERATOR_VERSION = "1.0.0"
 
-    return GENERATOR_VERSION
+
+def _generator_of(cfg: dict) -> str:
+    return cfg.get("generator_version", UNRECORDED_GENERATOR_VERSION)
+
+
+def _generator_versions(train_configs: dict) -> str:
+    """'1.1.0' when every stage learnt from one version, else 'coarse 1.1.0, fine 1.0.0, ...'."""
+    versions = {stage: _generator_of(cfg) for stage, cfg in train_configs.items() if cfg}
+    if len(set(versions.values())) == 1:
+        return next(iter(versions.values()))
+    return ", ".join(f"{stage.replace('_', ' ')} {v}" for stage, v in versions.items())
 
 
 def card_markdown(card: dict) -> str:
@@ -207,8 +218,10 @@ def _stage_line(stage: str, cfg: dict) -> str:
             line += (f" ({cfg['best']['tune_accuracy_narrowest']} cut to the narrowest field of view checked); "
                      "augmented: turned, cut at the sides and front like a spine-cropped scan, degraded")
         if cfg.get("init"):
-            line += f"; started from `{cfg['init']['run']}` ({cfg['init']['config']['epochs']} epochs, not augmented)"
-        return line + "."
+            c = cfg["init"]["config"]
+            line += (f"; started from `{cfg['init']['run']}` ({c['epochs']} epochs, generator {_generator_of(c)}, "
+                     f"{'augmented' if c.get('augment') else 'not augmented'})")
+        return line + f"; phantoms of generator {_generator_of(cfg)}."
     line = (f"- {stage} stage: presets `{cfg.get('preset')}`, {cfg.get('train_count')} training seeds "
             f"({cfg.get('train_samples', cfg.get('train_count'))} samples), {cfg.get('iterations')} iterations, "
             f"batch {cfg.get('batch')}, lr {cfg.get('lr')}")
@@ -219,8 +232,8 @@ def _stage_line(stage: str, cfg: dict) -> str:
     if init:
         c = init["config"]
         line += (f"; started from `{init['run']}` (presets `{c.get('preset')}`, {c.get('train_count')} seeds, "
-                 f"{c.get('iterations')} iterations)")
-    return line + "."
+                 f"{c.get('iterations')} iterations, generator {_generator_of(c)})")
+    return line + f"; phantoms of generator {_generator_of(cfg)}."
 
 
 def main() -> None:

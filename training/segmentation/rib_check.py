@@ -24,6 +24,7 @@ import torch
 from scipy.spatial.transform import Rotation
 from torch import nn
 
+from OsteoScreenLib.phantom import GENERATOR_VERSION
 from OsteoScreenLib.phantom.spine import RIB_BEARING_MIN_MM
 from OsteoScreenLib.resample import centred_grid, sample
 from OsteoScreenLib.rib_check import MIN_BACK_MM, MIN_FRONT_MM, MIN_SIDE_MM, crop
@@ -203,6 +204,7 @@ def train(epochs: int, out: Path, seed: int = 0, threads: int = 2, cache: Path =
             best, best_loss = entry, tune_loss
             torch.save({"model": net.state_dict()}, out / "final.pt")
     config = {"network": RIB_CHECK_NETWORK, "preprocessing": PREPROCESSING["rib_check"], "preset": PRESET,
+              "generator_version": GENERATOR_VERSION,
               "levels": list(RIB_CHECK_LEVELS), "jitter_mm": RIB_CHECK_JITTER_MM,
               "augment": aug, "init": init, "epochs": epochs, "seed": seed,
               "train_cases": len({it["seed"] for it in train_items}), "train_boxes": len(train_items),

@@ -18,6 +18,8 @@ import torch
 from monai.losses import DiceCELoss
 from monai.networks.nets import UNet
 
+from OsteoScreenLib.phantom import GENERATOR_VERSION
+
 from .augment import augment_coarse, shift_hints
 from .config import COARSE_AUGMENT, FINE_AUGMENT, NETWORKS, PREPROCESSING
 from .config import PRESETS as STAGE_PRESETS
@@ -139,6 +141,7 @@ def train(args) -> None:
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.iterations, pct_start=0.05)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, include_background=False)
     config = {"stage": args.stage, "network": NETWORKS[args.stage], "preprocessing": PREPROCESSING,
+              "generator_version": GENERATOR_VERSION,
               "train_count": len(seeds_of("train", args.train_count)), "train_samples": len(train_set.paths),
               "preset": args.preset, "iterations": args.iterations, "lr": args.lr, "batch": args.batch,
               "seed": args.seed, "variant_weight": args.variant_weight, "augment": stage_augment}
