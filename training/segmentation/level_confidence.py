@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from OsteoScreenLib.ct_io import read_ct, read_volume
+from OsteoScreenLib.phantom import GENERATOR_VERSION
 from OsteoScreenLib.registry import LABEL_MAPPINGS, LABEL_OF, VERSE_LEVEL_IDS
 from OsteoScreenLib.segmenter import (
     LEVEL_CONFIDENCE_MIN, LEVEL_SPREAD_MAX, L1L2Segmenter, level_warning,
@@ -80,13 +81,14 @@ def main() -> None:
     summary = {"levels_found": len(found), "right": len(right), "wrong": len(wrong),
                "flagged_right": sum(f["flagged"] for f in right), "flagged_wrong": sum(f["flagged"] for f in wrong)}
     result = {"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
-              "date": time.strftime("%Y-%m-%d"), "thresholds": {"mean_probability_min": LEVEL_CONFIDENCE_MIN,
+              "date": time.strftime("%Y-%m-%d"), "generator_version": GENERATOR_VERSION, "thresholds": {"mean_probability_min": LEVEL_CONFIDENCE_MIN,
                                                                  "spread_max": LEVEL_SPREAD_MAX},
               "tune_phantoms": len(rows), "summary": summary, "rows": rows, "real": real}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "level_confidence.json").write_text(json.dumps(result, indent=1) + "\n")
     md = ["# Level certainty of the coarse stage", "",
-          f"{result['machine']}; {result['date']}. {len(rows)} tune phantoms (preset `chest`, seeds {first}+) and "
+          f"{result['machine']}; {result['date']}. {len(rows)} tune phantoms (preset `chest`, seeds {first}+, "
+          f"generator {GENERATOR_VERSION}) and "
           f"the real cases; a level is flagged when its mean probability < {LEVEL_CONFIDENCE_MIN} or its spread "
           f"> {LEVEL_SPREAD_MAX}, or when the rib check moved it (levels after the rib check, as `segment` "
           f"returns them; {sum(bool(r['rib_check_shift']) for r in rows)} of {len(rows)} scans moved).", "",
