@@ -208,9 +208,7 @@ RIB_BINS_MM = (55, 65, 75, 85)
 
 def voxel_ras(vol) -> np.ndarray:
     """RAS mm of every voxel centre, shape (k, j, i, 3)."""
-    kji = np.indices(vol.array.shape).reshape(3, -1)
-    ijk = np.vstack([kji[::-1], np.ones((1, kji.shape[1]))])
-    return (vol.ijk_to_ras @ ijk)[:3].T.reshape(*vol.array.shape, 3)
+    return vol.voxel_centers_ras(np.indices(vol.array.shape).reshape(3, -1).T).reshape(*vol.array.shape, 3)
 
 
 def lowest_rib_profile(ct, levels, hu=200.0) -> dict:
