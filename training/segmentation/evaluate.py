@@ -31,7 +31,7 @@ from OsteoScreenLib.registry import LABEL_MAPPINGS, LABEL_OF, VERSE_LEVEL_IDS, V
 from OsteoScreenLib.segmenter import L1L2Segmenter
 
 from .config import SPLITS
-from .export import card_markdown
+from .export import UNRECORDED_GENERATOR_VERSION, card_markdown
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 PARTIAL_DIR = Path(__file__).resolve().parents[1] / "cache" / "segmentation-eval"
@@ -209,7 +209,7 @@ def write_results(result: dict) -> None:
     lines = [
         "# Segmentation evaluation", "",
         f"Machine: {result['machine']}; model {result['model_version']}; phantom generator "
-        f"{result.get('generator_version', '1.0.0')}; {result['date']}.", "",
+        f"{result.get('generator_version', UNRECORDED_GENERATOR_VERSION)}; {result['date']}.", "",
         f"## Test phantoms (preset `{result['phantoms']['preset']}`, {s['cases']} cases, {s['failed']} failed)", "",
         "| level | DSC mean ± SD | median | mean where the level is right |", "| --- | --- | --- | --- |",
     ]
