@@ -26,7 +26,10 @@ from OsteoScreenLib.onnx_runner import OnnxNetwork
 from OsteoScreenLib.registry import CLASSES
 from OsteoScreenLib.segmenter import softmax
 
+from OsteoScreenLib.phantom import GENERATOR_VERSION
+
 from ..segmentation.evaluate import update_card
+from ..segmentation.export import UNRECORDED_GENERATOR_VERSION
 from .delong import auc_ci, paired_test
 from .config import PRESET, REFERENCE_STANDARD
 from .prepare import load_split
@@ -88,7 +91,8 @@ def evaluate(preset: str) -> dict:
     plot_roc(y, {m: probs[m] for m in ("l1l2", "l1", "l1_roi_hu")})
     return {
         "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
-        "date": time.strftime("%Y-%m-%d"), "preset": preset, "test_cases": int(len(y)),
+        "date": time.strftime("%Y-%m-%d"), "preset": preset, "generator_version": GENERATOR_VERSION,
+        "test_cases": int(len(y)),
         "class_counts": {c: int((y == k).sum()) for k, c in enumerate(CLASSES)},
         "reference_standard": REFERENCE_STANDARD,
         "models": table, "delong_model1_vs_model2": delong, "delong_vs_l1_roi_hu": vs_baseline,
@@ -137,7 +141,8 @@ def plot_roc(y, probs) -> None:
 
 def markdown(r: dict) -> str:
     lines = ["# Classification evaluation (test phantoms)", "",
-             f"{r['test_cases']} test phantoms (preset `{r['preset']}`), QCT classes {r['class_counts']}; "
+             f"{r['test_cases']} test phantoms (preset `{r['preset']}`, phantom generator "
+             f"{r.get('generator_version', UNRECORDED_GENERATOR_VERSION)}), QCT classes {r['class_counts']}; "
              f"reference standard: {r['reference_standard']}. "
              f"{r['machine']}; {r['date']}. Models `l1l2` and `l1` get the tube voltage, as a DICOM header gives it, "
              "and the contrast phase, as the reader gives it; the rows `kVp only` are the same models on the same "
@@ -183,7 +188,7 @@ def main() -> None:
     for m in ("l1l2", "l1"):
         t = r["models"][m]
         update_card(model_folder(RUNTIME_MODELS[m]["folder"]), {
-            "test_phantoms": r["test_cases"], "accuracy": round(t["accuracy"], 4),
+            "test_phantoms": r["test_cases"], "generator_version": r["generator_version"], "accuracy": round(t["accuracy"], 4),
             "auc": {c: {k: round(v, 4) for k, v in t["auc"][c].items()} for c in CLASSES},
             "bmd_mae_mg_cm3": round(t["bmd_mae_mg_cm3"], 2)})
     print(markdown(r))
