@@ -28,23 +28,26 @@ from .model_store import model_folder, verified_files
 from .onnx_runner import OnnxNetwork
 from .postprocess import components, dilate, fill_holes, largest_component
 from .registry import LABEL_OF, VERTEBRA_NAMES
-from .rib_check import check_levels, in_scan, shift_levels
+from .rib_check import check_levels, shift_levels
 from .resample import axis_aligned_grid, bounds_ras, centred_grid, crop_to_mask, index_box, mask_box, sample, subvolume
 from .volume import Volume
 
 MODEL_NAME = "segmentation"
 MIN_COARSE_VOXELS = 20  # below this a level counts as not found (at ~5 mm, a body is ~250 voxels)
-# A level the coarse stage marks only faintly (a sharply tilted spine) is still taken when the
-# other level was found, it lies one vertebra from it on the right side, and well inside the
-# scan (a level cut by the first or last slice is not guessed); the reader is warned.
+# A level the coarse stage marks only faintly (a sharply tilted spine, or a level the first or
+# last slice cuts) is still taken when the other level was found and it lies one vertebra from it
+# on the right side; the reader is warned (and told when it touches the scan's edge).
 MIN_FAINT_COARSE_VOXELS = 5
-FAINT_LEVEL_EDGE_MM = 10.0
 # Level certainty from the coarse stage (calibrated on the tune phantoms and the real cases,
 # training/results/level_confidence.md): a level is flagged for the reader to check when the
 # mean probability over its region is low, or when much of its probability lies elsewhere
 # (the model hesitates between two vertebrae).
 LEVEL_CONFIDENCE_MIN = 0.90
 LEVEL_SPREAD_MAX = 1.5
+# A voxel of one level this far past the mid-plane between the L1 and L2 bodies lies in the other
+# body (trim_beyond_disc): the disc is 6-12 mm high and endplates tilt a few degrees, so a body's
+# own voxels stay on its side of the mid-plane.
+DISC_MIDPLANE_MARGIN_MM = 3.0
 # Centroid distance of L1 and L2 (one vertebral body and disc, about 25-35 mm in adults), with margin.
 LEVEL_STEP_MM = (15.0, 45.0)
 # Most bone-free height between the L1 and L2 bodies along S: the L1-L2 disc is about 7-12 mm at
@@ -152,8 +155,13 @@ class L1L2Segmenter:
         return coarse, levels, report
 
     def fine_probabilities(self, ct: Volume, coarse: Volume, center_ras: np.ndarray) -> Volume:
+        """The fine stage on its box, averaged with its answer on the box mirrored left to right
+        (the box is RAS-aligned and centred on the spine; the network learnt mirrored samples): a
+        test-time mirror steadies the outline where a real scan differs from the phantoms."""
         x, grid = fine_input(ct, coarse, center_ras, self.fine_cfg)
-        return Volume(np.moveaxis(self._run(self.fine_net, x, self.fine_cfg, 0.0), 0, -1), grid)
+        p = self._run(self.fine_net, x, self.fine_cfg, 0.0)
+        mirrored = self._run(self.fine_net, np.ascontiguousarray(x[..., ::-1]), self.fine_cfg, 0.0)[..., ::-1]
+        return Volume(np.moveaxis((p + mirrored) / 2, 0, -1), grid)
 
     @staticmethod
     def _run(net: OnnxNetwork, x: np.ndarray, cfg: dict, pad_value: float) -> np.ndarray:
@@ -228,11 +236,34 @@ class L1L2Segmenter:
         sub_labels = np.argmax(probs, axis=-1).astype(np.uint8)
         labels = np.zeros(ct.array.shape, np.uint8)
         block = labels[lo[2] : hi[2], lo[1] : hi[1], lo[0] : hi[0]]
+        masks = trim_beyond_disc({name: largest_component(sub_labels == LABEL_OF[name]) for name in VERTEBRA_NAMES},
+                                 ct_box)
         for name in VERTEBRA_NAMES:
-            mask = fill_holes(largest_component(sub_labels == LABEL_OF[name]))
+            mask = fill_holes(largest_component(masks[name]))
             block[mask & (block == 0)] = LABEL_OF[name]
         out = ct.with_array(labels)
         return out, _order_and_edge_checks(out)
+
+
+def trim_beyond_disc(masks: dict[str, np.ndarray], grid: Volume,
+                     margin_mm: float = DISC_MIDPLANE_MARGIN_MM) -> dict[str, np.ndarray]:
+    """L1 and L2 without their voxels beyond the L1-L2 disc: a body ends at its endplate, so a voxel
+    of L2 lying more than ``margin_mm`` above the mid-plane between the two bodies (perpendicular to
+    the line through their centroids), or of L1 below it, is an outline that leaked into the
+    neighbouring body. ``grid``: the geometry of the masks."""
+    if any(not masks[name].any() for name in VERTEBRA_NAMES):
+        return masks
+    voxels = {name: np.argwhere(masks[name]) for name in VERTEBRA_NAMES}
+    ras = {name: grid.voxel_centers_ras(kji) for name, kji in voxels.items()}
+    c1, c2 = ras["L1"].mean(axis=0), ras["L2"].mean(axis=0)
+    down = (c2 - c1) / max(float(np.linalg.norm(c2 - c1)), 1e-6)
+    out = {}
+    for name, sign in (("L1", 1.0), ("L2", -1.0)):  # how far beyond the mid-plane, towards the other body
+        beyond = sign * ((ras[name] - (c1 + c2) / 2) @ down) > margin_mm
+        mask = masks[name].copy()
+        mask[tuple(voxels[name][beyond].T)] = False
+        out[name] = mask
+    return out
 
 
 def find_levels(coarse: Volume) -> dict[str, dict]:
@@ -260,15 +291,17 @@ def find_levels(coarse: Volume) -> dict[str, dict]:
 
 def _faint_level(labels: np.ndarray, coarse: Volume, chosen: dict[str, dict]) -> dict[str, dict]:
     """The missing level from regions smaller than MIN_COARSE_VOXELS: the one of most probability
-    that lies one vertebra from the level found (L1 above L2) and FAINT_LEVEL_EDGE_MM inside the
-    scan's first and last slice; none when there is no such region."""
+    that lies one vertebra from the level found (L1 above L2); none when there is no such region.
+    A level cut by the scan's first or last slice is marked faintly too (on spine crops that end
+    inside L2 the coarse stage marks L2's visible part with 5-19 voxels): taken, it is outlined
+    and reported as touching the edge, as a cut level must be, where "not found" would be wrong."""
     (found, region), = chosen.items()
     name = "L2" if found == "L1" else "L1"
     fits = []
     for r in _regions(labels == LABEL_OF[name], coarse, LABEL_OF[name], MIN_FAINT_COARSE_VOXELS):
         c = r["centroid_ras"]
         l1, l2 = (c, region["centroid_ras"]) if name == "L1" else (region["centroid_ras"], c)
-        if in_scan(coarse, c, FAINT_LEVEL_EDGE_MM) and _one_level_apart(l1, l2):
+        if _one_level_apart(l1, l2):
             fits.append(r)
     return {name: {**max(fits, key=lambda r: r["mass"]), "faint": True}} if fits else {}
 

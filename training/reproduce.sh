@@ -34,11 +34,16 @@ if [[ $what == segmentation || $what == all ]]; then
      --out $C/segmentation-coarse-variants
   #    then turned, cut and degraded samples (augment.py): real scans have other poses, fields of view, kernels
   $T --stage coarse --train-count "$SEG_TRAIN" --iterations 4500 --lr 5e-4 --variant-weight 4 --augment \
-     --init $C/segmentation-coarse-variants
+     --init $C/segmentation-coarse-variants --out $C/segmentation-coarse-augment
+  #    then 2500 more iterations (model 0.7.0 continued 0.6.0's coarse stage, trained on generator 1.0.0,
+  #    on phantoms of generator 1.1.0, whose lower ribs run down beside L1 as on real scans)
+  $T --stage coarse --train-count "$SEG_TRAIN" --iterations 2500 --lr 5e-4 --variant-weight 4 --augment \
+     --init $C/segmentation-coarse-augment
   #    the rib check: does the vertebra in a coarse-grid box bear ribs (boxes of the same chest-coarse samples),
   #    then on boxes turned, cut at the sides and front as in spine-cropped scans, and degraded
   $PY -m training.segmentation.rib_check --epochs 12 --out $C/rib-check-plain
-  $PY -m training.segmentation.rib_check --epochs 12 --augment --init rib-check-plain
+  $PY -m training.segmentation.rib_check --epochs 12 --augment --init rib-check-plain --out $C/rib-check-augment
+  $PY -m training.segmentation.rib_check --epochs 12 --augment --init rib-check-augment  # 0.7.0: on generator 1.1.0
   # 2. fine stage: pre-train on 1.5 mm crops (fast to render), then fine-tune on 1 mm boxes of
   #    full-size chest and spine scans with the coarse stage's own hints
   $P --split train --count 300 --preset training --stages fine
@@ -56,7 +61,11 @@ if [[ $what == segmentation || $what == all ]]; then
      --out $C/segmentation-fine-548
   #    then with hints moved up to half a vertebra, as a coarse stage that is off on a real scan leaves them
   $T --stage fine --train-count "$SEG_TRAIN" --iterations 600 --lr 3e-4 --eval-every 100 --augment \
-     --init $C/segmentation-fine-548
+     --init $C/segmentation-fine-548 --out $C/segmentation-fine-augment
+  #    then on generator-1.1.0 samples whose hints come from the final coarse stage (0.7.0; one cache
+  #    folder holds the hints of one coarse stage, prepare.check_hint_source)
+  $T --stage fine --train-count "$SEG_TRAIN" --iterations 800 --lr 3e-4 --eval-every 100 --augment \
+     --init $C/segmentation-fine-augment
   $PY -m training.segmentation.export
   $PY -m training.segmentation.evaluate --count "$SEG_EVAL" --workers "$WORKERS"
   $PY -m training.segmentation.evaluate --preset spine --count "$SEG_EVAL" --workers "$WORKERS"  # spine-cropped

@@ -61,12 +61,13 @@ def test_a_faint_level_one_vertebra_from_the_other_is_taken_and_marked():
     assert levels["L1"]["centroid_ras"][2] == 25.5 * SPACING_MM
     levels = find_levels(_with_faint(coarse_with({1: [(26, 0.95)]}), 2, 21))  # a faint L2 below L1
     assert levels["L2"]["faint"] and levels["L2"]["centroid_ras"][2] == 20.5 * SPACING_MM
+    levels = find_levels(_with_faint(coarse_with({2: [(34, 0.95)]}), 1, 39))  # L1 cut by the last slice
+    assert levels["L1"]["faint"] and levels["L1"]["centroid_ras"][2] == 38.5 * SPACING_MM
 
 
 def test_a_faint_region_is_not_guessed_into_a_level_where_it_does_not_fit():
     assert set(find_levels(_with_faint(coarse_with({2: [(20, 0.95)]}), 1, 12))) == {"L2"}  # below L2
     assert set(find_levels(_with_faint(coarse_with({2: [(20, 0.95)]}), 1, 31))) == {"L2"}  # 55 mm above
-    assert set(find_levels(_with_faint(coarse_with({2: [(34, 0.95)]}), 1, 39))) == {"L2"}  # at the last slice
     assert set(find_levels(_with_faint(coarse_with({}), 1, 20))) == set()  # nothing to be one vertebra from
 
 

@@ -56,6 +56,10 @@ def test_segmentation_samples_train_checkpoint_and_resume(tmp_path):
     prepare("train", 2, "training", tmp_path / "cache2", workers=1, stages="fine",
             coarse_checkpoint=runs["coarse"] / "final.pt")
     assert load(sample_paths(tmp_path / "cache2", "training", 100001)[1])["x"].shape == (3, 112, 80, 80)
+    # and one cache never mixes the hints of two coarse stages
+    with pytest.raises(SystemExit, match="hints of another coarse stage"):
+        prepare("train", 3, "training", tmp_path / "cache2", workers=1, stages="fine",
+                coarse_checkpoint=runs["fine"] / "final.pt")
 
 
 def test_rib_check_boxes_train_one_epoch(tmp_path):

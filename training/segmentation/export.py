@@ -28,7 +28,7 @@ from .config import NETWORKS, ONNX_OPSET, ONNX_TOLERANCE, PREPROCESSING, RIB_CHE
 from .train import build_network
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-MODEL_VERSION = "0.6.0"
+MODEL_VERSION = "0.7.0"
 
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
@@ -74,6 +74,18 @@ def export_onnx(net: torch.nn.Module, in_channels: int, shape, path: Path) -> fl
     return float(np.abs(e / e.sum(1, keepdims=True) - ref).max())
 
 
+LIMITS = [
+    "Trained on synthetic phantoms only; accuracy on real scans is not established (see the real cases "
+    "under metrics: too few to measure it).",
+    "Not a medical device; not for diagnosis.",
+    "Needs L1 and L2 in the field of view; transitional anatomy may shift the levels.",
+    "The rib check learnt the phantoms' ribs; it is skipped where the field of view does not show the rib heads "
+    "and necks (closer than 30 mm beside, 10 mm in front of or 50 mm behind a vertebra's centre). On the two "
+    "real scans it reads no ribs on the real T12 (abdominal CT 0.0, thin spine slab verse012 0.003); on "
+    "verse012 it therefore moves the levels two vertebrae up (flagged).",
+]
+
+
 def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     diffs = {}
@@ -115,16 +127,7 @@ def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> 
         "metrics": metrics or {},
         "intended_use": "Research: opportunistic screening of L1/L2 on adult chest or abdominal CT, "
         "as a first outline that a reader checks and corrects in 3D Slicer.",
-        "limits": [
-            "Trained on synthetic phantoms only; accuracy on real scans is not established (see the real cases "
-            "under metrics: too few to measure it).",
-            "Not a medical device; not for diagnosis.",
-            "Needs L1 and L2 in the field of view; transitional anatomy may shift the levels.",
-            "The rib check learnt the phantoms' ribs, whose 12th ribs are longer than many real ones; it is "
-            "skipped where the field of view does not show the rib heads and necks (closer than 30 mm beside, "
-            "10 mm in front of or 50 mm behind a vertebra's centre). On a real thin spine slab (verse012) it "
-            "does not see the short lower ribs, and the levels stay two vertebrae high (flagged).",
-        ],
+        "limits": LIMITS,
         "exported_on": platform.platform(),
     }
     (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")

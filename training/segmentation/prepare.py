@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import time
 from multiprocessing import Pool
@@ -85,8 +86,26 @@ def seeds_of(split: str, count: int | None = None) -> list[int]:
     return list(range(first, first + (n if count is None else min(count, n))))
 
 
+def check_hint_source(cache: Path, preset: str, coarse_checkpoint: Path) -> None:
+    """Fine samples carry the coarse stage's hints, so one cache folder holds the hints of one coarse
+    stage: record its SHA-256 with the first samples, refuse to add samples from another one."""
+    from OsteoScreenLib.hashing import sha256_file
+
+    record = sample_paths(cache, preset, 0)[1].parent / "hints.json"
+    source = {"coarse_checkpoint_sha256": sha256_file(coarse_checkpoint) if coarse_checkpoint.exists() else None}
+    if record.exists():
+        if json.loads(record.read_text()) != source:
+            raise SystemExit(f"error: the fine samples in {record.parent} carry hints of another coarse stage than "
+                             f"{coarse_checkpoint}; move that folder away or pass another --cache")
+        return
+    record.parent.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps(source) + "\n")
+
+
 def prepare(split: str, count: int | None, preset: str, cache: Path, workers: int, stages: str = "coarse,fine",
             coarse_checkpoint: Path = COARSE_CHECKPOINT) -> None:
+    if "fine" in stages:
+        check_hint_source(cache, preset, coarse_checkpoint)
     jobs = [(cache, preset, s, stages, coarse_checkpoint) for s in seeds_of(split, count)]
     os.environ.setdefault("OMP_NUM_THREADS", "1")
     t0 = time.perf_counter()
