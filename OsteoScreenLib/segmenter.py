@@ -5,9 +5,10 @@
    network, the rib check (rib_check.py), asks of the vertebrae around that L1
    whether they bear ribs, and moves both levels by up to two vertebrae when they say so;
 2. fine: a ~1 mm box around L1-L2; a second network, given the CT and the coarse
-   masks as hints, outlines both bodies;
+   masks as hints, outlines both bodies (averaged with its answer on the mirrored box);
 3. the fine probabilities are resampled onto the original CT grid inside the box
-   only, then one connected body per level, holes filled, L1 above L2.
+   only, then one connected body per level ending at the L1-L2 disc, holes filled,
+   L1 above L2.
 
 Everything the preprocessing needs is read from the model card, so inference is
 rebuilt from the model folder alone. No torch, no MONAI.
