@@ -20,11 +20,15 @@ from .samples import coarse_sample, fine_sample, save
 DEFAULT_CACHE = Path(__file__).resolve().parents[1] / "cache" / "segmentation"
 
 
-def sample_paths(cache: Path, preset: str, seed: int) -> tuple[Path, Path]:
-    """Cache paths, keyed by generator version: a changed generator never reuses old samples."""
+def cache_folder(cache: Path, preset: str) -> Path:
+    """One preset's samples, keyed by generator version: a changed generator never reuses old samples."""
     from OsteoScreenLib.phantom import GENERATOR_VERSION
 
-    base = cache / f"{preset}-v{GENERATOR_VERSION}"
+    return cache / f"{preset}-v{GENERATOR_VERSION}"
+
+
+def sample_paths(cache: Path, preset: str, seed: int) -> tuple[Path, Path]:
+    base = cache_folder(cache, preset)
     return base / "coarse" / f"{seed}.npz", base / "fine" / f"{seed}.npz"
 
 
@@ -91,7 +95,7 @@ def check_hint_source(cache: Path, preset: str, coarse_checkpoint: Path) -> None
     stage: record its SHA-256 with the first samples, refuse to add samples from another one."""
     from OsteoScreenLib.hashing import sha256_file
 
-    record = sample_paths(cache, preset, 0)[1].parent / "hints.json"
+    record = cache_folder(cache, preset) / "fine" / "hints.json"
     source = {"coarse_checkpoint_sha256": sha256_file(coarse_checkpoint) if coarse_checkpoint.exists() else None}
     if record.exists():
         if json.loads(record.read_text()) != source:
