@@ -32,6 +32,10 @@ OFFSETS = (-3, -2, -1, 0, 1, 2)
 MOVES = (-2, -1, 0, 1, 2)
 # A level is moved only when the ribs favour the move this many times more than the coarse level.
 MIN_LIKELIHOOD_RATIO = 20.0
+# Below that, a move the ribs favour over the coarse level at all is reported, not made: on the
+# chest test phantoms of 0.7.0 the one sure-and-wrong scan the check could see (4.5 to 1) was the
+# only unflagged scan with any move above 1 to 1; right scans lay at 0.1 to 1 or below.
+LEAN_LIKELIHOOD_RATIO = 1.0
 # Only where the CT shows a vertebra's rib heads and necks: this far each side of its centre (R),
 # in front of it and behind it (A). A narrower field of view hides the ribs, and missing ribs
 # would read as a lumbar vertebra. (The network learnt boxes cut that close: RIB_CHECK_AUGMENT.)
@@ -49,6 +53,8 @@ class RibDecision:
     rib_probability: dict[int, float]  # by offset from the coarse L1 (OFFSETS), those inside the scan
     checked: bool  # False when the field of view does not show the ribs
     l2_follows_l1: bool = False  # the coarse L2 was not one vertebra below L1: after a move, L2 = L1 + step
+    leaning: int = 0  # a move the ribs favour over staying, but not clearly enough to make (0: none)
+    lean_ratio: float = 0.0  # how many times more they favour it than staying
 
 
 def crop(coarse_input: Volume, center_ras, cfg: dict) -> np.ndarray:
@@ -98,25 +104,41 @@ def spine_step(l1_ras, l2_ras) -> np.ndarray:
     return np.array([0.0, 0.0, -TYPICAL_STEP_MM])
 
 
-def decide(p: dict[int, float]) -> int:
-    """Offset of L1 from the coarse L1 (one of MOVES): L1 bears no ribs and the vertebra above it does.
+def weigh(p: dict[int, float]) -> tuple[int, float]:
+    """The move of L1 the ribs favour most (one of MOVES other than 0) and the log of its
+    likelihood ratio against staying; (0, -inf) when no move can be weighed.
 
     ``p``: rib-bearing probability at offsets (OFFSETS) from the coarse L1; an offset outside the
-    scan is left out, and a move that needs it is not made. Staying needs only the coarse L1 itself
-    (a scan that starts at it does not show the vertebra above), a move both vertebrae it relies on."""
+    scan is left out, and a move that needs it is not weighed. Staying needs only the coarse L1
+    itself (a scan that starts at it does not show the vertebra above), a move both vertebrae it
+    relies on: L1 bears no ribs and the vertebra above it does."""
     eps = 1e-4
 
     def score(m: int) -> float:
         above = np.log(max(p[m - 1], eps)) if m - 1 in p else 0.0
         return above + np.log(max(1.0 - p[m], eps))
 
-    possible = [m for m in MOVES if m in p and (m - 1 in p or m == 0)]
-    if 0 not in possible:
-        return 0
-    best = max(possible, key=score)
-    if best != 0 and score(best) - score(0) >= np.log(MIN_LIKELIHOOD_RATIO):
-        return best
-    return 0
+    moves = [m for m in MOVES if m != 0 and m in p and m - 1 in p]
+    if 0 not in p or not moves:
+        return 0, float("-inf")
+    best = max(moves, key=score)
+    return best, float(score(best) - score(0))
+
+
+def decide(p: dict[int, float]) -> int:
+    """Offset of L1 from the coarse L1 (one of MOVES): the best move when the ribs favour it at
+    least MIN_LIKELIHOOD_RATIO times more than staying, else 0 (see ``weigh``)."""
+    best, log_ratio = weigh(p)
+    return best if log_ratio >= np.log(MIN_LIKELIHOOD_RATIO) else 0
+
+
+def lean(p: dict[int, float]) -> tuple[int, float]:
+    """A move the ribs favour over staying (more than LEAN_LIKELIHOOD_RATIO) but not clearly
+    enough to make, with its likelihood ratio; (0, 0.0) when there is none."""
+    best, log_ratio = weigh(p)
+    if best and np.log(LEAN_LIKELIHOOD_RATIO) < log_ratio < np.log(MIN_LIKELIHOOD_RATIO):
+        return best, float(np.exp(log_ratio))
+    return 0, 0.0
 
 
 def check_levels(ct: Volume, coarse_input: Volume, l1_ras, l2_ras, run, cfg: dict) -> RibDecision:
@@ -133,7 +155,7 @@ def check_levels(ct: Volume, coarse_input: Volume, l1_ras, l2_ras, run, cfg: dic
         return RibDecision(0, step, {}, False, follows)
     logits = np.asarray(run(np.stack([crop(coarse_input, c, cfg) for _, c in asked])), float).reshape(-1)
     p = {m: float(1.0 / (1.0 + np.exp(-v))) for (m, _), v in zip(asked, logits)}
-    return RibDecision(decide(p), step, p, True, follows)
+    return RibDecision(decide(p), step, p, True, follows, *lean(p))
 
 
 def shift_levels(coarse: Volume, shift: int, step_ras: np.ndarray, l1_found: bool,

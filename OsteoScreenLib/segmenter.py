@@ -150,6 +150,8 @@ class L1L2Segmenter:
         decision = check_levels(ct, coarse_x, ras.get("L1"), ras.get("L2"), self.rib_net.run, self.rib_cfg)
         report = {"checked": decision.checked, "shift": decision.shift,
                   "rib_probability": {str(m): round(p, 3) for m, p in decision.rib_probability.items()}}
+        if decision.leaning:
+            report.update(leaning=decision.leaning, lean_ratio=round(decision.lean_ratio, 1))
         if decision.shift:
             coarse = shift_levels(coarse, decision.shift, decision.step_ras, "L1" in levels, decision.l2_follows_l1)
             levels = find_levels(coarse)
@@ -195,11 +197,7 @@ class L1L2Segmenter:
         centroids = {name: lv["centroid_ras"] for name, lv in levels.items()}
         confidence = {name: lv["certainty"] for name, lv in levels.items()}
         level_warnings = [w for w in (level_warning(n, c) for n, c in confidence.items()) if w]
-        if rib_report.get("shift"):
-            n = abs(rib_report["shift"])
-            level_warnings.append(f"L1 and L2 moved {'one vertebra' if n == 1 else f'{n} vertebrae'} "
-                                  f"{'down' if rib_report['shift'] > 0 else 'up'} by the rib check (the counting from "
-                                  "the top disagreed): check that L1 is the first vertebra below the last rib-bearing one")
+        level_warnings += rib_check_warnings(rib_report)
         level_warnings += [f"{name} found only faintly by the level finder: check that "
                            f"{'L1 lies directly above L2' if name == 'L1' else 'L2 lies directly below L1'}"
                            for name, lv in levels.items() if lv.get("faint")]
@@ -347,6 +345,25 @@ def level_warning(name: str, certainty: dict[str, float]) -> str | None:
     why = f"model confidence {p:.2f}" if p < LEVEL_CONFIDENCE_MIN else "the model hesitates between two vertebrae"
     return (f"{name} level uncertain ({why}): check that {'L1 is the first vertebra below the last rib-bearing one' if name == 'L1' else 'L2 lies directly below L1'}, "
             "and correct the segments if not")
+
+
+def _vertebrae(n: int) -> str:
+    return "one vertebra" if abs(n) == 1 else f"{abs(n)} vertebrae"
+
+
+def rib_check_warnings(report: dict) -> list[str]:
+    """The reader's warnings from the rib check's report (``checked_levels``): levels it moved, or
+    a move it favoured without making."""
+    check = "check that L1 is the first vertebra below the last rib-bearing one"
+    if report.get("shift"):
+        n = report["shift"]
+        return [f"L1 and L2 moved {_vertebrae(n)} {'down' if n > 0 else 'up'} by the rib check "
+                f"(the counting from the top disagreed): {check}"]
+    if report.get("leaning"):
+        n = report["leaning"]
+        return [f"The rib check leans towards L1 {_vertebrae(n)} {'lower' if n > 0 else 'higher'} "
+                f"({report['lean_ratio']:g} to 1, too weak to move the levels): {check}"]
+    return []
 
 
 def _order_and_edge_checks(labels: Volume) -> tuple[list[str], list[str]]:

@@ -5,9 +5,9 @@ import pytest
 
 from OsteoScreenLib.registry import VERSE_LEVEL_IDS
 from OsteoScreenLib.resample import bounds_ras, subvolume
-from OsteoScreenLib.rib_check import (MIN_BACK_MM, MIN_FRONT_MM, MIN_SIDE_MM, check_levels, covers, decide, shift_levels,
+from OsteoScreenLib.rib_check import (MIN_BACK_MM, MIN_FRONT_MM, MIN_SIDE_MM, check_levels, covers, decide, lean, shift_levels,
                                       spine_step)
-from OsteoScreenLib.segmenter import L1L2Segmenter, find_levels
+from OsteoScreenLib.segmenter import L1L2Segmenter, find_levels, rib_check_warnings
 from OsteoScreenLib.volume import Volume
 
 SPACING_MM = 5.0
@@ -46,6 +46,30 @@ NONE = 0.01
 ])
 def test_the_level_moves_only_when_the_ribs_say_so_clearly(p, expected):
     assert decide(p) == expected
+
+
+@pytest.mark.parametrize("p, expected_move, expected_ratio", [
+    ({-2: RIBS, -1: 0.2, 0: NONE, 1: NONE}, -1, 4.0),   # L1 one higher favoured 4 to 1: too weak to move
+    ({-2: RIBS, -1: RIBS, 0: 0.6, 1: NONE}, 1, 1.5),    # L1 one lower favoured 1.5 to 1
+    ({-2: RIBS, -1: RIBS, 0: NONE, 1: NONE}, 0, 0.0),   # the ribs agree with the coarse L1
+    ({-2: RIBS, -1: 0.5, 0: NONE, 1: NONE}, 0, 0.0),    # a tie (1 to 1) is no lean
+    ({-2: RIBS, -1: NONE, 0: NONE, 1: NONE}, 0, 0.0),   # clear enough to move: a move, not a lean
+    ({-1: 0.9, 0: NONE}, 0, 0.0),                       # no move can be weighed without the vertebra two above
+])
+def test_a_move_the_ribs_favour_too_weakly_to_make_is_reported_as_a_lean(p, expected_move, expected_ratio):
+    move, ratio = lean(p)
+    assert move == expected_move and ratio == pytest.approx(expected_ratio, rel=1e-3)
+    assert decide(p) == 0 or move == 0  # a lean never comes with a move
+
+
+def test_the_reader_is_warned_of_a_move_and_of_a_lean():
+    moved = rib_check_warnings({"checked": True, "shift": -2, "rib_probability": {}})
+    assert len(moved) == 1 and moved[0].startswith("L1 and L2 moved 2 vertebrae up by the rib check")
+    leaning = rib_check_warnings({"checked": True, "shift": 0, "leaning": -1, "lean_ratio": 4.5})
+    assert leaning == ["The rib check leans towards L1 one vertebra higher (4.5 to 1, too weak to move the levels): "
+                       "check that L1 is the first vertebra below the last rib-bearing one"]
+    assert rib_check_warnings({"checked": True, "shift": 0, "rib_probability": {"0": 0.01}}) == []
+    assert rib_check_warnings({}) == []  # no rib check (a field of view without ribs)
 
 
 def test_the_step_along_the_spine_comes_from_l1_and_l2_when_plausible():

@@ -122,6 +122,20 @@ def test_a_level_cut_by_the_last_slice_is_segmented_and_reported_as_faint_and_cu
     assert any(w.startswith("L2 touches the edge of the scan") for w in out.warnings)
 
 
+def test_a_sure_but_wrong_level_the_ribs_disagree_with_is_flagged(segmenter):
+    """Chest test phantom 300371: the coarse stage puts both levels one vertebra low and is sure of
+    them; the rib check favours L1 one vertebra higher, too weakly to move the levels, and the
+    reader is warned instead of getting an unflagged wrong level."""
+    from OsteoScreenLib.phantom import generate_case
+
+    case = generate_case(300371, "chest")
+    out = segmenter.segment(case.ct)
+    l1 = out.labels.array == LABEL_OF["L1"]
+    assert (case.levels.array[l1] == VERSE_LEVEL_IDS["L2"]).mean() > 0.9  # one vertebra low
+    assert out.rib_check["shift"] == 0 and out.rib_check["leaning"] == -1 and 1.0 < out.rib_check["lean_ratio"] < 20.0
+    assert any(w.startswith("The rib check leans towards L1 one vertebra higher") for w in out.level_warnings)
+
+
 def test_a_scan_ending_at_t12_says_which_levels_are_missing(segmenter, real_data):
     with pytest.raises(OsteoScreenError, match="L1 and L2 not found"):
         segmenter.segment(read_ct(real_data / "totalsegmentator-dicom"))

@@ -66,9 +66,11 @@ def evaluate_case(seg: L1L2Segmenter, seed: int, preset: str) -> dict:
         else:
             row[f"level_ok_{name}"] = False
     row["time_s"] = out.timing_s["total"]
-    # a warning about the levels: uncertain, moved by the rib check, L2 not directly below L1, swapped
+    # a warning about the levels: uncertain, moved by the rib check or leaning towards a move, L2 not
+    # directly below L1, swapped
     row["flagged"] = bool(out.level_warnings)
     row["rib_check_shift"] = out.rib_check.get("shift", 0)
+    row["rib_check_leaning"] = out.rib_check.get("leaning", 0)
     return row
 
 
@@ -152,6 +154,8 @@ def summarise(rows: list[dict]) -> dict:
     out["warned_right_scans"] = f"{sum(r.get('flagged', False) for r in right)} of {len(right)}"
     out["warned_wrong_scans"] = f"{sum(r.get('flagged', False) for r in wrong)} of {len(wrong)}"
     out["rib_check_moved_scans"] = sum(bool(r.get("rib_check_shift")) for r in ok)
+    out["rib_check_leaning_scans"] = f"{sum(bool(r.get('rib_check_leaning')) for r in wrong)} wrong, " \
+                                     f"{sum(bool(r.get('rib_check_leaning')) for r in right)} right"
     return out
 
 
@@ -220,7 +224,8 @@ def write_results(result: dict) -> None:
               f"{s['level_identification_incl_failures']}); median time per case {s['median_time_s']} s.", "",
               f"Scans with a level warning for the reader: {s['warned_wrong_scans']} with a wrong level, "
               f"{s['warned_right_scans']} with both levels right. The rib check moved the levels of "
-              f"{s['rib_check_moved_scans']} scans.", ""]
+              f"{s['rib_check_moved_scans']} scans and leaned towards a move it did not make on "
+              f"{s.get('rib_check_leaning_scans', 'unrecorded')} scans.", ""]
     if result["real"]:
         lines += ["## Real cases (reference masks are whole vertebrae)", "", "```",
                   json.dumps(result["real"], indent=1), "```", ""]

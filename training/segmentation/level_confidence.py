@@ -24,7 +24,7 @@ from OsteoScreenLib.ct_io import read_ct, read_volume
 from OsteoScreenLib.phantom import GENERATOR_VERSION
 from OsteoScreenLib.registry import LABEL_MAPPINGS, LABEL_OF, VERSE_LEVEL_IDS
 from OsteoScreenLib.segmenter import (
-    LEVEL_CONFIDENCE_MIN, LEVEL_SPREAD_MAX, L1L2Segmenter, level_warning,
+    LEVEL_CONFIDENCE_MIN, LEVEL_SPREAD_MAX, L1L2Segmenter, level_warning, rib_check_warnings,
 )
 
 from .config import SPLITS
@@ -38,7 +38,7 @@ def levels_of(ct, levels, ids: dict[str, int]) -> dict:
         _SEG["seg"] = L1L2Segmenter(threads=1)
     seg = _SEG["seg"]
     _, found, rib = seg.checked_levels(ct, *seg.coarse_stage(ct))  # the levels segment() uses
-    out = {"rib_check_shift": rib.get("shift", 0)}
+    out = {"rib_check_shift": rib.get("shift", 0), "rib_check_leaning": rib.get("leaning", 0)}
     for name in LABEL_OF:
         if name not in found:
             out[name] = {"found": False}
@@ -47,8 +47,8 @@ def levels_of(ct, levels, ids: dict[str, int]) -> dict:
         inside = bool(np.all(ijk >= 0) and np.all(ijk < levels.shape_ijk))
         right = inside and int(levels.array[ijk[2], ijk[1], ijk[0]]) == ids[name]
         certainty = found[name]["certainty"]
-        # segment() also warns when the rib check moved the levels
-        flagged = level_warning(name, certainty) is not None or bool(out["rib_check_shift"])
+        # segment() also warns when the rib check moved the levels or leaned towards a move
+        flagged = level_warning(name, certainty) is not None or bool(rib_check_warnings(rib))
         out[name] = {"found": True, "right": right, **certainty, "flagged": flagged}
     return out
 
@@ -90,8 +90,9 @@ def main() -> None:
           f"{result['machine']}; {result['date']}. {len(rows)} tune phantoms (preset `chest`, seeds {first}+, "
           f"generator {GENERATOR_VERSION}) and "
           f"the real cases; a level is flagged when its mean probability < {LEVEL_CONFIDENCE_MIN} or its spread "
-          f"> {LEVEL_SPREAD_MAX}, or when the rib check moved it (levels after the rib check, as `segment` "
-          f"returns them; {sum(bool(r['rib_check_shift']) for r in rows)} of {len(rows)} scans moved).", "",
+          f"> {LEVEL_SPREAD_MAX}, or when the rib check moved it or leaned towards moving it (levels after the "
+          f"rib check, as `segment` returns them; {sum(bool(r['rib_check_shift']) for r in rows)} of {len(rows)} "
+          f"scans moved, {sum(bool(r['rib_check_leaning']) for r in rows)} leaned).", "",
           "| levels (L1 and L2 of each scan) | count | flagged |", "| --- | --- | --- |",
           f"| right | {summary['right']} | {summary['flagged_right']} |",
           f"| wrong | {summary['wrong']} | {summary['flagged_wrong']} |", "",
