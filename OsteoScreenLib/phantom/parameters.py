@@ -31,6 +31,7 @@ FRACTURE_SITE_W = (0.5, 0.9, 0.9, 0.6, 0.6, 0.9, 1.4, 1.4, 0.9, 0.6, 0.4)
 FRACTURE_RISK = {"normal": 0.04, "osteopenia": 0.12, "osteoporosis": 0.35}
 BOX_STREAM = 0x626F78  # second seed word of the random stream of a box preset's offset ("box")
 RIB_STREAM = 0x726962  # second seed word of the stream of the lower ribs' look ("rib"; added in 1.1.0)
+SWAP_STREAM = 0x737770  # second seed word of the stream of a rib-swap preset's change ("swp")
 
 
 def _u(rng, lo, hi) -> float:
@@ -221,7 +222,7 @@ def sample_fov(rng: np.random.Generator, preset: str) -> dict:
         "bottom_position": _u(rng, 0.0, 1.0),
         "center_jitter_mm": [_n(rng, 0.0, 12.0, -30.0, 30.0), _n(rng, 0.0, 12.0, -30.0, 30.0)],
     }
-    if preset in ("chest", "chest-coarse", "chest-box"):
+    if preset in ("chest", "chest-coarse", "chest-coarse-ribswap", "chest-box"):
         fov["dfov_margin_mm"] = _u(rng, *spec["dfov_margin_mm"])  # display FOV = body width + margin
     elif preset == "spine":
         fov["pixel_mm"] = _u(rng, *spec["pixel_mm"])
@@ -242,6 +243,13 @@ def sample_lower_ribs(rng: np.random.Generator) -> dict:
         "lower_thickness_scale": _u(rng, 0.6, 1.0),  # the lowest two pairs
         "lower_density_scale": _u(rng, 0.45, 1.0),  # from bone towards the muscle around them
     }
+
+
+def sample_rib_swap(rng: np.random.Generator) -> dict:
+    """Ribs moved between vertebrae for the rib-swap preset: the ribs of the lowest one or two
+    rib-bearing vertebrae removed, or a full rib pair (as a 13th pair: short, thin, steep) given to L1."""
+    kind = _choice(rng, ("drop_one", "drop_two", "add_l1"), (0.35, 0.3, 0.35))
+    return {"drop_lowest": {"drop_one": 1, "drop_two": 2}.get(kind, 0), "full_ribs_on": ["L1"] if kind == "add_l1" else []}
 
 
 def sample_parameters(seed: int, preset: str = "chest") -> dict:
@@ -266,6 +274,8 @@ def sample_parameters(seed: int, preset: str = "chest") -> dict:
     fixed_slice = PRESETS[preset].get("slice_mm")
     if fixed_slice:  # drawn like the others (same random stream), then fixed
         params["scanner"]["slice_thickness_mm"] = params["scanner"]["slice_spacing_mm"] = float(fixed_slice)
+    if PRESETS[preset].get("rib_swap"):  # from a stream of its own: otherwise the parent preset's case
+        params["rib_swap"] = sample_rib_swap(np.random.Generator(np.random.PCG64([int(seed), SWAP_STREAM])))
     jitter = PRESETS[preset].get("box_jitter_mm")
     if jitter is not None:  # from a stream of its own: the case stays the parent preset's case of this seed
         box_rng = np.random.Generator(np.random.PCG64([int(seed), BOX_STREAM]))

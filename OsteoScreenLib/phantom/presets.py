@@ -42,6 +42,18 @@ PRESETS["chest-coarse"] = {
     "slice_mm": 5.0,
 }
 
+# Training the rib check only: the chest-coarse cases with ribs taken from the lowest rib-bearing
+# vertebrae or given to L1 (``parameters.sample_rib_swap``). In every other phantom a vertebra's
+# shape (thoracic or lumbar) tells whether it bears ribs, and a network can learn the shape
+# instead of the ribs; real T11 and T12 often look lumbar. Not anatomy: a counterfactual that
+# makes the ribs themselves the only cue.
+PRESETS["chest-coarse-ribswap"] = {
+    **PRESETS["chest-coarse"],
+    "description": "The chest-coarse cases with the ribs of the lowest one or two rib-bearing vertebrae "
+    "removed, or a full (thin, steep) rib pair given to L1: for training the rib check only.",
+    "rib_swap": True,
+}
+
 # Training the fine segmentation stage and the classifier only needs the region around L1-L2
 # of a chest CT: render the same chest cases on a box of the chest grid (a sub-lattice of it:
 # same spacing, voxel centres on chest voxel centres), about 10-20x faster than the whole scan.

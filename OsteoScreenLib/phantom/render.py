@@ -49,7 +49,16 @@ def build_anatomy(params: dict) -> Anatomy:
     v_l1 = p["v_spine"] - p["vc"]  # spine relative to the torso centre at L1
     vertebrae = build_spine(params["spine"], subject, v_l1)
     profile = TorsoProfile(vertebrae, torso, torso["fat_subcut_mm"])
-    ribs = build_ribs(vertebrae, profile, lower=params.get("lower_ribs"))  # absent: as generator 1.0.0
+    swap = params.get("rib_swap")  # the rib-swap preset only
+    if swap:
+        bearing = [vb for vb in vertebrae if vb.name.startswith("T") and vb.rib_length_mm > 0]
+        for vb in bearing[len(bearing) - swap["drop_lowest"]:] if swap["drop_lowest"] else []:
+            vb.rib_length_mm = 0.0
+        for vb in vertebrae:
+            if vb.name in swap["full_ribs_on"]:
+                vb.rib_length_mm = 1.0  # full rib; length computed by the rib builder
+    ribs = build_ribs(vertebrae, profile, lower=params.get("lower_ribs"),  # absent: as generator 1.0.0
+                      full_ribs_on=tuple(swap["full_ribs_on"]) if swap else ())
     for vb in vertebrae:
         mine = [r for r in ribs if r.vertebra == vb.name]
         if mine:

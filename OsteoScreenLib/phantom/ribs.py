@@ -56,14 +56,19 @@ def _interp(table: dict, x: float) -> float:
     return float(np.interp(x, list(table), list(table.values())))
 
 
-def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0, lower: dict | None = None) -> list[Rib]:
-    """The ribs of a spine; ``lower`` is ``params['lower_ribs']`` (None: the level ribs of 1.0.0)."""
+def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0, lower: dict | None = None,
+               full_ribs_on: tuple[str, ...] = ()) -> list[Rib]:
+    """The ribs of a spine; ``lower`` is ``params['lower_ribs']`` (None: the level ribs of 1.0.0);
+    ``full_ribs_on``: lumbar vertebrae given a full rib pair, numbered on from the last thoracic
+    one (the rib-swap preset), instead of a rudimentary stub."""
     out = []
     n_thoracic = sum(1 for vb in vertebrae if vb.name.startswith("T"))
     for vb in vertebrae:
         if vb.rib_length_mm <= 0:
             continue
         number = int(vb.name[1:]) if vb.name.startswith("T") else 0
+        if vb.name in full_ribs_on:
+            number = n_thoracic + 1 + full_ribs_on.index(vb.name)
         for sgn, side in ((1.0, "R"), (-1.0, "L")):
             head = vb.to_body([sgn * (vb.half_width + 1.5), -vb.half_depth * 0.55, vb.half_height * 0.55])
             tip_local = vb.extras.get(f"tp_tip_{side}")

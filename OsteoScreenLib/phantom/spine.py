@@ -214,8 +214,9 @@ def _add_posterior_elements(vb: Vertebra, lumbar_index: int) -> None:
         # transverse processes
         if t >= 0.5:
             ltp = _TP_LENGTH_LUMBAR.get(lumbar_index, 20.0)
-            el.append(Capsule(np.array([sgn * xp, yc - 0.1 * canal_b + 2.0, 0.15 * h]),
-                              np.array([sgn * (xp + ltp), yc + 3.0, 0.05 * h]), 4.5, np.array([1.0, 2.0, 0.9])))
+            tip = np.array([sgn * (xp + ltp), yc + 3.0, 0.05 * h])
+            el.append(Capsule(np.array([sgn * xp, yc - 0.1 * canal_b + 2.0, 0.15 * h]), tip, 4.5, np.array([1.0, 2.0, 0.9])))
+            vb.extras[f"tp_tip_{'R' if sgn > 0 else 'L'}"] = tip  # where a full rib would meet it (rib swap)
         else:
             ltp = 16.0 if cervical else 21.0
             tip = np.array([sgn * (xp + ltp * 0.9), yc - canal_b - 6.0, 0.3 * h])

@@ -11,6 +11,7 @@ import pytest
 from OsteoScreenLib import registry
 from OsteoScreenLib.ct_io import check_hounsfield, read_ct, read_volume
 from OsteoScreenLib.phantom import PRESETS, generate_case, render_case, sample_parameters, write_case
+from OsteoScreenLib.phantom.spine import RIB_BEARING_MIN_MM
 
 SEED = 11
 
@@ -140,6 +141,30 @@ def test_a_seed_draws_its_lower_ribs_from_a_stream_of_its_own(training_parameter
     assert 0.6 <= training_parameters["lower_ribs"]["descent_scale"] <= 1.4
 
 
+@pytest.mark.parametrize("seed, swap", [(100000, "drop_one"), (100007, "drop_two"), (100002, "add_l1")])
+def test_the_rib_swap_preset_moves_only_ribs_between_vertebrae(seed, swap):
+    """For training the rib check: the chest-coarse case with the ribs of the lowest rib-bearing
+    vertebrae taken away or a full pair given to L1; every vertebra keeps its place, name and shape."""
+    from OsteoScreenLib.phantom.render import build_anatomy
+
+    params, swapped = sample_parameters(seed, "chest-coarse"), sample_parameters(seed, "chest-coarse-ribswap")
+    assert {k: v for k, v in swapped.items() if k not in ("rib_swap", "preset")} == \
+        {k: v for k, v in params.items() if k != "preset"}
+    before, after = build_anatomy(params), build_anatomy(swapped)
+    bearing = [v.name for v in before.vertebrae if v.rib_length_mm >= RIB_BEARING_MIN_MM]
+    now = [v.name for v in after.vertebrae if v.rib_length_mm >= RIB_BEARING_MIN_MM]
+    expected = {"drop_one": bearing[:-1], "drop_two": bearing[:-2], "add_l1": bearing + ["L1"]}[swap]
+    assert now == expected
+    for a, b in zip(before.vertebrae, after.vertebrae):
+        assert a.name == b.name and np.allclose(a.center, b.center) and a.lumbarness == b.lumbarness
+    if swap == "add_l1":  # a full rib, not a stub: it runs out and down from the L1 transverse process
+        rib = next(r for r in after.ribs if r.vertebra == "L1" and r.side == "R")
+        assert rib.length_mm > 60.0 and rib.points[-1][2] < rib.points[1][2]
+    case = render_case(swapped)
+    assert case.meta["rib_pairs"] == len(expected)
+    assert np.array_equal(case.labels.array, render_case(params).labels.array)  # the labels keep the names
+
+
 def test_body_masks_lie_inside_the_levels_vertebra_of_the_same_level(a_training_case):
     labels, levels = a_training_case.labels.array, a_training_case.levels.array
     for label, name in ((1, "L1"), (2, "L2")):
@@ -252,7 +277,8 @@ def test_every_preset_makes_a_valid_case_for_extreme_parameters(preset, extreme)
     for label in (1, 2):
         ml = (labels == label).sum() * voxel_ml
         assert 5.0 < ml < 80.0, (label, ml)
-    _assert_labels_follow_rib_counting(case)
+    if not PRESETS[preset].get("rib_swap"):  # there the ribs no longer count the levels, by design
+        _assert_labels_follow_rib_counting(case)
     expected = registry.qct_class(0.5 * (params["subject"]["bmd_mg_cm3"]["L1"] + params["subject"]["bmd_mg_cm3"]["L2"]))
     assert case.meta["bmd_class"] == case.meta["qct_class"] == expected  # far from the thresholds: fat cannot move it
     if preset in ("chest", "chest-box"):

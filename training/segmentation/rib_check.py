@@ -37,6 +37,9 @@ from .samples import load
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 PRESET = "chest-coarse"
+# The same cases with ribs taken from the lowest rib-bearing vertebrae or given to L1 (--rib-swap):
+# elsewhere a vertebra's shape alone tells whether it bears ribs.
+SWAP_PRESET = "chest-coarse-ribswap"
 
 
 class RibCheckNet(nn.Module):
@@ -76,9 +79,9 @@ def vertebrae_from_l1(seed: int, preset: str = PRESET) -> dict[str, tuple[np.nda
             for v in anatomy.vertebrae if v.name in RIB_CHECK_LEVELS}
 
 
-def case_items(seed: int, cache: Path = DEFAULT_CACHE) -> list[dict]:
+def case_items(seed: int, cache: Path = DEFAULT_CACHE, preset: str = PRESET) -> list[dict]:
     """The boxes of one cached case: its coarse input, and each vertebra's centre and label."""
-    path = sample_paths(cache, PRESET, seed)[0]
+    path = sample_paths(cache, preset, seed)[0]
     if not path.exists():
         return []
     s = load(path)
@@ -89,8 +92,8 @@ def case_items(seed: int, cache: Path = DEFAULT_CACHE) -> list[dict]:
     if len(l1_voxels) == 0:
         return []
     l1_ras = image.voxel_centers_ras(l1_voxels.mean(axis=0))[0]
-    return [{"image": image, "center": l1_ras + offset, "label": float(ribs), "level": name, "seed": seed}
-            for name, (offset, ribs) in vertebrae_from_l1(seed).items()]
+    return [{"image": image, "center": l1_ras + offset, "label": float(ribs), "level": name, "seed": seed,
+             "preset": preset} for name, (offset, ribs) in vertebrae_from_l1(seed, preset).items()]
 
 
 def turned_crop(image: Volume, center, cfg: dict, angles_deg) -> np.ndarray:
@@ -122,12 +125,19 @@ def boxes(items: list[dict], rng: np.random.Generator | None, augment: dict | No
 
 
 def accuracy_by_level(items, probs) -> dict[str, float]:
+    """Tune accuracy per level; on rib-swap cases per level and label (e.g. ``T12 swap, no ribs``)."""
     out = {}
-    for name in RIB_CHECK_LEVELS:
-        idx = [i for i, it in enumerate(items) if it["level"] == name]
-        if idx:
-            out[name] = round(float(np.mean([(probs[i] > 0.5) == (items[i]["label"] > 0.5) for i in idx])), 4)
+    keys = sorted({_level_key(it) for it in items}, key=lambda k: (RIB_CHECK_LEVELS.index(k.split()[0]), k))
+    for key in keys:
+        idx = [i for i, it in enumerate(items) if _level_key(it) == key]
+        out[key] = round(float(np.mean([(probs[i] > 0.5) == (items[i]["label"] > 0.5) for i in idx])), 4)
     return out
+
+
+def _level_key(item: dict) -> str:
+    if item.get("preset", PRESET) == PRESET:
+        return item["level"]
+    return f"{item['level']} swap, {'ribs' if item['label'] > 0.5 else 'no ribs'}"
 
 
 def narrowest_crop(x: np.ndarray) -> np.ndarray:
@@ -154,14 +164,19 @@ def bce(p: np.ndarray, y: np.ndarray, eps: float = 1e-6) -> float:
 
 
 def train(epochs: int, out: Path, seed: int = 0, threads: int = 2, cache: Path = DEFAULT_CACHE,
-          train_count: int | None = None, augment: bool = False, init: str | None = None) -> dict:
+          train_count: int | None = None, augment: bool = False, init: str | None = None,
+          rib_swap: bool = False) -> dict:
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
-    train_items = [it for s in seeds_of("train", train_count) for it in case_items(s, cache)]
-    tune_items = [it for s in seeds_of("tune") for it in case_items(s, cache)]
+    presets = (PRESET, SWAP_PRESET) if rib_swap else (PRESET,)
+    train_items = [it for p in presets for s in seeds_of("train", train_count) for it in case_items(s, cache, p)]
+    tune_items = [it for p in presets for s in seeds_of("tune") for it in case_items(s, cache, p)]
     if not train_items:
         raise SystemExit("no cached chest-coarse samples; run training.segmentation.prepare --preset chest-coarse")
+    if rib_swap and not any(it["preset"] == SWAP_PRESET for it in train_items):
+        raise SystemExit(f"no cached {SWAP_PRESET} samples; run training.segmentation.prepare --preset {SWAP_PRESET} "
+                         "--stages coarse")
     net = build_network()
     if init:
         net.load_state_dict(torch.load(CHECKPOINTS / init / "final.pt", map_location="cpu", weights_only=True)["model"])
@@ -204,6 +219,7 @@ def train(epochs: int, out: Path, seed: int = 0, threads: int = 2, cache: Path =
             best, best_loss = entry, tune_loss
             torch.save({"model": net.state_dict()}, out / "final.pt")
     config = {"network": RIB_CHECK_NETWORK, "preprocessing": PREPROCESSING["rib_check"], "preset": PRESET,
+              "rib_swap_preset": SWAP_PRESET if rib_swap else None,
               "generator_version": GENERATOR_VERSION,
               "levels": list(RIB_CHECK_LEVELS), "jitter_mm": RIB_CHECK_JITTER_MM,
               "augment": aug, "init": init, "epochs": epochs, "seed": seed,
@@ -223,8 +239,11 @@ def main() -> None:
     p.add_argument("--train-count", type=int, default=None)
     p.add_argument("--augment", action="store_true", help="turn, side-crop and degrade the boxes (RIB_CHECK_AUGMENT)")
     p.add_argument("--init", default=None, help="start from this checkpoint run (under training/checkpoints)")
+    p.add_argument("--rib-swap", action="store_true",
+                   help=f"also train and tune on the {SWAP_PRESET} cases (ribs moved between vertebrae)")
     a = p.parse_args()
-    train(a.epochs, a.out, threads=a.threads, cache=a.cache, train_count=a.train_count, augment=a.augment, init=a.init)
+    train(a.epochs, a.out, threads=a.threads, cache=a.cache, train_count=a.train_count, augment=a.augment, init=a.init,
+          rib_swap=a.rib_swap)
 
 
 if __name__ == "__main__":
