@@ -32,10 +32,14 @@ OFFSETS = (-3, -2, -1, 0, 1, 2)
 MOVES = (-2, -1, 0, 1, 2)
 # A level is moved only when the ribs favour the move this many times more than the coarse level.
 MIN_LIKELIHOOD_RATIO = 20.0
-# Below that, a move the ribs favour over the coarse level at all is reported, not made: on the
-# chest test phantoms of 0.7.0 the one sure-and-wrong scan the check could see (4.5 to 1) was the
-# only unflagged scan with any move above 1 to 1; right scans lay at 0.1 to 1 or below.
+# Below that, a move the ribs favour over the coarse level at all is reported, not made: with
+# 0.7.0's rib check, the one sure-and-wrong chest test phantom it could see (4.5 to 1) was the only
+# unflagged scan with any move above 1 to 1 (right scans: 0.1 to 1 or below); with 0.7.1's, a
+# wrong spine-cropped one leans the right way (4.7 to 1) and 2 of 395 right ones lean. The move
+# must be plausible itself (ribs above the new L1, none on it): where the check reads no ribs
+# anywhere, as on the real abdominal scan, two negligible likelihoods make a meaningless ratio.
 LEAN_LIKELIHOOD_RATIO = 1.0
+LEAN_MIN_LIKELIHOOD = 0.1
 # Only where the CT shows a vertebra's rib heads and necks: this far each side of its centre (R),
 # in front of it and behind it (A). A narrower field of view hides the ribs, and missing ribs
 # would read as a lumbar vertebra. (The network learnt boxes cut that close: RIB_CHECK_AUGMENT.)
@@ -104,9 +108,10 @@ def spine_step(l1_ras, l2_ras) -> np.ndarray:
     return np.array([0.0, 0.0, -TYPICAL_STEP_MM])
 
 
-def weigh(p: dict[int, float]) -> tuple[int, float]:
-    """The move of L1 the ribs favour most (one of MOVES other than 0) and the log of its
-    likelihood ratio against staying; (0, -inf) when no move can be weighed.
+def weigh(p: dict[int, float]) -> tuple[int, float, float]:
+    """The move of L1 the ribs favour most (one of MOVES other than 0), the log of its likelihood
+    ratio against staying and the log of its own likelihood; (0, -inf, -inf) when no move can be
+    weighed.
 
     ``p``: rib-bearing probability at offsets (OFFSETS) from the coarse L1; an offset outside the
     scan is left out, and a move that needs it is not weighed. Staying needs only the coarse L1
@@ -120,23 +125,25 @@ def weigh(p: dict[int, float]) -> tuple[int, float]:
 
     moves = [m for m in MOVES if m != 0 and m in p and m - 1 in p]
     if 0 not in p or not moves:
-        return 0, float("-inf")
+        return 0, float("-inf"), float("-inf")
     best = max(moves, key=score)
-    return best, float(score(best) - score(0))
+    return best, float(score(best) - score(0)), float(score(best))
 
 
 def decide(p: dict[int, float]) -> int:
     """Offset of L1 from the coarse L1 (one of MOVES): the best move when the ribs favour it at
     least MIN_LIKELIHOOD_RATIO times more than staying, else 0 (see ``weigh``)."""
-    best, log_ratio = weigh(p)
+    best, log_ratio, _ = weigh(p)
     return best if log_ratio >= np.log(MIN_LIKELIHOOD_RATIO) else 0
 
 
 def lean(p: dict[int, float]) -> tuple[int, float]:
-    """A move the ribs favour over staying (more than LEAN_LIKELIHOOD_RATIO) but not clearly
-    enough to make, with its likelihood ratio; (0, 0.0) when there is none."""
-    best, log_ratio = weigh(p)
-    if best and np.log(LEAN_LIKELIHOOD_RATIO) < log_ratio < np.log(MIN_LIKELIHOOD_RATIO):
+    """A plausible move (likelihood at least LEAN_MIN_LIKELIHOOD) the ribs favour over staying
+    (more than LEAN_LIKELIHOOD_RATIO) but not clearly enough to make, with its likelihood ratio;
+    (0, 0.0) when there is none."""
+    best, log_ratio, log_likelihood = weigh(p)
+    if (best and log_likelihood >= np.log(LEAN_MIN_LIKELIHOOD)
+            and np.log(LEAN_LIKELIHOOD_RATIO) < log_ratio < np.log(MIN_LIKELIHOOD_RATIO)):
         return best, float(np.exp(log_ratio))
     return 0, 0.0
 

@@ -43,7 +43,13 @@ if [[ $what == segmentation || $what == all ]]; then
   #    then on boxes turned, cut at the sides and front as in spine-cropped scans, and degraded
   $PY -m training.segmentation.rib_check --epochs 12 --out $C/rib-check-plain
   $PY -m training.segmentation.rib_check --epochs 12 --augment --init rib-check-plain --out $C/rib-check-augment
-  $PY -m training.segmentation.rib_check --epochs 12 --augment --init rib-check-augment  # 0.7.0: on generator 1.1.0
+  $PY -m training.segmentation.rib_check --epochs 12 --augment --init rib-check-augment --out $C/rib-check-g11  # 0.7.0
+  #    then with ribs moved between vertebrae (0.7.1): every other phantom's vertebra shape tells whether it
+  #    bears ribs, and the check must read the ribs themselves (rib_check_eval scores both)
+  $P --split train --count "$SEG_TRAIN" --preset chest-coarse-ribswap --stages coarse
+  $P --split tune --count 20 --preset chest-coarse-ribswap --stages coarse
+  $PY -m training.segmentation.rib_check --epochs 12 --augment --rib-swap --init rib-check-g11
+  $PY -m training.segmentation.rib_check_eval --runs rib-check-g11 rib-check
   # 2. fine stage: pre-train on 1.5 mm crops (fast to render), then fine-tune on 1 mm boxes of
   #    full-size chest and spine scans with the coarse stage's own hints
   $P --split train --count 300 --preset training --stages fine

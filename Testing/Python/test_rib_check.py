@@ -55,6 +55,8 @@ def test_the_level_moves_only_when_the_ribs_say_so_clearly(p, expected):
     ({-2: RIBS, -1: 0.5, 0: NONE, 1: NONE}, 0, 0.0),    # a tie (1 to 1) is no lean
     ({-2: RIBS, -1: NONE, 0: NONE, 1: NONE}, 0, 0.0),   # clear enough to move: a move, not a lean
     ({-1: 0.9, 0: NONE}, 0, 0.0),                       # no move can be weighed without the vertebra two above
+    # no ribs read anywhere (the real abdominal scan): 3.7 to 1 for a move whose likelihood is 0.0004
+    ({-1: 0.0001, 0: 0.00037, 1: 0.0001}, 0, 0.0),
 ])
 def test_a_move_the_ribs_favour_too_weakly_to_make_is_reported_as_a_lean(p, expected_move, expected_ratio):
     move, ratio = lean(p)

@@ -62,7 +62,7 @@ def test_segmentation_samples_train_checkpoint_and_resume(tmp_path):
                 coarse_checkpoint=runs["fine"] / "final.pt")
 
 
-def test_rib_check_boxes_train_one_epoch(tmp_path):
+def test_rib_check_boxes_train_one_epoch(tmp_path, real_data, monkeypatch):
     from training.segmentation.prepare import prepare
     from training.segmentation.rib_check import case_items, train
 
@@ -93,6 +93,20 @@ def test_rib_check_boxes_train_one_epoch(tmp_path):
     assert tune_swap  # the tune case's swap changed some vertebra's label, which is reported apart
     assert f"{tune_swap[0]['level']} swap, {'ribs' if tune_swap[0]['label'] else 'no ribs'}" in \
         config["best"]["tune_accuracy_by_level"]
+    # rib_check_eval scores a run on both sets and on the real vertebrae (S from the reference masks)
+    from training.segmentation.rib_check_eval import load_run, real_boxes, score_run
+    from training.segmentation import rib_check_eval
+
+    names, x = real_boxes("totalsegmentator-example", real_data)
+    assert names == ["T11", "T12", "L1", "L2"] and x.shape == (4, 1, 12, 32, 40)
+    monkeypatch.setattr(rib_check_eval, "CHECKPOINTS", tmp_path)
+    entry = score_run(load_run("swap"), {p: [i for s in (200000,) for i in case_items(s, cache, p)]
+                                         for p in ("chest-coarse", "chest-coarse-ribswap")},
+                      {"totalsegmentator-example": (names, x)})
+    assert set(entry["real"]["totalsegmentator-example"]) == set(names)
+    assert "T12" in entry["chest-coarse"]["by_level"]
+    assert any("swap" in k for k in entry["chest-coarse-ribswap"]["by_level"])  # swapped vertebrae apart
+    assert not np.allclose(x[1], x[2])  # T12's box and L1's: centred on different vertebrae
 
 
 def test_classifier_features_train_one_epoch(tmp_path, monkeypatch):

@@ -28,7 +28,7 @@ from .config import NETWORKS, ONNX_OPSET, ONNX_TOLERANCE, PREPROCESSING, RIB_CHE
 from .train import build_network
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-MODEL_VERSION = "0.7.0"
+MODEL_VERSION = "0.7.1"
 
 
 WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
@@ -79,10 +79,12 @@ LIMITS = [
     "under metrics: too few to measure it).",
     "Not a medical device; not for diagnosis.",
     "Needs L1 and L2 in the field of view; transitional anatomy may shift the levels.",
-    "The rib check learnt the phantoms' ribs; it is skipped where the field of view does not show the rib heads "
-    "and necks (closer than 30 mm beside, 10 mm in front of or 50 mm behind a vertebra's centre). On the two "
-    "real scans it reads no ribs on the real T12 (abdominal CT 0.0, thin spine slab verse012 0.003); on "
-    "verse012 it therefore moves the levels two vertebrae up (flagged).",
+    "The rib check is skipped where the field of view does not show the rib heads and necks (closer than "
+    "30 mm beside, 10 mm in front of or 50 mm behind a vertebra's centre). It learnt the ribs themselves from "
+    "phantoms whose ribs were moved between vertebrae (0.7.0's check read the vertebra's shape instead). On "
+    "the real abdominal scan it reads T11 and T12 as rib-bearing and L1, L2 as not; on the 105 mm spine slab "
+    "verse012, which shows little more than the rib heads, it reads no ribs on T11 and T12 and moves the "
+    "levels one vertebra up (flagged).",
 ]
 
 
@@ -214,7 +216,10 @@ def card_markdown(card: dict) -> str:
 def _stage_line(stage: str, cfg: dict) -> str:
     """One line per stage: which phantoms, how long, and what it started from."""
     if "train_boxes" in cfg:  # the rib check
-        line = (f"- rib check: preset `{cfg['preset']}`, {cfg['train_boxes']} vertebra boxes ({', '.join(cfg['levels'])}) "
+        presets = f"`{cfg['preset']}`" + (f" and `{cfg['rib_swap_preset']}` (the same cases with ribs moved between "
+                                          "vertebrae, so that the shape of a vertebra does not tell)"
+                                          if cfg.get("rib_swap_preset") else "")
+        line = (f"- rib check: presets {presets}, {cfg['train_boxes']} vertebra boxes ({', '.join(cfg['levels'])}) "
                 f"of {cfg['train_cases']} training seeds, {cfg['epochs']} epochs; tune accuracy "
                 f"{cfg['best']['tune_accuracy']} on {cfg['tune_boxes']} boxes of {cfg['tune_cases']} seeds")
         if cfg.get("augment"):
