@@ -52,7 +52,7 @@ def build_anatomy(params: dict) -> Anatomy:
     swap = params.get("rib_swap")  # the rib-swap preset only
     if swap:
         bearing = [vb for vb in vertebrae if vb.name.startswith("T") and vb.rib_length_mm > 0]
-        for vb in bearing[len(bearing) - swap["drop_lowest"]:] if swap["drop_lowest"] else []:
+        for vb in bearing[len(bearing) - swap["drop_lowest"]:]:
             vb.rib_length_mm = 0.0
         for vb in vertebrae:
             if vb.name in swap["full_ribs_on"]:

@@ -127,11 +127,16 @@ def boxes(items: list[dict], rng: np.random.Generator | None, augment: dict | No
 def accuracy_by_level(items, probs) -> dict[str, float]:
     """Tune accuracy per level; on rib-swap cases per level and label (e.g. ``T12 swap, no ribs``)."""
     out = {}
-    keys = sorted({_level_key(it) for it in items}, key=lambda k: (RIB_CHECK_LEVELS.index(k.split()[0]), k))
+    keys = sorted({_level_key(it) for it in items}, key=level_order)
     for key in keys:
         idx = [i for i, it in enumerate(items) if _level_key(it) == key]
         out[key] = round(float(np.mean([(probs[i] > 0.5) == (items[i]["label"] > 0.5) for i in idx])), 4)
     return out
+
+
+def level_order(key: str) -> tuple[int, str]:
+    """Sort key of ``accuracy_by_level``'s keys: by level down the spine, then ordinary before swapped."""
+    return RIB_CHECK_LEVELS.index(key.split()[0]), key
 
 
 def _level_key(item: dict) -> str:

@@ -1,6 +1,6 @@
 """Does the rib check read the ribs, or the shape of the vertebra?
 
-    python -m training.segmentation.rib_check_eval [--runs rib-check rib-check-swap] [--count 20]
+    python -m training.segmentation.rib_check_eval [--runs rib-check-g11 rib-check] [--count 20]
 
 In every ordinary phantom a vertebra's shape (thoracic or lumbar) tells whether it bears ribs, so
 a network can answer from the shape alone. This script asks trained rib checks (checkpoint runs
@@ -32,10 +32,11 @@ from OsteoScreenLib.phantom import GENERATOR_VERSION
 from OsteoScreenLib.rib_check import crop
 from OsteoScreenLib.segmenter import L1L2Segmenter, find_levels
 
-from .config import PREPROCESSING, RIB_CHECK_LEVELS
+from .config import PREPROCESSING
 from .evaluate import REAL_CASE_LEVEL_NAMES, RESULTS
 from .prepare import DEFAULT_CACHE, seeds_of
-from .rib_check import CHECKPOINTS, PRESET, SWAP_PRESET, accuracy_by_level, build_network, case_items, predict
+from .rib_check import (CHECKPOINTS, PRESET, SWAP_PRESET, accuracy_by_level, build_network, case_items,
+                        level_order, predict)
 
 REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
 # The real cases' vertebrae the check is asked about (reference label -> level).
@@ -110,7 +111,7 @@ def main() -> None:
           f"phantoms (`{PRESET}`), the same with ribs moved between vertebrae (`{SWAP_PRESET}`), and the real "
           "cases. Accuracy: the rib-bearing probability on the right side of 0.5.", ""]
     keys = sorted({k for e in result["runs"].values() for preset in items for k in e[preset]["by_level"]},
-                  key=lambda k: (RIB_CHECK_LEVELS.index(k.split()[0]), k))
+                  key=level_order)
     md += ["| run | " + " | ".join(a.runs) + " |", "| --- |" + " --- |" * len(a.runs)]
     for preset in items:
         md.append(f"| **{preset}** accuracy | " + " | ".join(str(result["runs"][r][preset]["accuracy"]) for r in a.runs) + " |")
