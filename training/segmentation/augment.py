@@ -26,6 +26,7 @@ import numpy as np
 from scipy import ndimage
 
 AIR = -1.0
+SOFT_TISSUE = -0.17  # 40 HU in the [-1000, 1500] HU window
 
 
 def _rotation(angles_deg) -> np.ndarray:

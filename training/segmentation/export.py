@@ -82,9 +82,9 @@ LIMITS = [
     "The rib check is skipped where the field of view does not show the rib heads and necks (closer than "
     "30 mm beside, 10 mm in front of or 50 mm behind a vertebra's centre). It learnt the ribs themselves from "
     "phantoms whose ribs were moved between vertebrae (0.7.0's check read the vertebra's shape instead). On "
-    "the real abdominal scan it reads T11 and T12 as rib-bearing and L1, L2 as not; on the 105 mm spine slab "
-    "verse012, which shows little more than the rib heads, it reads no ribs on T11 and T12 and moves the "
-    "levels one vertebra up (flagged).",
+    "the real abdominal scan it reads T11 and T12 as rib-bearing and L1, L2 as not; on the real spine slab "
+    "verse012 it reads no ribs on T11 and T12, from their rib heads and transverse processes, which look unlike "
+    "the phantoms' to it (training/results/rib_check_probe.md), and moves the levels one vertebra up (flagged).",
 ]
 
 
