@@ -119,7 +119,7 @@ def make_grid(params: dict, vertebrae, pose: Pose, profile) -> Grid:
     sigma = float(sc["kernel_sigma_mm"])
     extra = 0.0
     sub_i = 1
-    if preset in ("chest", "chest-coarse", "chest-coarse-ribswap"):
+    if spec.get("field_of_view") == "chest":
         n = spec["matrix"]
         chest = [vb.center[2] for vb in vertebrae if vb.name in ("T3", "T6", "T9", "L1")]
         widest = 2.0 * max(profile.at(w)["a"] for w in chest) + fov["dfov_margin_mm"]

@@ -32,6 +32,7 @@ FRACTURE_RISK = {"normal": 0.04, "osteopenia": 0.12, "osteoporosis": 0.35}
 BOX_STREAM = 0x626F78  # second seed word of the random stream of a box preset's offset ("box")
 RIB_STREAM = 0x726962  # second seed word of the stream of the lower ribs' look ("rib"; added in 1.1.0)
 SWAP_STREAM = 0x737770  # second seed word of the stream of a rib-swap preset's change ("swp")
+JOINT_STREAM = 0x6A6E74  # second seed word of the stream of a body-joint preset's change ("jnt")
 
 
 def _u(rng, lo, hi) -> float:
@@ -222,7 +223,7 @@ def sample_fov(rng: np.random.Generator, preset: str) -> dict:
         "bottom_position": _u(rng, 0.0, 1.0),
         "center_jitter_mm": [_n(rng, 0.0, 12.0, -30.0, 30.0), _n(rng, 0.0, 12.0, -30.0, 30.0)],
     }
-    if preset in ("chest", "chest-coarse", "chest-coarse-ribswap", "chest-box"):
+    if spec.get("field_of_view") == "chest":
         fov["dfov_margin_mm"] = _u(rng, *spec["dfov_margin_mm"])  # display FOV = body width + margin
     elif preset == "spine":
         fov["pixel_mm"] = _u(rng, *spec["pixel_mm"])
@@ -252,6 +253,14 @@ def sample_rib_swap(rng: np.random.Generator) -> dict:
     return {"drop_lowest": {"drop_one": 1, "drop_two": 2}.get(kind, 0), "full_ribs_on": ["L1"] if kind == "add_l1" else []}
 
 
+def sample_body_joints(rng: np.random.Generator) -> dict:
+    """Real 11th and 12th ribs: a joint with their own vertebral body only, none with the
+    transverse process, which is short on T11 and a stub on T12; the rib runs out sideways below
+    and in front of it. (Elsewhere the phantoms' lowest ribs reach the tip of a full thoracic
+    transverse process, as ribs 1-10 do.)"""
+    return {"lowest_tp_scale": _u(rng, 0.25, 0.5), "second_tp_scale": _u(rng, 0.5, 0.8)}
+
+
 def sample_parameters(seed: int, preset: str = "chest") -> dict:
     """Every random choice of one case, drawn from ``seed`` (numpy PCG64)."""
     if preset not in PRESETS:
@@ -276,6 +285,8 @@ def sample_parameters(seed: int, preset: str = "chest") -> dict:
         params["scanner"]["slice_thickness_mm"] = params["scanner"]["slice_spacing_mm"] = float(fixed_slice)
     if PRESETS[preset].get("rib_swap"):  # from a stream of its own: otherwise the parent preset's case
         params["rib_swap"] = sample_rib_swap(np.random.Generator(np.random.PCG64([int(seed), SWAP_STREAM])))
+    if PRESETS[preset].get("body_joints"):  # from a stream of its own: otherwise the parent preset's case
+        params["body_joints"] = sample_body_joints(np.random.Generator(np.random.PCG64([int(seed), JOINT_STREAM])))
     jitter = PRESETS[preset].get("box_jitter_mm")
     if jitter is not None:  # from a stream of its own: the case stays the parent preset's case of this seed
         box_rng = np.random.Generator(np.random.PCG64([int(seed), BOX_STREAM]))

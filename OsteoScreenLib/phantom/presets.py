@@ -11,6 +11,7 @@ PRESETS: dict[str, dict] = {
         "top_levels": {"C6": 0.2, "C7": 0.35, "T1": 0.25, "T2": 0.08, "T3": 0.04, "T4": 0.03, "T5": 0.03, "T6": 0.02},
         "dfov_margin_mm": (15.0, 110.0),
         "bottom": ("L2", 0.5, "L4", 1.0),
+        "field_of_view": "chest",  # the presets made from this one keep it: a whole chest, its grid sized to the body
     },
     "spine": {
         "description": "Spine-cropped field of view like the VerSe cases: T9-T11 down to L2-L4, "
@@ -52,6 +53,17 @@ PRESETS["chest-coarse-ribswap"] = {
     "description": "The chest-coarse cases with the ribs of the lowest one or two rib-bearing vertebrae "
     "removed, or a full (thin, steep) rib pair given to L1: for training the rib check only.",
     "rib_swap": True,
+}
+
+# Training the rib check only: the chest-coarse cases with the lowest two rib pairs joined to their
+# vertebral body only, as real 11th and 12th ribs are (``parameters.sample_body_joints``): short
+# transverse processes, no rib along them. The other phantoms join every rib to the tip of a full
+# thoracic transverse process, a bright bar beside the vertebra that real T11 and T12 lack.
+PRESETS["chest-coarse-bodyjoints"] = {
+    **PRESETS["chest-coarse"],
+    "description": "The chest-coarse cases with the lowest two rib pairs joined to their vertebral body only, "
+    "beside short transverse processes, as real 11th and 12th ribs: for training the rib check.",
+    "body_joints": True,
 }
 
 # Training the fine segmentation stage and the classifier only needs the region around L1-L2

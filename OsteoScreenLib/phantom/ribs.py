@@ -35,6 +35,9 @@ LOWER_RIB_DESCENT_DEG = {8: 0.0, 9: 6.0, 10: 12.0, 11: 22.0, 12: 33.0, 13: 37.0}
 LEVEL_BEYOND_TUBERCLE_MM = 20.0  # the rib bends down from level over twice this distance out of the tubercle
 _FRONT_DROP_KEPT = {8: 1.0, 9: 0.7, 10: 0.5, 11: 0.0, 12: 0.0, 13: 0.0}
 MAX_DESCENT_DEG = 60.0
+# Where a rib joined to its body only passes the transverse process: this far beyond its tip
+# sideways, behind the rib head and below it (mm; body-joint preset).
+BODY_JOINT_NECK_MM = (4.0, 12.0, 8.0)
 
 
 @dataclass
@@ -57,10 +60,12 @@ def _interp(table: dict, x: float) -> float:
 
 
 def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0, lower: dict | None = None,
-               full_ribs_on: tuple[str, ...] = ()) -> list[Rib]:
+               full_ribs_on: tuple[str, ...] = (), body_joints: bool = False) -> list[Rib]:
     """The ribs of a spine; ``lower`` is ``params['lower_ribs']`` (None: the level ribs of 1.0.0);
     ``full_ribs_on``: lumbar vertebrae given a full rib pair, numbered on from the last thoracic
-    one (the rib-swap preset), instead of a rudimentary stub."""
+    one (the rib-swap preset), instead of a rudimentary stub; ``body_joints``: the lowest two
+    thoracic pairs join their body only and run out below and in front of the transverse process
+    (the body-joint preset), instead of along it to its tip."""
     out = []
     n_thoracic = sum(1 for vb in vertebrae if vb.name.startswith("T"))
     for vb in vertebrae:
@@ -78,6 +83,10 @@ def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0, lower:
                 out.append(Rib(vb.name, side, 0, np.array([base, end]), None))
                 continue
             tubercle = vb.to_body(tip_local + np.array([0.0, 5.0, 0.0]))
+            if body_joints and n_thoracic - 1 <= number <= n_thoracic:
+                tubercle = vb.to_body([sgn * (abs(tip_local[0]) + BODY_JOINT_NECK_MM[0]),
+                                       -vb.half_depth * 0.55 - BODY_JOINT_NECK_MM[1],
+                                       vb.half_height * 0.55 - BODY_JOINT_NECK_MM[2]])
             # scale the rib number so 11 or 13 pairs still end with floating ribs
             shape_n = number if n_thoracic == 12 else (number * 12.0 / n_thoracic)
             if n_thoracic == 13 and number == 13:

@@ -379,3 +379,32 @@ def test_chest_box_same_seed_gives_same_bytes_and_its_own_jitter(chest_and_box_c
     assert offset != sample_parameters(seed + 1, "chest-box")["fov"]["box_offset_mm"]
     p_box["preset"] = "chest"
     assert p_box == p_chest
+
+
+def test_the_body_joint_preset_joins_the_lowest_two_rib_pairs_to_their_body_only():
+    """For training the rib check: the chest-coarse case whose lowest two rib pairs no longer run
+    along a full transverse process to its tip (real 11th and 12th ribs join their body only); the
+    processes of those two vertebrae are shorter, everything else is the chest-coarse case."""
+    from OsteoScreenLib.phantom.render import build_anatomy
+
+    seed = 100003
+    params, joined = sample_parameters(seed, "chest-coarse"), sample_parameters(seed, "chest-coarse-bodyjoints")
+    assert {k: v for k, v in joined.items() if k not in ("body_joints", "preset")} == \
+        {k: v for k, v in params.items() if k != "preset"}
+    before, after = build_anatomy(params), build_anatomy(joined)
+    thoracic = [v.name for v in before.vertebrae if v.name.startswith("T")]
+    lowest_two = thoracic[-2:]
+    for a, b in zip(before.vertebrae, after.vertebrae):
+        assert a.name == b.name and np.allclose(a.center, b.center) and (a.rib_length_mm > 0) == (b.rib_length_mm > 0)
+        if a.name in lowest_two:  # the process tip (local frame) closer to the body
+            assert np.linalg.norm(b.extras["tp_tip_R"]) < 0.9 * np.linalg.norm(a.extras["tp_tip_R"])
+        elif "tp_tip_R" in a.extras:
+            assert np.array_equal(a.extras["tp_tip_R"], b.extras["tp_tip_R"])
+    for r0, r1 in zip(before.ribs, after.ribs):
+        assert r0.vertebra == r1.vertebra and r0.side == r1.side
+        if r0.vertebra in lowest_two:  # the neck no longer at the process tip; still a rib pair
+            assert not np.allclose(r0.points[1], r1.points[1]) and r1.length_mm >= RIB_BEARING_MIN_MM
+        else:
+            assert np.array_equal(r0.points, r1.points)
+    case = render_case(joined)
+    assert np.array_equal(case.labels.array, render_case(params).labels.array)

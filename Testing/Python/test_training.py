@@ -93,6 +93,14 @@ def test_rib_check_boxes_train_one_epoch(tmp_path, real_data, monkeypatch):
     assert tune_swap  # the tune case's swap changed some vertebra's label, which is reported apart
     assert f"{tune_swap[0]['level']} swap, {'ribs' if tune_swap[0]['label'] else 'no ribs'}" in \
         config["best"]["tune_accuracy_by_level"]
+    # with --body-joints the same cases with the lowest ribs joined to their body only join in,
+    # their labels unchanged and their accuracy reported apart
+    for split, n in (("train", 2), ("tune", 1)):
+        prepare(split, n, "chest-coarse-bodyjoints", cache, workers=1, stages="coarse")
+    assert {it["level"]: it["label"] for it in case_items(100000, cache, "chest-coarse-bodyjoints")} == by_level
+    config = train(1, tmp_path / "joints", threads=1, cache=cache, body_joints=True)
+    assert config["body_joint_preset"] == "chest-coarse-bodyjoints" and config["rib_swap_preset"] is None
+    assert "T12 body joints" in config["best"]["tune_accuracy_by_level"]
     # rib_check_eval scores a run on both sets and on the real vertebrae (S from the reference masks)
     from training.segmentation.rib_check_eval import load_run, real_boxes, score_run
     from training.segmentation import rib_check_eval

@@ -40,6 +40,10 @@ PRESET = "chest-coarse"
 # The same cases with ribs taken from the lowest rib-bearing vertebrae or given to L1 (--rib-swap):
 # elsewhere a vertebra's shape alone tells whether it bears ribs.
 SWAP_PRESET = "chest-coarse-ribswap"
+# The same cases with the lowest two rib pairs joined to their body only, beside short transverse
+# processes, as real 11th and 12th ribs (--body-joints): elsewhere every phantom rib runs along a
+# full transverse process to its tip.
+JOINT_PRESET = "chest-coarse-bodyjoints"
 
 
 class RibCheckNet(nn.Module):
@@ -140,9 +144,12 @@ def level_order(key: str) -> tuple[int, str]:
 
 
 def _level_key(item: dict) -> str:
-    if item.get("preset", PRESET) == PRESET:
-        return item["level"]
-    return f"{item['level']} swap, {'ribs' if item['label'] > 0.5 else 'no ribs'}"
+    preset = item.get("preset", PRESET)
+    if preset == JOINT_PRESET:
+        return f"{item['level']} body joints"
+    if preset == SWAP_PRESET:
+        return f"{item['level']} swap, {'ribs' if item['label'] > 0.5 else 'no ribs'}"
+    return item["level"]
 
 
 def narrowest_crop(x: np.ndarray) -> np.ndarray:
@@ -170,18 +177,19 @@ def bce(p: np.ndarray, y: np.ndarray, eps: float = 1e-6) -> float:
 
 def train(epochs: int, out: Path, seed: int = 0, threads: int = 2, cache: Path = DEFAULT_CACHE,
           train_count: int | None = None, augment: bool = False, init: str | None = None,
-          rib_swap: bool = False) -> dict:
+          rib_swap: bool = False, body_joints: bool = False) -> dict:
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
-    presets = (PRESET, SWAP_PRESET) if rib_swap else (PRESET,)
+    presets = (PRESET,) + ((SWAP_PRESET,) if rib_swap else ()) + ((JOINT_PRESET,) if body_joints else ())
     train_items = [it for p in presets for s in seeds_of("train", train_count) for it in case_items(s, cache, p)]
     tune_items = [it for p in presets for s in seeds_of("tune") for it in case_items(s, cache, p)]
     if not train_items:
         raise SystemExit("no cached chest-coarse samples; run training.segmentation.prepare --preset chest-coarse")
-    if rib_swap and not any(it["preset"] == SWAP_PRESET for it in train_items):
-        raise SystemExit(f"no cached {SWAP_PRESET} samples; run training.segmentation.prepare --preset {SWAP_PRESET} "
-                         "--stages coarse")
+    for preset in presets[1:]:
+        if not any(it["preset"] == preset for it in train_items):
+            raise SystemExit(f"no cached {preset} samples; run training.segmentation.prepare --preset {preset} "
+                             "--stages coarse")
     net = build_network()
     if init:
         net.load_state_dict(torch.load(CHECKPOINTS / init / "final.pt", map_location="cpu", weights_only=True)["model"])
@@ -225,6 +233,7 @@ def train(epochs: int, out: Path, seed: int = 0, threads: int = 2, cache: Path =
             torch.save({"model": net.state_dict()}, out / "final.pt")
     config = {"network": RIB_CHECK_NETWORK, "preprocessing": PREPROCESSING["rib_check"], "preset": PRESET,
               "rib_swap_preset": SWAP_PRESET if rib_swap else None,
+              "body_joint_preset": JOINT_PRESET if body_joints else None,
               "generator_version": GENERATOR_VERSION,
               "levels": list(RIB_CHECK_LEVELS), "jitter_mm": RIB_CHECK_JITTER_MM,
               "augment": aug, "init": init, "epochs": epochs, "seed": seed,
@@ -246,9 +255,11 @@ def main() -> None:
     p.add_argument("--init", default=None, help="start from this checkpoint run (under training/checkpoints)")
     p.add_argument("--rib-swap", action="store_true",
                    help=f"also train and tune on the {SWAP_PRESET} cases (ribs moved between vertebrae)")
+    p.add_argument("--body-joints", action="store_true",
+                   help=f"also train and tune on the {JOINT_PRESET} cases (lowest ribs joined to their body only)")
     a = p.parse_args()
     train(a.epochs, a.out, threads=a.threads, cache=a.cache, train_count=a.train_count, augment=a.augment, init=a.init,
-          rib_swap=a.rib_swap)
+          rib_swap=a.rib_swap, body_joints=a.body_joints)
 
 
 if __name__ == "__main__":

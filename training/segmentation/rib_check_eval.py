@@ -1,6 +1,6 @@
 """Does the rib check read the ribs, or the shape of the vertebra?
 
-    python -m training.segmentation.rib_check_eval [--runs rib-check-g11 rib-check] [--count 20]
+    python -m training.segmentation.rib_check_eval [--runs rib-check-g11 rib-check] [--count 20] [--out NAME]
 
 In every ordinary phantom a vertebra's shape (thoracic or lumbar) tells whether it bears ribs, so
 a network can answer from the shape alone. This script asks trained rib checks (checkpoint runs
@@ -10,10 +10,12 @@ under training/checkpoints) about:
 - the same phantoms with ribs moved (preset ``chest-coarse-ribswap``: the ribs of the lowest one
   or two rib-bearing vertebrae removed, or a full pair given to L1), by level and swap: a check
   that reads shapes calls a thoracic vertebra without ribs rib-bearing, and L1 with ribs not;
+- where cached, the same phantoms with the lowest two rib pairs joined to their body only (preset
+  ``chest-coarse-bodyjoints``, as real 11th and 12th ribs), by level;
 - the real cases, at each reference vertebra: its S from the reference mask's centroid, R and A
   from the coarse stage's L1 (the body centre; the reference masks are whole vertebrae).
 
-Writes training/results/rib_check_eval.{md,json}.
+Writes training/results/NAME.{md,json} (default rib_check_eval).
 """
 
 from __future__ import annotations
@@ -35,8 +37,8 @@ from OsteoScreenLib.segmenter import L1L2Segmenter, find_levels
 from .config import PREPROCESSING
 from .evaluate import REAL_CASE_LEVEL_NAMES, RESULTS
 from .prepare import DEFAULT_CACHE, seeds_of
-from .rib_check import (CHECKPOINTS, PRESET, SWAP_PRESET, accuracy_by_level, build_network, case_items,
-                        level_order, predict)
+from .rib_check import (CHECKPOINTS, JOINT_PRESET, PRESET, SWAP_PRESET, accuracy_by_level, build_network,
+                        case_items, level_order, predict)
 
 REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
 # The real cases' vertebrae the check is asked about (reference label -> level).
@@ -87,10 +89,14 @@ def main() -> None:
     p.add_argument("--count", type=int, default=20, help="tune cases (those cached)")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--real-data", type=Path, default=REAL_DATA)
+    p.add_argument("--out", default="rib_check_eval", help="name of the results files")
     a = p.parse_args()
     torch.set_num_threads(2)
     seeds = seeds_of("tune", a.count)
-    items = {preset: [it for s in seeds for it in case_items(s, a.cache, preset)] for preset in (PRESET, SWAP_PRESET)}
+    items = {preset: [it for s in seeds for it in case_items(s, a.cache, preset)]
+             for preset in (PRESET, SWAP_PRESET, JOINT_PRESET)}
+    if not items[JOINT_PRESET]:  # optional: scored where cached
+        del items[JOINT_PRESET]
     if not items[SWAP_PRESET]:
         raise SystemExit(f"no cached {SWAP_PRESET} tune samples; run training.segmentation.prepare --split tune "
                          f"--count {a.count} --preset {SWAP_PRESET} --stages coarse")
@@ -101,29 +107,31 @@ def main() -> None:
     for run in a.runs:
         entry = score_run(load_run(run), items, real)
         entry["config"] = {k: json.loads((CHECKPOINTS / run / "config.json").read_text()).get(k)
-                           for k in ("init", "epochs", "augment", "rib_swap_preset")}
+                           for k in ("init", "epochs", "augment", "rib_swap_preset", "body_joint_preset")}
         result["runs"][run] = entry
         print(run, json.dumps(entry), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "rib_check_eval.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{a.out}.json").write_text(json.dumps(result, indent=1) + "\n")
     md = ["# What the rib check reads", "",
           f"{result['machine']}; {result['date']}; generator {GENERATOR_VERSION}; {result['tune_cases']} tune "
-          f"phantoms (`{PRESET}`), the same with ribs moved between vertebrae (`{SWAP_PRESET}`), and the real "
-          "cases. Accuracy: the rib-bearing probability on the right side of 0.5.", ""]
+          f"phantoms (`{PRESET}`), the same with ribs moved between vertebrae (`{SWAP_PRESET}`)"
+          + (f", the same with the lowest two rib pairs joined to their body only (`{JOINT_PRESET}`)"
+             if JOINT_PRESET in items else "")
+          + ", and the real cases. Accuracy: the rib-bearing probability on the right side of 0.5.", ""]
     keys = sorted({k for e in result["runs"].values() for preset in items for k in e[preset]["by_level"]},
                   key=level_order)
     md += ["| run | " + " | ".join(a.runs) + " |", "| --- |" + " --- |" * len(a.runs)]
     for preset in items:
         md.append(f"| **{preset}** accuracy | " + " | ".join(str(result["runs"][r][preset]["accuracy"]) for r in a.runs) + " |")
     for k in keys:
-        md.append(f"| {k} | " + " | ".join(str(result["runs"][r][SWAP_PRESET if 'swap' in k else PRESET]["by_level"].get(k, ""))
-                                          for r in a.runs) + " |")
+        preset = SWAP_PRESET if "swap" in k else JOINT_PRESET if "body joints" in k else PRESET
+        md.append(f"| {k} | " + " | ".join(str(result["runs"][r][preset]["by_level"].get(k, "")) for r in a.runs) + " |")
     md += ["", "Real cases: rib-bearing probability at each reference vertebra (T10-T12 bear ribs, L1 and L2 none).", "",
            "| case | level | " + " | ".join(a.runs) + " |", "| --- | --- |" + " --- |" * len(a.runs)]
     for case, (names, _) in real.items():
         for n in names:
             md.append(f"| {case} | {n} | " + " | ".join(str(result["runs"][r]["real"][case][n]) for r in a.runs) + " |")
-    (RESULTS / "rib_check_eval.md").write_text("\n".join(md) + "\n")
+    (RESULTS / f"{a.out}.md").write_text("\n".join(md) + "\n")
     print("\n".join(md))
 
 

@@ -3,8 +3,9 @@
     python -m training.segmentation.rib_check_probe [--count 20]
 
 The bundled rib check (ONNX, as at run time) is asked about the same boxes as in
-rib_check_eval.py (the real cases' reference vertebrae; the cached tune phantoms, ordinary and
-with ribs moved), each also changed in one way:
+rib_check_eval.py (the real cases' reference vertebrae; the cached tune phantoms, ordinary, with
+ribs moved and, where cached, with the lowest ribs joined to their body only), each also changed
+in one way:
 
 - mirrored left to right (ribs come in pairs; the check learnt mirrored boxes);
 - cut to the narrowest field of view the run-time check accepts (``narrowest_crop``);
@@ -36,7 +37,7 @@ from .augment import AIR, SOFT_TISSUE
 from .config import PREPROCESSING
 from .evaluate import RESULTS
 from .prepare import DEFAULT_CACHE, seeds_of
-from .rib_check import PRESET, SWAP_PRESET, accuracy_by_level, boxes, case_items, narrowest_crop
+from .rib_check import JOINT_PRESET, PRESET, SWAP_PRESET, accuracy_by_level, boxes, case_items, narrowest_crop
 from .rib_check_eval import REAL_DATA, REAL_VERTEBRAE, real_boxes
 
 BESIDE_MM = (15.0, 25.0)  # a lower thoracic body is 15-20 mm wide each side; its rib heads lie 20-25 mm out
@@ -107,7 +108,7 @@ def main() -> None:
     seg = L1L2Segmenter(threads=2)
     run = seg.rib_net.run
     items = {preset: [it for s in seeds_of("tune", a.count) for it in case_items(s, DEFAULT_CACHE, preset)]
-             for preset in (PRESET, SWAP_PRESET)}
+             for preset in (PRESET, SWAP_PRESET, JOINT_PRESET)}
     if not items[PRESET]:
         raise SystemExit("no cached chest-coarse tune samples; run training.segmentation.prepare --split tune "
                          "--count 20 --preset chest-coarse --stages coarse (and --preset chest-coarse-ribswap)")
@@ -136,6 +137,7 @@ def main() -> None:
 
 def markdown(result: dict) -> str:
     changes = result["changes"]
+    presets = [p for p in (PRESET, SWAP_PRESET, JOINT_PRESET) if p in next(iter(changes.values()))]
     md = ["# Rib check probe: what changes its answer", "",
           f"{result['machine']}; {result['date']}. Bundled segmentation model {result['model_version']} (its rib check, "
           f"ONNX Runtime); phantoms of generator {result['generator_version']}: {result['tune_cases']} tune cases, "
@@ -143,9 +145,9 @@ def markdown(result: dict) -> str:
           "(`training/segmentation/rib_check_probe.py`). "
           f"{result['elapsed_s']} s.", "",
           "## Tune phantoms: accuracy", "",
-          "| change | ordinary (`chest-coarse`) | ribs moved (`chest-coarse-ribswap`) |", "| --- | --- | --- |"]
+          "| change | " + " | ".join(f"`{p}`" for p in presets) + " |", "| --- |" + " --- |" * len(presets)]
     for name, e in changes.items():
-        md.append(f"| {name} | {e[PRESET]['accuracy']} | {e.get(SWAP_PRESET, {}).get('accuracy', '-')} |")
+        md.append(f"| {name} | " + " | ".join(str(e[p]["accuracy"]) for p in presets) + " |")
     for case in REAL_VERTEBRAE:
         levels = list(next(iter(changes.values()))["real"][case])
         md += ["", f"## `{case}`: rib-bearing probability at the reference vertebrae", "",
