@@ -11,8 +11,8 @@ in one way:
 - cut to the narrowest field of view the run-time check accepts (``narrowest_crop``);
 - bone more than BESIDE_MM to each side of the centre turned to soft tissue (25 mm: the ribs
   beyond their heads gone; 15 mm: the rib heads and the transverse processes gone too);
-- a column of CENTRE_HALF_MM each side of the centre turned to soft tissue (the vertebra and the
-  rib heads gone);
+- a column of CENTRE_HALF_MM each side of the centre turned to soft tissue (the vertebral body,
+  canal and spinous process gone; the rib heads 20-25 mm out kept);
 - no lung: air inside the body (LUNG, above the -1000 HU of the air around it) turned to soft
   tissue, as where the lungs end above the box;
 - noisier (NOISE_SD, seeded) and blurred (BLUR_SD_VOXELS): another scanner.
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import time
 
@@ -114,7 +115,7 @@ def main() -> None:
                          "--count 20 --preset chest-coarse --stages coarse (and --preset chest-coarse-ribswap)")
     phantom_x = {preset: boxes(its, None) for preset, its in items.items() if its}
     real = {case: real_boxes(case, REAL_DATA) for case in REAL_VERTEBRAE}
-    result = {"machine": f"{platform.machine()}, {platform.system()}", "date": time.strftime("%Y-%m-%d"),
+    result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
               "model_version": seg.card["version"], "generator_version": seg.card["training_data"]["generator_version"],
               "tune_cases": a.count, "changes": {}}
     for name, change in CHANGES.items():
