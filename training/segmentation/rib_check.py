@@ -44,6 +44,7 @@ SWAP_PRESET = "chest-coarse-ribswap"
 # processes, as real 11th and 12th ribs (--body-joints): elsewhere every phantom rib runs along a
 # full transverse process to its tip.
 JOINT_PRESET = "chest-coarse-bodyjoints"
+PRESETS = (PRESET, SWAP_PRESET, JOINT_PRESET)
 
 
 class RibCheckNet(nn.Module):
@@ -150,6 +151,11 @@ def _level_key(item: dict) -> str:
     if preset == SWAP_PRESET:
         return f"{item['level']} swap, {'ribs' if item['label'] > 0.5 else 'no ribs'}"
     return item["level"]
+
+
+def cached_tune_items(count: int | None, cache: Path = DEFAULT_CACHE) -> dict[str, list[dict]]:
+    """The tune boxes of each preset (PRESETS) whose samples are cached; an empty list where none are."""
+    return {preset: [it for s in seeds_of("tune", count) for it in case_items(s, cache, preset)] for preset in PRESETS}
 
 
 def narrowest_crop(x: np.ndarray) -> np.ndarray:

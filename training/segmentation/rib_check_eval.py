@@ -36,9 +36,9 @@ from OsteoScreenLib.segmenter import L1L2Segmenter, find_levels
 
 from .config import PREPROCESSING
 from .evaluate import REAL_CASE_LEVEL_NAMES, RESULTS
-from .prepare import DEFAULT_CACHE, seeds_of
+from .prepare import DEFAULT_CACHE
 from .rib_check import (CHECKPOINTS, JOINT_PRESET, PRESET, SWAP_PRESET, accuracy_by_level, build_network,
-                        case_items, level_order, predict)
+                        level_order, predict, cached_tune_items)
 
 REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
 # The real cases' vertebrae the check is asked about (reference label -> level).
@@ -92,9 +92,7 @@ def main() -> None:
     p.add_argument("--out", default="rib_check_eval", help="name of the results files")
     a = p.parse_args()
     torch.set_num_threads(2)
-    seeds = seeds_of("tune", a.count)
-    items = {preset: [it for s in seeds for it in case_items(s, a.cache, preset)]
-             for preset in (PRESET, SWAP_PRESET, JOINT_PRESET)}
+    items = cached_tune_items(a.count, a.cache)
     if not items[JOINT_PRESET]:  # optional: scored where cached
         del items[JOINT_PRESET]
     if not items[SWAP_PRESET]:

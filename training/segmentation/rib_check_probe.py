@@ -37,8 +37,7 @@ from OsteoScreenLib.segmenter import L1L2Segmenter
 from .augment import AIR, SOFT_TISSUE
 from .config import PREPROCESSING
 from .evaluate import RESULTS
-from .prepare import DEFAULT_CACHE, seeds_of
-from .rib_check import JOINT_PRESET, PRESET, SWAP_PRESET, accuracy_by_level, boxes, case_items, narrowest_crop
+from .rib_check import PRESET, PRESETS, accuracy_by_level, boxes, narrowest_crop, cached_tune_items
 from .rib_check_eval import REAL_DATA, REAL_VERTEBRAE, real_boxes
 
 BESIDE_MM = (15.0, 25.0)  # a lower thoracic body is 15-20 mm wide each side; its rib heads lie 20-25 mm out
@@ -108,8 +107,7 @@ def main() -> None:
     t0 = time.perf_counter()
     seg = L1L2Segmenter(threads=2)
     run = seg.rib_net.run
-    items = {preset: [it for s in seeds_of("tune", a.count) for it in case_items(s, DEFAULT_CACHE, preset)]
-             for preset in (PRESET, SWAP_PRESET, JOINT_PRESET)}
+    items = cached_tune_items(a.count)
     if not items[PRESET]:
         raise SystemExit("no cached chest-coarse tune samples; run training.segmentation.prepare --split tune "
                          "--count 20 --preset chest-coarse --stages coarse (and --preset chest-coarse-ribswap)")
@@ -138,7 +136,7 @@ def main() -> None:
 
 def markdown(result: dict) -> str:
     changes = result["changes"]
-    presets = [p for p in (PRESET, SWAP_PRESET, JOINT_PRESET) if p in next(iter(changes.values()))]
+    presets = [p for p in PRESETS if p in next(iter(changes.values()))]
     md = ["# Rib check probe: what changes its answer", "",
           f"{result['machine']}; {result['date']}. Bundled segmentation model {result['model_version']} (its rib check, "
           f"ONNX Runtime); phantoms of generator {result['generator_version']}: {result['tune_cases']} tune cases, "
