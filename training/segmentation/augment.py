@@ -29,6 +29,12 @@ AIR = -1.0
 SOFT_TISSUE = -0.17  # 40 HU in the [-1000, 1500] HU window
 
 
+def inside_scan(x: np.ndarray) -> np.ndarray:
+    """Where the input is above air: the body, lungs included (air around the body, at -1000 HU or
+    below, reads like the fill beyond the field of view and is left alone)."""
+    return x > AIR + 1e-3
+
+
 def _rotation(angles_deg) -> np.ndarray:
     """Rotation on (k, j, i) indices: about R (i, sagittal tilt), about A (j), about S (k)."""
     a, b, c = np.radians(angles_deg)
@@ -88,7 +94,7 @@ def random_field_of_view(x: np.ndarray, y: np.ndarray, rng, cfg: dict) -> tuple[
 def random_image_quality(x: np.ndarray, rng, cfg: dict) -> np.ndarray:
     """Calibration, blur or sharpness, noise and soft-tissue texture of another scanner."""
     img = x[0].astype(np.float32)
-    inside = img > AIR + 1e-3
+    inside = inside_scan(img)
     sd = rng.uniform(*cfg["blur_sd_voxels"])
     if sd > 0.05:
         img = ndimage.gaussian_filter(img, sd, mode="nearest")

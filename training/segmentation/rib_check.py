@@ -154,8 +154,9 @@ def _level_key(item: dict) -> str:
 
 
 def cached_tune_items(count: int | None, cache: Path = DEFAULT_CACHE) -> dict[str, list[dict]]:
-    """The tune boxes of each preset (PRESETS) whose samples are cached; an empty list where none are."""
-    return {preset: [it for s in seeds_of("tune", count) for it in case_items(s, cache, preset)] for preset in PRESETS}
+    """The tune boxes of each preset (PRESETS) whose samples are cached; a preset with none is left out."""
+    items = {preset: [it for s in seeds_of("tune", count) for it in case_items(s, cache, preset)] for preset in PRESETS}
+    return {preset: its for preset, its in items.items() if its}
 
 
 def narrowest_crop(x: np.ndarray) -> np.ndarray:

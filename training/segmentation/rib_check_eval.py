@@ -93,9 +93,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(2)
     items = cached_tune_items(a.count, a.cache)
-    if not items[JOINT_PRESET]:  # optional: scored where cached
-        del items[JOINT_PRESET]
-    if not items[SWAP_PRESET]:
+    if SWAP_PRESET not in items:  # the body-joint preset is optional: scored where cached
         raise SystemExit(f"no cached {SWAP_PRESET} tune samples; run training.segmentation.prepare --split tune "
                          f"--count {a.count} --preset {SWAP_PRESET} --stages coarse")
     real = {case: real_boxes(case, a.real_data) for case in REAL_VERTEBRAE if (a.real_data / case).is_dir()}

@@ -34,7 +34,7 @@ from scipy import ndimage
 
 from OsteoScreenLib.segmenter import L1L2Segmenter
 
-from .augment import AIR, SOFT_TISSUE
+from .augment import AIR, SOFT_TISSUE, inside_scan
 from .config import PREPROCESSING
 from .evaluate import RESULTS
 from .rib_check import PRESET, PRESETS, accuracy_by_level, boxes, narrowest_crop, cached_tune_items
@@ -56,7 +56,7 @@ def _sideways_mm(x: np.ndarray) -> np.ndarray:
 def to_soft_tissue(x: np.ndarray, where: np.ndarray) -> np.ndarray:
     """Boxes (..., i) with the voxels ``where`` (inside the scan) set to soft tissue."""
     x = x.copy()
-    x[where & (x > AIR + 1e-3)] = SOFT_TISSUE
+    x[where & inside_scan(x)] = SOFT_TISSUE
     return x
 
 
@@ -74,12 +74,12 @@ def without_lung(x: np.ndarray) -> np.ndarray:
 
 def noisier(x: np.ndarray) -> np.ndarray:
     noise = np.random.default_rng(0).normal(0.0, NOISE_SD, x.shape)
-    return np.where(x > AIR + 1e-3, np.clip(x + noise, -1.0, 1.0), AIR)
+    return np.where(inside_scan(x), np.clip(x + noise, -1.0, 1.0), AIR)
 
 
 def blurred(x: np.ndarray) -> np.ndarray:
     out = np.stack([ndimage.gaussian_filter(b, (0, BLUR_SD_VOXELS, BLUR_SD_VOXELS, BLUR_SD_VOXELS)) for b in x])
-    return np.where(x > AIR + 1e-3, out, AIR)
+    return np.where(inside_scan(x), out, AIR)
 
 
 CHANGES = {
@@ -108,10 +108,10 @@ def main() -> None:
     seg = L1L2Segmenter(threads=2)
     run = seg.rib_net.run
     items = cached_tune_items(a.count)
-    if not items[PRESET]:
+    if PRESET not in items:
         raise SystemExit("no cached chest-coarse tune samples; run training.segmentation.prepare --split tune "
                          "--count 20 --preset chest-coarse --stages coarse (and --preset chest-coarse-ribswap)")
-    phantom_x = {preset: boxes(its, None) for preset, its in items.items() if its}
+    phantom_x = {preset: boxes(its, None) for preset, its in items.items()}
     real = {case: real_boxes(case, REAL_DATA) for case in REAL_VERTEBRAE}
     result = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
               "model_version": seg.card["version"], "generator_version": seg.card["training_data"]["generator_version"],
