@@ -59,7 +59,8 @@ def build_anatomy(params: dict) -> Anatomy:
             if vb.name in swap["full_ribs_on"]:
                 vb.rib_length_mm = 1.0  # full rib; length computed by the rib builder
     ribs = build_ribs(vertebrae, profile, lower=params.get("lower_ribs"),  # absent: as generator 1.0.0
-                      full_ribs_on=tuple(swap["full_ribs_on"]) if swap else (), body_joints=bool(joints))
+                      full_ribs_on=tuple(swap["full_ribs_on"]) if swap else (), body_joints=bool(joints),
+                      costal=params.get("costal"))
     for vb in vertebrae:
         mine = [r for r in ribs if r.vertebra == vb.name]
         if mine:

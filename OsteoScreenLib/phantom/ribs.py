@@ -60,7 +60,7 @@ def _interp(table: dict, x: float) -> float:
 
 
 def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0, lower: dict | None = None,
-               full_ribs_on: tuple[str, ...] = (), body_joints: bool = False) -> list[Rib]:
+               full_ribs_on: tuple[str, ...] = (), body_joints: bool = False, costal: dict | None = None) -> list[Rib]:
     """The ribs of a spine; ``lower`` is ``params['lower_ribs']`` (None: the level ribs of 1.0.0);
     ``full_ribs_on``: lumbar vertebrae given a full rib pair, numbered on from the last thoracic
     one (the rib-swap preset), instead of a rudimentary stub; ``body_joints``: the lowest two
@@ -75,7 +75,8 @@ def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0, lower:
         if vb.name in full_ribs_on:
             number = n_thoracic + 1 + full_ribs_on.index(vb.name)
         for sgn, side in ((1.0, "R"), (-1.0, "L")):
-            head = vb.to_body([sgn * (vb.half_width + 1.5), -vb.half_depth * 0.55, vb.half_height * 0.55])
+            head_back = costal["head_back"] if costal else 0.55
+            head = vb.to_body([sgn * (vb.half_width + 1.5), -vb.half_depth * head_back, vb.half_height * 0.55])
             tip_local = vb.extras.get(f"tp_tip_{side}")
             if number == 0:  # lumbar rib stub at the transverse process tip
                 base = vb.to_body([sgn * (vb.half_width + 14.0), -vb.half_depth - 6.0, 0.0])
@@ -103,21 +104,30 @@ def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0, lower:
             elif number == 2:
                 a_in *= 0.85
                 b_in *= 0.88
-            th_angle = float(np.arcsin(np.clip((abs(tubercle[0]) + 22.0) / a_in, 0.05, 0.9)))
-            th_end = end_frac * np.pi
             slope, keep = 0.0, 1.0
             if lower is not None:
                 deg = min(_interp(LOWER_RIB_DESCENT_DEG, shape_n) * lower["descent_scale"], MAX_DESCENT_DEG)
                 slope, keep = float(np.tan(np.radians(deg))), _interp(_FRONT_DROP_KEPT, shape_n)
-                if number == n_thoracic:
-                    th_end = th_angle + (th_end - th_angle) * lower["last_rib_extent"]
+            angle = None
+            if costal:
+                out_a = costal["angle_out_mm"]
+                bend0 = LEVEL_BEYOND_TUBERCLE_MM
+                lat_a = out_a ** 2 / (4 * bend0) if out_a < 2 * bend0 else out_a - bend0
+                a_loc = tip_local + np.array([sgn * out_a, 5.0 - costal["angle_back_mm"], 0.0])
+                angle = vb.to_body(a_loc)
+                angle[2] = w0 - slope * lat_a
+            start_x = abs(angle[0]) + 10.0 if angle is not None else abs(tubercle[0]) + 22.0
+            th_angle = float(np.arcsin(np.clip(start_x / a_in, 0.05, 0.9)))
+            th_end = end_frac * np.pi
+            if lower is not None and number == n_thoracic:
+                th_end = th_angle + (th_end - th_angle) * lower["last_rib_extent"]
             th = np.linspace(th_angle, th_end, 28)
             frac = (th - th_angle) / max(th_end - th_angle, 1e-6)
             # how far out of the tubercle the rib has come (the slope is its course on a coronal view)
             out_mm = np.maximum.accumulate(np.maximum(a_in * np.sin(th) - abs(tubercle[0]), 0.0))
             bend = LEVEL_BEYOND_TUBERCLE_MM  # a smooth bend: out_mm - bend beyond twice that, no kink
             lateral = np.where(out_mm < 2 * bend, out_mm ** 2 / (4 * bend), out_mm - bend)
-            pts = [head, tubercle]
+            pts = [head, tubercle] + ([angle] if angle is not None else [])
             for f, ang, s in zip(frac, th, lateral):
                 w = w0 + keep * (4.0 * np.sin(np.pi * min(f * 3, 1.0)) - drop * f ** 1.4) - slope * s
                 q = profile.at(w)

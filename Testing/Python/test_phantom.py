@@ -408,3 +408,32 @@ def test_the_body_joint_preset_joins_the_lowest_two_rib_pairs_to_their_body_only
             assert np.array_equal(r0.points, r1.points)
     case = render_case(joined)
     assert np.array_equal(case.labels.array, render_case(params).labels.array)
+
+
+def test_the_costal_preset_moves_the_rib_heads_back_and_adds_a_rib_angle_behind_the_process():
+    """For training the rib check: the chest-coarse case whose ribs start at the back corner of the
+    vertebral body and run on out and back past the transverse process to their angle (as on real
+    CT) before they turn forward; the spine, which vertebrae bear ribs and the labels are unchanged."""
+    from OsteoScreenLib.phantom.render import build_anatomy
+
+    seed = 100003
+    params, costal = sample_parameters(seed, "chest-coarse"), sample_parameters(seed, "chest-coarse-costal")
+    assert {k: v for k, v in costal.items() if k not in ("costal", "preset")} == \
+        {k: v for k, v in params.items() if k != "preset"}
+    assert costal["costal"] != sample_parameters(seed + 1, "chest-coarse-costal")["costal"]
+    before, after = build_anatomy(params), build_anatomy(costal)
+    for a, b in zip(before.vertebrae, after.vertebrae):
+        assert a.name == b.name and np.allclose(a.center, b.center)
+        assert (a.rib_length_mm >= RIB_BEARING_MIN_MM) == (b.rib_length_mm >= RIB_BEARING_MIN_MM)
+    vertebra = {v.name: v for v in after.vertebrae}
+    full = [(r0, r1) for r0, r1 in zip(before.ribs, after.ribs) if r0.number > 0]
+    assert full and len(before.ribs) == len(after.ribs)
+    for r0, r1 in full:
+        vb = vertebra[r1.vertebra]
+        local = lambda p: vb.frame.T @ (p - vb.center)  # noqa: E731 - body to the vertebra's frame (A: y)
+        assert local(r1.points[0])[1] < local(r0.points[0])[1] - 0.1 * vb.half_depth  # the head further back
+        assert np.allclose(r0.points[1], r1.points[1])  # the same tubercle
+        tubercle, angle = local(r1.points[1]), local(r1.points[2])
+        assert abs(angle[0]) >= abs(tubercle[0]) + 10.0 and angle[1] <= tubercle[1] - 2.0  # out and back
+    case = render_case(costal)
+    assert np.array_equal(case.labels.array, render_case(params).labels.array)

@@ -44,7 +44,11 @@ SWAP_PRESET = "chest-coarse-ribswap"
 # processes, as real 11th and 12th ribs (--body-joints): elsewhere every phantom rib runs along a
 # full transverse process to its tip.
 JOINT_PRESET = "chest-coarse-bodyjoints"
-PRESETS = (PRESET, SWAP_PRESET, JOINT_PRESET)
+# The same cases with the ribs running as on real CT beside the spine (--costal): the head at the
+# back corner of the body, the rib out and back past the transverse process to its angle; elsewhere
+# the ribs start halfway back on the body and turn forward at the process's tip.
+COSTAL_PRESET = "chest-coarse-costal"
+PRESETS = (PRESET, SWAP_PRESET, JOINT_PRESET, COSTAL_PRESET)
 
 
 class RibCheckNet(nn.Module):
@@ -148,6 +152,8 @@ def _level_key(item: dict) -> str:
     preset = item.get("preset", PRESET)
     if preset == JOINT_PRESET:
         return f"{item['level']} body joints"
+    if preset == COSTAL_PRESET:
+        return f"{item['level']} costal"
     if preset == SWAP_PRESET:
         return f"{item['level']} swap, {'ribs' if item['label'] > 0.5 else 'no ribs'}"
     return item["level"]
@@ -184,11 +190,12 @@ def bce(p: np.ndarray, y: np.ndarray, eps: float = 1e-6) -> float:
 
 def train(epochs: int, out: Path, seed: int = 0, threads: int = 2, cache: Path = DEFAULT_CACHE,
           train_count: int | None = None, augment: bool = False, init: str | None = None,
-          rib_swap: bool = False, body_joints: bool = False) -> dict:
+          rib_swap: bool = False, body_joints: bool = False, costal: bool = False) -> dict:
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
-    presets = (PRESET,) + ((SWAP_PRESET,) if rib_swap else ()) + ((JOINT_PRESET,) if body_joints else ())
+    presets = (PRESET,) + ((SWAP_PRESET,) if rib_swap else ()) + ((JOINT_PRESET,) if body_joints else ()) \
+        + ((COSTAL_PRESET,) if costal else ())
     train_items = [it for p in presets for s in seeds_of("train", train_count) for it in case_items(s, cache, p)]
     tune_items = [it for p in presets for s in seeds_of("tune") for it in case_items(s, cache, p)]
     if not train_items:
@@ -241,6 +248,7 @@ def train(epochs: int, out: Path, seed: int = 0, threads: int = 2, cache: Path =
     config = {"network": RIB_CHECK_NETWORK, "preprocessing": PREPROCESSING["rib_check"], "preset": PRESET,
               "rib_swap_preset": SWAP_PRESET if rib_swap else None,
               "body_joint_preset": JOINT_PRESET if body_joints else None,
+              "costal_preset": COSTAL_PRESET if costal else None,
               "generator_version": GENERATOR_VERSION,
               "levels": list(RIB_CHECK_LEVELS), "jitter_mm": RIB_CHECK_JITTER_MM,
               "augment": aug, "init": init, "epochs": epochs, "seed": seed,
@@ -264,9 +272,11 @@ def main() -> None:
                    help=f"also train and tune on the {SWAP_PRESET} cases (ribs moved between vertebrae)")
     p.add_argument("--body-joints", action="store_true",
                    help=f"also train and tune on the {JOINT_PRESET} cases (lowest ribs joined to their body only)")
+    p.add_argument("--costal", action="store_true",
+                   help=f"also train and tune on the {COSTAL_PRESET} cases (ribs running as on real CT beside the spine)")
     a = p.parse_args()
     train(a.epochs, a.out, threads=a.threads, cache=a.cache, train_count=a.train_count, augment=a.augment, init=a.init,
-          rib_swap=a.rib_swap, body_joints=a.body_joints)
+          rib_swap=a.rib_swap, body_joints=a.body_joints, costal=a.costal)
 
 
 if __name__ == "__main__":

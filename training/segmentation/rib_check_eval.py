@@ -12,6 +12,8 @@ under training/checkpoints) about:
   that reads shapes calls a thoracic vertebra without ribs rib-bearing, and L1 with ribs not;
 - where cached, the same phantoms with the lowest two rib pairs joined to their body only (preset
   ``chest-coarse-bodyjoints``, as real 11th and 12th ribs), by level;
+- where cached, the same phantoms with the ribs running as on real CT beside the spine (preset
+  ``chest-coarse-costal``: heads at the back corner of the body, out and back to the rib angle), by level;
 - the real cases, at each reference vertebra: its S from the reference mask's centroid, R and A
   from the coarse stage's L1 (the body centre; the reference masks are whole vertebrae).
 
@@ -37,7 +39,7 @@ from OsteoScreenLib.segmenter import L1L2Segmenter, find_levels
 from .config import PREPROCESSING
 from .evaluate import REAL_CASE_LEVEL_NAMES, RESULTS
 from .prepare import DEFAULT_CACHE
-from .rib_check import (CHECKPOINTS, JOINT_PRESET, PRESET, SWAP_PRESET, accuracy_by_level, build_network,
+from .rib_check import (CHECKPOINTS, COSTAL_PRESET, JOINT_PRESET, PRESET, SWAP_PRESET, accuracy_by_level, build_network,
                         level_order, predict, cached_tune_items)
 
 REAL_DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "real"
@@ -103,7 +105,7 @@ def main() -> None:
     for run in a.runs:
         entry = score_run(load_run(run), items, real)
         entry["config"] = {k: json.loads((CHECKPOINTS / run / "config.json").read_text()).get(k)
-                           for k in ("init", "epochs", "augment", "rib_swap_preset", "body_joint_preset")}
+                           for k in ("init", "epochs", "augment", "rib_swap_preset", "body_joint_preset", "costal_preset")}
         result["runs"][run] = entry
         print(run, json.dumps(entry), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -113,6 +115,8 @@ def main() -> None:
           f"phantoms (`{PRESET}`), the same with ribs moved between vertebrae (`{SWAP_PRESET}`)"
           + (f", the same with the lowest two rib pairs joined to their body only (`{JOINT_PRESET}`)"
              if JOINT_PRESET in items else "")
+          + (f", the same with the ribs running as on real CT beside the spine (`{COSTAL_PRESET}`)"
+             if COSTAL_PRESET in items else "")
           + ", and the real cases. Accuracy: the rib-bearing probability on the right side of 0.5.", ""]
     keys = sorted({k for e in result["runs"].values() for preset in items for k in e[preset]["by_level"]},
                   key=level_order)
@@ -120,7 +124,8 @@ def main() -> None:
     for preset in items:
         md.append(f"| **{preset}** accuracy | " + " | ".join(str(result["runs"][r][preset]["accuracy"]) for r in a.runs) + " |")
     for k in keys:
-        preset = SWAP_PRESET if "swap" in k else JOINT_PRESET if "body joints" in k else PRESET
+        preset = (SWAP_PRESET if "swap" in k else JOINT_PRESET if "body joints" in k
+                  else COSTAL_PRESET if "costal" in k else PRESET)
         md.append(f"| {k} | " + " | ".join(str(result["runs"][r][preset]["by_level"].get(k, "")) for r in a.runs) + " |")
     md += ["", "Real cases: rib-bearing probability at each reference vertebra (T10-T12 bear ribs, L1 and L2 none).", "",
            "| case | level | " + " | ".join(a.runs) + " |", "| --- | --- |" + " --- |" * len(a.runs)]
