@@ -83,3 +83,41 @@ def test_a_different_network_would_not_match(bundled_models):
     with torch.no_grad():
         ref = softmax(net(torch.from_numpy(x)).numpy())
     assert np.abs(softmax(OnnxNetwork(files["fine"]).run(x)) - ref).max() > TOLERANCE
+
+
+def test_the_rib_check_alone_is_exported_into_a_copy_of_the_model_folder(bundled_models, tmp_path, monkeypatch):
+    """export --rib-check-only: a new rib check replaces the old one in an existing folder; the coarse
+    and fine files stay byte for byte, the card names the new check's checksum and training, and the
+    loader accepts the folder."""
+    import json
+    import shutil
+
+    from training.segmentation import export
+    from training.segmentation.rib_check import build_network
+
+    folder = tmp_path / "segmentation"
+    shutil.copytree(model_folder("segmentation"), folder)
+    monkeypatch.setattr(export, "CHECKPOINTS", tmp_path / "checkpoints")
+    monkeypatch.setattr(export, "WEIGHTS", tmp_path / "weights")  # never the committed weights
+    torch.manual_seed(3)
+    net = build_network().eval()  # a new network: other weights than the bundled check
+    (tmp_path / "checkpoints" / "rib-check").mkdir(parents=True)
+    torch.save({"model": net.state_dict()}, tmp_path / "checkpoints" / "rib-check" / "final.pt")
+    config = {"preset": "chest-coarse", "costal_preset": "chest-coarse-costal", "levels": ["T12", "L1"],
+              "train_boxes": 4, "train_cases": 2, "epochs": 1, "tune_boxes": 2, "tune_cases": 1,
+              "best": {"tune_accuracy": 0.5}, "generator_version": "1.1.0"}
+    before = json.loads((folder / "model_card.json").read_text())
+    export.replace_rib_check(folder, config)
+    files, card = verified_files(folder)
+    for stage in ("coarse", "fine"):
+        assert (folder / f"{stage}.onnx").read_bytes() == (model_folder("segmentation") / f"{stage}.onnx").read_bytes()
+        assert card["files"][stage] == before["files"][stage]
+        assert card["training_data"]["stages"][stage] == before["training_data"]["stages"][stage]
+    assert card["files"]["rib_check"]["sha256"] != before["files"]["rib_check"]["sha256"]
+    assert card["training_data"]["stages"]["rib_check"] == config and card["version"] == export.MODEL_VERSION
+    assert "`chest-coarse` and `chest-coarse-costal`" in (folder / "model_card.md").read_text()
+    x = np.random.default_rng(4).uniform(-1, 1, size=(2, 1, 12, 32, 40)).astype(np.float32)
+    with torch.no_grad():
+        ref = net(torch.from_numpy(x)).numpy()
+    assert np.abs(OnnxNetwork(files["rib_check"]).run(x) - ref).max() < 1e-4
+    assert (tmp_path / "weights" / "segmentation-rib_check.npz").exists()

@@ -1,10 +1,13 @@
 """Export both trained stages to ONNX and write the self-describing model folder.
 
-    python -m training.segmentation.export [--metrics training/results/segmentation_eval.json]
+    python -m training.segmentation.export [--metrics training/results/segmentation_eval.json] [--rib-check-only]
 
 Writes ``Resources/Models/segmentation/``: coarse.onnx, fine.onnx, rib_check.onnx,
 model_card.json (read by OsteoScreenLib) and model_card.md (for people).
 Checks that ONNX Runtime reproduces PyTorch within ONNX_TOLERANCE first.
+With --rib-check-only only the rib check is exported anew into the existing folder: the coarse
+and fine files and their card entries stay (byte for byte), and evaluate.py then replaces the
+card's metrics.
 """
 
 from __future__ import annotations
@@ -137,6 +140,25 @@ def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> 
     return out
 
 
+def replace_rib_check(out: Path, rib_config: dict) -> Path:
+    """Only the rib check anew (checkpoint run rib-check) in an existing model folder; the coarse and
+    fine stages, their files and their card entries stay as they are."""
+    card = json.loads((out / "model_card.json").read_text())
+    with tempfile.TemporaryDirectory() as tmp:
+        diff = export_rib_check(Path(tmp) / "rib_check.onnx")
+        (Path(tmp) / "rib_check.onnx").replace(out / "rib_check.onnx")
+    stages = {**card["training_data"]["stages"], "rib_check": rib_config}
+    card.update(version=MODEL_VERSION, created=datetime.date.today().isoformat(), osteoscreen_version=__version__,
+                limits=LIMITS, exported_on=platform.platform())
+    card["files"]["rib_check"]["sha256"] = sha256_file(out / "rib_check.onnx")
+    card["onnx_vs_pytorch_max_abs_softmax_diff"]["rib_check"] = diff
+    card["training_data"].update(stages=stages, generator_version=_generator_versions(stages),
+                                 source_commit=source_commit())
+    (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
+    (out / "model_card.md").write_text(card_markdown(card))
+    return out
+
+
 def export_rib_check(path: Path) -> float:
     """Export the rib check (dynamic batch); return max |sigmoid difference| ONNX vs PyTorch."""
     import onnxruntime as ort
@@ -216,9 +238,14 @@ def card_markdown(card: dict) -> str:
 def _stage_line(stage: str, cfg: dict) -> str:
     """One line per stage: which phantoms, how long, and what it started from."""
     if "train_boxes" in cfg:  # the rib check
-        presets = f"`{cfg['preset']}`" + (f" and `{cfg['rib_swap_preset']}` (the same cases with ribs moved between "
-                                          "vertebrae, so that the shape of a vertebra does not tell)"
-                                          if cfg.get("rib_swap_preset") else "")
+        extra = [f"`{cfg['rib_swap_preset']}` (the same cases with ribs moved between vertebrae, so that the shape "
+                 "of a vertebra does not tell)" if cfg.get("rib_swap_preset") else "",
+                 f"`{cfg['body_joint_preset']}` (the lowest two rib pairs joined to their body only)"
+                 if cfg.get("body_joint_preset") else "",
+                 f"`{cfg['costal_preset']}` (ribs running as on real CT beside the spine: heads at the back corner of "
+                 "the body, out and back to the rib angle)" if cfg.get("costal_preset") else ""]
+        names = [f"`{cfg['preset']}`"] + [e for e in extra if e]
+        presets = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
         line = (f"- rib check: presets {presets}, {cfg['train_boxes']} vertebra boxes ({', '.join(cfg['levels'])}) "
                 f"of {cfg['train_cases']} training seeds, {cfg['epochs']} epochs; tune accuracy "
                 f"{cfg['best']['tune_accuracy']} on {cfg['tune_boxes']} boxes of {cfg['tune_cases']} seeds")
@@ -248,17 +275,23 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--metrics", type=Path, default=None, help="JSON of evaluation metrics to put in the card")
     p.add_argument("--out", type=Path, default=models_dir() / "segmentation")
+    p.add_argument("--rib-check-only", action="store_true",
+                   help="export only the rib check into the existing folder (coarse and fine stay)")
     a = p.parse_args()
     metrics = json.loads(a.metrics.read_text()) if a.metrics and a.metrics.exists() else None
+    cfg = CHECKPOINTS / "rib-check" / "config.json"
+    rib = json.loads(cfg.read_text()) if cfg.exists() else {}
+    init = rib.get("init")
+    if isinstance(init, str):  # the run it started from, as the stages record theirs
+        rib["init"] = {"run": init, "config": json.loads((CHECKPOINTS / init / "config.json").read_text())}
+    if a.rib_check_only:
+        print(f"wrote {replace_rib_check(a.out, rib)}")
+        return
     configs = {}
     for s in ("coarse", "fine"):
         cfg = CHECKPOINTS / f"segmentation-{s}" / "config.json"
         configs[s] = json.loads(cfg.read_text()) if cfg.exists() else {}
-    cfg = CHECKPOINTS / "rib-check" / "config.json"
-    configs["rib_check"] = json.loads(cfg.read_text()) if cfg.exists() else {}
-    init = configs["rib_check"].get("init")
-    if isinstance(init, str):  # the run it started from, as the stages record theirs
-        configs["rib_check"]["init"] = {"run": init, "config": json.loads((CHECKPOINTS / init / "config.json").read_text())}
+    configs["rib_check"] = rib
     out = write_model_folder(a.out, metrics, configs)
     print(f"wrote {out}")
 
