@@ -265,7 +265,7 @@ def sample_body_joints(rng: np.random.Generator) -> dict:
 def sample_costal(rng: np.random.Generator) -> dict:
     """Where the ribs run beside the spine (costal preset): real rib heads sit at the back corner of
     the vertebral body, by the pedicle, and the rib goes on out and back past the transverse process
-    to its angle, 4-8 cm from the midline, before it turns forward in the chest wall. (Elsewhere the
+    to its angle, 4-6 cm from the midline, before it turns forward in the chest wall. (Elsewhere the
     phantoms' heads sit halfway back on the body and the rib turns forward at the process's tip.)"""
     return {"head_back": _u(rng, 0.7, 1.0),  # the head's distance behind the body's centre, times its half depth
             "angle_out_mm": _u(rng, 15.0, 35.0),  # the rib angle's distance beyond the tubercle, sideways

@@ -59,13 +59,22 @@ def _interp(table: dict, x: float) -> float:
     return float(np.interp(x, list(table), list(table.values())))
 
 
+def _lateral(out_mm):
+    """How much of a rib's course ``out_mm`` out of the tubercle counts towards its descent: the rib
+    bends down from level over twice LEVEL_BEYOND_TUBERCLE_MM, smoothly (no kink)."""
+    bend = LEVEL_BEYOND_TUBERCLE_MM
+    return np.where(out_mm < 2 * bend, np.asarray(out_mm, float) ** 2 / (4 * bend), np.asarray(out_mm, float) - bend)
+
+
 def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0, lower: dict | None = None,
                full_ribs_on: tuple[str, ...] = (), body_joints: bool = False, costal: dict | None = None) -> list[Rib]:
     """The ribs of a spine; ``lower`` is ``params['lower_ribs']`` (None: the level ribs of 1.0.0);
     ``full_ribs_on``: lumbar vertebrae given a full rib pair, numbered on from the last thoracic
     one (the rib-swap preset), instead of a rudimentary stub; ``body_joints``: the lowest two
     thoracic pairs join their body only and run out below and in front of the transverse process
-    (the body-joint preset), instead of along it to its tip."""
+    (the body-joint preset), instead of along it to its tip; ``costal`` is ``params['costal']``
+    (the costal preset): the heads sit further back on the body and each rib runs on out and back
+    beyond the tubercle to its angle before it turns forward (None: it turns at the tubercle)."""
     out = []
     n_thoracic = sum(1 for vb in vertebrae if vb.name.startswith("T"))
     for vb in vertebrae:
@@ -108,14 +117,11 @@ def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0, lower:
             if lower is not None:
                 deg = min(_interp(LOWER_RIB_DESCENT_DEG, shape_n) * lower["descent_scale"], MAX_DESCENT_DEG)
                 slope, keep = float(np.tan(np.radians(deg))), _interp(_FRONT_DROP_KEPT, shape_n)
-            angle = None
+            angle = None  # the rib angle behind and beyond the tubercle (costal preset)
             if costal:
-                out_a = costal["angle_out_mm"]
-                bend0 = LEVEL_BEYOND_TUBERCLE_MM
-                lat_a = out_a ** 2 / (4 * bend0) if out_a < 2 * bend0 else out_a - bend0
-                a_loc = tip_local + np.array([sgn * out_a, 5.0 - costal["angle_back_mm"], 0.0])
-                angle = vb.to_body(a_loc)
-                angle[2] = w0 - slope * lat_a
+                angle = vb.to_body(tip_local + np.array([sgn * costal["angle_out_mm"], 5.0 - costal["angle_back_mm"], 0.0]))
+                angle[2] = w0 - slope * float(_lateral(costal["angle_out_mm"]))
+            # the course in the chest wall starts beyond the tubercle, or just beyond the angle
             start_x = abs(angle[0]) + 10.0 if angle is not None else abs(tubercle[0]) + 22.0
             th_angle = float(np.arcsin(np.clip(start_x / a_in, 0.05, 0.9)))
             th_end = end_frac * np.pi
@@ -125,8 +131,7 @@ def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0, lower:
             frac = (th - th_angle) / max(th_end - th_angle, 1e-6)
             # how far out of the tubercle the rib has come (the slope is its course on a coronal view)
             out_mm = np.maximum.accumulate(np.maximum(a_in * np.sin(th) - abs(tubercle[0]), 0.0))
-            bend = LEVEL_BEYOND_TUBERCLE_MM  # a smooth bend: out_mm - bend beyond twice that, no kink
-            lateral = np.where(out_mm < 2 * bend, out_mm ** 2 / (4 * bend), out_mm - bend)
+            lateral = _lateral(out_mm)
             pts = [head, tubercle] + ([angle] if angle is not None else [])
             for f, ang, s in zip(frac, th, lateral):
                 w = w0 + keep * (4.0 * np.sin(np.pi * min(f * 3, 1.0)) - drop * f ** 1.4) - slope * s
