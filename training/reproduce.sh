@@ -50,6 +50,13 @@ if [[ $what == segmentation || $what == all ]]; then
   $P --split tune --count 20 --preset chest-coarse-ribswap --stages coarse
   $PY -m training.segmentation.rib_check --epochs 12 --augment --rib-swap --init rib-check-g11
   $PY -m training.segmentation.rib_check_eval --runs rib-check-g11 rib-check
+  #    tried, not shipped (README Figures; rib_check_eval_costal.md, segmentation_eval*_costal_check.md):
+  #    the same continued on phantoms whose ribs run as on real CT beside the spine, put in a copy of the
+  #    model folder with `export --rib-check-only` (checkpoint run rib-check) and scored with evaluate:
+  #      $P --split train --count "$SEG_TRAIN" --preset chest-coarse-costal --stages coarse  (and tune, 20)
+  #      $PY -m training.segmentation.rib_check --epochs 6 --augment --rib-swap --costal --init rib-check \
+  #         --out $C/rib-check-costal
+  #      $PY -m training.segmentation.rib_check_eval --runs rib-check rib-check-costal --out rib_check_eval_costal
   # 2. fine stage: pre-train on 1.5 mm crops (fast to render), then fine-tune on 1 mm boxes of
   #    full-size chest and spine scans with the coarse stage's own hints
   $P --split train --count 300 --preset training --stages fine
