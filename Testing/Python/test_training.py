@@ -93,21 +93,17 @@ def test_rib_check_boxes_train_one_epoch(tmp_path, real_data, monkeypatch):
     assert tune_swap  # the tune case's swap changed some vertebra's label, which is reported apart
     assert f"{tune_swap[0]['level']} swap, {'ribs' if tune_swap[0]['label'] else 'no ribs'}" in \
         config["best"]["tune_accuracy_by_level"]
-    # with --body-joints the same cases with the lowest ribs joined to their body only join in,
-    # their labels unchanged and their accuracy reported apart
-    for split, n in (("train", 2), ("tune", 1)):
-        prepare(split, n, "chest-coarse-bodyjoints", cache, workers=1, stages="coarse")
-    assert {it["level"]: it["label"] for it in case_items(100000, cache, "chest-coarse-bodyjoints")} == by_level
-    config = train(1, tmp_path / "joints", threads=1, cache=cache, body_joints=True)
-    assert config["body_joint_preset"] == "chest-coarse-bodyjoints" and config["rib_swap_preset"] is None
-    assert "T12 body joints" in config["best"]["tune_accuracy_by_level"]
-    # with --costal the same cases with the ribs running as on real CT beside the spine
-    for split, n in (("train", 2), ("tune", 1)):
-        prepare(split, n, "chest-coarse-costal", cache, workers=1, stages="coarse")
-    assert {it["level"]: it["label"] for it in case_items(100000, cache, "chest-coarse-costal")} == by_level
-    config = train(1, tmp_path / "costal", threads=1, cache=cache, costal=True)
-    assert config["costal_preset"] == "chest-coarse-costal" and config["body_joint_preset"] is None
-    assert "T12 costal" in config["best"]["tune_accuracy_by_level"]
+    # with --body-joints (the lowest ribs joined to their body only) or --costal (the ribs running as
+    # on real CT beside the spine) the same cases join in, their labels unchanged, reported apart
+    for preset, flag, key, suffix in (("chest-coarse-bodyjoints", "body_joints", "body_joint_preset", "body joints"),
+                                      ("chest-coarse-costal", "costal", "costal_preset", "costal")):
+        for split, n in (("train", 2), ("tune", 1)):
+            prepare(split, n, preset, cache, workers=1, stages="coarse")
+        assert {it["level"]: it["label"] for it in case_items(100000, cache, preset)} == by_level
+        config = train(1, tmp_path / flag, threads=1, cache=cache, **{flag: True})
+        assert config[key] == preset and config["rib_swap_preset"] is None
+        assert sum(v is not None for k, v in config.items() if k.endswith("_preset")) == 1  # this one alone joins
+        assert f"T12 {suffix}" in config["best"]["tune_accuracy_by_level"]
     # rib_check_eval scores a run on both sets and on the real vertebrae (S from the reference masks)
     from training.segmentation.rib_check_eval import load_run, real_boxes, score_run
     from training.segmentation import rib_check_eval
