@@ -51,8 +51,9 @@ if [[ $what == segmentation || $what == all ]]; then
   $PY -m training.segmentation.rib_check --epochs 12 --augment --rib-swap --init rib-check-g11
   $PY -m training.segmentation.rib_check_eval --runs rib-check-g11 rib-check
   #    tried, not shipped (README Figures; rib_check_eval_costal.md, segmentation_eval*_costal_check.md):
-  #    the same continued on phantoms whose ribs run as on real CT beside the spine, put in a copy of the
-  #    model folder with `export --rib-check-only` (checkpoint run rib-check) and scored with evaluate:
+  #    the same continued on phantoms whose ribs run as on real CT beside the spine; then, as checkpoint run
+  #    rib-check, put in the model folder (`export --rib-check-only`), scored with evaluate (chest and spine;
+  #    outputs renamed *_costal_check) and the folder restored from git:
   #      $P --split train --count "$SEG_TRAIN" --preset chest-coarse-costal --stages coarse  (and tune, 20)
   #      $PY -m training.segmentation.rib_check --epochs 6 --augment --rib-swap --costal --init rib-check \
   #         --out $C/rib-check-costal
