@@ -148,15 +148,16 @@ def level_order(key: str) -> tuple[int, str]:
     return RIB_CHECK_LEVELS.index(key.split()[0]), key
 
 
+# The word a preset's tune boxes are reported under, after the level (``accuracy_by_level``);
+# rib-swap boxes also say whether they bear ribs.
+PRESET_TAGS = {SWAP_PRESET: "swap", JOINT_PRESET: "body joints", COSTAL_PRESET: "costal"}
+
+
 def _level_key(item: dict) -> str:
     preset = item.get("preset", PRESET)
-    if preset == JOINT_PRESET:
-        return f"{item['level']} body joints"
-    if preset == COSTAL_PRESET:
-        return f"{item['level']} costal"
     if preset == SWAP_PRESET:
         return f"{item['level']} swap, {'ribs' if item['label'] > 0.5 else 'no ribs'}"
-    return item["level"]
+    return f"{item['level']} {PRESET_TAGS[preset]}" if preset in PRESET_TAGS else item["level"]
 
 
 def cached_tune_items(count: int | None, cache: Path = DEFAULT_CACHE) -> dict[str, list[dict]]:

@@ -124,8 +124,7 @@ def main() -> None:
     for preset in items:
         md.append(f"| **{preset}** accuracy | " + " | ".join(str(result["runs"][r][preset]["accuracy"]) for r in a.runs) + " |")
     for k in keys:
-        preset = (SWAP_PRESET if "swap" in k else JOINT_PRESET if "body joints" in k
-                  else COSTAL_PRESET if "costal" in k else PRESET)
+        preset = next(p for p in items if any(k in e[p]["by_level"] for e in result["runs"].values()))
         md.append(f"| {k} | " + " | ".join(str(result["runs"][r][preset]["by_level"].get(k, "")) for r in a.runs) + " |")
     md += ["", "Real cases: rib-bearing probability at each reference vertebra (T10-T12 bear ribs, L1 and L2 none).", "",
            "| case | level | " + " | ".join(a.runs) + " |", "| --- | --- |" + " --- |" * len(a.runs)]
