@@ -152,3 +152,34 @@ def test_classifier_features_train_one_epoch(tmp_path, monkeypatch):
     assert config["train_cases"] == 2 and config["tune_cases"] == 1
     assert config["calibration_init"]["train_mae_mg_cm3"] >= 0  # BMD path started at the least-squares line
     assert (tmp_path / "run" / "best.pt").exists()
+
+
+def test_box_preset_fine_samples_take_hints_from_the_whole_chest(tmp_path, monkeypatch):
+    """chest-box shows only a box around L1-L2: its fine samples' hints come from the bundled coarse
+    stage run on the same case rendered whole on the coarse grid, so they point at the right bodies."""
+    import torch
+
+    from OsteoScreenLib.phantom import generate_case
+    from training.segmentation.export import load_state
+    from training.segmentation import prepare as prepare_module
+    from training.segmentation.prepare import _coarse_hints, prepare, sample_paths
+    from training.segmentation.samples import _levels_agree, fine_sample, load
+    from training.segmentation.train import build_network
+
+    checkpoint = tmp_path / "coarse.pt"
+    torch.save({"model": load_state(build_network("coarse"), "segmentation-coarse").state_dict()}, checkpoint)
+    with pytest.raises(SystemExit, match="--stages fine"):
+        prepare("train", 1, "chest-box", tmp_path / "cache", workers=1, coarse_checkpoint=checkpoint)
+    prepare("train", 1, "chest-box", tmp_path / "cache", workers=1, stages="fine", coarse_checkpoint=checkpoint)
+    s = load(sample_paths(tmp_path / "cache", "chest-box", 100000)[1])
+    x, y = s["x"].astype(np.float32), s["y"]
+    hint_l1, hint_l2 = (x[1] + 1) / 2, (x[2] + 1) / 2  # the hint channels back to probabilities
+    assert hint_l1[y == 1].mean() > 0.5 > hint_l1[y == 2].mean()
+    assert hint_l2[y == 2].mean() > 0.5 > hint_l2[y == 1].mean()
+    # they are the coarse stage's own (its levels agree with the truth), not perturbed reference labels
+    monkeypatch.setattr(prepare_module, "_COARSE", None)  # the network this process loads is the checkpoint's
+    box = generate_case(100000, "chest-box")
+    hints = _coarse_hints(generate_case(100000, "chest-coarse").ct, checkpoint)
+    assert _levels_agree(hints, box.labels)
+    expected = fine_sample(box.ct, box.labels, np.random.default_rng(100000 + 7), hints)
+    np.testing.assert_array_equal(s["x"], expected["x"])

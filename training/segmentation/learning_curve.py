@@ -1,12 +1,16 @@
 """Learning curve of the fine stage: test DSC against the number of training scans.
 
     python -m training.segmentation.learning_curve [--sizes 50,100,200,300,548] [--iterations 300]
+        [--preset chest-box]
 
 Like the paper's experiment (DSC for 50 ... 548 training images), at the scale this
 machine allows: for each size the fine stage is fine-tuned from the same pre-trained
 weights (the 1.5 mm `training`-preset run) for the same number of iterations on that
-many full-size chest phantoms, then scored on 1 mm boxes of test phantoms (hints from
-the trained coarse stage, as at run time). The level-finding stage is the same for
+many chest phantoms, then scored on 1 mm boxes of test phantoms (hints from the trained
+coarse stage, as at run time). With `--preset chest-box` the chest cases are rendered only
+on a box around L1-L2 (the same voxels as the whole chest there, a fraction of its
+rendering time) and the hints come from the coarse stage on the same case rendered whole
+on its coarse grid (prepare.HINTS_FROM). The level-finding stage is the same for
 all sizes, so this measures how outlining improves with data. Each size is resumable
 (its own checkpoint folder); writes training/results/segmentation_learning_curve.*.
 """
@@ -24,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .prepare import DEFAULT_CACHE, sample_paths, seeds_of
+from OsteoScreenLib.phantom import GENERATOR_VERSION
+
+from .prepare import DEFAULT_CACHE, HINTS_FROM, cache_folder, sample_paths, seeds_of
 from .samples import load
 from .train import build_network, dice_per_class, fine_patch, _fit
 
@@ -89,15 +95,19 @@ def main() -> None:
                      "iterations": config.get("iterations"), "preset": config.get("preset"),
                      "dsc_L1_mean": round(float(d[:, 0].mean()), 4), "dsc_L1_sd": round(float(d[:, 0].std()), 4),
                      "dsc_L2_mean": round(float(d[:, 1].mean()), 4), "dsc_L2_sd": round(float(d[:, 1].std()), 4)}
+    hints = cache_folder(a.cache, a.preset) / "fine" / "hints.json"
     result = {"machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
-              "date": time.strftime("%Y-%m-%d"), "iterations": a.iterations, "preset": a.preset,
+              "date": time.strftime("%Y-%m-%d"), "generator_version": GENERATOR_VERSION,
+              "iterations": a.iterations, "preset": a.preset, "hints_from_preset": HINTS_FROM.get(a.preset, a.preset),
+              "hint_source": json.loads(hints.read_text()) if hints.exists() else None,
               "test_cases": a.test_count, "init": a.init.name, "rows": rows, "bundled": reference}
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "segmentation_learning_curve.json").write_text(json.dumps(result, indent=1) + "\n")
     md = ["# Learning curve of the fine segmentation stage", "",
-          f"{result['machine']}; {result['date']}. Each size: fine-tuned from `{a.init.name}` for {a.iterations} "
-          f"iterations (batch 2) on that many `{a.preset}` phantoms; DSC on 1 mm boxes around L1-L2 of "
-          f"{a.test_count} test phantoms (seeds 300000+), hints from the trained coarse stage.", "",
+          f"{result['machine']}; {result['date']}; phantom generator {GENERATOR_VERSION}. Each size: fine-tuned "
+          f"from `{a.init.name}` for {a.iterations} iterations (batch 2) on that many `{a.preset}` phantoms; DSC on "
+          f"1 mm boxes around L1-L2 of {a.test_count} test phantoms (seeds 300000+), hints from the trained coarse "
+          f"stage on the `{result['hints_from_preset']}` rendering of each case (its checkpoint's SHA-256 in the JSON).", "",
           "| training scans | DSC L1 (mean ± SD) | DSC L2 (mean ± SD) |", "| --- | --- | --- |"]
     md += [f"| {r['train_scans']} | {r['dsc_L1_mean']} ± {r['dsc_L1_sd']} | {r['dsc_L2_mean']} ± {r['dsc_L2_sd']} |"
            for r in rows]

@@ -32,6 +32,11 @@ def sample_paths(cache: Path, preset: str, seed: int) -> tuple[Path, Path]:
     return base / "coarse" / f"{seed}.npz", base / "fine" / f"{seed}.npz"
 
 
+# Presets rendered only on a box around L1-L2 (chest-box: a fraction of a whole chest's rendering
+# time) hold the fine stage's crop but not the chest the coarse stage counts ribs on: its hints come
+# from the same case rendered whole on the coarse stage's own grid (same anatomy, pose and world frame).
+HINTS_FROM = {"chest-box": "chest-coarse"}
+
 _COARSE = None
 COARSE_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "segmentation-coarse" / "final.pt"
 
@@ -81,7 +86,8 @@ def prepare_one(args: tuple[Path, str, int, str, Path]) -> tuple[int, float]:
     if "coarse" in todo:
         save(coarse_path, coarse_sample(case.ct, case.labels))
     if "fine" in todo:
-        save(fine_path, fine_sample(case.ct, case.labels, rng, _coarse_hints(case.ct, coarse_checkpoint)))
+        hint_ct = generate_case(seed, HINTS_FROM[preset]).ct if preset in HINTS_FROM else case.ct
+        save(fine_path, fine_sample(case.ct, case.labels, rng, _coarse_hints(hint_ct, coarse_checkpoint)))
     return seed, time.perf_counter() - t
 
 
@@ -108,6 +114,9 @@ def check_hint_source(cache: Path, preset: str, coarse_checkpoint: Path) -> None
 
 def prepare(split: str, count: int | None, preset: str, cache: Path, workers: int, stages: str = "coarse,fine",
             coarse_checkpoint: Path = COARSE_CHECKPOINT) -> None:
+    if "coarse" in stages and preset in HINTS_FROM:
+        raise SystemExit(f"error: preset {preset} shows only a box around L1-L2, no scan the coarse stage learns "
+                         "from; prepare it with --stages fine")
     if "fine" in stages:
         check_hint_source(cache, preset, coarse_checkpoint)
     jobs = [(cache, preset, s, stages, coarse_checkpoint) for s in seeds_of(split, count)]
