@@ -69,7 +69,7 @@ if [[ $what == segmentation || $what == all ]]; then
      --out $C/segmentation-fine-500
   $T --stage fine --train-count "$SEG_FINE_CHEST" --iterations 1000 --lr 5e-4 --init $C/segmentation-fine-500 \
      --out $C/segmentation-fine-300
-  #    then on all 548 chest scans (the learning curve still rose at 548)
+  #    then on all 548 chest scans (the learning curve of generator 1.0.0 still rose at 548)
   $P --split train --count "$SEG_TRAIN" --preset chest --stages fine
   $T --stage fine --train-count "$SEG_TRAIN" --iterations 800 --lr 3e-4 --eval-every 100 --init $C/segmentation-fine-300 \
      --out $C/segmentation-fine-548
@@ -86,10 +86,12 @@ if [[ $what == segmentation || $what == all ]]; then
   $PY -m training.segmentation.rib_check_probe  # where the bundled rib check looks (ribs, vertebra or lung taken away)
   $PY -m training.segmentation.real_hints  # real cases with the levels given: outlining apart from level finding
   $PY -m training.segmentation.level_confidence --count 100 --workers "$WORKERS"
-  # learning curve of the fine stage (scored on 1 mm boxes of 100 test scans)
-  $P --split test --count 100 --preset chest --stages fine
-  $P --split train --count "$SEG_TRAIN" --preset chest --stages fine
-  $PY -m training.segmentation.learning_curve --sizes 50,100,200,300,"$SEG_TRAIN" --iterations 300
+  # learning curve of the fine stage (scored on 1 mm boxes of 100 test scans): the chest cases rendered on a
+  # box around L1-L2 (chest-box), hints from the final coarse stage on each case rendered whole at 5 mm
+  $P --split train --count "$SEG_TRAIN" --preset chest-box --stages fine
+  $P --split tune --count 20 --preset chest-box --stages fine
+  $P --split test --count 100 --preset chest-box --stages fine
+  $PY -m training.segmentation.learning_curve --preset chest-box --sizes 50,100,200,300,"$SEG_TRAIN" --iterations 300
 fi
 if [[ $what == classification || $what == all ]]; then
   for split in train tune test; do

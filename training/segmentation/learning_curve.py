@@ -114,16 +114,17 @@ def main() -> None:
     if reference:
         md += ["", f"The bundled fine stage (`{reference['run']}`: {reference['iterations']} iterations on "
                f"{reference['train_samples']} samples of presets `{reference['preset']}`, started from `{reference['init']}`, "
-               "itself from the same pre-training) on the "
+               "the end of a chain of runs that began with a pre-training of the same recipe) on the "
                f"same boxes: L1 {reference['dsc_L1_mean']} ± {reference['dsc_L1_sd']}, "
                f"L2 {reference['dsc_L2_mean']} ± {reference['dsc_L2_sd']}."]
     md += ["", "![learning curve](segmentation_learning_curve.png)", ""]
     (RESULTS / "segmentation_learning_curve.md").write_text("\n".join(md))
-    plot(rows, RESULTS / "segmentation_learning_curve.png")
+    plot(rows, RESULTS / "segmentation_learning_curve.png", reference)
     print("\n".join(md))
 
 
-def plot(rows: list[dict], path: Path) -> None:
+def plot(rows: list[dict], path: Path, reference: dict | None = None) -> None:
+    """The curve with its SD bars; the bundled fine stage on the same boxes as dashed lines."""
     import matplotlib
     import matplotlib.ticker
 
@@ -135,6 +136,8 @@ def plot(rows: list[dict], path: Path) -> None:
     for name, colour in (("L1", "tab:orange"), ("L2", "tab:blue")):
         ax.errorbar(n, [r[f"dsc_{name}_mean"] for r in rows], yerr=[r[f"dsc_{name}_sd"] for r in rows],
                     marker="o", capsize=3, label=name, color=colour)
+        if reference:
+            ax.axhline(reference[f"dsc_{name}_mean"], ls="--", lw=1, color=colour, label=f"{name}, bundled fine stage")
     ax.set_xlabel("training scans")
     ax.set_ylabel("test DSC (1 mm box)")
     ax.set_xscale("log")
