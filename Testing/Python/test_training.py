@@ -154,20 +154,28 @@ def test_classifier_features_train_one_epoch(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "best.pt").exists()
 
 
+def _bundled_checkpoint(stage: str, folder: Path) -> Path:
+    """The bundled stage's weights (training/weights) as a training run's folder."""
+    import torch
+
+    from training.segmentation.export import load_state
+    from training.segmentation.train import build_network
+
+    folder.mkdir(parents=True)
+    torch.save({"model": load_state(build_network(stage), f"segmentation-{stage}").state_dict()}, folder / "final.pt")
+    (folder / "config.json").write_text("{}")
+    return folder
+
+
 def test_box_preset_fine_samples_take_hints_from_the_whole_chest(tmp_path, monkeypatch):
     """chest-box shows only a box around L1-L2: its fine samples' hints come from the bundled coarse
     stage run on the same case rendered whole on the coarse grid, so they point at the right bodies."""
-    import torch
-
     from OsteoScreenLib.phantom import generate_case
-    from training.segmentation.export import load_state
     from training.segmentation import prepare as prepare_module
     from training.segmentation.prepare import _coarse_hints, prepare, sample_paths
     from training.segmentation.samples import _levels_agree, fine_sample, load
-    from training.segmentation.train import build_network
 
-    checkpoint = tmp_path / "coarse.pt"
-    torch.save({"model": load_state(build_network("coarse"), "segmentation-coarse").state_dict()}, checkpoint)
+    checkpoint = _bundled_checkpoint("coarse", tmp_path / "coarse") / "final.pt"
     with pytest.raises(SystemExit, match="--stages fine"):
         prepare("train", 1, "chest-box", tmp_path / "cache", workers=1, coarse_checkpoint=checkpoint)
     prepare("train", 1, "chest-box", tmp_path / "cache", workers=1, stages="fine", coarse_checkpoint=checkpoint)
@@ -183,3 +191,27 @@ def test_box_preset_fine_samples_take_hints_from_the_whole_chest(tmp_path, monke
     assert _levels_agree(hints, box.labels)
     expected = fine_sample(box.ct, box.labels, np.random.default_rng(100000 + 7), hints)
     np.testing.assert_array_equal(s["x"], expected["x"])
+
+
+def test_learning_curve_runs_end_to_end(tmp_path):
+    """The learning-curve script on one scan of each split: a size trained and scored, the bundled
+    fine stage scored on the same box (it outlines a test phantom), table, JSON and plot written."""
+    from training.segmentation.prepare import prepare
+
+    coarse = _bundled_checkpoint("coarse", tmp_path / "coarse") / "final.pt"
+    fine = _bundled_checkpoint("fine", tmp_path / "fine")
+    cache, results = tmp_path / "cache", tmp_path / "results"
+    for split in ("train", "tune", "test"):
+        prepare(split, 1, "chest-box", cache, workers=1, stages="fine", coarse_checkpoint=coarse)
+    cmd = [sys.executable, "-m", "training.segmentation.learning_curve", "--sizes", "1", "--iterations", "1",
+           "--test-count", "1", "--threads", "1", "--init", str(fine), "--reference", str(fine),
+           "--cache", str(cache), "--checkpoints", str(tmp_path / "runs"), "--results", str(results)]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    result = json.loads((results / "segmentation_learning_curve.json").read_text())
+    assert result["preset"] == "chest-box" and result["hints_from_preset"] == "chest-coarse"
+    assert [r["train_scans"] for r in result["rows"]] == [1]
+    assert (tmp_path / "runs" / "learning-curve-chest-box-1" / "final.pt").exists()
+    assert result["bundled"]["dsc_L1_mean"] > 0.9 and result["bundled"]["dsc_L2_mean"] > 0.9
+    assert "| 1 |" in (results / "segmentation_learning_curve.md").read_text()
+    assert (results / "segmentation_learning_curve.png").stat().st_size > 0

@@ -7,10 +7,10 @@ Like the paper's experiment (DSC for 50 ... 548 training images), at the scale t
 machine allows: for each size the fine stage is fine-tuned from the same pre-trained
 weights (the 1.5 mm `training`-preset run) for the same number of iterations on that
 many chest phantoms, then scored on 1 mm boxes of test phantoms (hints from the trained
-coarse stage, as at run time). With `--preset chest-box` the chest cases are rendered only
-on a box around L1-L2 (the same voxels as the whole chest there, a fraction of its
-rendering time) and the hints come from the coarse stage on the same case rendered whole
-on its coarse grid (prepare.HINTS_FROM). The level-finding stage is the same for
+coarse stage, as at run time). The chest cases are rendered only on a box around L1-L2
+(preset chest-box: the same voxels as the whole chest there, a fraction of its rendering
+time), the hints coming from the coarse stage on the same case rendered whole on its
+coarse grid (prepare.HINTS_FROM); `--preset chest` renders them whole. The level-finding stage is the same for
 all sizes, so this measures how outlining improves with data. Each size is resumable
 (its own checkpoint folder); writes training/results/segmentation_learning_curve.*.
 """
@@ -62,17 +62,19 @@ def main() -> None:
     p.add_argument("--sizes", default="50,100,200,300,548")
     p.add_argument("--iterations", type=int, default=300)
     p.add_argument("--test-count", type=int, default=100)
-    p.add_argument("--preset", default="chest")
+    p.add_argument("--preset", default="chest-box")
     p.add_argument("--init", type=Path, default=CHECKPOINTS / "segmentation-fine-pretrain")
     p.add_argument("--reference", type=Path, default=CHECKPOINTS / "segmentation-fine",
                    help="a run scored on the same boxes beside the curve (default: the bundled fine stage)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
+    p.add_argument("--checkpoints", type=Path, default=CHECKPOINTS, help="where each size's run is kept")
+    p.add_argument("--results", type=Path, default=RESULTS)
     a = p.parse_args()
     sizes = [int(s) for s in a.sizes.split(",")]
     rows = []
     for n in sizes:
-        run = CHECKPOINTS / f"learning-curve-{a.preset}-{n}"
+        run = a.checkpoints / f"learning-curve-{a.preset}-{n}"
         if not (run / "final.pt").exists():
             cmd = [sys.executable, "-m", "training.segmentation.train", "--stage", "fine", "--preset", a.preset,
                    "--train-count", str(n), "--iterations", str(a.iterations), "--lr", "1e-3",
@@ -101,8 +103,8 @@ def main() -> None:
               "iterations": a.iterations, "preset": a.preset, "hints_from_preset": HINTS_FROM.get(a.preset, a.preset),
               "hint_source": json.loads(hints.read_text()) if hints.exists() else None,
               "test_cases": a.test_count, "init": a.init.name, "rows": rows, "bundled": reference}
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "segmentation_learning_curve.json").write_text(json.dumps(result, indent=1) + "\n")
+    a.results.mkdir(parents=True, exist_ok=True)
+    (a.results / "segmentation_learning_curve.json").write_text(json.dumps(result, indent=1) + "\n")
     md = ["# Learning curve of the fine segmentation stage", "",
           f"{result['machine']}; {result['date']}; phantom generator {GENERATOR_VERSION}. Each size: fine-tuned "
           f"from `{a.init.name}` for {a.iterations} iterations (batch 2) on that many `{a.preset}` phantoms; DSC on "
@@ -118,8 +120,8 @@ def main() -> None:
                f"same boxes: L1 {reference['dsc_L1_mean']} ± {reference['dsc_L1_sd']}, "
                f"L2 {reference['dsc_L2_mean']} ± {reference['dsc_L2_sd']}."]
     md += ["", "![learning curve](segmentation_learning_curve.png)", ""]
-    (RESULTS / "segmentation_learning_curve.md").write_text("\n".join(md))
-    plot(rows, RESULTS / "segmentation_learning_curve.png", reference)
+    (a.results / "segmentation_learning_curve.md").write_text("\n".join(md))
+    plot(rows, a.results / "segmentation_learning_curve.png", reference)
     print("\n".join(md))
 
 
