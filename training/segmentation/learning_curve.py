@@ -1,7 +1,6 @@
 """Learning curve of the fine stage: test DSC against the number of training scans.
 
     python -m training.segmentation.learning_curve [--sizes 50,100,200,300,548] [--iterations 300]
-        [--preset chest-box]
 
 Like the paper's experiment (DSC for 50 ... 548 training images), at the scale this
 machine allows: for each size the fine stage is fine-tuned from the same pre-trained
@@ -10,9 +9,10 @@ many chest phantoms, then scored on 1 mm boxes of test phantoms (hints from the 
 coarse stage, as at run time). The chest cases are rendered only on a box around L1-L2
 (preset chest-box: the same voxels as the whole chest there, a fraction of its rendering
 time), the hints coming from the coarse stage on the same case rendered whole on its
-coarse grid (prepare.HINTS_FROM); `--preset chest` renders them whole. The level-finding stage is the same for
-all sizes, so this measures how outlining improves with data. Each size is resumable
-(its own checkpoint folder); writes training/results/segmentation_learning_curve.*.
+coarse grid (prepare.HINTS_FROM); `--preset chest` renders them whole. The level-finding
+stage is the same for all sizes, so this measures how outlining improves with data. Each
+size is resumable (its own checkpoint folder); writes
+training/results/segmentation_learning_curve.* (or under --results).
 """
 
 from __future__ import annotations
