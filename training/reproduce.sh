@@ -92,6 +92,8 @@ if [[ $what == segmentation || $what == all ]]; then
   $P --split tune --count 20 --preset chest-box --stages fine
   $P --split test --count 100 --preset chest-box --stages fine
   $PY -m training.segmentation.learning_curve --preset chest-box --sizes 50,100,200,300,"$SEG_TRAIN" --iterations 300
+  $PY -m training.segmentation.learning_curve --preset chest-box --sizes 50,"$SEG_TRAIN" --iterations 1200 \
+     --checkpoints $C/learning-curve-1200 --results training/results/segmentation_learning_curve_1200
 fi
 if [[ $what == classification || $what == all ]]; then
   for split in train tune test; do
