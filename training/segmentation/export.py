@@ -16,13 +16,13 @@ import argparse
 import datetime
 import json
 import platform
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from OsteoScreenLib import __version__
+from OsteoScreenLib.atomic import atomic_path, write_text
 from OsteoScreenLib.hashing import sha256_file
 from OsteoScreenLib.paths import models_dir
 from OsteoScreenLib.registry import LABEL_OF
@@ -94,17 +94,14 @@ LIMITS = [
 def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     diffs = {}
-    with tempfile.TemporaryDirectory() as tmp:
-        for stage, shape in (("coarse", (48, 64, 64)), ("fine", (112, 80, 80))):
-            net = load_stage(stage, CHECKPOINTS / f"segmentation-{stage}")
-            save_state(net, f"segmentation-{stage}")
-            path = Path(tmp) / f"{stage}.onnx"
+    for stage, shape in (("coarse", (48, 64, 64)), ("fine", (112, 80, 80))):
+        net = load_stage(stage, CHECKPOINTS / f"segmentation-{stage}")
+        save_state(net, f"segmentation-{stage}")
+        with atomic_path(out / f"{stage}.onnx", overwrite=True) as path:
             diffs[stage] = export_onnx(net, NETWORKS[stage]["in_channels"], shape, path)
             if diffs[stage] > ONNX_TOLERANCE:
                 raise SystemExit(f"{stage}: ONNX differs from PyTorch by {diffs[stage]:.2e} > {ONNX_TOLERANCE}")
-            path.replace(out / f"{stage}.onnx")
-        diffs["rib_check"] = export_rib_check(Path(tmp) / "rib_check.onnx")
-        (Path(tmp) / "rib_check.onnx").replace(out / "rib_check.onnx")
+    diffs["rib_check"] = export_rib_check(out / "rib_check.onnx")
     card = {
         "schema": "osteoscreen.model_card/1",
         "name": "segmentation",
@@ -135,8 +132,8 @@ def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> 
         "limits": LIMITS,
         "exported_on": platform.platform(),
     }
-    (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (out / "model_card.md").write_text(card_markdown(card))
+    write_text(out / "model_card.json", json.dumps(card, indent=2) + "\n", overwrite=True)
+    write_text(out / "model_card.md", card_markdown(card), overwrite=True)
     return out
 
 
@@ -144,9 +141,7 @@ def replace_rib_check(out: Path, rib_config: dict) -> Path:
     """Only the rib check anew (checkpoint run rib-check) in an existing model folder; the coarse and
     fine stages, their files and their card entries stay as they are."""
     card = json.loads((out / "model_card.json").read_text())
-    with tempfile.TemporaryDirectory() as tmp:
-        diff = export_rib_check(Path(tmp) / "rib_check.onnx")
-        (Path(tmp) / "rib_check.onnx").replace(out / "rib_check.onnx")
+    diff = export_rib_check(out / "rib_check.onnx")
     stages = {**card["training_data"]["stages"], "rib_check": rib_config}
     card.update(version=MODEL_VERSION, created=datetime.date.today().isoformat(), osteoscreen_version=__version__,
                 limits=LIMITS, exported_on=platform.platform())
@@ -154,13 +149,14 @@ def replace_rib_check(out: Path, rib_config: dict) -> Path:
     card["onnx_vs_pytorch_max_abs_softmax_diff"]["rib_check"] = diff
     card["training_data"].update(stages=stages, generator_version=_generator_versions(stages),
                                  source_commit=source_commit())
-    (out / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (out / "model_card.md").write_text(card_markdown(card))
+    write_text(out / "model_card.json", json.dumps(card, indent=2) + "\n", overwrite=True)
+    write_text(out / "model_card.md", card_markdown(card), overwrite=True)
     return out
 
 
 def export_rib_check(path: Path) -> float:
-    """Export the rib check (dynamic batch); return max |sigmoid difference| ONNX vs PyTorch."""
+    """Export the rib check (dynamic batch) to ``path``, replaced only once ONNX Runtime reproduces
+    PyTorch; return max |sigmoid difference| ONNX vs PyTorch."""
     import onnxruntime as ort
 
     from .rib_check import build_network as build_rib_check
@@ -171,14 +167,15 @@ def export_rib_check(path: Path) -> float:
     save_state(net, "segmentation-rib_check")
     size = [int(round(s / PREPROCESSING["rib_check"]["spacing_mm"])) for s in PREPROCESSING["rib_check"]["size_mm"][::-1]]
     x = torch.randn(3, 1, *size)
-    torch.onnx.export(net, (x,), str(path), opset_version=ONNX_OPSET, input_names=["image"], output_names=["logit"],
-                      dynamic_axes={"image": {0: "n"}, "logit": {0: "n"}}, dynamo=False)
-    with torch.no_grad():
-        ref = torch.sigmoid(net(x)).numpy()
-    got = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
-    diff = float(np.abs(1 / (1 + np.exp(-got)) - ref).max())
-    if diff > ONNX_TOLERANCE:
-        raise SystemExit(f"rib check: ONNX differs from PyTorch by {diff:.2e} > {ONNX_TOLERANCE}")
+    with atomic_path(path, overwrite=True) as tmp:
+        torch.onnx.export(net, (x,), str(tmp), opset_version=ONNX_OPSET, input_names=["image"], output_names=["logit"],
+                          dynamic_axes={"image": {0: "n"}, "logit": {0: "n"}}, dynamo=False)
+        with torch.no_grad():
+            ref = torch.sigmoid(net(x)).numpy()
+        got = ort.InferenceSession(str(tmp), providers=["CPUExecutionProvider"]).run(None, {"image": x.numpy()})[0]
+        diff = float(np.abs(1 / (1 + np.exp(-got)) - ref).max())
+        if diff > ONNX_TOLERANCE:
+            raise SystemExit(f"rib check: ONNX differs from PyTorch by {diff:.2e} > {ONNX_TOLERANCE}")
     return diff
 
 
