@@ -85,6 +85,7 @@ if [[ $what == segmentation || $what == all ]]; then
   $PY -m training.segmentation.evaluate --preset spine --count "$SEG_EVAL" --workers "$WORKERS"  # spine-cropped
   $PY -m training.segmentation.rib_check_probe  # where the bundled rib check looks (ribs, vertebra or lung taken away)
   $PY -m training.segmentation.real_hints  # real cases with the levels given: outlining apart from level finding
+  $PY -m training.segmentation.level_diagnosis  # real cases: coarse regions, levels under small changes, rib check along the spine
   $PY -m training.segmentation.level_confidence --count 100 --workers "$WORKERS"
   # learning curve of the fine stage (scored on 1 mm boxes of 100 test scans): the chest cases rendered on a
   # box around L1-L2 (chest-box), hints from the final coarse stage on each case rendered whole at 5 mm

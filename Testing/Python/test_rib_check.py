@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from OsteoScreenLib.ct_io import read_ct
 from OsteoScreenLib.registry import VERSE_LEVEL_IDS
 from OsteoScreenLib.resample import bounds_ras, subvolume
 from OsteoScreenLib.rib_check import (MIN_BACK_MM, MIN_FRONT_MM, MIN_SIDE_MM, check_levels, covers, decide, lean, shift_levels,
@@ -194,3 +195,23 @@ def test_vertebrae_beyond_the_first_slice_are_not_asked(segmenter, a_chest_phant
     decision = check_levels(short, coarse_x, ras["L1"], ras["L2"], segmenter.rib_net.run, segmenter.rib_cfg)
     assert decision.checked and set(decision.rib_probability) == {-1, 0, 1, 2}  # not -2 or -3, above the first slice
     assert decision.shift == 0
+
+
+def test_level_diagnosis_names_the_abdominal_scans_levels_under_every_change_and_reads_its_t12_ribs(segmenter, real_data):
+    """training/results/level_diagnosis.md: on the abdominal scan the levels stay L1 and L2 whatever
+    slice is taken off or when the input is mirrored, and the check reads ribs at T12's centre
+    only (none on L1 or L2)."""
+    from training.segmentation.evaluate import REAL_CASE_LEVEL_NAMES
+    from training.segmentation.level_diagnosis import diagnose, perturbations
+
+    case = "totalsegmentator-example"
+    result = diagnose(segmenter, real_data / case, REAL_CASE_LEVEL_NAMES[case])
+    assert len(result["levels"]) == 8 == len(perturbations(read_ct(real_data / case / "ct.nii.gz")))
+    for name, e in result["levels"].items():
+        assert e["before"] == e["after"] == {"L1": "L1", "L2": "L2"} and e["shift"] == 0, name
+    l1_regions = [r for r in result["coarse_regions"] if r["label"] == "L1"]
+    assert max(l1_regions, key=lambda r: r["mass"])["under"]["L1"] > 100
+    by = {}
+    for p in result["rib_profile"]:
+        by.setdefault(p["nearest"], []).append(p["rib_probability"])
+    assert max(by["T12"]) > 0.9 and max(by["L1"] + by["L2"]) < 0.1, by
