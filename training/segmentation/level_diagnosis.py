@@ -71,14 +71,13 @@ def coarse_regions(coarse: Volume, ref_on_grid: np.ndarray, names: dict[int, str
     return out
 
 
-def perturbations(ct: Volume) -> dict[str, Volume | str]:
-    """The scan as given, with slices taken off one side of each axis (about SHIFT_MM), and the
-    keyword "mirrored" (the coarse input flipped left to right, see ``levels``)."""
-    out: dict[str, Volume | str] = {"as given": ct}
-    spacing = ct.spacing_mm
+def slices_off(ct: Volume) -> dict[str, Volume]:
+    """The scan with one or a few slices (about SHIFT_MM) taken off one side of each axis: the
+    same content, the coarse grid moved against it."""
+    out = {}
     codes = ct.axis_codes()
     for axis in range(3):
-        n = max(1, int(round(SHIFT_MM / spacing[axis])))
+        n = max(1, int(round(SHIFT_MM / ct.spacing_mm[axis])))
         for side in ("first", "last"):
             lo, hi = np.zeros(3, int), np.array(ct.shape_ijk)
             if side == "first":
@@ -86,22 +85,21 @@ def perturbations(ct: Volume) -> dict[str, Volume | str]:
             else:
                 hi[axis] -= n
             name = f"{side} {n} slice{'s' if n > 1 else ''} of axis {'ijk'[axis]} ({codes[axis]}) off"
-            out[f"{name} ({n * spacing[axis]:.1f} mm)"] = subvolume(ct, lo, hi)
-    out["mirrored left to right"] = "mirrored"
+            out[f"{name} ({n * ct.spacing_mm[axis]:.1f} mm)"] = subvolume(ct, lo, hi)
     return out
 
 
-def levels(seg: L1L2Segmenter, ct: Volume, change: Volume | str, ref: Volume, names: dict[int, str]) -> dict:
-    """The levels before and after the rib check under one change, each named by its main
-    reference vertebra, with the coarse stage's certainty and the check's move."""
-    if isinstance(change, str):  # mirrored: the coarse network on its input flipped along R, its answer flipped back
-        coarse, coarse_x = seg.coarse_stage(ct)
-        p = seg._run(seg.coarse_net, np.ascontiguousarray(coarse_x.array[None, ..., ::-1]), seg.coarse_cfg, -1.0)
-        coarse = Volume(np.ascontiguousarray(np.moveaxis(p[..., ::-1], 0, -1)), coarse.ijk_to_ras)
-        scan = ct
-    else:
-        scan = change
-        coarse, coarse_x = seg.coarse_stage(scan)
+def mirrored(seg: L1L2Segmenter, coarse: Volume, coarse_x: Volume) -> Volume:
+    """The coarse stage's answer on its input flipped left to right (R is the grid's i axis),
+    flipped back."""
+    p = seg._run(seg.coarse_net, np.ascontiguousarray(coarse_x.array[None, ..., ::-1]), seg.coarse_cfg, -1.0)
+    return Volume(np.ascontiguousarray(np.moveaxis(p[..., ::-1], 0, -1)), coarse.ijk_to_ras)
+
+
+def levels(seg: L1L2Segmenter, scan: Volume, coarse: Volume, coarse_x: Volume, ref: Volume,
+           names: dict[int, str]) -> dict:
+    """The levels before and after the rib check, each named by its main reference vertebra,
+    with the coarse stage's certainty and the check's move."""
     on_grid = reference_on(ref, coarse)
     before = find_levels(coarse)
     _, after, report = seg.checked_levels(scan, coarse, coarse_x)
@@ -113,8 +111,8 @@ def levels(seg: L1L2Segmenter, ct: Volume, change: Volume | str, ref: Volume, na
     }
 
 
-def rib_profile(seg: L1L2Segmenter, ct: Volume, ref: Volume, names: dict[int, str]) -> list[dict]:
-    coarse, coarse_x = seg.coarse_stage(ct)
+def rib_profile(seg: L1L2Segmenter, ct: Volume, coarse: Volume, coarse_x: Volume, ref: Volume,
+                names: dict[int, str]) -> list[dict]:
     found = find_levels(coarse)
     anchor = found["L1"]["centroid_ras"] if "L1" in found else found["L2"]["centroid_ras"]
     centroids = {names[v]: float(ref.voxel_centers_ras(np.argwhere(ref.array == v))[:, 2].mean())
@@ -135,10 +133,13 @@ def rib_profile(seg: L1L2Segmenter, ct: Volume, ref: Volume, names: dict[int, st
 def diagnose(seg: L1L2Segmenter, case_dir: Path, names: dict[int, str]) -> dict:
     ct = read_ct(case_dir / "ct.nii.gz")
     ref = read_volume(case_dir / "labels.nii.gz")
-    coarse, _ = seg.coarse_stage(ct)
+    coarse, coarse_x = seg.coarse_stage(ct)
+    runs = {"as given": (ct, coarse, coarse_x)}
+    runs.update({name: (scan, *seg.coarse_stage(scan)) for name, scan in slices_off(ct).items()})
+    runs["mirrored left to right"] = (ct, mirrored(seg, coarse, coarse_x), coarse_x)
     return {"coarse_regions": coarse_regions(coarse, reference_on(ref, coarse), names),
-            "levels": {name: levels(seg, ct, change, ref, names) for name, change in perturbations(ct).items()},
-            "rib_profile": rib_profile(seg, ct, ref, names)}
+            "levels": {name: levels(seg, *run, ref, names) for name, run in runs.items()},
+            "rib_profile": rib_profile(seg, ct, coarse, coarse_x, ref, names)}
 
 
 def markdown(result: dict) -> str:
