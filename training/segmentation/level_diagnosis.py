@@ -37,6 +37,8 @@ from OsteoScreenLib.segmenter import MIN_FAINT_COARSE_VOXELS, L1L2Segmenter, _re
 from OsteoScreenLib.volume import Volume
 
 from .evaluate import REAL_CASE_LEVEL_NAMES, REAL_CASES, RESULTS
+from .rib_check_eval import REAL_DATA
+from .rib_check_probe import probabilities
 
 PROFILE_STEP_MM = 6.0
 SHIFT_MM = 2.5  # half a coarse voxel
@@ -118,15 +120,16 @@ def rib_profile(seg: L1L2Segmenter, ct: Volume, coarse: Volume, coarse_x: Volume
     centroids = {names[v]: float(ref.voxel_centers_ras(np.argwhere(ref.array == v))[:, 2].mean())
                  for v in np.unique(ref.array) if int(v) in names}
     lo, hi = bounds_ras(ct)
+    centres = [c for c in (np.array([anchor[0], anchor[1], s]) for s in
+                           np.arange(np.ceil(lo[2] / PROFILE_STEP_MM) * PROFILE_STEP_MM, hi[2], PROFILE_STEP_MM))
+               if in_scan(ct, c) and covers(ct, c)]
+    probs = probabilities(seg.rib_net.run, np.stack([crop(coarse_x, c, seg.rib_cfg) for c in centres]))
     rows = []
-    for s in np.arange(np.ceil(lo[2] / PROFILE_STEP_MM) * PROFILE_STEP_MM, hi[2], PROFILE_STEP_MM):
-        c = np.array([anchor[0], anchor[1], s])
-        if not (in_scan(ct, c) and covers(ct, c)):
-            continue
-        logit = float(np.asarray(seg.rib_net.run(crop(coarse_x, c, seg.rib_cfg)[None])).reshape(-1)[0])
+    for c, prob in zip(centres, probs):
+        s = float(c[2])
         nearest = min(centroids, key=lambda n: abs(centroids[n] - s))
-        rows.append({"s_mm": float(s), "rib_probability": round(1.0 / (1.0 + np.exp(-logit)), 3),
-                     "nearest": nearest, "from_its_centroid_mm": round(float(s - centroids[nearest]), 1)})
+        rows.append({"s_mm": s, "rib_probability": round(float(prob), 3),
+                     "nearest": nearest, "from_its_centroid_mm": round(s - centroids[nearest], 1)})
     return rows
 
 
@@ -167,7 +170,7 @@ def markdown(result: dict) -> str:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--real-data", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data" / "real")
+    p.add_argument("--real-data", type=Path, default=REAL_DATA)
     a = p.parse_args()
     t0 = time.perf_counter()
     seg = L1L2Segmenter()
