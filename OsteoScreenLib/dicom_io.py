@@ -77,6 +77,18 @@ def series_kvp(files: list[Path]) -> float | None:
         return None
 
 
+def series_padding_hu(files: list[Path]) -> tuple[float, float] | None:
+    """The padding range in HU that the series declares outside its reconstruction circle, or None."""
+    import pydicom
+
+    from .padding import declared_padding_hu
+
+    try:
+        return declared_padding_hu(pydicom.dcmread(files[0], stop_before_pixels=True))
+    except (ValueError, TypeError, OSError):
+        return None
+
+
 def dicom_geometry(files: list[Path]) -> np.ndarray:
     """IJK-to-RAS matrix of a sorted series from its headers (the DICOM standard's definition)."""
     import pydicom
@@ -103,9 +115,11 @@ def write_dicom_series(
     description: str = "OsteoScreen synthetic chest CT",
     uid_seed: int = 0,
     kvp: float | None = None,
+    padding_hu: int | None = None,
 ) -> Path:
     """Write an int16 HU volume as an uncompressed CT Image Storage series (one file per k),
-    with the tube voltage ``kvp`` in its header when given."""
+    with the tube voltage ``kvp`` and the value written outside the reconstruction circle
+    (``padding_hu``, PixelPaddingValue) in its header when given."""
     import pydicom
     from pydicom.dataset import FileDataset, FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, generate_uid
@@ -154,6 +168,8 @@ def write_dicom_series(
             ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
             ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 1
             ds.RescaleSlope, ds.RescaleIntercept, ds.RescaleType = 1, 0, "HU"
+            if padding_hu is not None:
+                ds.PixelPaddingValue = int(padding_hu)  # VR SS: pixels are signed
             ds.PixelData = pixels[k].tobytes()
             ds.save_as(tmp / f"CT{k + 1:05d}.dcm", enforce_file_format=True)
     return folder

@@ -108,5 +108,8 @@ def contrast_phase(value) -> str | None:
 
 # --- Plausibility limits for CT input ---
 
-HU_MIN_PLAUSIBLE = -2048.0  # below: not Hounsfield units (e.g. raw detector values)
+HU_AIR = -1024.0  # air outside the patient; padding and sub-air noise are read as this (padding.py)
+# Below: not Hounsfield units (e.g. raw detector values). Down to it: air, or the padding that scanners
+# write outside the reconstruction circle (-2000, -2048, -3024 HU are common; padding.py).
+HU_MIN_PLAUSIBLE = -3072.0
 HU_MAX_PLAUSIBLE = 32767.0

@@ -24,6 +24,7 @@ from typing import Callable
 import numpy as np
 
 from .ct_io import check_hounsfield
+from .padding import padding_to_air
 from .errors import OsteoScreenError
 from .model_store import model_folder, verified_files
 from .onnx_runner import OnnxNetwork
@@ -188,6 +189,7 @@ class L1L2Segmenter:
 
         timing: dict[str, float] = {}
         t0 = time.perf_counter()
+        ct = padding_to_air(ct)[0]  # a volume from a Slicer node may still hold the scanner's padding
         check_hounsfield(ct, "input CT")
         step(0.05, "finding L1 and L2")
         coarse, coarse_x = self.coarse_stage(ct)

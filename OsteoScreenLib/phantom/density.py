@@ -49,10 +49,10 @@ CONTRAST_HU = {
     "none": {},
     "arterial": {"aorta": 260.0, "heart_left": 240.0, "heart_right": 120.0, "vein": 40.0, "liver": 15.0,
                  "spleen": 60.0, "kidney": 120.0, "muscle": 5.0, "bowel_wall": 25.0, "marrow": 8.0,
-                 "lung_vessel": 150.0},
+                 "lung_vessel": 150.0, "portal_vein": 40.0},
     "portal": {"aorta": 120.0, "heart_left": 110.0, "heart_right": 110.0, "vein": 110.0, "liver": 55.0,
                "spleen": 70.0, "kidney": 140.0, "muscle": 10.0, "bowel_wall": 40.0, "marrow": 18.0,
-               "lung_vessel": 100.0},
+               "lung_vessel": 100.0, "svc": 120.0, "portal_vein": 160.0},
 }
 
 
@@ -116,6 +116,8 @@ def tissue_table(kvp: int, contrast_phase: str, fat_offset_hu: float = 0.0,
     t["heart_right"] = t["blood"] + enh.get("heart_right", 0.0) * f
     t["vein"] = t["blood"] + enh.get("vein", 0.0) * f
     t["lung_vessel"] = t["blood"] + enh.get("lung_vessel", 0.0) * f
+    t["svc"] = t["blood"] + enh.get("svc", 0.0) * f  # arterial phase: set per subject (renderer)
+    t["portal_vein"] = t["blood"] + enh.get("portal_vein", 0.0) * f
     t["myocardium"] = t["muscle"] + 0.5 * enh.get("heart_left", 0.0) * f * 0.4
     for organ in ("liver", "spleen", "kidney", "muscle", "bowel_wall"):
         t[organ] += enh.get(organ, 0.0) * f

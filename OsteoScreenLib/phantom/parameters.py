@@ -10,10 +10,11 @@ from __future__ import annotations
 import numpy as np
 
 from .. import registry
+from . import chest_wall
 from .density import sample_bmd
 from .presets import PRESETS
 
-GENERATOR_VERSION = "1.1.0"
+GENERATOR_VERSION = "2.0.0"
 
 KVP_CHOICES = registry.TUBE_VOLTAGES_KVP
 KVP_P = (0.07, 0.25, 0.58, 0.10)
@@ -34,6 +35,7 @@ RIB_STREAM = 0x726962  # second seed word of the stream of the lower ribs' look 
 SWAP_STREAM = 0x737770  # second seed word of the stream of a rib-swap preset's change ("swp")
 JOINT_STREAM = 0x6A6E74  # second seed word of the stream of a body-joint preset's change ("jnt")
 COSTAL_STREAM = 0x637374  # second seed word of the stream of a costal preset's change ("cst")
+CHEST_WALL_STREAM = 0x636877  # second seed word of the stream of the 2.0 chest wall, arms, table, circle ("chw")
 
 
 def _u(rng, lo, hi) -> float:
@@ -291,6 +293,9 @@ def sample_parameters(seed: int, preset: str = "chest") -> dict:
     }
     # from a stream of its own, so every other parameter of a seed is what 1.0.0 drew
     params["lower_ribs"] = sample_lower_ribs(np.random.Generator(np.random.PCG64([int(seed), RIB_STREAM])))
+    # generator 2.0: shoulder girdle, arms, great veins, table and reconstruction circle (own stream too)
+    params["chest_wall"] = chest_wall.sample(np.random.Generator(np.random.PCG64([int(seed), CHEST_WALL_STREAM])),
+                                             subject)
     fixed_slice = PRESETS[preset].get("slice_mm")
     if fixed_slice:  # drawn like the others (same random stream), then fixed
         params["scanner"]["slice_thickness_mm"] = params["scanner"]["slice_spacing_mm"] = float(fixed_slice)

@@ -17,13 +17,13 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import registry
-from . import density, scanner
+from . import chest_wall, density, scanner
 from .geometry import Grid, Pose, make_grid, make_pose
 from .reference import reference_standard
 from .ribs import RIB_HALF_HEIGHT_MM, RIB_HALF_THICKNESS_MM, build_ribs
 from .shapes import F32, coverage, coverage_reach, ellipse_distance, ellipsoid_distance, paint, segment_distance
 from .spine import RIB_BEARING_MIN_MM, Vertebra, build_spine
-from .torso import Ellipsoid, TorsoProfile, build_organs
+from .torso import Ellipsoid, TorsoProfile, Tube, build_organs
 
 HU_MIN, HU_MAX = -1024, 3071
 LABEL_BODY = {name: registry.LABEL_OF[name] for name in registry.VERTEBRA_NAMES}  # L1 -> 1, L2 -> 2
@@ -36,6 +36,7 @@ class Anatomy:
     profile: TorsoProfile
     ribs: list
     organs: dict
+    chest_wall: chest_wall.ChestWall | None = None  # generator 2.0 (absent from older parameters)
 
 
 def build_anatomy(params: dict) -> Anatomy:
@@ -66,7 +67,8 @@ def build_anatomy(params: dict) -> Anatomy:
         if mine:
             vb.rib_length_mm = float(min(r.length_mm for r in mine))
     organs = build_organs(vertebrae, torso, profile, params["scanner"]["contrast_phase"])
-    return Anatomy(vertebrae, profile, ribs, organs)
+    wall = chest_wall.build(vertebrae, profile, params, torso["arms"], organs) if "chest_wall" in params else None
+    return Anatomy(vertebrae, profile, ribs, organs, wall)
 
 
 class _Item:
@@ -139,6 +141,8 @@ class Renderer:
         self.tissue["feces"] = -60.0
         self.tissue["liver"] += params["torso"]["liver_fat_hu"]
         self.tissue["muscle_fatty"] = self.tissue["muscle"] - 25.0 * params["torso"]["muscle_quality"] * params["subject"]["age_years"] / 90
+        if "chest_wall" in params and sc["contrast_phase"] == "arterial":  # undiluted, from the arm vein
+            self.tissue["svc"] = self.tissue["blood"] + params["chest_wall"]["svc_arterial_hu"] * density.kv_iodine_factor(sc["kvp"])
         self.sigma = grid.in_plane_sigma_mm
         nk, nj, ni = grid.shape
         self.sub = grid.supersample_i
@@ -172,6 +176,24 @@ class Renderer:
         self.margin = 3.0 * self.sigma + 2.0  # world boxes: beyond it a soft edge paints nothing
         self.parts = {}  # per vertebra, made when first painted
         self._collect_items()
+        self.table = self._table()
+
+    def _table(self):
+        """The table's paint on every sub-slice (it does not change along z): (rows, alphas, HU) per layer."""
+        if self.an.chest_wall is None:
+            return []
+        prof = self.an.profile
+        ws = np.linspace(prof.w[0] - 60.0, prof.w[-1], 40)
+        back = [self.pose.to_world([0.0, prof.at(w)["vc"] - prof.at(w)["b"] / chest_wall.BACK_FLATTENING, w])[1]
+                for w in ws]
+        x = self.x0 - np.arange(self.ni_r) * self.si_r
+        y = self.y0 - np.arange(len(self.J)) * self.sj
+        out = []
+        for alpha, hu in chest_wall.table_rows(self.params["chest_wall"], float(min(back)), x, y, self.sigma):
+            rows = np.nonzero(alpha.max(axis=1) > 0)[0]
+            if len(rows):
+                out.append((slice(rows[0], rows[-1] + 1), alpha[rows[0]:rows[-1] + 1], F32(hu)))
+        return out
 
     # ------------------------------------------------------------------ set-up
     def _texture_waves(self):
@@ -226,6 +248,18 @@ class Renderer:
                     _world_boxes(pose, np.minimum(pts[:-1], pts[1:]), np.maximum(pts[:-1], pts[1:]),
                                  RIB_HALF_HEIGHT_MM + m),
                     _segment_supports(pose, self.rib_scale, zero, q[:-1], q[1:], RIB_HALF_THICKNESS_MM + self.reach))
+        wall = self.an.chest_wall
+        if wall is not None:
+            # arms before the lungs (outside the chest), extra vessels with the others, bones over the ribs
+            for layer_of, tubes in ((2, wall.arms), (3, wall.vessels), (8, [b for b in wall.bones if isinstance(b, Tube)])):
+                for tube in tubes:
+                    p0, p1 = tube.points[:-1], tube.points[1:]
+                    r = np.maximum(tube.radii[:-1], tube.radii[1:]) + tube.wall_mm
+                    add(layer_of, "tube", lambda a, tube=tube: (tube, a),
+                        _world_boxes(pose, np.minimum(p0, p1), np.maximum(p0, p1), r + m),
+                        _segment_supports(pose, self.eye, zero, p0, p1, r + self.reach))
+            for o in (b for b in wall.bones if isinstance(b, Ellipsoid)):
+                add(8, "ellipsoid", lambda a, o=o: o, _world_boxes(pose, o.center - o.semi_axes, o.center + o.semi_axes, m))
         layer = np.concatenate([np.full(len(b[3]), b[0]) for b in blocks])
         block = np.concatenate([np.full(len(b[3]), n) for n, b in enumerate(blocks)])
         row = np.concatenate([np.arange(len(b[3])) for b in blocks])
@@ -337,6 +371,8 @@ class Renderer:
         b0 = self._b0(z)
         rt = self.pose.rotation.T
         w_c = float((z - self.pose.translation[2]) / self.pose.rotation[2, 2])
+        for rows, alpha, hu in self.table:
+            paint(img[rows], alpha, hu)
         ctx = self._torso(img, b0, w_c)
         active = np.nonzero((self.z0s <= z) & (self.z1s >= z))[0]
         patches, has_pixels = self._patches(self.item_box[active], self.item_seg[active], z)
@@ -378,7 +414,7 @@ class Renderer:
         i0, i1, j0, j1 = ij
         view = img[j0:j1, i0:i1]
         # outline: a rounded box (mix of an ellipse and a super-ellipse), flatter at the back
-        d_skin = _torso_distance(u, v, a, b, flat_back=0.25)
+        d_skin = _torso_distance(u, v, a, b, flat_back=chest_wall.BACK_FLATTENING - 1.0)
         paint(view, coverage(d_skin, s), t["skin"])
         d_fat = d_skin + F32(2.0)
         paint(view, coverage(d_fat, s), t["fat"])
@@ -750,6 +786,10 @@ def render_volume(params: dict):
         streak_z.append((zc, st))
     cache: dict[int, tuple] = {}
     scale = r.sub
+    from .presets import PRESETS
+
+    outside = (chest_wall.outside_circle(grid, params["chest_wall"])
+               if "chest_wall" in params and PRESETS[params["preset"]].get("field_of_view") == "chest" else None)
     for k in range(nk):
         acc = np.zeros((nj, r.ni_r), np.float32)
         base = (k + k_off) * m
@@ -797,6 +837,8 @@ def render_volume(params: dict):
                                             st["amplitude_hu"])
         np.clip(acc, HU_MIN, HU_MAX, out=acc)
         np.rint(acc, out=acc)
+        if outside is not None:  # the vendor's padding value beyond the reconstruction circle
+            acc[outside] = params["chest_wall"]["circle"]["padding_hu"]
         ct[k] = acc
     return ct, labels, levels, grid, anatomy, r
 
@@ -841,6 +883,9 @@ def render_case(params: dict):
             for vb in anatomy.vertebrae
         ],
         "rib_pairs": sum(1 for vb in anatomy.vertebrae if vb.rib_length_mm >= RIB_BEARING_MIN_MM),
+        # the value beyond the reconstruction circle, where the scan has one (DICOM PixelPaddingValue)
+        "padding_hu": (params["chest_wall"]["circle"]["padding_hu"]
+                       if "chest_wall" in params and bool((ct < HU_MIN).any()) else None),
         "grid": grid.as_dict(),
         "parameters": params,
     }

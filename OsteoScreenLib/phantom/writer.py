@@ -31,7 +31,8 @@ def write_case(case: PhantomCase, folder: str | os.PathLike, fmt: str = "nifti",
             from ..dicom_io import write_dicom_series
 
             write_dicom_series(case.ct, tmp / "ct", description=f"OsteoScreen phantom seed {case.meta['seed']}",
-                               uid_seed=int(case.meta["seed"]), kvp=case.meta["parameters"]["scanner"]["kvp"])
+                               uid_seed=int(case.meta["seed"]), kvp=case.meta["parameters"]["scanner"]["kvp"],
+                               padding_hu=case.meta.get("padding_hu"))
         else:
             write_ct(case.ct, tmp / f"ct{ext}")
         write_volume(case.labels, tmp / f"labels{ext}")

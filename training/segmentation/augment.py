@@ -148,7 +148,63 @@ def shift_hints(x: np.ndarray, rng, cfg: dict) -> np.ndarray:
     return out
 
 
+def hu_to_input(hu):
+    """HU to the network's input scale (-1 at -1000 HU, 1 at 1500 HU: the coarse HU window)."""
+    return (np.asarray(hu, np.float32) + 1000.0) / 1250.0 - 1.0
+
+
+def random_tissue_contrast(x: np.ndarray, rng, cfg: dict) -> np.ndarray:
+    """Another generator's grey values (in the spirit of SynthSeg): a random monotone remapping of
+    the intensities through knots moved at random (lung, fat, water, soft tissue, contrast, bone),
+    so that the network learns shapes and counts rather than one generator's tissue values."""
+    if rng.uniform() >= cfg["p_remap"]:
+        return x
+    knots = np.array(cfg["remap_knots_hu"], float)
+    moved = knots + rng.normal(0.0, 1.0, len(knots)) * np.array(cfg["remap_sd_hu"], float)
+    moved = np.maximum.accumulate(np.clip(moved, -1000.0, 1500.0))  # keep it monotone
+    img = np.interp(x[0], hu_to_input(knots), hu_to_input(moved)).astype(np.float32)
+    return np.where(inside_scan(x[0]), img, AIR)[None]
+
+
+def random_bias_field(x: np.ndarray, rng, cfg: dict) -> np.ndarray:
+    """A smooth additive field over the body (beam hardening, scatter, a miscalibrated scanner)."""
+    if rng.uniform() >= cfg["p_bias"]:
+        return x
+    coarse = rng.normal(0.0, 1.0, (4, 4, 4)).astype(np.float32)
+    field = ndimage.zoom(coarse, [n / 4 for n in x.shape[1:]], order=3, mode="nearest")
+    field *= rng.uniform(0.0, cfg["bias_hu"]) / 1250.0 / max(float(field.std()), 1e-6)
+    inside = inside_scan(x[0])
+    return np.where(inside, np.clip(x[0] + field, -1.0, 1.0), AIR)[None].astype(np.float32)
+
+
+def random_bright_blobs(x: np.ndarray, y: np.ndarray, rng, cfg: dict) -> np.ndarray:
+    """Bright things that are not vertebrae (contrast in a vessel, a port, calcification, metal,
+    another bone), placed in the body away from L1 and L2: bright alone must not mean 'vertebra'."""
+    if rng.uniform() >= cfg["p_blobs"]:
+        return x
+    mm = cfg["spacing_mm"]
+    body = np.argwhere(x[0] > hu_to_input(-300.0))
+    if len(body) == 0:
+        return x
+    near_labels = ndimage.binary_dilation(y > 0, iterations=max(1, int(round(15.0 / mm))))
+    img = x[0].copy()
+    k, j, i = np.indices(img.shape, dtype=np.float32)
+    for _ in range(int(rng.integers(cfg["blob_count"][0], cfg["blob_count"][1] + 1))):
+        c = body[int(rng.integers(len(body)))]
+        if near_labels[tuple(c)]:
+            continue
+        r = rng.uniform(*cfg["blob_radius_mm"], size=3) / mm
+        d2 = ((k - c[0]) / r[0]) ** 2 + ((j - c[1]) / r[1]) ** 2 + ((i - c[2]) / r[2]) ** 2
+        blob = (d2 <= 1.0) & ~near_labels
+        img[blob] = hu_to_input(rng.uniform(*cfg["blob_hu"]))
+    return img[None].astype(np.float32)
+
+
 def augment_coarse(x: np.ndarray, y: np.ndarray, rng, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
     x, y = random_pose(x, y, rng, cfg)
     x, y = random_field_of_view(x, y, rng, cfg)
+    if "p_remap" in cfg:  # domain randomisation (generator 2.0 training; absent from older configs)
+        x = random_bright_blobs(x, y, rng, cfg)
+        x = random_tissue_contrast(x, rng, cfg)
+        x = random_bias_field(x, rng, cfg)
     return random_image_quality(x, rng, cfg), y

@@ -49,6 +49,16 @@ COARSE_AUGMENT = {
     "blur_sd_voxels": (0.0, 1.0), "p_sharpen": 0.5, "intensity_scale": (0.85, 1.15), "intensity_shift": 0.06,
     "texture_sd": 0.03, "noise_sd": 0.03,
 }
+# Domain randomisation of the coarse stage (augment.py; from generator 2.0 on, with COARSE_AUGMENT):
+# tissue values remapped through moved knots, a smooth bias field, bright blobs that are not bone.
+COARSE_RANDOMISATION = {
+    **COARSE_AUGMENT,
+    "p_remap": 0.8,
+    "remap_knots_hu": (-1000.0, -850.0, -100.0, 0.0, 60.0, 250.0, 700.0, 1500.0),
+    "remap_sd_hu": (0.0, 60.0, 30.0, 20.0, 25.0, 60.0, 120.0, 150.0),
+    "p_bias": 0.5, "bias_hu": 50.0,
+    "p_blobs": 0.6, "blob_count": (1, 8), "blob_radius_mm": (3.0, 25.0), "blob_hu": (150.0, 1500.0),
+}
 
 # Fine-stage augmentation (augment.py, train --augment): on real scans the coarse levels can lie
 # up to about half a vertebra (15 mm) off; the hints are moved that far (S, A, R) so the fine stage

@@ -21,7 +21,7 @@ from monai.networks.nets import UNet
 from OsteoScreenLib.phantom import GENERATOR_VERSION
 
 from .augment import augment_coarse, shift_hints
-from .config import COARSE_AUGMENT, FINE_AUGMENT, NETWORKS, PREPROCESSING
+from .config import COARSE_AUGMENT, COARSE_RANDOMISATION, FINE_AUGMENT, NETWORKS, PREPROCESSING
 from .config import PRESETS as STAGE_PRESETS
 from .prepare import DEFAULT_CACHE, sample_paths, seeds_of
 from .samples import load
@@ -131,7 +131,8 @@ def train(args) -> None:
     rng = np.random.default_rng(args.seed)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stage_augment = ({"coarse": COARSE_AUGMENT, "fine": FINE_AUGMENT}[args.stage] if args.augment else None)
+    coarse_augment = COARSE_RANDOMISATION if args.randomise else COARSE_AUGMENT
+    stage_augment = ({"coarse": coarse_augment, "fine": FINE_AUGMENT}[args.stage] if args.augment else None)
     train_set = Samples(args.stage, seeds_of("train", args.train_count), args.preset, args.cache, stage_augment)
     tune_set = Samples(args.stage, seeds_of("tune", args.tune_count), args.preset, args.cache)
     if args.variant_weight != 1.0:
@@ -222,6 +223,9 @@ def main() -> None:
     p.add_argument("--augment", action="store_true",
                    help="coarse stage: turn, cut and degrade the samples; fine stage: move the hints "
                    "(config.COARSE_AUGMENT, FINE_AUGMENT; augment.py)")
+    p.add_argument("--randomise", action="store_true",
+                   help="coarse stage with --augment: domain randomisation too (tissue values, bias field, "
+                   "bright blobs; config.COARSE_RANDOMISATION)")
     p.add_argument("--init", default=None, help="checkpoint folder whose final weights start this run")
     a = p.parse_args()
     a.preset = a.preset or STAGE_PRESETS[a.stage]
