@@ -40,6 +40,12 @@ MIN_LIKELIHOOD_RATIO = 20.0
 # anywhere, as on the real abdominal scan, two negligible likelihoods make a meaningless ratio.
 LEAN_LIKELIHOOD_RATIO = 1.0
 LEAN_MIN_LIKELIHOOD = 0.1
+# A level the check leaves where it is counts as confirmed by the ribs only when they say so: the
+# vertebra above L1 reads as rib-bearing and L1 does not. Otherwise (no ribs read anywhere, or ribs on
+# L1 too weak to move it) the levels rest on the coarse stage alone and the reader is asked to
+# check them: a chest CT whose last ribs the check cannot see is where a level one vertebra off
+# would otherwise pass without a warning.
+CONFIRM_MIN_PROBABILITY = 0.5
 # Only where the CT shows a vertebra's rib heads and necks: this far each side of its centre (R),
 # in front of it and behind it (A). A narrower field of view hides the ribs, and missing ribs
 # would read as a lumbar vertebra. (The network learnt boxes cut that close: RIB_CHECK_AUGMENT.)
@@ -146,6 +152,13 @@ def lean(p: dict[int, float]) -> tuple[int, float]:
             and np.log(LEAN_LIKELIHOOD_RATIO) < log_ratio < np.log(MIN_LIKELIHOOD_RATIO)):
         return best, float(np.exp(log_ratio))
     return 0, 0.0
+
+
+def confirms(p: dict[int, float]) -> bool:
+    """Whether the rib-bearing probabilities (by offset from L1) confirm L1 where it is: ribs read
+    on the vertebra above it, none on L1 itself (CONFIRM_MIN_PROBABILITY)."""
+    above, at = p.get(-1), p.get(0)
+    return above is not None and at is not None and above >= CONFIRM_MIN_PROBABILITY > at
 
 
 def check_levels(ct: Volume, coarse_input: Volume, l1_ras, l2_ras, run, cfg: dict) -> RibDecision:

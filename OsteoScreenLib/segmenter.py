@@ -30,7 +30,7 @@ from .model_store import model_folder, verified_files
 from .onnx_runner import OnnxNetwork
 from .postprocess import components, dilate, fill_holes, largest_component
 from .registry import LABEL_OF, VERTEBRA_NAMES
-from .rib_check import check_levels, shift_levels
+from .rib_check import check_levels, confirms, shift_levels
 from .resample import axis_aligned_grid, bounds_ras, centred_grid, crop_to_mask, index_box, mask_box, sample, subvolume
 from .volume import Volume
 
@@ -151,6 +151,8 @@ class L1L2Segmenter:
         decision = check_levels(ct, coarse_x, ras.get("L1"), ras.get("L2"), self.rib_net.run, self.rib_cfg)
         report = {"checked": decision.checked, "shift": decision.shift,
                   "rib_probability": {str(m): round(p, 3) for m, p in decision.rib_probability.items()}}
+        if decision.checked and not decision.shift:
+            report["confirmed"] = confirms(decision.rib_probability)
         if decision.leaning:
             report.update(leaning=decision.leaning, lean_ratio=round(decision.lean_ratio, 1))
         if decision.shift:
@@ -355,7 +357,7 @@ def _vertebrae(n: int) -> str:
 
 def rib_check_warnings(report: dict) -> list[str]:
     """The reader's warnings from the rib check's report (``checked_levels``): levels it moved, or
-    a move it favoured without making."""
+    a move it favoured without making, or levels the ribs do not confirm (``rib_check.confirms``)."""
     check = "check that L1 is the first vertebra below the last rib-bearing one"
     if report.get("shift"):
         n = report["shift"]
@@ -365,6 +367,11 @@ def rib_check_warnings(report: dict) -> list[str]:
         n = report["leaning"]
         return [f"The rib check leans towards L1 {_vertebrae(n)} {'lower' if n > 0 else 'higher'} "
                 f"({report['lean_ratio']:g} to 1, too weak to move the levels): {check}"]
+    if report.get("confirmed") is False:
+        above = report["rib_probability"].get("-1")
+        seen = ("the vertebra above L1 is not in the scan" if above is None else
+                f"ribs on the vertebra above L1 {above:.2f}, on L1 {report['rib_probability']['0']:.2f}")
+        return [f"The ribs do not confirm the levels ({seen}): {check}"]
     return []
 
 

@@ -1,0 +1,229 @@
+"""Real-case evaluation of level finding: every shared real CT that shows L1 and L2, as given and cut.
+
+    python -m training.segmentation.real_eval [--model FOLDER] [--out NAME]
+
+Runs the run-time segmenter (ONNX Runtime) on each real case of ``../shared/data/real`` whose
+reference labels hold L1 and L2 (the chest CT ``lidc-idri-0001``, the abdominal
+``totalsegmentator-example``, the spine slab ``verse012``), on the scan as given and on versions
+cut along the body axis as a shorter scan would be:
+
+- ``lowest 150 mm``: only the last 150 mm of the scan (an abdominal series);
+- ``from T10``: everything above the upper endplate of T10 removed;
+- chest CT only, model 2's use case: ``below L1`` (cut halfway between the centres of L1 and L2, at
+  their disc: L1's body whole, L2's body out of view) and
+  ``above T12`` (cut at the top of T12, L1 out of view).
+
+Each level's outcome: ``right`` (centroid in the reference vertebra of that level, at least 90 %
+of its voxels inside it), ``right, flagged`` (the same with a level warning), ``wrong, flagged``
+(a level warning said to check the levels), ``WRONG, NOT FLAGGED`` (a confident wrong level: the worst
+outcome), ``missing`` (reported not in view) and, where the level is not in the scan,
+``not in view: reported`` or ``not in view: NOT REPORTED``. The reference masks are whole
+vertebrae (TotalSegmentator output or VerSe's manual masks), compared in physical space.
+
+Writes ``training/results/<out>.{json,md}`` (default ``real_case_eval``). These cases are test
+cases: no rule or model may be chosen by them (README, "Choices made on real cases").
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+from OsteoScreenLib.ct_io import read_ct, read_volume
+from OsteoScreenLib.errors import OsteoScreenError
+from OsteoScreenLib.registry import LABEL_OF, VERSE_LEVEL_NAMES
+from OsteoScreenLib.resample import sample
+from OsteoScreenLib.segmenter import L1L2Segmenter
+from OsteoScreenLib.volume import Volume
+
+from .rib_check_eval import REAL_DATA
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+MIN_INSIDE = 0.9  # the goal: at least 90 % of a level's voxels inside its reference vertebra
+LOWEST_MM = 150.0
+
+
+def totalsegmentator_names(csv_path: Path) -> dict[int, str]:
+    """Vertebra names by label id from a case's labels.csv (TotalSegmentator 'total' ids)."""
+    names = {}
+    with open(csv_path, newline="") as f:
+        for row in csv.DictReader(f):
+            if row["structure"].startswith("vertebrae_"):
+                names[int(row["id"])] = row["structure"].removeprefix("vertebrae_")
+    return names
+
+
+# case -> (CT path, vertebra names by reference label id); ids from ../shared/data/real/README.md
+TS_EXAMPLE = {33: "T11", 32: "T12", 31: "L1", 30: "L2"}
+
+
+def real_cases(root: Path) -> dict[str, tuple[Path, dict[int, str]]]:
+    cases = {}
+    if (root / "lidc-idri-0001").is_dir():
+        cases["lidc-idri-0001"] = (root / "lidc-idri-0001" / "ct", totalsegmentator_names(root / "lidc-idri-0001" / "labels.csv"))
+    cases["totalsegmentator-example"] = (root / "totalsegmentator-example" / "ct.nii.gz", TS_EXAMPLE)
+    cases["verse012"] = (root / "verse012" / "ct.nii.gz", dict(VERSE_LEVEL_NAMES))
+    return cases
+
+
+def reference_on(ref: Volume, grid: Volume) -> np.ndarray:
+    """Reference labels on the CT's grid (nearest neighbour, physical space)."""
+    return sample(ref.with_array(ref.array.astype(np.float32)), grid.ijk_to_ras, grid.array.shape, order=0,
+                  fill=0.0, antialias=False).astype(int)
+
+
+def superior_axis(volume: Volume) -> int:
+    """The array axis (0 = k, 1 = j, 2 = i) closest to the body axis."""
+    return 2 - int(np.argmax(np.abs(volume.ijk_to_ras[2, :3])))
+
+
+def cut(volume: Volume, ref: np.ndarray, z_lo: float, z_hi: float) -> tuple[Volume, np.ndarray] | None:
+    """The slices of ``volume`` (and its reference) whose centres lie between z_lo and z_hi (mm, S)."""
+    axis = superior_axis(volume)
+    n = volume.array.shape[axis]
+    z = volume.ijk_to_ras[2, 3] + volume.ijk_to_ras[2, 2 - axis] * np.arange(n)  # the scans are axis-aligned
+    keep = np.nonzero((z >= z_lo) & (z <= z_hi))[0]
+    if len(keep) < 2:
+        return None
+    lo, hi = int(keep.min()), int(keep.max()) + 1
+    sl = [slice(None)] * 3
+    sl[axis] = slice(lo, hi)
+    shift = np.zeros(4)
+    shift[2 - axis] = lo
+    m = volume.ijk_to_ras.copy()
+    m[:3, 3] = (volume.ijk_to_ras @ np.r_[shift[:3], 1.0])[:3]
+    return Volume(np.ascontiguousarray(volume.array[tuple(sl)]), m), np.ascontiguousarray(ref[tuple(sl)])
+
+
+def z_extent(volume: Volume, mask: np.ndarray) -> tuple[float, float]:
+    """World S range of the voxel centres of ``mask``."""
+    kji = np.argwhere(mask)
+    z = (volume.ijk_to_ras @ np.c_[kji[:, ::-1], np.ones(len(kji))].T)[2]
+    return float(z.min()), float(z.max())
+
+
+def z_centre(volume: Volume, mask: np.ndarray) -> float:
+    kji = np.argwhere(mask)
+    return float((volume.ijk_to_ras @ np.r_[kji.mean(axis=0)[::-1], 1.0])[2])
+
+
+def versions(ct: Volume, ref: np.ndarray, names: dict[int, str], chest: bool) -> dict[str, tuple[Volume, np.ndarray]]:
+    ids = {v: k for k, v in names.items()}
+    z_all = z_extent(ct, np.ones(ct.array.shape, bool))
+    out = {"as given": (ct, ref)}
+    plans = {"lowest 150 mm": (z_all[0] - 1.0, z_all[0] + LOWEST_MM)}
+    if "T10" in ids and (ref == ids["T10"]).any():
+        plans["from T10"] = (z_all[0] - 1.0, z_extent(ct, ref == ids["T10"])[1])
+    if chest:
+        disc = 0.5 * (z_centre(ct, ref == ids["L1"]) + z_centre(ct, ref == ids["L2"]))
+        plans["below L1"] = (disc, z_all[1] + 1.0)
+        plans["above T12"] = (z_extent(ct, ref == ids["T12"])[1], z_all[1] + 1.0)
+    for name, (lo, hi) in plans.items():
+        piece = cut(ct, ref, lo, hi)
+        if piece is not None:
+            out[name] = piece
+    return out
+
+
+def level_outcome(mask: np.ndarray, ref: np.ndarray, ref_id: int, names: dict[int, str], flagged: bool) -> dict:
+    kji = np.argwhere(mask)
+    under = ref[tuple(kji.T)]
+    c = tuple(np.round(kji.mean(axis=0)).astype(int))
+    inside = float((under == ref_id).mean())
+    right = bool(ref[c] == ref_id) and inside >= MIN_INSIDE
+    values, counts = np.unique(under, return_counts=True)
+    return {"voxels": int(len(kji)), "centroid_in": names.get(int(ref[c]), "none"),
+            "fraction_inside": round(inside, 4), "flagged": flagged,
+            "outcome": ("right, flagged" if flagged else "right") if right else
+                       ("wrong, flagged" if flagged else "WRONG, NOT FLAGGED"),
+            "voxels_by_vertebra": {names.get(int(v), "none"): int(n) for v, n in zip(values, counts)}}
+
+
+def evaluate_version(seg: L1L2Segmenter, ct: Volume, ref: np.ndarray, names: dict[int, str]) -> dict:
+    ids = {v: k for k, v in names.items()}
+    in_view = {lv: bool((ref == ids[lv]).sum() > 0) for lv in LABEL_OF}
+    t0 = time.perf_counter()
+    try:
+        res = seg.segment(ct)
+    except OsteoScreenError as exc:
+        return {"error": str(exc), "levels": {lv: ("missing" if in_view[lv] else "not in view: reported")
+                                              for lv in LABEL_OF}}
+    entry = {"warnings": res.warnings, "seconds": round(time.perf_counter() - t0, 2), "levels": {}}
+    for lv, value in LABEL_OF.items():
+        mask = res.labels.array == value
+        flagged = bool(res.level_warnings)  # the reader is told to check the levels (as evaluate.py counts)
+        if not mask.any():
+            entry["levels"][lv] = "missing" if in_view[lv] else "not in view: reported"
+        elif not in_view[lv]:
+            entry["levels"][lv] = {"outcome": "not in view: NOT REPORTED" if not flagged else "not in view: flagged",
+                                   **level_outcome(mask, ref, -1, names, flagged)}
+        else:
+            entry["levels"][lv] = level_outcome(mask, ref, ids[lv], names, flagged)
+    return entry
+
+
+def outcome_of(level) -> str:
+    return level if isinstance(level, str) else level["outcome"]
+
+
+def markdown(result: dict) -> str:
+    lines = [f"# Real cases: level finding as given and cut ({result['model']})", "",
+             f"{result['machine']}; {result['date']}. `python -m training.segmentation.real_eval`.", "",
+             "Outcome per level: right = centroid in the reference vertebra of that level and >= 90 % of the "
+             "voxels inside it; flagged = the scan has a level warning (the reader is told to check the levels). These cases are test cases: nothing was "
+             "chosen by them.", "",
+             "| case | version | L1 | L2 | warnings |", "| --- | --- | --- | --- | --- |"]
+    for case, vs in result["cases"].items():
+        for name, e in vs.items():
+            cells = []
+            for lv in LABEL_OF:
+                lvl = e["levels"][lv]
+                if isinstance(lvl, str):
+                    cells.append(lvl)
+                else:
+                    cells.append(f"{lvl['outcome']}: on {lvl['centroid_in']}, {100 * lvl['fraction_inside']:.1f} % inside")
+            warn = e.get("error") or "; ".join(e.get("warnings", [])) or "none"
+            lines.append(f"| {case} | {name} | {cells[0]} | {cells[1]} | {warn[:300]} |")
+    counts = result["summary"]
+    lines += ["", "Summary over all versions: " + ", ".join(f"{k}: {v}" for k, v in counts.items()), ""]
+    return "\n".join(lines)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled one)")
+    p.add_argument("--real-data", type=Path, default=REAL_DATA)
+    p.add_argument("--out", default="real_case_eval")
+    a = p.parse_args()
+    seg = L1L2Segmenter(a.model)
+    result = {"model": f"segmentation {seg.card['version']}", "date": time.strftime("%Y-%m-%d"),
+              "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, {platform.python_version()}",
+              "cases": {}}
+    for case, (path, names) in real_cases(a.real_data).items():
+        ct = read_ct(path)
+        ref = reference_on(read_volume(path.parent / "labels.nii.gz"), ct)
+        result["cases"][case] = {}
+        for name, (scan, ref_cut) in versions(ct, ref, names, chest=case == "lidc-idri-0001").items():
+            entry = evaluate_version(seg, scan, ref_cut, names)
+            result["cases"][case][name] = entry
+            print(case, name, {lv: outcome_of(v) for lv, v in entry["levels"].items()}, flush=True)
+    summary: dict[str, int] = {}
+    for vs in result["cases"].values():
+        for e in vs.values():
+            for lvl in e["levels"].values():
+                summary[outcome_of(lvl)] = summary.get(outcome_of(lvl), 0) + 1
+    result["summary"] = dict(sorted(summary.items()))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{a.out}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{a.out}.md").write_text(markdown(result))
+    print(markdown(result))
+
+
+if __name__ == "__main__":
+    main()
