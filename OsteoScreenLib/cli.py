@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import __version__
-from .errors import OsteoScreenError
+from .errors import OsteoScreenError, about
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_PARTIAL = 0, 1, 3
 
@@ -79,7 +79,8 @@ def cmd_segment(args) -> int:
         raise OsteoScreenError(f"{out}: already exists; pass --overwrite to replace it")
     logic = OsteoScreenLogic(slicer.vtkMRMLScene())
     ct_node = logic.load_ct(ct_path)
-    node, output = logic.segment(ct_node)
+    with about(ct_path):
+        node, output = logic.segment(ct_node)
     if label_map:
         write_volume(output.labels, out, overwrite=args.overwrite)
     else:
@@ -98,7 +99,7 @@ def cmd_classify(args) -> int:
 
     from .atomic import write_json
     from .logic import OsteoScreenLogic
-    from .segmentation_nodes import parse_label_mapping
+    from .segmentation_nodes import check_in_grid, parse_label_mapping
 
     if args.json and Path(args.json).exists() and not args.overwrite:
         raise OsteoScreenError(f"{args.json}: already exists; pass --overwrite to replace it")
@@ -107,9 +108,11 @@ def cmd_classify(args) -> int:
     mapping = parse_label_mapping(args.labels) if args.labels else None
     seg_node = logic.load_segmentation(args.segmentation, ct_node, mapping)
     seg_node.SetAttribute("OsteoScreen.Source", f"file {args.segmentation}")
+    check_in_grid(seg_node, args.segmentation, ct_node, args.ct)
     warnings = logic.default_tube_voltage(ct_node, args.kvp)
     logic.set_contrast_phase(ct_node, args.contrast)
-    result = logic.classify(ct_node, seg_node, args.model, warnings=warnings)
+    with about(args.segmentation):
+        result = logic.classify(ct_node, seg_node, args.model, warnings=warnings)
     pred = result["prediction"]
     print(f"{pred['class']}  (model {args.model}; estimated BMD {pred['bmd_mg_cm3']:.0f} mg/cm3)")
     print("  " + "  ".join(f"P({c}) {p:.3f}" for c, p in pred["probabilities"].items()))
@@ -152,7 +155,7 @@ def cmd_evaluate_segmentation(args) -> int:
 
     from .atomic import write_text
     from .logic import OsteoScreenLogic
-    from .segmentation_nodes import parse_label_mapping
+    from .segmentation_nodes import check_in_grid, parse_label_mapping
 
     if args.csv and Path(args.csv).exists() and not args.overwrite:
         raise OsteoScreenError(f"{args.csv}: already exists; pass --overwrite to replace it")
@@ -170,6 +173,8 @@ def cmd_evaluate_segmentation(args) -> int:
         grid_node = volume_to_node(logic.scene, read_volume(ref_path), "reference grid")
     ref = logic.load_segmentation(ref_path, grid_node, parse_label_mapping(args.reference_labels))
     pred = logic.load_segmentation(pred_path, grid_node, parse_label_mapping(args.prediction_labels))
+    for node, path in ((ref, ref_path), (pred, pred_path)):
+        check_in_grid(node, path, grid_node, args.ct or ref_path)
     rows = logic.compare_segmentations(ref, pred, grid_node)
     print(f"{'segment':<8} {'DSC':>7} {'HD95 mm':>8} {'ref ml':>8} {'pred ml':>8}")
     for r in rows:

@@ -15,6 +15,7 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import OsteoScreenError
+from .guards import check_spacing_values, check_voxel_count
 from .volume import RAS_FROM_LPS, Volume
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -55,6 +56,7 @@ def select_ct_series(folder: Path) -> list[Path]:
     uid, items = max(axial.items(), key=lambda kv: len(kv[1]))
     if len(items) < 2:
         raise OsteoScreenError(f"{folder}: the CT series has a single slice; OsteoScreen needs a 3D volume")
+    _check_series_size(folder, items)
     normal = _slice_normal(items[0][1])
     items.sort(key=lambda it: float(np.dot(normal, np.asarray(it[1].ImagePositionPatient, float))))
     positions = np.array([float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))) for _, ds in items])
@@ -64,6 +66,20 @@ def select_ct_series(folder: Path) -> list[Path]:
     if gaps.max() - gaps.min() > 0.01 * max(gaps.min(), 1.0) + 1e-3:
         raise OsteoScreenError(f"{folder}: the CT series has uneven slice spacing (missing slices?)")
     return [p for p, _ in items]
+
+
+def _check_series_size(folder: Path, items: list) -> None:
+    """Pixel spacing and voxel count from the headers, before the pixels are read
+    (the reader takes a missing or zero PixelSpacing as 1 mm)."""
+    ds = items[0][1]
+    try:
+        spacing = [float(v) for v in ds.PixelSpacing]
+        rows, columns = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        raise OsteoScreenError(f"{folder}: the CT series records no valid PixelSpacing, Rows or Columns; "
+                               "export it again") from None
+    check_spacing_values(spacing, folder)
+    check_voxel_count((columns, rows, len(items)), folder)
 
 
 def series_kvp(files: list[Path]) -> float | None:

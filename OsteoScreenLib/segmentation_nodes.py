@@ -144,6 +144,26 @@ def labelmap_on_grid(segmentation_node, reference_volume_node) -> np.ndarray:
     return out
 
 
+# Least share of a segmentation's extent, along each axis, that lies on the grid it is measured on.
+IN_GRID_MIN_FRACTION = 0.5
+
+
+def check_in_grid(segmentation_node, path, grid_node, grid_name) -> None:
+    """A segmentation must lie on the grid it is measured on: one of another scan lies elsewhere
+    in world space and would measure as empty (DSC 0, HD95 nan, "not segmented") without a word."""
+    seg, grid = [0.0] * 6, [0.0] * 6
+    segmentation_node.GetRASBounds(seg)
+    grid_node.GetRASBounds(grid)
+    lo, hi = np.array(seg[0::2]), np.array(seg[1::2])
+    if np.any(lo > hi):  # no segments: the caller says which level is missing
+        return
+    overlap = np.minimum(hi, grid[1::2]) - np.maximum(lo, grid[0::2])
+    fraction = float(np.min(np.clip(overlap, 0, None) / np.maximum(hi - lo, 1e-6)))
+    if fraction < IN_GRID_MIN_FRACTION:
+        raise OsteoScreenError(f"{path}: does not share space with {grid_name} ({fraction:.0%} of its extent lies "
+                               "on that grid): a segmentation of another scan? use one made on this scan")
+
+
 def save_segmentation(segmentation_node, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a ``.seg.nrrd`` atomically (names, colours and terminology in its header)."""
     path = Path(path)
