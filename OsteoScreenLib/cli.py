@@ -226,9 +226,11 @@ def cmd_phantom(args) -> int:
 
     if args.preset not in PRESETS:
         raise OsteoScreenError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
-    if args.count < 1:
-        raise OsteoScreenError("--count must be at least 1")
-    out = Path(args.out_dir)
+    if args.count < 1 or args.seed < 0:
+        raise OsteoScreenError("--count must be at least 1 and --seed at least 0")
+    from .atomic import ensure_folder
+
+    out = ensure_folder(args.out_dir)  # before minutes of rendering
     for n in range(args.count):
         seed = args.seed + n
         folder = out / f"phantom-{seed:05d}"

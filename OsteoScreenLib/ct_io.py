@@ -251,6 +251,27 @@ def _check_header_geometry(header: _Header, path: Path) -> None:
                                "keep the header and its data file together in one folder")
 
 
+def check_nrrd_complete(path: Path) -> None:
+    """A NRRD for a reader other than the CT's (a .seg.nrrd): its header must parse and its data
+    be all there, for a cut one aborts Slicer's segmentation reader and the process with it."""
+    try:
+        header = _read_header(path, ".nrrd")
+    except (OSError, EOFError, ValueError, KeyError, struct.error) as exc:
+        raise OsteoScreenError(f"{path}: cannot read its header ({exc}); check that the file is complete") from None
+    if header.dtype is None:
+        return
+    expected = int(np.prod(header.sizes)) * np.dtype(header.dtype).itemsize
+    data_path = header.data_file or path
+    if not data_path.is_file():
+        raise OsteoScreenError(f"{path}: its data file {data_path.name} is missing; keep them together")
+    if header.encoding == "gzip":
+        attached = header.data_file is None
+        available = _gzip_size(data_path, header.offset if attached else 0) - (0 if attached else header.offset)
+    else:
+        available = data_path.stat().st_size - header.offset
+    _check_size(path, available, expected)
+
+
 def _check_size(path: Path, available: int, expected: int) -> None:
     if available < expected:
         raise OsteoScreenError(
@@ -258,7 +279,7 @@ def _check_size(path: Path, available: int, expected: int) -> None:
         )
 
 
-def _gzip_size(path: Path) -> int:
+def _gzip_size(path: Path, offset: int = 0) -> int:
     """Uncompressed size of a gzip file, streamed; -1 if the stream is cut or corrupt.
 
     The size field of the gzip trailer cannot be trusted for a cut file, so the
@@ -269,6 +290,7 @@ def _gzip_size(path: Path) -> int:
     total, inflater = 0, zlib.decompressobj(wbits=31)  # raw zlib with large reads: fast
     try:
         with open(path, "rb") as f:
+            f.seek(offset)
             while data := f.read(1 << 22):
                 while data:
                     if inflater.eof:  # after a member: zero padding or the next member
@@ -339,11 +361,11 @@ def _read_header(path: Path, ext: str) -> _Header:
         data_file = fields.get("data file") or fields.get("datafile")
         data_path = (path.parent / data_file) if data_file else path
         offset = 0 if data_file else header_bytes
+        endian = ">" if fields.get("endian", "little") == "big" else "<"
         if encoding == "gzip" and not data_file:  # attached gzip: decompress from the header's end
-            header = _Header(sizes, None, None)
+            header = _Header(sizes, _NRRD_DTYPES.get(fields.get("type", "")), None, header_bytes, "gzip", endian)
             header.axes = _nrrd_axes(fields.get("space directions", ""))
             return header
-        endian = ">" if fields.get("endian", "little") == "big" else "<"
         header = _Header(sizes, _NRRD_DTYPES.get(fields.get("type", "")), data_path if encoding else None, offset,
                          encoding or "raw", endian)
         header.axes = _nrrd_axes(fields.get("space directions", ""))

@@ -14,7 +14,7 @@ import numpy as np
 import vtk
 
 from .atomic import atomic_path
-from .ct_io import _quiet_vtk, read_volume
+from .ct_io import _quiet_vtk, check_nrrd_complete, read_volume
 from .errors import OsteoScreenError
 from .mrml_convert import volume_from_node, volume_to_node
 from .resample import crop_to_mask
@@ -191,6 +191,7 @@ def load_segmentation(scene, path: str | os.PathLike, reference_volume_node=None
     path = Path(path)
     if not path.exists():
         raise OsteoScreenError(f"{path}: no such file; check the path")
+    check_nrrd_complete(path)
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(path.name.split(".")[0]))
     storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
     storage.SetFileName(str(path))
