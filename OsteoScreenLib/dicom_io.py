@@ -19,6 +19,9 @@ from .guards import check_spacing_values, check_voxel_count
 from .volume import RAS_FROM_LPS, Volume
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+PIXEL_DATA_TAG = 0x7FE00010
+UNDEFINED_LENGTH = 0xFFFFFFFF
+DEFER_PIXELS_BYTES = 1024  # values longer than this are located, not read
 AXIAL_MIN_COSINE = 0.9  # slice normal within ~25 degrees of the body axis
 
 
@@ -65,7 +68,9 @@ def select_ct_series(folder: Path) -> list[Path]:
         raise OsteoScreenError(f"{folder}: the CT series has slices at the same position; remove duplicates")
     if gaps.max() - gaps.min() > 0.01 * max(gaps.min(), 1.0) + 1e-3:
         raise OsteoScreenError(f"{folder}: the CT series has uneven slice spacing (missing slices?)")
-    return [p for p, _ in items]
+    files = [p for p, _ in items]
+    _check_slices_complete(folder, files)
+    return files
 
 
 def _check_series_size(folder: Path, items: list) -> None:
@@ -80,6 +85,20 @@ def _check_series_size(folder: Path, items: list) -> None:
                                "export it again") from None
     check_spacing_values(spacing, folder)
     check_voxel_count((columns, rows, len(items)), folder)
+
+
+def _check_slices_complete(folder: Path, files: list[Path]) -> None:
+    """Every slice holds all its pixel data: the reader fills a cut slice with zeros without a word."""
+    import pydicom
+
+    for p in files:
+        ds = pydicom.dcmread(p, defer_size=DEFER_PIXELS_BYTES)  # the pixels' place and length, not the pixels
+        raw = ds._dict.get(PIXEL_DATA_TAG)
+        length = getattr(raw, "length", None)
+        if length is None or length == UNDEFINED_LENGTH:  # encapsulated (compressed): the decoder checks it
+            continue
+        if raw.value_tell + length > p.stat().st_size:
+            raise OsteoScreenError(f"{folder}: slice {p.name} is truncated; copy or export the series again")
 
 
 def series_kvp(files: list[Path]) -> float | None:

@@ -13,6 +13,8 @@ import hashlib
 import os
 import shutil
 import struct
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -118,6 +120,13 @@ def corrupt_jpeg2000(ds, n) -> None:
     ds["PixelData"].VR = "OB"
 
 
+def cut_slice(folder: Path) -> Path:
+    """The series with its fourth slice's last 100 bytes of pixels gone (a copy that stopped short)."""
+    f = folder / "CT00004.dcm"
+    f.write_bytes(f.read_bytes()[:-100])
+    return folder
+
+
 def broken_models(tmp: Path, monkeypatch, name: str, damage: Callable[[Path], None]) -> None:
     """A copy of the bundled models with model ``name`` damaged, used through OSTEOSCREEN_RESOURCES."""
     models = tmp / "resources" / "Models"
@@ -216,6 +225,7 @@ case("convert-dicom-no-pixel-spacing")(
     lambda t, m: _convert(t, a_dicom(t, edit=lambda ds, n: delattr(ds, "PixelSpacing")), "PixelSpacing"))
 case("convert-dicom-50mm-slices")(lambda t, m: _convert(t, a_dicom(t, slice_mm=50.0), "1x1x50"))
 case("convert-dicom-broken-jpeg2000-slice")(lambda t, m: _convert(t, a_dicom(t, edit=corrupt_jpeg2000), "cannot be read"))
+case("convert-dicom-truncated-slice")(lambda t, m: _convert(t, cut_slice(a_dicom(t)), "CT00004.dcm", "truncated"))
 case("convert-dicom-duplicate-slices")(
     lambda t, m: _convert(t, a_dicom(t, edit=lambda ds, n: setattr(ds, "ImagePositionPatient", [0, 0, 0])),
                           "same position"))
@@ -478,3 +488,15 @@ def test_the_segmenter_refuses_a_scene_volume_of_50mm_voxels(a_scene):
     node = volume_to_node(a_scene, Volume.from_geometry(a_ct_array(SHAPE), (50.0, 50.0, 50.0), (0, 0, 0)))
     with pytest.raises(OsteoScreenError, match="50x50x50"):
         OsteoScreenLogic(a_scene).segment(node)
+
+
+@pytest.mark.parametrize("make", [lambda t: a_dicom(t, edit=corrupt_jpeg2000), lambda t: a_nifti(t, pixdim=(1, 1, 0))],
+                         ids=["broken-jpeg2000-slice", "nifti-zero-slice-spacing"])
+def test_the_command_prints_our_line_and_no_library_messages(tmp_path, make):
+    """The installed command as a user runs it: OpenJPEG's "Invalid marker size" lines go to the log."""
+    source = make(tmp_path)
+    proc = subprocess.run([sys.executable, "-m", "OsteoScreenLib.cli", "convert", str(source), str(tmp_path / "o.nrrd")],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("osteoscreen: error: ") and proc.stderr.count("\n") == 1, proc.stderr
+    assert not (tmp_path / "o.nrrd").exists()
