@@ -18,8 +18,9 @@ SPACING_MIN_MM = 0.1
 SPACING_MAX_MM = 20.0
 # A whole-body scan is under 2 m long and no gantry is 2 m wide.
 FIELD_OF_VIEW_MAX_MM = 2000.0
-# 512x512x1024 voxels (e.g. chest to pelvis at 0.6 mm): about 5 GB of peak memory at the
-# ~19 bytes per CT voxel the pipeline needs (1.4 GB for 512x512x285, README "Speed").
+# Peak memory of a run per CT voxel (1.4 GB for 512x512x285, README "Speed"), and so the most
+# voxels a run may take: 512x512x1024 (e.g. chest to pelvis at 0.6 mm), about 5 GB at peak.
+PEAK_BYTES_PER_VOXEL = 19
 VOXELS_MAX = 512 * 512 * 1024
 # |det| of the unit voxel axes: 1 for orthogonal axes, cos(tilt) for a gantry tilt; below
 # this the axes are (nearly) coplanar and the grid has no volume.
@@ -31,8 +32,10 @@ def check_voxel_count(sizes, path) -> None:
     count = int(np.prod([int(s) for s in sizes], dtype=np.int64))
     if count > VOXELS_MAX:
         shape = "x".join(str(int(s)) for s in sizes)
-        raise OsteoScreenError(f"{path}: {shape} voxels, more than a CT holds (at most {VOXELS_MAX:,}); "
-                               "crop or downsample the scan to the chest and upper abdomen")
+        need_gb = count * PEAK_BYTES_PER_VOXEL / 1e9
+        raise OsteoScreenError(f"{path}: {shape} voxels would need about {need_gb:,.0f} GB, more than a CT "
+                               f"(at most {VOXELS_MAX:,} voxels); crop or downsample the scan to the chest "
+                               "and upper abdomen")
 
 
 def check_axes(axes_mm: np.ndarray, path) -> None:

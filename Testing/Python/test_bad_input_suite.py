@@ -155,9 +155,10 @@ class Case:
     exit_code: int = 1
 
 
-def case(id, exit_code=1):
+def case(name, exit_code=1):
+    """Register a case builder under ``name`` (its first word: the command)."""
     def register(build):
-        CASES.append(Case(id, build, exit_code))
+        CASES.append(Case(name, build, exit_code))
         return build
     return register
 
@@ -239,13 +240,13 @@ case("convert-dicom-sagittal-only")(
 
 
 @case("convert-output-parent-is-a-file")
-def _(t, m):
+def convert_output_parent_is_a_file(t, m):
     (t / "afile").write_text("x")
     return ["convert", str(a_ct(t)), str(t / "afile" / "out.nrrd")], ["afile", "cannot write"]
 
 
 @case("convert-output-unwritable-folder")
-def _(t, m):
+def convert_output_unwritable_folder(t, m):
     return ["convert", str(a_ct(t)), str(unwritable_folder(t) / "out.nrrd")], ["cannot write"]
 
 
@@ -253,7 +254,7 @@ case("convert-output-png")(lambda t, m: (["convert", str(a_ct(t)), str(t / "out.
 
 
 @case("convert-output-exists")
-def _(t, m):
+def convert_output_exists(t, m):
     (t / "out.nii.gz").write_bytes(b"precious")
     return ["convert", str(a_ct(t)), str(t / "out.nii.gz")], ["out.nii.gz", "--overwrite"]
 
@@ -271,7 +272,7 @@ case("phantom-count-not-a-number", exit_code=2)(lambda t, m: (["phantom", str(t 
 
 
 @case("phantom-out-dir-is-a-file")
-def _(t, m):
+def phantom_out_dir_is_a_file(t, m):
     (t / "ph").write_text("x")
     return ["phantom", str(t / "ph"), "--preset", "spine"], ["ph", "cannot write"]
 
@@ -293,7 +294,7 @@ case("segment-output-png")(
 
 
 @case("segment-output-exists")
-def _(t, m):
+def segment_output_exists(t, m):
     (t / "s.seg.nrrd").write_text("mine")
     return ["segment", str(a_ct(t)), "--output", str(t / "s.seg.nrrd")], ["s.seg.nrrd", "--overwrite"]
 
@@ -303,14 +304,14 @@ case("segment-segmentation-as-ct")(
 
 
 @case("segment-model-weights-corrupt")
-def _(t, m):
+def segment_model_weights_corrupt(t, m):
     broken_models(t, m, "segmentation", lambda f: (f / "coarse.onnx").write_bytes(b"not a network"))
     return (["segment", str(REAL_DATA / "totalsegmentator-dicom"), "--output", str(t / "s.seg.nrrd")],
             ["coarse.onnx", "SHA-256"])
 
 
 @case("segment-model-card-missing")
-def _(t, m):
+def segment_model_card_missing(t, m):
     broken_models(t, m, "segmentation", lambda f: (f / "model_card.json").unlink())
     return ["segment", str(a_ct(t)), "--output", str(t / "s.seg.nrrd")], ["segmentation", "not installed"]
 
@@ -339,7 +340,7 @@ case("classify-segmentation-truncated")(
 
 
 @case("classify-seg-nrrd-cut-short")
-def _(t, m):
+def classify_seg_nrrd_cut_short(t, m):
     import slicer
 
     from OsteoScreenLib.ct_io import read_volume
@@ -355,7 +356,7 @@ case("classify-segmentation-zero-spacing")(
 
 
 @case("classify-json-exists")
-def _(t, m):
+def classify_json_exists(t, m):
     (t / "r.json").write_text("{}")
     return _classify(t, TS_CT, TS_LABELS, "--labels", "totalsegmentator", "--json", str(t / "r.json")), ["--overwrite"]
 
@@ -365,13 +366,13 @@ case("classify-unknown-model", exit_code=2)(lambda t, m: (_classify(t, TS_CT, TS
 
 
 @case("classify-model-card-not-json")
-def _(t, m):
+def classify_model_card_not_json(t, m):
     broken_models(t, m, "classifier-l1", lambda f: (f / "model_card.json").write_text("{oops"))
     return _classify(t, TS_CT, TS_LABELS, "--labels", "totalsegmentator", "--model", "l1"), ["model_card.json", "JSON"]
 
 
 @case("classify-model-weights-missing")
-def _(t, m):
+def classify_model_weights_missing(t, m):
     broken_models(t, m, "classifier-l1l2", lambda f: (f / "classifier.onnx").unlink())
     return _classify(t, TS_CT, TS_LABELS, "--labels", "totalsegmentator"), ["classifier.onnx", "missing"]
 
@@ -380,7 +381,7 @@ def _(t, m):
 
 
 @case("screen-output-dir-is-a-file")
-def _(t, m):
+def screen_output_dir_is_a_file(t, m):
     (t / "out").write_text("x")
     return ["screen", str(a_ct(t)), "--output-dir", str(t / "out")], ["out", "cannot write"]
 
@@ -423,7 +424,7 @@ case("evaluate-bad-prediction-mapping")(
 
 
 @case("evaluate-csv-exists")
-def _(t, m):
+def evaluate_csv_exists(t, m):
     (t / "t.csv").write_text("mine")
     return _evaluate(a_labelmap(t, "ref.nii.gz"), a_labelmap(t, "pred.nii.gz"), "--csv", str(t / "t.csv")), ["t.csv"]
 
