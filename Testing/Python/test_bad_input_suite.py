@@ -339,16 +339,26 @@ case("classify-segmentation-truncated")(
                   ["s.seg.nrrd", "complete"]))
 
 
-@case("classify-seg-nrrd-cut-short")
-def classify_seg_nrrd_cut_short(t, m):
+def a_seg_nrrd(tmp: Path, name: str, origin=(0.0, 0.0, 0.0)) -> Path:
+    """A .seg.nrrd with L1 and L2, as Slicer saves one."""
     import slicer
 
     from OsteoScreenLib.ct_io import read_volume
     from OsteoScreenLib.segmentation_nodes import save_segmentation, segmentation_from_labelmap
 
     scene = slicer.vtkMRMLScene()
-    node, _ = segmentation_from_labelmap(scene, read_volume(a_labelmap(t)))
-    whole = save_segmentation(node, t / "whole.seg.nrrd").read_bytes()
+    node, _ = segmentation_from_labelmap(scene, read_volume(a_labelmap(tmp, origin=origin)))
+    return save_segmentation(node, tmp / name)
+
+
+case("classify-seg-nrrd-of-another-scan")(
+    lambda t, m: (_classify(t, a_ct(t), a_seg_nrrd(t, "far.seg.nrrd", origin=(300, 0, 0))),
+                  ["far.seg.nrrd", "does not share space"]))
+
+
+@case("classify-seg-nrrd-cut-short")
+def classify_seg_nrrd_cut_short(t, m):
+    whole = a_seg_nrrd(t, "whole.seg.nrrd").read_bytes()
     cut = a_file(t / "cut.seg.nrrd", whole[: whole.index(b"\n\n") + 12])  # the header and a few data bytes
     return _classify(t, a_ct(t), cut), ["cut.seg.nrrd", "truncated"]
 case("classify-segmentation-zero-spacing")(
