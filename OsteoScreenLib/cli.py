@@ -99,7 +99,7 @@ def cmd_classify(args) -> int:
 
     from .atomic import write_json
     from .logic import OsteoScreenLogic
-    from .segmentation_nodes import check_in_grid, parse_label_mapping
+    from .segmentation_nodes import parse_label_mapping
 
     if args.json and Path(args.json).exists() and not args.overwrite:
         raise OsteoScreenError(f"{args.json}: already exists; pass --overwrite to replace it")
@@ -108,7 +108,6 @@ def cmd_classify(args) -> int:
     mapping = parse_label_mapping(args.labels) if args.labels else None
     seg_node = logic.load_segmentation(args.segmentation, ct_node, mapping)
     seg_node.SetAttribute("OsteoScreen.Source", f"file {args.segmentation}")
-    check_in_grid(seg_node, args.segmentation, ct_node, args.ct)
     warnings = logic.default_tube_voltage(ct_node, args.kvp)
     logic.set_contrast_phase(ct_node, args.contrast)
     with about(args.segmentation):
@@ -155,7 +154,7 @@ def cmd_evaluate_segmentation(args) -> int:
 
     from .atomic import write_text
     from .logic import OsteoScreenLogic
-    from .segmentation_nodes import check_in_grid, parse_label_mapping
+    from .segmentation_nodes import parse_label_mapping
 
     if args.csv and Path(args.csv).exists() and not args.overwrite:
         raise OsteoScreenError(f"{args.csv}: already exists; pass --overwrite to replace it")
@@ -170,11 +169,9 @@ def cmd_evaluate_segmentation(args) -> int:
 
         if str(ref_path).lower().endswith(".seg.nrrd"):
             raise OsteoScreenError("a .seg.nrrd reference needs --ct to define the grid")
-        grid_node = volume_to_node(logic.scene, read_volume(ref_path), "reference grid")
+        grid_node = volume_to_node(logic.scene, read_volume(ref_path), str(ref_path))
     ref = logic.load_segmentation(ref_path, grid_node, parse_label_mapping(args.reference_labels))
     pred = logic.load_segmentation(pred_path, grid_node, parse_label_mapping(args.prediction_labels))
-    for node, path in ((ref, ref_path), (pred, pred_path)):
-        check_in_grid(node, path, grid_node, args.ct or ref_path)
     rows = logic.compare_segmentations(ref, pred, grid_node)
     print(f"{'segment':<8} {'DSC':>7} {'HD95 mm':>8} {'ref ml':>8} {'pred ml':>8}")
     for r in rows:

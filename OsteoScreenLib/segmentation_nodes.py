@@ -225,8 +225,21 @@ def parse_label_mapping(text: str) -> dict[str, int]:
 
 
 def load_segmentation_file(scene, path: str | os.PathLike, reference_volume_node=None, mapping=None):
-    """A segmentation node from a ``.seg.nrrd`` or from a label map file with a label mapping."""
+    """A segmentation node from a ``.seg.nrrd`` or from a label map file with a label mapping;
+    one that does not lie on ``reference_volume_node`` (another scan's) is an error."""
     path = Path(path)
+    node = _segmentation_file_node(scene, path, reference_volume_node, mapping)
+    if reference_volume_node is not None:
+        grid_name = reference_volume_node.GetAttribute("OsteoScreen.SourcePath") or reference_volume_node.GetName()
+        try:
+            check_in_grid(node, path, reference_volume_node, grid_name)
+        except OsteoScreenError:
+            scene.RemoveNode(node)
+            raise
+    return node
+
+
+def _segmentation_file_node(scene, path: Path, reference_volume_node, mapping):
     if str(path).lower().endswith(".seg.nrrd"):
         return load_segmentation(scene, path, reference_volume_node)
     labelmap = read_volume(path)

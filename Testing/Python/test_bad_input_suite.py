@@ -511,3 +511,17 @@ def test_the_command_prints_our_line_and_no_library_messages(tmp_path, make):
     assert proc.returncode == 1
     assert proc.stderr.startswith("osteoscreen: error: ") and proc.stderr.count("\n") == 1, proc.stderr
     assert not (tmp_path / "o.nrrd").exists()
+
+
+def test_a_segmentation_of_another_scan_is_refused_where_the_module_loads_it(a_scene):
+    """The module and the Python API load through the logic: the same check, and no node left behind."""
+    from OsteoScreenLib.errors import OsteoScreenError
+    from OsteoScreenLib.logic import OsteoScreenLogic
+    from OsteoScreenLib.segmentation_nodes import parse_label_mapping
+
+    logic = OsteoScreenLogic(a_scene)
+    ct = logic.load_ct(TS_CT)
+    with pytest.raises(OsteoScreenError, match="verse012.*does not share space with .*totalsegmentator-example"):
+        logic.load_segmentation(VERSE_LABELS, ct, parse_label_mapping("verse"))
+    assert a_scene.GetNodesByClass("vtkMRMLSegmentationNode").GetNumberOfItems() == 0
+    assert logic.load_segmentation(TS_LABELS, ct, parse_label_mapping("totalsegmentator")) is not None
