@@ -22,6 +22,9 @@ CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 PIXEL_DATA_TAG = 0x7FE00010
 UNDEFINED_LENGTH = 0xFFFFFFFF
 DEFER_PIXELS_BYTES = 1024  # values longer than this are located, not read
+# A study of several series holds a few thousand files; a folder of more is a disk or a home
+# folder given by mistake, whose every file would be opened as DICOM for minutes.
+DICOM_FOLDER_FILES_MAX = 20000
 AXIAL_MIN_COSINE = 0.9  # slice normal within ~25 degrees of the body axis
 
 
@@ -34,6 +37,7 @@ def select_ct_series(folder: Path) -> list[Path]:
     """Files of the axial CT series with the most slices, sorted by position along the normal."""
     import pydicom
 
+    _check_folder_size(folder)
     series: dict[str, list] = defaultdict(list)
     modalities: set[str] = set()
     for root, _, names in os.walk(folder):
@@ -71,6 +75,16 @@ def select_ct_series(folder: Path) -> list[Path]:
     files = [p for p, _ in items]
     _check_slices_complete(folder, files)
     return files
+
+
+def _check_folder_size(folder: Path) -> None:
+    """Refuse a folder of more files than a CT study holds, counting no further than the limit."""
+    count = 0
+    for _, _, names in os.walk(folder):
+        count += len(names)
+        if count > DICOM_FOLDER_FILES_MAX:
+            raise OsteoScreenError(f"{folder}: more than {DICOM_FOLDER_FILES_MAX} files, more than a CT study "
+                                   "holds; choose the folder of one CT series")
 
 
 def _check_series_size(folder: Path, items: list) -> None:

@@ -227,6 +227,22 @@ case("convert-dicom-no-pixel-spacing")(
 case("convert-dicom-50mm-slices")(lambda t, m: _convert(t, a_dicom(t, slice_mm=50.0), "1x1x50"))
 case("convert-dicom-broken-jpeg2000-slice")(lambda t, m: _convert(t, a_dicom(t, edit=corrupt_jpeg2000), "cannot be read"))
 case("convert-dicom-truncated-slice")(lambda t, m: _convert(t, cut_slice(a_dicom(t)), "CT00004.dcm", "truncated"))
+
+
+@case("convert-folder-of-too-many-files")
+def convert_folder_of_too_many_files(t, m):
+    """A home folder given by mistake (the limit lowered from 20000, so that the case stays fast)."""
+    from OsteoScreenLib import dicom_io
+
+    m.setattr(dicom_io, "DICOM_FOLDER_FILES_MAX", 30)
+    home = t / "home"
+    for n in range(31):
+        folder = home / f"doc{n % 3}"
+        folder.mkdir(parents=True, exist_ok=True)
+        a_file(folder / f"{n}.txt", b"notes")
+    return _convert(t, home, "more than 30 files")
+
+
 case("convert-dicom-duplicate-slices")(
     lambda t, m: _convert(t, a_dicom(t, edit=lambda ds, n: setattr(ds, "ImagePositionPatient", [0, 0, 0])),
                           "same position"))
