@@ -455,6 +455,17 @@ def evaluate_csv_exists(t, m):
     return _evaluate(a_labelmap(t, "ref.nii.gz"), a_labelmap(t, "pred.nii.gz"), "--csv", str(t / "t.csv")), ["t.csv"]
 
 
+# ---- demo
+
+case("demo-case-missing")(lambda t, m: (["demo", "--case", str(t / "nocase"), "--output-dir", str(t / "d")], ["nocase"]))
+
+
+@case("demo-output-dir-is-a-file")
+def demo_output_dir_is_a_file(t, m):
+    return (["demo", "--case", str(TS_CT.parent), "--output-dir", str(a_file(t / "d", b"x"))],
+            ["cannot write"])
+
+
 # ---- info
 
 case("info-unknown-option", exit_code=2)(lambda t, m: (["info", "--verbose"], ["--verbose"]))
@@ -479,7 +490,7 @@ def snapshot(tmp: Path, argv: list[str]) -> dict:
 
 def test_the_suite_covers_every_command_with_sixty_inputs():
     commands = {c.id.split("-")[0] for c in CASES}
-    assert commands >= {"info", "convert", "phantom", "segment", "classify", "screen", "evaluate"}
+    assert commands >= {"info", "convert", "phantom", "segment", "classify", "screen", "evaluate", "demo"}
     assert len({c.id for c in CASES}) == len(CASES) >= 60
 
 
