@@ -315,6 +315,8 @@ def segment_output_exists(t, m):
     return ["segment", str(a_ct(t)), "--output", str(t / "s.seg.nrrd")], ["s.seg.nrrd", "--overwrite"]
 
 
+case("segment-output-under-a-file")(
+    lambda t, m: (["segment", str(TS_CT), "--output", str(a_file(t / "f", b"x") / "s.seg.nrrd")], ["cannot write"]))
 case("segment-segmentation-as-ct")(
     lambda t, m: (["segment", str(a_labelmap(t)), "--output", str(t / "s.seg.nrrd")], ["seg.nii.gz", "Hounsfield"]))
 
@@ -387,6 +389,9 @@ def classify_json_exists(t, m):
     return _classify(t, TS_CT, TS_LABELS, "--labels", "totalsegmentator", "--json", str(t / "r.json")), ["--overwrite"]
 
 
+case("classify-json-under-a-file")(
+    lambda t, m: (_classify(t, TS_CT, TS_LABELS, "--labels", "totalsegmentator", "--json",
+                            str(a_file(t / "f", b"x") / "r.json")), ["cannot write"]))
 case("classify-unknown-kvp", exit_code=2)(lambda t, m: (_classify(t, TS_CT, TS_LABELS, "--kvp", "99"), ["99"]))
 case("classify-unknown-model", exit_code=2)(lambda t, m: (_classify(t, TS_CT, TS_LABELS, "--model", "l3"), ["l3"]))
 
