@@ -18,8 +18,9 @@ SPACING_MIN_MM = 0.1
 SPACING_MAX_MM = 20.0
 # A whole-body scan is under 2 m long and no gantry is 2 m wide.
 FIELD_OF_VIEW_MAX_MM = 2000.0
-# Peak memory of a run per CT voxel (1.4 GB for 512x512x285, README "Speed"), and so the most
-# voxels a run may take: 512x512x1024 (e.g. chest to pelvis at 0.6 mm), about 5 GB at peak.
+# Peak memory of a `segment` run per CT voxel, libraries and models included (an upper bound:
+# 1.4 GB for 512x512x285, README "Speed"; 1.1 GB for LIDC-IDRI-0001's 512x512x133), and so the
+# most voxels a run may take: 512x512x1024 (e.g. chest to pelvis at 0.6 mm), under 5 GB at peak.
 PEAK_BYTES_PER_VOXEL = 19
 VOXELS_MAX = 512 * 512 * 1024
 # |det| of the unit voxel axes: 1 for orthogonal axes, cos(tilt) for a gantry tilt; below
