@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterator
@@ -20,6 +21,21 @@ def check_can_write(path: Path, overwrite: bool) -> None:
         raise OsteoScreenError(f"{path}: already exists; pass --overwrite to replace it")
 
 
+def ensure_folder(folder: str | os.PathLike) -> Path:
+    """Create ``folder`` if needed and prove it writable, or say why not in one line
+    (a file of that name, no permission, a read-only disk) before any work is done."""
+    folder = Path(folder)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".probe-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise OsteoScreenError(f"{folder}: cannot write there ({exc.strerror}); choose a folder you can write "
+                               "to (not an existing file)") from None
+    return folder
+
+
 @contextmanager
 def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
     """Yield a temporary path with the same extension; on success it replaces ``path``.
@@ -29,7 +45,7 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
     """
     path = Path(path)
     check_can_write(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    ensure_folder(path.parent)
     tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
     _remove(tmp)
     try:
@@ -44,6 +60,8 @@ def atomic_path(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pa
             _remove(old)
         else:
             os.replace(tmp, path)
+    except OSError as exc:  # e.g. the disk filled up while writing
+        raise OsteoScreenError(f"{path}: could not be written ({exc.strerror}); check the folder and free space") from None
     finally:
         _remove(tmp)
 

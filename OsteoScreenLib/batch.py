@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from .atomic import write_json, write_text
+from .atomic import ensure_folder, write_json, write_text
 from .ct_io import volume_extension
 from .errors import OsteoScreenError
 from .registry import CLASSES, VERTEBRA_NAMES
@@ -131,8 +131,7 @@ def run_batch(
     cancel: Callable[[], bool] | None = None,
 ) -> BatchSummary:
     """Run ``process_case(input, case_folder)`` for each input not finished yet."""
-    output_dir = Path(output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = ensure_folder(output_dir)
     names = case_names(inputs)
     summary = BatchSummary(csv_path=output_dir / "results.csv")
     for n, (source, case) in enumerate(zip(inputs, names)):

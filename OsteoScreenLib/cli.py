@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 
 from . import __version__
-from .errors import OsteoScreenError
+from .errors import OsteoScreenError, about
 
 EXIT_OK, EXIT_USER_ERROR, EXIT_PARTIAL = 0, 1, 3
 
@@ -79,7 +79,8 @@ def cmd_segment(args) -> int:
         raise OsteoScreenError(f"{out}: already exists; pass --overwrite to replace it")
     logic = OsteoScreenLogic(slicer.vtkMRMLScene())
     ct_node = logic.load_ct(ct_path)
-    node, output = logic.segment(ct_node)
+    with about(ct_path):
+        node, output = logic.segment(ct_node)
     if label_map:
         write_volume(output.labels, out, overwrite=args.overwrite)
     else:
@@ -109,7 +110,8 @@ def cmd_classify(args) -> int:
     seg_node.SetAttribute("OsteoScreen.Source", f"file {args.segmentation}")
     warnings = logic.default_tube_voltage(ct_node, args.kvp)
     logic.set_contrast_phase(ct_node, args.contrast)
-    result = logic.classify(ct_node, seg_node, args.model, warnings=warnings)
+    with about(args.segmentation):
+        result = logic.classify(ct_node, seg_node, args.model, warnings=warnings)
     pred = result["prediction"]
     print(f"{pred['class']}  (model {args.model}; estimated BMD {pred['bmd_mg_cm3']:.0f} mg/cm3)")
     print("  " + "  ".join(f"P({c}) {p:.3f}" for c, p in pred["probabilities"].items()))
@@ -167,7 +169,7 @@ def cmd_evaluate_segmentation(args) -> int:
 
         if str(ref_path).lower().endswith(".seg.nrrd"):
             raise OsteoScreenError("a .seg.nrrd reference needs --ct to define the grid")
-        grid_node = volume_to_node(logic.scene, read_volume(ref_path), "reference grid")
+        grid_node = volume_to_node(logic.scene, read_volume(ref_path), str(ref_path))
     ref = logic.load_segmentation(ref_path, grid_node, parse_label_mapping(args.reference_labels))
     pred = logic.load_segmentation(pred_path, grid_node, parse_label_mapping(args.prediction_labels))
     rows = logic.compare_segmentations(ref, pred, grid_node)
@@ -221,9 +223,11 @@ def cmd_phantom(args) -> int:
 
     if args.preset not in PRESETS:
         raise OsteoScreenError(f"unknown preset {args.preset!r}; choose one of {', '.join(PRESETS)}")
-    if args.count < 1:
-        raise OsteoScreenError("--count must be at least 1")
-    out = Path(args.out_dir)
+    if args.count < 1 or args.seed < 0:
+        raise OsteoScreenError("--count must be at least 1 and --seed at least 0")
+    from .atomic import ensure_folder
+
+    out = ensure_folder(args.out_dir)  # before minutes of rendering
     for n in range(args.count):
         seed = args.seed + n
         folder = out / f"phantom-{seed:05d}"

@@ -10,9 +10,12 @@ decoded by ITK/GDCM, which also handles compressed transfer syntaxes).
 from __future__ import annotations
 
 import gzip
+import logging
 import os
 import re
 import struct
+import sys
+import tempfile
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
@@ -21,9 +24,11 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import OsteoScreenError
+from .guards import check_axes, check_grid, check_spacing_values, check_voxel_count
 from .registry import HU_MAX_PLAUSIBLE, HU_MIN_PLAUSIBLE
 from .volume import Volume
 
+_LOG = logging.getLogger(__name__)
 VOLUME_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 WRITE_EXTENSIONS = (".nii.gz", ".nii", ".nrrd", ".mha")
 
@@ -113,14 +118,39 @@ def check_hounsfield(volume: Volume, path: Path | str) -> None:
 
 @contextmanager
 def _quiet_vtk():
+    """VTK warnings off, and what the C++ libraries print (ITK, GDCM, OpenJPEG) to the log:
+    our one-line error says what went wrong; their lines before it would only confuse."""
     import vtk
 
     previous = vtk.vtkObject.GetGlobalWarningDisplay()
     vtk.vtkObject.GlobalWarningDisplayOff()
     try:
-        yield
+        with _native_stderr_to_log():
+            yield
     finally:
         vtk.vtkObject.SetGlobalWarningDisplay(previous)
+
+
+@contextmanager
+def _native_stderr_to_log():
+    """Send the process's stderr (file descriptor 2, below Python's sys.stderr) to the log meanwhile."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no stderr to redirect
+        yield
+        return
+    sys.stderr.flush()
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            text = sink.read().decode("utf-8", "replace").strip()
+            if text:
+                _LOG.info("library messages: %s", text)
 
 
 def _read_with_storage_node(path: Path, files: list[Path]) -> Volume:
@@ -149,6 +179,7 @@ def _read_with_storage_node(path: Path, files: list[Path]) -> Volume:
         raise OsteoScreenError(f"{path}: a {volume.array.ndim}D image; OsteoScreen needs one 3D volume")
     if min(dims) < 2:
         raise OsteoScreenError(f"{path}: a 2D image ({dims[2]}x{dims[1]}); OsteoScreen needs a 3D volume")
+    check_grid(volume, path)  # what the reader made of the header (DICOM: of the slice positions)
     return volume
 
 
@@ -169,11 +200,14 @@ _MET_DTYPES = {"MET_UCHAR": "u1", "MET_CHAR": "i1", "MET_SHORT": "i2", "MET_USHO
 
 
 class _Header:
-    """What the checks need to know of a volume file."""
+    """What the checks need to know of a volume file (``spacing``: as stated, e.g. NIfTI pixdim;
+    ``axes``: the voxel axes in mm as columns, when the header gives them)."""
 
     def __init__(self, sizes, dtype=None, data_file=None, offset=0, encoding="raw", endian="<"):
         self.sizes, self.dtype, self.data_file = sizes, dtype, data_file
         self.offset, self.encoding, self.endian = offset, encoding, endian
+        self.spacing: list[float] | None = None
+        self.axes: np.ndarray | None = None
 
 
 def _check_file(path: Path, ext: str) -> Callable[[], None] | None:
@@ -190,6 +224,7 @@ def _check_file(path: Path, ext: str) -> Callable[[], None] | None:
         )
     if len([s for s in sizes if s > 1]) < 3:
         raise OsteoScreenError(f"{path}: a 2D image (sizes {sizes}); OsteoScreen needs a 3D volume")
+    _check_header_geometry(header, path)
     if header.dtype is None or header.data_file is None:
         return None
     itemsize = np.dtype(header.dtype).itemsize
@@ -210,6 +245,40 @@ def _check_file(path: Path, ext: str) -> Callable[[], None] | None:
     return None
 
 
+def _check_header_geometry(header: _Header, path: Path) -> None:
+    """Size and geometry as the header states them, before the reader allocates or
+    quietly repairs them (a zero NIfTI pixdim is read as 1 mm, a negative one flips an axis)."""
+    check_voxel_count(header.sizes[:3], path)
+    if header.spacing is not None:
+        check_spacing_values(header.spacing[:3], path)
+    if header.axes is not None:
+        check_axes(header.axes, path)
+    if header.data_file is not None and not header.data_file.is_file():
+        raise OsteoScreenError(f"{path}: its data file {header.data_file.name} is missing; "
+                               "keep the header and its data file together in one folder")
+
+
+def check_nrrd_complete(path: Path) -> None:
+    """A NRRD for a reader other than the CT's (a .seg.nrrd): its header must parse and its data
+    be all there, for a cut one aborts Slicer's segmentation reader and the process with it."""
+    try:
+        header = _read_header(path, ".nrrd")
+    except (OSError, EOFError, ValueError, KeyError, struct.error) as exc:
+        raise OsteoScreenError(f"{path}: cannot read its header ({exc}); check that the file is complete") from None
+    if header.dtype is None:
+        return
+    expected = int(np.prod(header.sizes)) * np.dtype(header.dtype).itemsize
+    data_path = header.data_file or path
+    if not data_path.is_file():
+        raise OsteoScreenError(f"{path}: its data file {data_path.name} is missing; keep them together")
+    if header.encoding == "gzip":
+        attached = header.data_file is None
+        available = _gzip_size(data_path, header.offset if attached else 0) - (0 if attached else header.offset)
+    else:
+        available = data_path.stat().st_size - header.offset
+    _check_size(path, available, expected)
+
+
 def _check_size(path: Path, available: int, expected: int) -> None:
     if available < expected:
         raise OsteoScreenError(
@@ -217,7 +286,7 @@ def _check_size(path: Path, available: int, expected: int) -> None:
         )
 
 
-def _gzip_size(path: Path) -> int:
+def _gzip_size(path: Path, offset: int = 0) -> int:
     """Uncompressed size of a gzip file, streamed; -1 if the stream is cut or corrupt.
 
     The size field of the gzip trailer cannot be trusted for a cut file, so the
@@ -228,6 +297,7 @@ def _gzip_size(path: Path) -> int:
     total, inflater = 0, zlib.decompressobj(wbits=31)  # raw zlib with large reads: fast
     try:
         with open(path, "rb") as f:
+            f.seek(offset)
             while data := f.read(1 << 22):
                 while data:
                     if inflater.eof:  # after a member: zero padding or the next member
@@ -277,8 +347,12 @@ def _read_header(path: Path, ext: str) -> _Header:
             raise ValueError("not a NIfTI-1 header")
         datatype = struct.unpack(endian + "h", hdr[70:72])[0]
         offset = int(struct.unpack(endian + "f", hdr[108:112])[0])
-        return _Header(list(dim[1 : dim[0] + 1]), _NIFTI_DTYPES.get(datatype), path, offset,
-                       "gzip" if ext == ".nii.gz" else "raw", endian)
+        header = _Header(list(dim[1 : dim[0] + 1]), _NIFTI_DTYPES.get(datatype), path, offset,
+                         "gzip" if ext == ".nii.gz" else "raw", endian)
+        header.spacing = list(struct.unpack(endian + "3f", hdr[80:92]))  # pixdim[1:4]
+        if struct.unpack(endian + "h", hdr[254:256])[0] > 0:  # sform_code: the sform gives the grid
+            header.axes = np.array(struct.unpack(endian + "12f", hdr[280:328]), float).reshape(3, 4)[:, :3]
+        return header
     text, header_bytes = _text_header(path)
     fields = dict(re.findall(r"^([^:=#\n]+?)\s*:=?\s*(.*)$", text, re.M)) if ext in (".nrrd", ".nhdr") else \
         dict(re.findall(r"^(\w+)\s*=\s*(.*)$", text, re.M))
@@ -294,11 +368,15 @@ def _read_header(path: Path, ext: str) -> _Header:
         data_file = fields.get("data file") or fields.get("datafile")
         data_path = (path.parent / data_file) if data_file else path
         offset = 0 if data_file else header_bytes
-        if encoding == "gzip" and not data_file:  # attached gzip: decompress from the header's end
-            return _Header(sizes, None, None)
         endian = ">" if fields.get("endian", "little") == "big" else "<"
-        return _Header(sizes, _NRRD_DTYPES.get(fields.get("type", "")), data_path if encoding else None, offset,
-                       encoding or "raw", endian)
+        if encoding == "gzip" and not data_file:  # attached gzip: decompress from the header's end
+            header = _Header(sizes, _NRRD_DTYPES.get(fields.get("type", "")), None, header_bytes, "gzip", endian)
+            header.axes = _nrrd_axes(fields.get("space directions", ""))
+            return header
+        header = _Header(sizes, _NRRD_DTYPES.get(fields.get("type", "")), data_path if encoding else None, offset,
+                         encoding or "raw", endian)
+        header.axes = _nrrd_axes(fields.get("space directions", ""))
+        return header
     if "DimSize" not in fields:
         raise ValueError("no 'DimSize' field")
     sizes = [int(s) for s in fields["DimSize"].split()]
@@ -310,9 +388,26 @@ def _read_header(path: Path, ext: str) -> _Header:
     offset = header_bytes if data_file == "LOCAL" else 0
     encoding = "zlib" if fields.get("CompressedData", "False").strip() == "True" else "raw"
     if data_file.startswith("LIST") or "%" in data_file:
-        return _Header(sizes, None, None)
-    endian = ">" if fields.get("BinaryDataByteOrderMSB", "False").strip() == "True" else "<"
-    return _Header(sizes, _MET_DTYPES.get(fields.get("ElementType", "").strip()), data_path, offset, encoding, endian)
+        header = _Header(sizes, None, None)
+    else:
+        endian = ">" if fields.get("BinaryDataByteOrderMSB", "False").strip() == "True" else "<"
+        header = _Header(sizes, _MET_DTYPES.get(fields.get("ElementType", "").strip()), data_path, offset, encoding,
+                         endian)
+    spacing = fields.get("ElementSpacing") or fields.get("ElementSize")
+    if spacing:
+        header.spacing = [float(v) for v in spacing.split()]
+    matrix = fields.get("TransformMatrix", "").split()
+    if spacing and len(matrix) == 9 and len(header.spacing) >= 3:
+        header.axes = np.array(matrix, float).reshape(3, 3).T * np.abs(header.spacing[:3])
+    return header
+
+
+def _nrrd_axes(directions: str) -> np.ndarray | None:
+    """The 3x3 voxel axes (mm, columns) of a NRRD's ``space directions``; None without three vectors."""
+    vectors = re.findall(r"\(([^)]*)\)", directions)
+    if len(vectors) != 3:
+        return None
+    return np.array([[float(v) for v in vec.split(",")] for vec in vectors]).T
 
 
 def _text_header(path: Path, limit: int = 65536) -> tuple[str, int]:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import write_json
+from .atomic import ensure_folder, write_json
 from .errors import OsteoScreenError
 from .logic import OsteoScreenLogic, write_case_report
 from .ct_io import read_volume
@@ -39,12 +39,12 @@ def run_demo(ct_path: Path, labels_path: Path | None, mapping: dict[str, int], o
     import slicer
 
     t0 = time.perf_counter()
-    output_dir.mkdir(parents=True, exist_ok=True)
     for name in ("segmentation.seg.nrrd", "result.json", "report.png"):
         if (output_dir / name).exists() and not overwrite:
             raise OsteoScreenError(f"{output_dir / name}: already exists; pass --overwrite to replace it")
     logic = OsteoScreenLogic(slicer.vtkMRMLScene())
     ct_node = logic.load_ct(ct_path)
+    ensure_folder(output_dir)  # after the CT is read: a missing case leaves no empty folder
     warnings: list[str] = []
     timing = {"load": round(time.perf_counter() - t0, 3)}
     seg_node = model_labels = None

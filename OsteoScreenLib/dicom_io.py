@@ -15,9 +15,16 @@ import numpy as np
 
 from .atomic import atomic_path
 from .errors import OsteoScreenError
+from .guards import check_spacing_values, check_voxel_count
 from .volume import RAS_FROM_LPS, Volume
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
+PIXEL_DATA_TAG = 0x7FE00010
+UNDEFINED_LENGTH = 0xFFFFFFFF
+DEFER_PIXELS_BYTES = 1024  # values longer than this are located, not read
+# A study of several series holds a few thousand files; a folder of more is a disk or a home
+# folder given by mistake, whose every file would be opened as DICOM for minutes.
+DICOM_FOLDER_FILES_MAX = 20000
 AXIAL_MIN_COSINE = 0.9  # slice normal within ~25 degrees of the body axis
 
 
@@ -30,6 +37,7 @@ def select_ct_series(folder: Path) -> list[Path]:
     """Files of the axial CT series with the most slices, sorted by position along the normal."""
     import pydicom
 
+    _check_folder_size(folder)
     series: dict[str, list] = defaultdict(list)
     modalities: set[str] = set()
     for root, _, names in os.walk(folder):
@@ -55,6 +63,7 @@ def select_ct_series(folder: Path) -> list[Path]:
     uid, items = max(axial.items(), key=lambda kv: len(kv[1]))
     if len(items) < 2:
         raise OsteoScreenError(f"{folder}: the CT series has a single slice; OsteoScreen needs a 3D volume")
+    _check_series_size(folder, items)
     normal = _slice_normal(items[0][1])
     items.sort(key=lambda it: float(np.dot(normal, np.asarray(it[1].ImagePositionPatient, float))))
     positions = np.array([float(np.dot(normal, np.asarray(ds.ImagePositionPatient, float))) for _, ds in items])
@@ -63,7 +72,47 @@ def select_ct_series(folder: Path) -> list[Path]:
         raise OsteoScreenError(f"{folder}: the CT series has slices at the same position; remove duplicates")
     if gaps.max() - gaps.min() > 0.01 * max(gaps.min(), 1.0) + 1e-3:
         raise OsteoScreenError(f"{folder}: the CT series has uneven slice spacing (missing slices?)")
-    return [p for p, _ in items]
+    files = [p for p, _ in items]
+    _check_slices_complete(folder, files)
+    return files
+
+
+def _check_folder_size(folder: Path) -> None:
+    """Refuse a folder of more files than a CT study holds, counting no further than the limit."""
+    count = 0
+    for _, _, names in os.walk(folder):
+        count += len(names)
+        if count > DICOM_FOLDER_FILES_MAX:
+            raise OsteoScreenError(f"{folder}: more than {DICOM_FOLDER_FILES_MAX} files, more than a CT study "
+                                   "holds; choose the folder of one CT series")
+
+
+def _check_series_size(folder: Path, items: list) -> None:
+    """Pixel spacing and voxel count from the headers, before the pixels are read
+    (the reader takes a missing or zero PixelSpacing as 1 mm)."""
+    ds = items[0][1]
+    try:
+        spacing = [float(v) for v in ds.PixelSpacing]
+        rows, columns = int(ds.Rows), int(ds.Columns)
+    except (AttributeError, TypeError, ValueError):
+        raise OsteoScreenError(f"{folder}: the CT series records no valid PixelSpacing, Rows or Columns; "
+                               "export it again") from None
+    check_spacing_values(spacing, folder)
+    check_voxel_count((columns, rows, len(items)), folder)
+
+
+def _check_slices_complete(folder: Path, files: list[Path]) -> None:
+    """Every slice holds all its pixel data: the reader fills a cut slice with zeros without a word."""
+    import pydicom
+
+    for p in files:
+        ds = pydicom.dcmread(p, defer_size=DEFER_PIXELS_BYTES)  # the pixels' place and length, not the pixels
+        raw = ds._dict.get(PIXEL_DATA_TAG)
+        length = getattr(raw, "length", None)
+        if length is None or length == UNDEFINED_LENGTH:  # encapsulated (compressed): the decoder checks it
+            continue
+        if raw.value_tell + length > p.stat().st_size:
+            raise OsteoScreenError(f"{folder}: slice {p.name} is truncated; copy or export the series again")
 
 
 def series_kvp(files: list[Path]) -> float | None:

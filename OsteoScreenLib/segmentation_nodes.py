@@ -14,7 +14,7 @@ import numpy as np
 import vtk
 
 from .atomic import atomic_path
-from .ct_io import _quiet_vtk, read_volume
+from .ct_io import _quiet_vtk, check_nrrd_complete, read_volume
 from .errors import OsteoScreenError
 from .mrml_convert import volume_from_node, volume_to_node
 from .resample import crop_to_mask
@@ -144,6 +144,26 @@ def labelmap_on_grid(segmentation_node, reference_volume_node) -> np.ndarray:
     return out
 
 
+# Least share of a segmentation's extent, along each axis, that lies on the grid it is measured on.
+IN_GRID_MIN_FRACTION = 0.5
+
+
+def check_in_grid(segmentation_node, path, grid_node, grid_name) -> None:
+    """A segmentation must lie on the grid it is measured on: one of another scan lies elsewhere
+    in world space and would measure as empty (DSC 0, HD95 nan, "not segmented") without a word."""
+    seg, grid = [0.0] * 6, [0.0] * 6
+    segmentation_node.GetRASBounds(seg)
+    grid_node.GetRASBounds(grid)
+    lo, hi = np.array(seg[0::2]), np.array(seg[1::2])
+    if np.any(lo > hi):  # no segments: the caller says which level is missing
+        return
+    overlap = np.minimum(hi, grid[1::2]) - np.maximum(lo, grid[0::2])
+    fraction = float(np.min(np.clip(overlap, 0, None) / np.maximum(hi - lo, 1e-6)))
+    if fraction < IN_GRID_MIN_FRACTION:
+        raise OsteoScreenError(f"{path}: does not share space with {grid_name} ({fraction:.0%} of its extent lies "
+                               "on that grid): a segmentation of another scan? use one made on this scan")
+
+
 def save_segmentation(segmentation_node, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a ``.seg.nrrd`` atomically (names, colours and terminology in its header)."""
     path = Path(path)
@@ -171,6 +191,7 @@ def load_segmentation(scene, path: str | os.PathLike, reference_volume_node=None
     path = Path(path)
     if not path.exists():
         raise OsteoScreenError(f"{path}: no such file; check the path")
+    check_nrrd_complete(path)
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(path.name.split(".")[0]))
     storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
     storage.SetFileName(str(path))
@@ -204,8 +225,21 @@ def parse_label_mapping(text: str) -> dict[str, int]:
 
 
 def load_segmentation_file(scene, path: str | os.PathLike, reference_volume_node=None, mapping=None):
-    """A segmentation node from a ``.seg.nrrd`` or from a label map file with a label mapping."""
+    """A segmentation node from a ``.seg.nrrd`` or from a label map file with a label mapping;
+    one that does not lie on ``reference_volume_node`` (another scan's) is an error."""
     path = Path(path)
+    node = _segmentation_file_node(scene, path, reference_volume_node, mapping)
+    if reference_volume_node is not None:
+        grid_name = reference_volume_node.GetAttribute("OsteoScreen.SourcePath") or reference_volume_node.GetName()
+        try:
+            check_in_grid(node, path, reference_volume_node, grid_name)
+        except OsteoScreenError:
+            scene.RemoveNode(node)
+            raise
+    return node
+
+
+def _segmentation_file_node(scene, path: Path, reference_volume_node, mapping):
     if str(path).lower().endswith(".seg.nrrd"):
         return load_segmentation(scene, path, reference_volume_node)
     labelmap = read_volume(path)

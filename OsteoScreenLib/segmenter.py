@@ -26,6 +26,7 @@ import numpy as np
 from .ct_io import check_hounsfield
 from .padding import padding_to_air
 from .errors import OsteoScreenError
+from .guards import check_grid
 from .model_store import model_folder, verified_files
 from .onnx_runner import OnnxNetwork
 from .postprocess import components, dilate, fill_holes, largest_component
@@ -85,12 +86,10 @@ def coarse_input(ct: Volume, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
     lo, hi = bounds_ras(ct)
     grid, shape = axis_aligned_grid(lo, hi, cfg["spacing_mm"])
     hu = sample(ct, grid, shape, order=1, fill=-1000.0)
-    body = np.argwhere(hu > BODY_HU_THRESHOLD)
-    if len(body) == 0:
+    box = mask_box(hu > BODY_HU_THRESHOLD, margin=2)  # per-axis bounds: no index list of every body voxel
+    if box is None:
         raise OsteoScreenError("the CT holds no body (all voxels look like air)")
-    margin = 2
-    start = np.maximum(body.min(axis=0) - margin, 0)
-    stop = np.minimum(body.max(axis=0) + margin + 1, shape)
+    start, stop = box
     hu = hu[start[0] : stop[0], start[1] : stop[1], start[2] : stop[2]]
     grid = grid.copy()
     grid[:3, 3] = grid[:3, :3] @ start[::-1] + grid[:3, 3]
@@ -193,6 +192,7 @@ class L1L2Segmenter:
         t0 = time.perf_counter()
         ct = padding_to_air(ct)[0]  # a volume from a Slicer node may still hold the scanner's padding
         check_hounsfield(ct, "input CT")
+        check_grid(ct, "input CT")  # a volume node from the scene has not passed the readers' checks
         step(0.05, "finding L1 and L2")
         coarse, coarse_x = self.coarse_stage(ct)
         coarse, levels, rib_report = self.checked_levels(ct, coarse, coarse_x)
