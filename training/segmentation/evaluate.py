@@ -205,9 +205,9 @@ def results_name(preset: str) -> str:
     return "segmentation_eval" if preset == "chest" else f"segmentation_eval_{preset}"
 
 
-def write_results(result: dict) -> None:
+def write_results(result: dict, stem: str | None = None) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    stem = results_name(result["phantoms"]["preset"])
+    stem = stem or results_name(result["phantoms"]["preset"])
     (RESULTS / f"{stem}.json").write_text(json.dumps(result, indent=1) + "\n")
     s = result["phantoms"]["summary"]
     lines = [
@@ -247,8 +247,12 @@ def main() -> None:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--real-data", type=Path, default=Path(__file__).resolve().parents[3] / "shared" / "data" / "real")
     p.add_argument("--no-card", action="store_true", help="do not write the metrics into the model card")
+    p.add_argument("--model", type=Path, default=None,
+                   help="a model folder to evaluate instead of the bundled one (a candidate; implies --no-card)")
+    p.add_argument("--out", default=None, help="results file stem (default: segmentation_eval[_PRESET])")
     a = p.parse_args()
-    folder = models_dir() / "segmentation"
+    folder = a.model or models_dir() / "segmentation"
+    a.no_card = a.no_card or a.model is not None
     seg = L1L2Segmenter(folder)
     t = time.perf_counter()
     result = {
@@ -261,7 +265,7 @@ def main() -> None:
         "real": evaluate_real(seg, a.real_data) if a.real_data.is_dir() and a.preset == "chest" else {},
     }
     result["elapsed_s"] = round(time.perf_counter() - t, 1)
-    write_results(result)
+    write_results(result, a.out)
     if not a.no_card:
         summary = {**result["phantoms"]["summary"], "generator_version": GENERATOR_VERSION}
         update_card(folder, {"test_phantoms": summary, "real_cases": result["real"]}
