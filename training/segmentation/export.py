@@ -7,7 +7,7 @@ model_card.json (read by OsteoScreenLib) and model_card.md (for people).
 Checks that ONNX Runtime reproduces PyTorch within ONNX_TOLERANCE first.
 With --rib-check-only only the rib check is exported anew into the existing folder: the coarse
 and fine files and their card entries stay (byte for byte), and evaluate.py then replaces the
-card's metrics.
+card's metrics. With --coarse-only RUN the same for the coarse stage of checkpoint folder RUN.
 """
 
 from __future__ import annotations
@@ -154,6 +154,29 @@ def replace_rib_check(out: Path, rib_config: dict) -> Path:
     return out
 
 
+def replace_coarse(out: Path, run: Path) -> Path:
+    """Only the coarse stage anew (checkpoint folder ``run``) in an existing model folder; the fine stage
+    and the rib check, their files and their card entries stay as they are."""
+    card = json.loads((out / "model_card.json").read_text())
+    net = load_stage("coarse", run)
+    save_state(net, "segmentation-coarse")
+    with atomic_path(out / "coarse.onnx", overwrite=True) as path:
+        diff = export_onnx(net, NETWORKS["coarse"]["in_channels"], (48, 64, 64), path)
+        if diff > ONNX_TOLERANCE:
+            raise SystemExit(f"coarse: ONNX differs from PyTorch by {diff:.2e} > {ONNX_TOLERANCE}")
+    config = json.loads((run / "config.json").read_text())
+    stages = {**card["training_data"]["stages"], "coarse": config}
+    card.update(version=MODEL_VERSION, created=datetime.date.today().isoformat(), osteoscreen_version=__version__,
+                limits=LIMITS, exported_on=platform.platform())
+    card["files"]["coarse"]["sha256"] = sha256_file(out / "coarse.onnx")
+    card["onnx_vs_pytorch_max_abs_softmax_diff"]["coarse"] = diff
+    card["training_data"].update(stages=stages, generator_version=_generator_versions(stages),
+                                 source_commit=source_commit())
+    write_text(out / "model_card.json", json.dumps(card, indent=2) + "\n", overwrite=True)
+    write_text(out / "model_card.md", card_markdown(card), overwrite=True)
+    return out
+
+
 def export_rib_check(path: Path) -> float:
     """Export the rib check (dynamic batch) to ``path``, replaced only once ONNX Runtime reproduces
     PyTorch; return max |sigmoid difference| ONNX vs PyTorch."""
@@ -274,7 +297,13 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=models_dir() / "segmentation")
     p.add_argument("--rib-check-only", action="store_true",
                    help="export only the rib check into the existing folder (coarse and fine stay)")
+    p.add_argument("--coarse-only", type=Path, default=None, metavar="RUN",
+                   help="export only the coarse stage of checkpoint folder RUN into the existing folder "
+                   "(fine stage and rib check stay)")
     a = p.parse_args()
+    if a.coarse_only is not None:
+        print(f"wrote {replace_coarse(a.out, a.coarse_only)}")
+        return
     metrics = json.loads(a.metrics.read_text()) if a.metrics and a.metrics.exists() else None
     cfg = CHECKPOINTS / "rib-check" / "config.json"
     rib = json.loads(cfg.read_text()) if cfg.exists() else {}
