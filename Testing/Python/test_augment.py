@@ -127,3 +127,56 @@ def test_a_rib_box_is_cut_at_the_sides_and_front_no_closer_than_the_run_time_che
         cut_sides += bool(np.all(air[..., 0]))
         cut_front += bool(np.all(air[:, -1, :]))
     assert 5 < cut_sides < 35 and 5 < cut_front < 30
+
+
+def randomisation(**changes):
+    from training.segmentation.config import COARSE_RANDOMISATION
+
+    return {**COARSE_RANDOMISATION, "p_pose": 0.0, "p_short_scan": 0.0, "p_spine_crop": 0.0, **changes}
+
+
+def test_tissue_values_are_remapped_monotonically_and_air_stays_air():
+    from training.segmentation.augment import random_tissue_contrast
+
+    x, _ = a_sample()
+    x[0, 2:38, 4:8, 4:26] = np.linspace(-0.9, 0.9, 36)[:, None, None]  # a ramp of tissue values
+    out = random_tissue_contrast(x, np.random.default_rng(3), randomisation(p_remap=1.0))
+    assert not np.allclose(out, x)
+    assert (out[x == AIR] == AIR).all()
+    ramp_in, ramp_out = x[0, 2:38, 5, 10], out[0, 2:38, 5, 10]
+    assert (np.diff(ramp_out) >= 0).all() and (np.diff(ramp_in) > 0).all()  # order kept
+
+
+def test_a_bias_field_is_smooth_and_leaves_the_air_alone():
+    from training.segmentation.augment import random_bias_field
+
+    x, _ = a_sample()
+    out = random_bias_field(x, np.random.default_rng(1), randomisation(p_bias=1.0, bias_hu=50.0))
+    change = out - x
+    assert (change[x == AIR] == 0).all()
+    inside = change[0][x[0] != AIR]
+    assert 0 < np.abs(inside).max() < 0.5  # tens of HU, never a new tissue
+    assert np.abs(np.diff(change[0, 2:38, 15, 15])).max() < 0.02  # smooth from slice to slice
+
+
+def test_bright_blobs_never_touch_the_vertebrae_or_their_surroundings_and_leave_the_labels():
+    from scipy import ndimage
+
+    from training.segmentation.augment import random_bright_blobs
+
+    x, y = a_sample()
+    cfg = randomisation(p_blobs=1.0, blob_count=(8, 8), blob_radius_mm=(5.0, 25.0), blob_hu=(800.0, 1500.0))
+    out = random_bright_blobs(x, y, np.random.default_rng(5), cfg)
+    near = ndimage.binary_dilation(y > 0, iterations=3)  # 15 mm at 5 mm voxels
+    changed = out[0] != x[0]
+    assert changed.any() and not (changed & near).any()
+    assert (out[0][changed] > 0.1).all()  # bright: 800 HU and more
+
+
+def test_the_randomised_augmentation_keeps_labels_and_is_reproducible():
+    x, y = a_sample()
+    cfg = randomisation(p_pose=1.0, p_remap=1.0, p_bias=1.0, p_blobs=1.0)
+    a = augment_coarse(x, y, np.random.default_rng(11), cfg)
+    b = augment_coarse(x, y, np.random.default_rng(11), cfg)
+    assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+    assert set(np.unique(a[1])) <= {0, 1, 2} and (a[1] == 1).any()

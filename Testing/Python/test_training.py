@@ -18,10 +18,11 @@ pytest.importorskip("monai")
 REPO = Path(__file__).resolve().parents[2]
 
 
-def _train_segmentation(cache: Path, out: Path, stage: str, iterations: int) -> str:
+def _train_segmentation(cache: Path, out: Path, stage: str, iterations: int, *extra: str) -> str:
     cmd = [sys.executable, "-m", "training.segmentation.train", "--stage", stage, "--preset", "training",
            "--train-count", "1", "--tune-count", "1", "--iterations", str(iterations), "--save-every", "1",
-           "--eval-every", "2", "--batch", "1", "--threads", "1", "--cache", str(cache), "--out", str(out), "--augment"]
+           "--eval-every", "2", "--batch", "1", "--threads", "1", "--cache", str(cache), "--out", str(out), "--augment",
+           *extra]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     return proc.stdout
@@ -42,10 +43,12 @@ def test_segmentation_samples_train_checkpoint_and_resume(tmp_path):
     runs = {}
     for stage in ("coarse", "fine"):
         runs[stage] = tmp_path / stage
-        _train_segmentation(cache, runs[stage], stage, 2)
+        _train_segmentation(cache, runs[stage], stage, 2, *(["--randomise"] if stage == "coarse" else []))
         log = json.loads((runs[stage] / "log.json").read_text())
         assert [e["iteration"] for e in log] == [1, 2] and "tune_dice" in log[-1]
         assert (runs[stage] / "final.pt").exists()
+    # the coarse stage with domain randomisation (tissue values, bias field, bright blobs), as generator 2.0's
+    assert json.loads((runs["coarse"] / "config.json").read_text())["augment"]["p_remap"] > 0
     for stage, key in (("coarse", "p_pose"), ("fine", "p_hint_shift")):  # augmented, as the bundled stages
         assert json.loads((runs[stage] / "config.json").read_text())["augment"][key] > 0
     stdout = _train_segmentation(cache, runs["fine"], "fine", 3)  # a longer run resumes, not restarts

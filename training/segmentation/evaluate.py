@@ -132,6 +132,14 @@ def evaluate_phantoms(seg: L1L2Segmenter, count: int, preset: str, workers: int 
     return {"preset": preset, "cases": len(rows), "rows": rows, "summary": summarise(rows)}
 
 
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion (sound near 0 and 1, unlike the normal one)."""
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return float(centre - half), float(centre + half)
+
+
 def summarise(rows: list[dict]) -> dict:
     ok = [r for r in rows if "error" not in r]
     out = {"cases": len(rows), "failed": len(rows) - len(ok)}
@@ -147,6 +155,8 @@ def summarise(rows: list[dict]) -> dict:
     out["level_identification"] = round(float(np.mean(levels)), 4) if levels else None
     # a failed case counts as a wrong level
     out["level_identification_incl_failures"] = round(sum(levels) / (2 * len(rows)), 4) if rows else None
+    if rows:  # counting failed cases as wrong levels
+        out["level_identification_ci95"] = [round(v, 4) for v in wilson_interval(sum(levels), 2 * len(rows))]
     out["median_time_s"] = round(float(np.median([r["time_s"] for r in ok])), 3) if ok else None
     # does the reader get a level warning on the scans whose levels are wrong, and how often on the right ones?
     right = [r for r in ok if all(r[f"level_ok_{n}"] for n in LABEL_OF)]
@@ -220,8 +230,11 @@ def write_results(result: dict, stem: str | None = None) -> None:
     for name in LABEL_OF:
         lines.append(f"| {name} | {s[f'dsc_{name}_mean']} ± {s[f'dsc_{name}_sd']} | {s[f'dsc_{name}_median']} "
                      f"| {s[f'dsc_{name}_mean_right_level']} |")
+    ci = s.get("level_identification_ci95")
     lines += ["", f"Level identification: {s['level_identification']} (failed cases counted wrong: "
-              f"{s['level_identification_incl_failures']}); median time per case {s['median_time_s']} s.", "",
+              f"{s['level_identification_incl_failures']}"
+              + (f", 95 % Wilson interval {ci[0]}-{ci[1]}" if ci else "")
+              + f"); median time per case {s['median_time_s']} s.", "",
               f"Scans with a level warning for the reader: {s['warned_wrong_scans']} with a wrong level, "
               f"{s['warned_right_scans']} with both levels right. The rib check moved the levels of "
               f"{s['rib_check_moved_scans']} scans and leaned towards a move it did not make on "
