@@ -180,3 +180,14 @@ def test_the_randomised_augmentation_keeps_labels_and_is_reproducible():
     b = augment_coarse(x, y, np.random.default_rng(11), cfg)
     assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
     assert set(np.unique(a[1])) <= {0, 1, 2} and (a[1] == 1).any()
+
+
+def test_a_short_scan_may_end_at_the_l1_l2_disc_with_no_l2_left():
+    x, y = a_sample()
+    cfg = randomisation(p_short_scan=1.0, above_l1_mm=(20.0, 20.0), p_cut_l2=1.0, cut_l2_max_fraction=1.25)
+    kept_l2 = []
+    for seed in range(40):
+        xs, ys = random_field_of_view(x, y, np.random.default_rng(seed), cfg)
+        assert (ys == 1).sum() == (y == 1).sum()  # L1 stays whole
+        kept_l2.append(int((ys == 2).sum()))
+    assert min(kept_l2) == 0 and max(kept_l2) > 0  # sometimes no L2 at all, sometimes part of it

@@ -72,7 +72,11 @@ def random_field_of_view(x: np.ndarray, y: np.ndarray, rng, cfg: dict) -> tuple[
         l2 = np.argwhere(y == 2)
         if len(l2) and rng.uniform() < cfg["p_cut_l2"]:
             lo, hi = l2[:, 0].min(), l2[:, 0].max()
-            bottom = int(round(lo + rng.uniform(0.0, 0.5) * (hi - lo)))
+            # ending in L2 or, where the config allows, at the L1-L2 disc with no L2 at all (model 2's
+            # low-dose scan that stops below L1)
+            bottom = int(round(lo + rng.uniform(0.0, cfg.get("cut_l2_max_fraction", 0.5)) * (hi - lo)))
+            l1 = np.nonzero((y == 1).any(axis=(1, 2)))[0]
+            bottom = min(bottom, int(l1.min())) if len(l1) else bottom  # never into L1
             x[0, :bottom] = AIR
             y[:bottom] = 0
     if rng.uniform() < cfg["p_spine_crop"]:

@@ -53,6 +53,7 @@ COARSE_AUGMENT = {
 # tissue values remapped through moved knots, a smooth bias field, bright blobs that are not bone.
 COARSE_RANDOMISATION = {
     **COARSE_AUGMENT,
+    "cut_l2_max_fraction": 1.25,  # a short scan may end anywhere from L2's middle to the L1-L2 disc
     "p_remap": 0.8,
     "remap_knots_hu": (-1000.0, -850.0, -100.0, 0.0, 60.0, 250.0, 700.0, 1500.0),
     "remap_sd_hu": (0.0, 60.0, 30.0, 20.0, 25.0, 60.0, 120.0, 150.0),
