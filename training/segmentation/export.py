@@ -159,7 +159,8 @@ def replace_coarse(out: Path, run: Path) -> Path:
     and the rib check, their files and their card entries stay as they are."""
     card = json.loads((out / "model_card.json").read_text())
     net = load_stage("coarse", run)
-    save_state(net, "segmentation-coarse")
+    if out.resolve() == (models_dir() / "segmentation").resolve():  # a candidate elsewhere leaves the bundled weights
+        save_state(net, "segmentation-coarse")
     with atomic_path(out / "coarse.onnx", overwrite=True) as path:
         diff = export_onnx(net, NETWORKS["coarse"]["in_channels"], (48, 64, 64), path)
         if diff > ONNX_TOLERANCE:
