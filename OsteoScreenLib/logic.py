@@ -158,11 +158,17 @@ class OsteoScreenLogic:
         return classify(self.models, case, labels, model, source, warnings or ()).result
 
     def result_to_table(self, result, table_node=None):
-        """The result's rows (``CaseResult.table_rows``) in a table node; a new node unless one is given."""
+        """The result's rows (``CaseResult.table_rows``) in a table node, which is returned.
+
+        ``table_node`` is filled only if OsteoScreen made it; otherwise (none, or a table of
+        the reader's, which must never be emptied) a new one is made.
+        """
         import vtk
 
-        table_node = table_node or self.scene.AddNewNodeByClass(
-            "vtkMRMLTableNode", self.scene.GenerateUniqueName("OsteoScreen result"))
+        if table_node is None or table_node.GetAttribute(registry.RESULT_TABLE_ATTRIBUTE) != "1":
+            table_node = self.scene.AddNewNodeByClass(
+                "vtkMRMLTableNode", self.scene.GenerateUniqueName("OsteoScreen result"))
+            table_node.SetAttribute(registry.RESULT_TABLE_ATTRIBUTE, "1")
         table = table_node.GetTable()
         table.Initialize()
         columns = [vtk.vtkStringArray(), vtk.vtkStringArray()]

@@ -131,6 +131,7 @@ HU_MAX_PLAUSIBLE = 32767.0
 
 SOURCE_ATTRIBUTE = "OsteoScreen.Source"  # on a segmentation: where its segments come from (model version, file)
 WARNINGS_ATTRIBUTE = "OsteoScreen.Warnings"  # on a segmentation: the model's warnings, JSON list
+RESULT_TABLE_ATTRIBUTE = "OsteoScreen.ResultTable"  # "1" on a table OsteoScreen made (and may refill)
 SOURCE_PATH_ATTRIBUTE = "OsteoScreen.SourcePath"  # on a CT: the file or folder it was read from
 SOURCE_SHA256_ATTRIBUTE = "OsteoScreen.SourceSHA256"
 KVP_ATTRIBUTE = "OsteoScreen.TubeVoltageKVP"  # on a CT: as the header or the user gives it

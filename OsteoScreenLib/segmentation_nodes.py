@@ -34,11 +34,8 @@ def segmentations_logic_class():
     """
     try:
         from vtkSlicerSegmentationsModuleLogicPython import vtkSlicerSegmentationsModuleLogic
-    except ImportError:
-        try:
-            from slicer import vtkSlicerSegmentationsModuleLogic
-        except ImportError:  # the slicer-core wheel under a restricted ``slicer`` namespace
-            from slicer_core.vtkSlicerSegmentationsModuleLogic import vtkSlicerSegmentationsModuleLogic
+    except ImportError:  # the slicer-core wheel (and the application) add it to ``slicer``
+        from slicer import vtkSlicerSegmentationsModuleLogic
     return vtkSlicerSegmentationsModuleLogic
 
 
