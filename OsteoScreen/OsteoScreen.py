@@ -305,6 +305,8 @@ class OsteoScreen(ScriptedLoadableModule):
         iconPath = resourcePath(f"Icons/{MODULE_NAME}.png")
         if os.path.isfile(iconPath):
             self.parent.icon = qt.QIcon(iconPath)
+        if (slicer.app.majorVersion, slicer.app.minorVersion) < registry.MINIMUM_SLICER_VERSION:
+            logging.error("OsteoScreen needs Slicer %d.%d or later" % registry.MINIMUM_SLICER_VERSION)
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 

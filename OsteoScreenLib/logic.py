@@ -149,13 +149,13 @@ class OsteoScreenLogic:
     def classify(self, ct_node, segmentation_node, model: str = registry.DEFAULT_MODEL, warnings=None):
         """Classify from the CURRENT segments (automatic or corrected); returns a :class:`CaseResult`."""
         from .classifier import check_model_name
-        from .pipeline import classify
 
         check_model_name(model)
         case = self.case_input(ct_node)
+        case.warnings = list(warnings or [])
         labels = case.ct.with_array(segmentation_nodes.labelmap_on_grid(segmentation_node, ct_node))
         source = segmentation_node.GetAttribute(registry.SOURCE_ATTRIBUTE) or "user segmentation"
-        return classify(self.models, case, labels, model, source, warnings or ()).result
+        return run_case(self.models, case, model, labels, source).result
 
     def result_to_table(self, result, table_node=None):
         """The result's rows (``CaseResult.table_rows``) in a table node, which is returned.

@@ -127,6 +127,12 @@ HU_MIN_PLAUSIBLE = -2048.0  # below: not Hounsfield units (e.g. raw detector val
 HU_MAX_PLAUSIBLE = 32767.0
 
 
+# --- The oldest Slicer the module supports: 5.10 is the first with Python 3.12 (OsteoScreenLib needs 3.10+).
+# CMakeLists.txt and the README state the same (Testing/Python/test_slicer_module.py checks it).
+
+MINIMUM_SLICER_VERSION: tuple[int, int] = (5, 10)
+
+
 # --- MRML node attributes that OsteoScreen sets (read back by the module, the logic and the worker) ---
 
 SOURCE_ATTRIBUTE = "OsteoScreen.Source"  # on a segmentation: where its segments come from (model version, file)

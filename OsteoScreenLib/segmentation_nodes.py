@@ -172,8 +172,8 @@ def labelmap_on_grid(segmentation_node, reference_volume_node) -> np.ndarray:
     another extent or spacing): Slicer's export resamples to the reference volume.
     """
     scene = segmentation_node.GetScene()
-    shape = volume_from_node(reference_volume_node).array.shape
-    out = np.zeros(shape, np.uint8)
+    i, j, k = reference_volume_node.GetImageData().GetDimensions()  # the grid only: no copy of the CT
+    out = np.zeros((k, j, i), np.uint8)
     for vertebra in VERTEBRA_NAMES:
         segment_id = segment_id_of(segmentation_node, vertebra)
         if segment_id is None:

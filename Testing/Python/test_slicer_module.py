@@ -422,6 +422,15 @@ def test_the_catalog_entry_is_valid_against_the_schema():
             assert all(isinstance(i, str) for i in value), key
 
 
+def test_readme_cmake_and_registry_state_the_same_minimum_slicer_version():
+    from OsteoScreenLib.registry import MINIMUM_SLICER_VERSION
+
+    wanted = "%d.%d" % MINIMUM_SLICER_VERSION
+    v = cmake_evaluate(REPO, REPO / "build")
+    assert v["OSTEOSCREEN_MINIMUM_SLICER_VERSION"] == [wanted]
+    assert f"Needs 3D Slicer {wanted} or later" in (REPO / "README.md").read_text()
+
+
 def test_the_catalog_agrees_with_cmake():
     entry = json.loads(CATALOG_FILE.read_text())
     v = cmake_evaluate(REPO, REPO / "build")
