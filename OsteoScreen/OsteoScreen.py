@@ -219,18 +219,15 @@ def startSamplePhantomGeneration():
     folder = sampleCaseFolder()
     if caseFile(folder, "ct") is not None or _samplePhantomJob is not None:
         return
-    import atexit
     import subprocess
 
-    from OsteoScreenLib.jobs import python_slicer_executable
+    from OsteoScreenLib.jobs import python_slicer_executable, start
 
     os.makedirs(os.path.dirname(folder), exist_ok=True)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([libraryParent(), os.environ.get("PYTHONPATH", "")]))
     try:
-        command = [python_slicer_executable(), "-m", "OsteoScreenLib.cli", "phantom", os.path.dirname(folder),
-                   "--seed", str(SAMPLE_SEED), "--format", "nrrd"]
-        _samplePhantomJob = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        atexit.register(_samplePhantomJob.kill)  # no process outlives Slicer
+        _samplePhantomJob = start([python_slicer_executable(), "-m", "OsteoScreenLib.cli", "phantom",
+                                   os.path.dirname(folder), "--seed", str(SAMPLE_SEED), "--format", "nrrd"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     except (OSError, RuntimeError) as exc:
         logging.warning(f"OsteoScreen: the sample phantom will be generated when first loaded ({exc})")
 

@@ -27,7 +27,7 @@ from .worker import PREFIX
 
 CANCEL_GRACE_S = 2.0  # after Cancel the worker gets this long to stop by itself, then its tree is killed
 LIBRARY_PARENT = str(Path(__file__).resolve().parents[1])  # the folder that holds OsteoScreenLib
-_RUNNING: "weakref.WeakSet[WorkerProcess]" = weakref.WeakSet()
+_STARTED: "weakref.WeakSet[subprocess.Popen]" = weakref.WeakSet()  # ended when Python exits
 
 
 def python_slicer_executable() -> str:
@@ -39,6 +39,18 @@ def python_slicer_executable() -> str:
     if os.path.isfile(candidate):
         return candidate
     raise RuntimeError("PythonSlicer was not found next to Slicer; reinstall Slicer")
+
+
+def start(command: list[str], **popen) -> subprocess.Popen:
+    """Run ``command`` (e.g. PythonSlicer and its arguments) in its own process group, with
+    OsteoScreenLib importable; :func:`kill_tree` ends it with its children, and so does Python's exit."""
+    env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
+    env["PYTHONPATH"] = os.pathsep.join([LIBRARY_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
+    group = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW} if os.name == "nt"
+             else {"start_new_session": True})
+    process = subprocess.Popen(command, stdin=subprocess.DEVNULL, env=env, **group, **popen)
+    _STARTED.add(process)
+    return process
 
 
 def kill_tree(process: subprocess.Popen) -> None:
@@ -78,14 +90,8 @@ class WorkerProcess:
         self._lines: queue.Queue = queue.Queue()
         python = python or python_slicer_executable()
         command = (list(python) if isinstance(python, (list, tuple)) else [python]) + ["-m", "OsteoScreenLib.worker", jobPath]
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
-        env["PYTHONPATH"] = os.pathsep.join([LIBRARY_PARENT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
-        group = ({"creationflags": subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW} if os.name == "nt"
-                 else {"start_new_session": True})
-        self.process = subprocess.Popen(
-            command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
-            encoding="utf-8", errors="replace", env=env, cwd=self.workDir, **group)
-        _RUNNING.add(self)
+        self.process = start(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, encoding="utf-8",
+                             errors="replace", cwd=self.workDir)
         self._reader = threading.Thread(target=self._readOutput, daemon=True)  # I/O only, no MRML
         self._reader.start()
 
@@ -155,7 +161,6 @@ class WorkerProcess:
             time.sleep(interval)
 
     def cleanup(self) -> None:
-        _RUNNING.discard(self)
         shutil.rmtree(self.workDir, ignore_errors=True)
 
 
@@ -169,7 +174,8 @@ def _message(line: str) -> dict | None:
 
 
 @atexit.register
-def _end_running_jobs() -> None:
+def _end_started_processes() -> None:
     """No worker outlives the application."""
-    for job in list(_RUNNING):
-        job.kill()
+    for process in list(_STARTED):
+        if process.poll() is None:
+            kill_tree(process)

@@ -181,3 +181,15 @@ def test_the_documented_screen_command_runs_under_pythonslicer(a_small_phantom, 
     assert row["status"] == "ok" and row["class"] in CLASSES and row["tube_voltage_kvp"] == "120"
     case = out / row["case"]
     assert {p.name for p in case.iterdir()} >= {"segmentation.seg.nrrd", "result.json", "report.png"}
+
+
+def test_no_worker_outlives_the_application_that_started_it():
+    """Slicer exits (here: a Python process) while a job runs: its whole tree is ended."""
+    app = ("import subprocess, sys; from OsteoScreenLib.jobs import start; "
+           f"job = start({PYTHON_SLICER!r} + ['-c', 'import os, time; print(os.getpid(), flush=True); time.sleep(60)'], "
+           "stdout=subprocess.PIPE, text=True); print(job.stdout.readline().strip(), flush=True)")
+    done = subprocess.run([sys.executable, "-c", app], capture_output=True, text=True, cwd=REPO, timeout=60)
+    assert done.returncode == 0, done.stderr
+    child = int(done.stdout.split()[-1])
+    time.sleep(0.3)
+    assert not alive(child)
