@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import html
 import platform
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from . import __version__
 from .registry import CLASSES, MODELS, VERTEBRA_NAMES
@@ -31,10 +31,10 @@ CSV_FIELDS = (
 class InputInfo:
     """The scan as read, and the scan settings the classifiers used."""
 
-    path: str | None
-    sha256: str | None
-    shape: list[int]
-    spacing_mm: list[float]
+    path: str | None = None
+    sha256: str | None = None
+    shape: list[int] = field(default_factory=list)
+    spacing_mm: list[float] = field(default_factory=list)
     tube_voltage_kvp: int | None = None
     tube_voltage_source: str = "unknown"
     contrast_phase: str | None = None  # as the reader gave it; None: unknown
@@ -54,8 +54,8 @@ class InputInfo:
 
 @dataclass
 class VertebraResult:
-    volume_ml: float
-    centroid_mm: list[float]
+    volume_ml: float | None = None
+    centroid_mm: list[float] = field(default_factory=list)
     trabecular_roi_hu: float | None = None  # None: not measured (e.g. L2 with model 2 failing on it)
     roi_area_mm2: float | None = None
 
@@ -120,13 +120,14 @@ class CaseResult:
 
     @classmethod
     def from_json(cls, d: dict) -> "CaseResult":
+        """Read result.json back; fields an older version did not write are left empty."""
         pred, model = d.get("prediction"), d.get("model")
         return cls(
-            input=InputInfo(**d["input"]),
+            input=_known(InputInfo, d.get("input", {})),
             segmentation_source=d.get("segmentation", {}).get("source", "unknown"),
             segmentation_path=d.get("segmentation", {}).get("path"),
-            vertebrae={n: VertebraResult(**v) for n, v in d.get("vertebrae", {}).items()},
-            model=ModelInfo(**model) if model else None,
+            vertebrae={n: _known(VertebraResult, v) for n, v in d.get("vertebrae", {}).items()},
+            model=ModelInfo(model["name"], model.get("version", ""), model.get("sha256", "")) if model else None,
             prediction=Prediction(pred["class"], dict(pred["probabilities"]), pred["bmd_mg_cm3"]) if pred else None,
             warnings=list(d.get("warnings", [])),
             timing_s=dict(d.get("timing_s", {})),
@@ -218,3 +219,9 @@ class CaseResult:
             (f"model {self.model.name} v{self.model.version}; tube voltage {self.input.scan_text()}; "
              f"axial views {image_fov_mm:.0f} mm, ROI in red", "note"),
         ] + [(f"warning: {w}", "warning") for w in self.warnings[:3]]
+
+
+def _known(cls, d: dict):
+    """A dataclass from the keys of ``d`` it knows (others, e.g. a later version's, are ignored)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})

@@ -7,7 +7,6 @@ import pytest
 
 from OsteoScreenLib.batch import case_names, expand_inputs, run_batch
 from OsteoScreenLib.errors import OsteoScreenError
-from OsteoScreenLib.result import CaseResult, InputInfo, ModelInfo, Prediction, VertebraResult
 
 
 def test_case_names_are_unique_even_when_inputs_share_a_file_name(tmp_path):
@@ -30,11 +29,11 @@ def a_processor(calls, fail_on=()):
         calls.append(source.name)
         if source.name in fail_on:
             raise OsteoScreenError(f"{source.name}: L1 not found in the field of view")
-        result = CaseResult(
-            InputInfo(str(source), None, [4, 4, 4], [1.0, 1.0, 1.0]), "model 1.0",
-            {"L1": VertebraResult(30.0, [0.0, 0.0, 0.0], 180.0, 200.0)}, ModelInfo("l1l2", "1.0", "0" * 64),
-            Prediction("normal", {"normal": 0.9, "osteopenia": 0.08, "osteoporosis": 0.02}, 150.0))
-        (folder / "result.json").write_text(json.dumps(result.to_json()))
+        result = {"prediction": {"class": "normal", "probabilities": {"normal": 0.9, "osteopenia": 0.08,
+                                 "osteoporosis": 0.02}, "bmd_mg_cm3": 150.0},
+                  "model": {"name": "l1l2"}, "vertebrae": {"L1": {"trabecular_roi_hu": 180.0, "volume_ml": 30.0}},
+                  "warnings": []}
+        (folder / "result.json").write_text(json.dumps(result))
     return process
 
 

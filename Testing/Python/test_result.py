@@ -55,3 +55,14 @@ def test_table_rows_csv_row_text_and_report_lines_carry_the_same_figures(an_oste
     assert lines[0] == ("OSTEOPENIA   estimated BMD 101 mg/cm3 (mean of L1 and L2)", "title")
     assert ("warning: L2 touches the edge of the scan", "warning") in lines
     assert any("tube voltage 100 kVp, contrast unknown" in t for t, _ in lines)
+
+
+def test_a_result_json_of_fewer_fields_still_gives_its_csv_row():
+    """A batch resumed over case folders written by an older version must still build its table."""
+    old = {"prediction": {"class": "normal", "probabilities": {"normal": 0.9, "osteopenia": 0.08, "osteoporosis": 0.02},
+                          "bmd_mg_cm3": 150.0},
+           "model": {"name": "l1l2"}, "vertebrae": {"L1": {"trabecular_roi_hu": 180.0, "volume_ml": 30.0, "voxels": 9}},
+           "warnings": []}
+    row = CaseResult.from_json(old).csv_row()
+    assert row["class"] == "normal" and row["L1_roi_hu"] == 180.0 and row["tube_voltage_kvp"] is None
+    assert row["L2_roi_hu"] is None and row["p_osteoporosis"] == 0.02
