@@ -18,6 +18,7 @@ from typing import Callable
 
 from . import registry
 from .errors import OsteoScreenError
+from .result import CaseResult
 from .volume import Volume
 
 RESULT_NAME, SEGMENTATION_NAME, REPORT_NAME = "result.json", "segmentation.seg.nrrd", "report.png"
@@ -116,7 +117,7 @@ class CaseOutcome:
     """What :func:`run_case` returns: the result and what the report draws."""
 
     labels: Volume  # 1 = L1, 2 = L2 on the CT grid
-    result: object | None = None  # CaseResult; None when only segmented
+    result: CaseResult | None = None  # None when only segmented
     features: dict = field(default_factory=dict)  # name -> BodyFeatures, as the classifier measured them
     segmentation: object | None = None  # the segmenter's SegmentationOutput when the model segmented
 
@@ -125,7 +126,7 @@ def classify(models: Models, case: CaseInput, labels: Volume, model: str = regis
              source: str = "user segmentation", warnings=(), timing_s: dict | None = None) -> CaseOutcome:
     """Classify a case from its label map on the CT grid (the model's segments or a reader's)."""
     from .measurements import vertebra_stats
-    from .result import CaseResult, InputInfo, ModelInfo, Prediction, VertebraResult
+    from .result import InputInfo, ModelInfo, Prediction, VertebraResult
 
     t0 = time.perf_counter()
     c = models.classifier(model).classify(case.ct, labels, case.scan.kvp, case.scan.contrast)

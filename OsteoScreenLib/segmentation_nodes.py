@@ -144,11 +144,8 @@ def segmentation_from_labelmap(
 def _terminology(segment) -> str:
     if hasattr(segment, "GetTerminology"):  # Slicer 5.10+
         return segment.GetTerminology()
-    tag = ""
-    found = vtk.reference("") if hasattr(vtk, "reference") else None
-    if found is not None and segment.GetTag(segment.GetTerminologyEntryTagName(), found):
-        tag = str(found)
-    return tag
+    value = vtk.reference("")  # before 5.10: a segment tag
+    return value.get() if segment.GetTag(segment.GetTerminologyEntryTagName(), value) else ""
 
 
 def segment_id_of(segmentation_node, vertebra: str) -> str | None:
