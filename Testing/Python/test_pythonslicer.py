@@ -143,9 +143,23 @@ def test_the_worker_segments_classifies_and_compares_a_small_phantom(a_small_pha
     assert [(r["segment"], r["dsc"]) for r in compared.result["rows"]] == [("L1", 1.0), ("L2", 1.0)]
 
 
-def test_the_worker_segments_and_classifies_the_real_abdominal_case(real_data, bundled_models, tmp_path):
-    ct_path = real_data / "totalsegmentator-example" / "ct.nii.gz"
+def test_the_worker_segments_classifies_and_compares_the_real_abdominal_case(real_data, bundled_models, tmp_path):
+    from OsteoScreenLib.ct_io import read_ct
+    from OsteoScreenLib.pipeline import labels_from_file, save_segmentation
+    from OsteoScreenLib.registry import LABEL_MAPPINGS
+
+    case = real_data / "totalsegmentator-example"
+    ct_path = case / "ct.nii.gz"
     segmented = run_job("segment", {"ct": str(ct_path)}, tmp_path)
+    # the reference's whole vertebrae, as a reader's .seg.nrrd: the model's bodies lie inside them
+    reference = labels_from_file(case / "labels.nii.gz", read_ct(ct_path), LABEL_MAPPINGS["totalsegmentator"])
+    reference_path = save_segmentation(reference, tmp_path / "reference.seg.nrrd")
+    compared = run_job("compare", {"ct": str(ct_path), "reference": str(reference_path),
+                                   "compared": segmented.result["segmentation"]}, tmp_path)
+    rows = {r["segment"]: r for r in compared.result["rows"]}
+    assert set(rows) == {"L1", "L2"}
+    for row in rows.values():
+        assert 0.3 < row["dsc"] < 1 and row["prediction_ml"] < row["reference_ml"], row
     classified = run_job("classify", {"ct": str(ct_path), "segmentation": segmented.result["segmentation"],
                                       "model": "l1", "warnings": segmented.result["warnings"]}, tmp_path)
     result = json.loads(Path(classified.result["result"]).read_text())
