@@ -19,7 +19,6 @@ The section "Qt-free helpers" below needs no Qt: Testing/Python/test_slicer_modu
 runs it headless on the slicer-core wheel.
 """
 
-import csv
 import enum
 import glob
 import importlib.util
@@ -110,86 +109,6 @@ ContrastPhase = _choice(
     "ContrastPhase", {"UNKNOWN": "unknown", **{p.upper(): p for p in registry.CONTRAST_PHASES}},
     {"unknown": "Unknown", **registry.CONTRAST_PHASE_TITLES},
     "The scan's contrast phase for the classifiers (DICOM does not record it reliably).")
-
-
-def exportVolumeForWorker(volumeNode, path):
-    """Write a volume node to an uncompressed NRRD without changing the node's own storage."""
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetFileName(str(path))
-    storage.SetUseCompression(0)
-    if not storage.WriteData(volumeNode):
-        raise RuntimeError(f"could not write {volumeNode.GetName()} to {path}; check the free disk space")
-    return str(path)
-
-
-def sourcePathOf(volumeNode):
-    """The file a volume was read from (for result.json), if known."""
-    path = volumeNode.GetAttribute(registry.SOURCE_PATH_ATTRIBUTE)
-    storage = volumeNode.GetStorageNode()
-    if not path and storage is not None:
-        path = storage.GetFileName()
-    return path or None
-
-
-def importSegmentation(logic, path, ctNode, name, source=None, warnings=()):
-    """A NEW segmentation node from a .seg.nrrd written by the worker; no existing node is touched."""
-    import json
-
-    node = logic.load_segmentation(path, ctNode)
-    scene = node.GetScene()
-    storage = node.GetStorageNode()
-    node.SetAndObserveStorageNodeID(None)  # the file is temporary: Save must ask for a place
-    if storage is not None:
-        scene.RemoveNode(storage)
-    node.SetName(scene.GenerateUniqueName(name))
-    if source:
-        node.SetAttribute(registry.SOURCE_ATTRIBUTE, source)
-    node.SetAttribute(registry.WARNINGS_ATTRIBUTE, json.dumps(list(warnings)))
-    return node
-
-
-def segmentationWarnings(segmentationNode):
-    import json
-
-    try:
-        return list(json.loads(segmentationNode.GetAttribute(registry.WARNINGS_ATTRIBUTE) or "[]"))
-    except ValueError:
-        return []
-
-
-COMPARISON_COLUMNS = (("segment", "Segment"), ("dsc", "DSC"), ("hd95_mm", "HD95 (mm)"),
-                      ("reference_ml", "Reference (ml)"), ("prediction_ml", "Compared (ml)"))
-
-
-def comparisonToTable(rows, tableNode):
-    """Fill a table node with one row per segment (DSC, HD95 in mm, volumes)."""
-    table = tableNode.GetTable()
-    table.Initialize()
-    columns = []
-    for key, title in COMPARISON_COLUMNS:
-        column = vtk.vtkStringArray() if key == "segment" else vtk.vtkDoubleArray()
-        column.SetName(title)
-        columns.append((key, column))
-    for row in rows:
-        for key, column in columns:
-            value = row.get(key)
-            if key == "segment":
-                column.InsertNextValue(str(value))
-            else:
-                column.InsertNextValue(float("nan") if value is None else float(value))
-    for _, column in columns:
-        table.AddColumn(column)
-    tableNode.Modified()
-    return tableNode
-
-
-def writeComparisonCsv(rows, path):
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([key for key, _ in COMPARISON_COLUMNS])
-        for row in rows:
-            writer.writerow([row.get(key) for key, _ in COMPARISON_COLUMNS])
-    return path
 
 
 def caseFile(folder, stem):
@@ -604,14 +523,15 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         workDir = self._newWorkDir()
         try:
-            inputs = {"ct": exportVolumeForWorker(ct, os.path.join(workDir, "ct.nrrd")), "source_path": sourcePathOf(ct)}
+            inputs = {"ct": self.logic.export_volume(ct, os.path.join(workDir, "ct.nrrd")),
+                      "source_path": self.logic.source_path(ct)}
         except Exception as exc:
             shutil.rmtree(workDir, ignore_errors=True)
             self.showError(str(exc))
             return
 
         def done(result):
-            node = importSegmentation(self.logic, result["segmentation"], ct, f"{ct.GetName()} L1-L2",
+            node = self.logic.import_segmentation(result["segmentation"], ct, f"{ct.GetName()} L1-L2",
                                       result.get("source"), result.get("warnings", []))
             node.CreateClosedSurfaceRepresentation()
             slicer.util.setSliceViewerLayers(background=ct)
@@ -638,11 +558,11 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.save_segmentation(seg, segPath)  # the CURRENT segments, with the user's corrections
             digest = self.logic.labels_digest(seg, ct)  # Save report checks that they are still these
             inputs = {
-                "ct": exportVolumeForWorker(ct, os.path.join(workDir, "ct.nrrd")),
-                "source_path": sourcePathOf(ct),
+                "ct": self.logic.export_volume(ct, os.path.join(workDir, "ct.nrrd")),
+                "source_path": self.logic.source_path(ct),
                 "segmentation": segPath,
                 "segmentation_source": seg.GetAttribute(registry.SOURCE_ATTRIBUTE) or "user segmentation",
-                "warnings": segmentationWarnings(seg),
+                "warnings": self.logic.segmentation_warnings(seg),
                 "model": model,
             }
             # The worker reads a plain NRRD copy: the scan settings (the reader's choice, else the
@@ -706,7 +626,7 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         workDir = self._newWorkDir()
         try:
-            inputs = {"ct": exportVolumeForWorker(ct, os.path.join(workDir, "ct.nrrd"))}
+            inputs = {"ct": self.logic.export_volume(ct, os.path.join(workDir, "ct.nrrd"))}
             for key, node in (("reference", reference), ("compared", compared)):
                 inputs[key] = str(self.logic.save_segmentation(node, os.path.join(workDir, f"{key}.seg.nrrd")))
         except Exception as exc:
@@ -716,10 +636,9 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         def done(message):
             rows = message["rows"]
-            if self._comparisonTable is None or self._comparisonTable.GetScene() is None:
-                self._comparisonTable = slicer.mrmlScene.AddNewNodeByClass(
-                    "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName("OsteoScreen comparison"))
-            comparisonToTable(rows, self._comparisonTable)
+            if self._comparisonTable is not None and self._comparisonTable.GetScene() is None:
+                self._comparisonTable = None  # removed by the reader: make a new one
+            self._comparisonTable = self.logic.comparison_to_table(rows, self._comparisonTable)
             self.ui.comparisonTableView.setMRMLTableNode(self._comparisonTable)
             self._comparisonRows = rows
             self.showStatus(f"Compared '{compared.GetName()}' with '{reference.GetName()}'.")
@@ -733,8 +652,11 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                               "CSV files (*.csv)")
         if not path:
             return
+        from OsteoScreenLib.atomic import write_text
+        from OsteoScreenLib.metrics import comparison_csv
+
         try:
-            writeComparisonCsv(self._comparisonRows, path)
+            write_text(path, comparison_csv(self._comparisonRows), overwrite=True)
         except OSError as exc:
             self.showError(f"Could not write {path}: {exc.strerror}")
             return
@@ -842,7 +764,7 @@ class OsteoScreenTest(ScriptedLoadableModuleTest):
         for row in rows.values():
             self.assertGreater(row["dsc"], 0.7)
             self.assertLess(row["hd95_mm"], 10.0)
-        table = comparisonToTable(list(rows.values()), slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode"))
+        table = logic.comparison_to_table(list(rows.values()))
         self.assertEqual(table.GetTable().GetNumberOfRows(), 2)
 
     def _waitForPanel(self, widget, timeoutS=900):

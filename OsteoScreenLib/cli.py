@@ -128,12 +128,10 @@ def cmd_screen(args) -> int:
 
 
 def cmd_evaluate_segmentation(args) -> int:
-    import csv
-    import io
-
     import slicer
 
     from .atomic import write_text
+    from .metrics import comparison_csv
     from .logic import OsteoScreenLogic
     from .segmentation_nodes import parse_label_mapping
 
@@ -158,11 +156,7 @@ def cmd_evaluate_segmentation(args) -> int:
     for r in rows:
         print(f"{r['segment']:<8} {r['dsc']:>7.4f} {r['hd95_mm']:>8.2f} {r['reference_ml']:>8.1f} {r['prediction_ml']:>8.1f}")
     if args.csv:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-        write_text(args.csv, buf.getvalue(), overwrite=args.overwrite)
+        write_text(args.csv, comparison_csv(rows), overwrite=args.overwrite)
     return EXIT_OK
 
 

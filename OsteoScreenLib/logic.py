@@ -7,6 +7,7 @@ The scene is passed in (``slicer.mrmlScene`` inside Slicer, a
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -207,6 +208,66 @@ class OsteoScreenLogic:
         ref = self.labelmap(reference_node, ct_node)
         pred = segmentation_nodes.labelmap_on_grid(prediction_node, ct_node)
         return compare_labelmaps(ref, pred, registry.LABEL_OF)
+
+    def comparison_to_table(self, rows: list[dict], table_node=None):
+        """One row per segment (DSC, HD95 in mm, volumes) in a table node; a new one unless given."""
+        import vtk
+
+        from .metrics import COMPARISON_COLUMNS
+
+        table_node = table_node or self.scene.AddNewNodeByClass(
+            "vtkMRMLTableNode", self.scene.GenerateUniqueName("OsteoScreen comparison"))
+        table = table_node.GetTable()
+        table.Initialize()
+        for key, title in COMPARISON_COLUMNS:
+            column = vtk.vtkStringArray() if key == "segment" else vtk.vtkDoubleArray()
+            column.SetName(title)
+            for row in rows:
+                value = row.get(key)
+                column.InsertNextValue(str(value) if key == "segment" else float("nan") if value is None else float(value))
+            table.AddColumn(column)
+        table_node.Modified()
+        return table_node
+
+    # --- files for a background job (the module's worker reads and writes files)
+
+    def export_volume(self, volume_node, path) -> str:
+        """Write a volume node to an uncompressed NRRD without changing the node's own storage."""
+        import slicer
+
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(path))
+        storage.SetUseCompression(0)
+        if not storage.WriteData(volume_node):
+            raise OsteoScreenError(f"could not write {volume_node.GetName()} to {path}; check the free disk space")
+        return str(path)
+
+    def source_path(self, volume_node) -> str | None:
+        """The file a volume was read from (for result.json), if known."""
+        storage = volume_node.GetStorageNode()
+        return (volume_node.GetAttribute(registry.SOURCE_PATH_ATTRIBUTE)
+                or (storage.GetFileName() if storage is not None else None) or None)
+
+    def import_segmentation(self, path, ct_node, name: str, source: str | None = None, warnings=()):
+        """A NEW segmentation node from a temporary .seg.nrrd (e.g. the worker's); no node is touched,
+        and none keeps pointing at the file (Save asks for a place)."""
+        node = self.load_segmentation(path, ct_node)
+        storage = node.GetStorageNode()
+        node.SetAndObserveStorageNodeID(None)
+        if storage is not None:
+            self.scene.RemoveNode(storage)
+        node.SetName(self.scene.GenerateUniqueName(name))
+        if source:
+            node.SetAttribute(registry.SOURCE_ATTRIBUTE, source)
+        node.SetAttribute(registry.WARNINGS_ATTRIBUTE, json.dumps(list(warnings)))
+        return node
+
+    def segmentation_warnings(self, segmentation_node) -> list[str]:
+        """The warnings the model gave with a segmentation (see :meth:`import_segmentation`)."""
+        try:
+            return list(json.loads(segmentation_node.GetAttribute(registry.WARNINGS_ATTRIBUTE) or "[]"))
+        except ValueError:
+            return []
 
     # --- batch
 
