@@ -214,10 +214,6 @@ class OsteoScreen(ScriptedLoadableModule):
             "Reproduces and extends BMC Musculoskeletal Disorders 2024;25:176 (models 1 and 2). "
             "Built on 3D Slicer, VTK and ONNX Runtime."
         )
-        try:
-            ensureLibraryImportable()  # a sys.path entry only: OsteoScreenLib is imported when first needed
-        except RuntimeError as exc:
-            logging.error(f"OsteoScreen: {exc}")
         iconPath = resourcePath(f"Icons/{MODULE_NAME}.png")
         if os.path.isfile(iconPath):
             self.parent.icon = qt.QIcon(iconPath)
