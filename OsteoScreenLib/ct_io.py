@@ -105,7 +105,7 @@ def check_hounsfield(volume: Volume, path: Path | str) -> None:
 
 
 @contextmanager
-def quiet_vtk():
+def _quiet_vtk():
     import vtk
 
     previous = vtk.vtkObject.GetGlobalWarningDisplay()
@@ -114,6 +114,9 @@ def quiet_vtk():
         yield
     finally:
         vtk.vtkObject.SetGlobalWarningDisplay(previous)
+
+
+quiet_vtk = _quiet_vtk  # public: segmentation_nodes quiets VTK the same way
 
 
 def _read_with_storage_node(path: Path, files: list[Path]) -> Volume:
@@ -132,7 +135,7 @@ def _read_with_storage_node(path: Path, files: list[Path]) -> Volume:
         storage.SetSingleFile(0)
     else:
         storage.SetSingleFile(1)
-    with quiet_vtk():
+    with _quiet_vtk():
         ok = storage.ReadData(node)
     if not ok or node.GetImageData() is None:
         raise OsteoScreenError(f"{path}: cannot be read (truncated or corrupt?); export the image again")
@@ -340,7 +343,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = Fals
     storage.SetUseCompression(1)
     with atomic_path(path, overwrite) as tmp:
         storage.SetFileName(str(tmp))
-        with quiet_vtk():
+        with _quiet_vtk():
             ok = storage.WriteData(node)
         if not ok:
             raise OsteoScreenError(f"{path}: could not be written; check the folder and free space")
