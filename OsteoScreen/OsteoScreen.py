@@ -3,38 +3,31 @@
 The panel walks through one case: segment the L1 and L2 vertebral bodies, correct
 them in the embedded Segment Editor, classify (normal / osteopenia /
 osteoporosis) with model 1 (L1 + L2) or model 2 (L1 alone), save the report;
-annotators compare two segmentations (DSC, HD95). All computation is in
-``OsteoScreenLib.logic.OsteoScreenLogic`` (also usable from the Python console
-and headless); this file holds only the GUI.
+annotators compare two segmentations (DSC, HD95). This file holds only the GUI:
+the work is ``OsteoScreenLib``'s (the same code as the command line and the
+Python console).
 
-Long work runs in a separate ``PythonSlicer`` process, never on the GUI thread:
-the logic creates MRML nodes and exports label maps through the scene, and MRML
-and VTK are not thread-safe, so a worker thread could not call it; a process
-can also be stopped in the middle of an ONNX inference, which a thread cannot.
-The worker runs the same logic in its own headless scene, streams progress as
-JSON lines, checks a cancel flag between stages and is killed if it does not
-stop within a few seconds. Its inputs (the CT, the current segments) go through
-uncompressed files in a temporary folder; its outputs come back as files that
+Long work runs in a separate ``PythonSlicer -m OsteoScreenLib.worker`` process,
+never on the GUI thread (MRML and VTK are not thread-safe, and a process can be
+stopped in the middle of an ONNX inference). ``OsteoScreenLib.jobs`` starts it
+in its own process group, streams its progress, and ends the whole process tree
+on Cancel, when the scene closes and when Slicer exits. Inputs (the CT, the
+current segments) go to the worker as files; its outputs come back as files that
 are loaded into NEW nodes, so nothing the user edited is ever overwritten.
 
 The section "Qt-free helpers" below needs no Qt: Testing/Python/test_slicer_module.py
 runs it headless on the slicer-core wheel.
 """
 
-import csv
 import enum
 import glob
 import importlib.util
-import json
 import logging
 import os
 import pathlib
-import queue
 import shutil
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 
 import ctk
@@ -59,15 +52,7 @@ MODULE_NAME = "OsteoScreen"
 MODULE_DIR = os.path.dirname(os.path.abspath(__file__))
 SAMPLE_NAME = "OsteoScreenChestPhantom"
 SAMPLE_SEED = 7
-WORKER_PREFIX = "OSTEOSCREEN-WORKER "
-CANCEL_GRACE_S = 3.0  # after Cancel, the worker gets this long to stop between stages, then it is killed
 POLL_INTERVAL_MS = 200
-
-MODEL_LABELS = {"l1l2": "Model 1: L1 + L2 fusion", "l1": "Model 2: L1 only"}
-MODEL_HELP = {
-    "l1l2": "Uses both vertebral bodies (the paper's model 1); the default when the scan covers L1 and L2.",
-    "l1": "Uses L1 alone (the paper's model 2), for lower-radiation chest scans that stop above L2.",
-}
 
 
 def moduleBaseFolders():
@@ -100,372 +85,30 @@ def ensureLibraryImportable():
     return parent
 
 
-class ClassifierModel(enum.Enum):
-    """The two bundled classifiers; values are the logic's model names."""
-
-    L1L2 = "l1l2"
-    L1 = "l1"
-
-    @staticmethod
-    def label(member):  # shown in the combo box by the parameter node wrapper
-        return MODEL_LABELS[member.value]
+ensureLibraryImportable()
+from OsteoScreenLib import registry  # noqa: E402  (light: names and numbers only)
+from OsteoScreenLib.jobs import WorkerProcess  # noqa: E402  (standard library only)
 
 
-class TubeVoltage(enum.Enum):
-    """The scan's kVp for the classifiers; AUTO takes it from the DICOM header (unknown otherwise)."""
-
-    AUTO = "auto"
-    KV80 = "80"
-    KV100 = "100"
-    KV120 = "120"
-    KV140 = "140"
-
-    @staticmethod
-    def label(member):
-        return "From the DICOM header (else unknown)" if member.value == "auto" else f"{member.value} kVp"
+def _choice(name, members, labels, doc):
+    """An enum for a combo box of the parameter node wrapper, with the labels it shows."""
+    choice = enum.Enum(name, members)
+    choice.__doc__ = doc
+    choice.label = staticmethod(lambda member: labels[member.value])
+    return choice
 
 
-class ContrastPhase(enum.Enum):
-    """The scan's contrast phase for the classifiers (DICOM does not record it reliably)."""
-
-    UNKNOWN = "unknown"
-    NONE = "none"
-    ARTERIAL = "arterial"
-    PORTAL = "portal"
-
-    @staticmethod
-    def label(member):
-        return {"unknown": "Unknown", "none": "None (unenhanced)", "arterial": "Arterial",
-                "portal": "Portal venous"}[member.value]
-
-
-def pythonSlicerExecutable():
-    """Slicer's own Python interpreter, which sees the same packages as the application."""
-    name = "PythonSlicer.exe" if os.name == "nt" else "PythonSlicer"
-    found = shutil.which("PythonSlicer")
-    if found:
-        return found
-    candidate = os.path.join(os.path.dirname(sys.executable), name)
-    if os.path.isfile(candidate):
-        return candidate
-    raise RuntimeError("PythonSlicer was not found next to Slicer; reinstall Slicer")
-
-
-WORKER_CODE = '''\
-"""OsteoScreen background worker, written by the OsteoScreen module and run by PythonSlicer.
-
-Runs one task of OsteoScreenLogic in its own headless scene. Protocol: one JSON
-object per stdout line after the prefix; progress, then done / error / cancelled.
-"""
-import json
-import os
-import sys
-import traceback
-
-PREFIX = "OSTEOSCREEN-WORKER "
-
-
-def emit(**message):
-    def plain(value):
-        return value.tolist() if hasattr(value, "tolist") else str(value)
-
-    sys.stdout.write(PREFIX + json.dumps(message, default=plain) + "\\n")
-    sys.stdout.flush()
-
-
-class WorkerCancelled(Exception):
-    pass
-
-
-def run(job):
-    sys.path.insert(0, job["lib"])
-    cancel_file = job["cancel_file"]
-
-    def cancel():
-        return os.path.exists(cancel_file)
-
-    def check():
-        if cancel():
-            raise WorkerCancelled("cancelled")
-
-    def progress(fraction, message):
-        emit(progress=float(fraction), message=str(message))
-
-    progress(0.0, "starting")
-    import slicer
-    from OsteoScreenLib.logic import OsteoScreenLogic
-
-    check()
-    logic = OsteoScreenLogic(slicer.vtkMRMLScene())
-    progress(0.02, "reading the CT")
-    ct = logic.load_ct(job["ct"])
-    if job.get("source_path"):
-        ct.SetAttribute("OsteoScreen.SourcePath", job["source_path"])
-    check()
-    task = job["task"]
-    if task == "segment":
-        node, output = logic.segment(ct, progress=progress, cancel=cancel)
-        check()
-        path = os.path.join(job["out_dir"], "segmentation.seg.nrrd")
-        logic.save_segmentation(node, path)
-        return {"segmentation": path, "source": node.GetAttribute("OsteoScreen.Source"),
-                "warnings": list(output.warnings), "timing_s": dict(output.timing_s)}
-    if task == "classify":
-        seg = logic.load_segmentation(job["segmentation"], ct)
-        if job.get("segmentation_source"):
-            seg.SetAttribute("OsteoScreen.Source", job["segmentation_source"])
-        check()
-        if job.get("kvp"):
-            logic.set_tube_voltage(ct, job["kvp"], job.get("kvp_source") or "user")
-        if job.get("contrast"):
-            logic.set_contrast_phase(ct, job["contrast"])
-        progress(0.3, "classifying with model " + job["model"])
-        result = logic.classify(ct, seg, model=job["model"], warnings=job.get("warnings") or None)
-        check()
-        path = os.path.join(job["out_dir"], "result.json")
-        with open(path, "w") as f:
-            json.dump(result, f, indent=2, default=lambda v: v.tolist() if hasattr(v, "tolist") else str(v))
-        return {"result": path}
-    if task == "compare":
-        reference = logic.load_segmentation(job["reference"], ct)
-        compared = logic.load_segmentation(job["compared"], ct)
-        check()
-        progress(0.3, "comparing the segmentations")
-        return {"rows": logic.compare_segmentations(reference, compared, ct)}
-    raise ValueError("unknown task " + repr(task))
-
-
-def main(argv):
-    with open(argv[1]) as f:
-        job = json.load(f)
-    try:
-        outcome = run(job)
-    except Exception as exc:
-        name = type(exc).__name__
-        if name in ("Cancelled", "WorkerCancelled"):
-            emit(cancelled=True)
-            return 2
-        if name == "OsteoScreenError":
-            emit(error=str(exc))
-            return 1
-        traceback.print_exc(file=sys.stdout)
-        emit(error="internal error (%s: %s); details are in the log" % (name, exc), internal=True)
-        return 4
-    emit(done=True, **outcome)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))
-'''
-
-
-class WorkerProcess:
-    """One task of the logic in a separate Python process, polled without blocking.
-
-    ``poll()`` (called from a timer in the GUI) returns the new messages; when
-    ``running`` turns False exactly one of ``result`` / ``error`` / ``cancelled``
-    is set. ``cancel()`` asks the worker to stop at its next stage and kills it
-    when it has not stopped ``CANCEL_GRACE_S`` later: the work really stops.
-    """
-
-    def __init__(self, task, inputs, workDir=None, python=None):
-        self.workDir = workDir or tempfile.mkdtemp(prefix="OsteoScreen-")
-        self.cancelFile = os.path.join(self.workDir, "cancel")
-        job = dict(inputs, task=task, lib=libraryParent(), cancel_file=self.cancelFile, out_dir=self.workDir)
-        jobPath = os.path.join(self.workDir, "job.json")
-        workerPath = os.path.join(self.workDir, "worker.py")
-        with open(jobPath, "w") as f:
-            json.dump(job, f)
-        with open(workerPath, "w") as f:
-            f.write(WORKER_CODE)
-        self.task = task
-        self.log = []  # the worker's other output lines (warnings, tracebacks)
-        self.progress = 0.0
-        self.message = ""
-        self.result = None
-        self.error = None
-        self.cancelled = False
-        self._cancelRequestedAt = None
-        self._eof = False
-        self._lines = queue.Queue()
-        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONIOENCODING="utf-8")
-        flags = getattr(subprocess, "CREATE_NO_WINDOW", 0) if os.name == "nt" else 0
-        self.process = subprocess.Popen(
-            [python or pythonSlicerExecutable(), workerPath, jobPath],
-            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            text=True, encoding="utf-8", errors="replace", env=env, creationflags=flags,
-        )
-        self._reader = threading.Thread(target=self._readOutput, daemon=True)  # I/O only, no MRML
-        self._reader.start()
-
-    def _readOutput(self):
-        for line in self.process.stdout:
-            self._lines.put(line.rstrip("\r\n"))
-        self._lines.put(None)
-
-    @property
-    def running(self):
-        return not (self._eof and self.process.poll() is not None)
-
-    def poll(self):
-        """New messages from the worker (dicts); never blocks."""
-        messages = []
-        while True:
-            try:
-                line = self._lines.get_nowait()
-            except queue.Empty:
-                break
-            if line is None:
-                self._eof = True
-                continue
-            if not line.startswith(WORKER_PREFIX):
-                self.log.append(line)
-                continue
-            try:
-                message = json.loads(line[len(WORKER_PREFIX):])
-            except ValueError:
-                self.log.append(line)
-                continue
-            messages.append(message)
-            if "progress" in message:
-                self.progress, self.message = message["progress"], message.get("message", "")
-            if message.get("done"):
-                self.result = message
-            elif "error" in message:
-                self.error = message["error"]
-            elif message.get("cancelled"):
-                self.cancelled = True
-        if self._cancelRequestedAt is not None and self.process.poll() is None:
-            if time.monotonic() - self._cancelRequestedAt > CANCEL_GRACE_S:
-                self.process.kill()
-        if not self.running and self.result is None and self.error is None and not self.cancelled:
-            if self._cancelRequestedAt is not None:
-                self.cancelled = True
-            else:
-                self.error = f"the background process stopped unexpectedly (exit code {self.process.returncode}); details are in the log"
-        return messages
-
-    def cancel(self):
-        if self.process.poll() is None and self._cancelRequestedAt is None:
-            with open(self.cancelFile, "w") as f:
-                f.write("cancel\n")
-            self._cancelRequestedAt = time.monotonic()
-
-    def kill(self):
-        if self.process.poll() is None:
-            self.process.kill()
-        self._cancelRequestedAt = self._cancelRequestedAt or time.monotonic()
-
-    def wait(self, timeoutS=None, interval=0.05):
-        """Poll until the worker has finished (for scripts and tests; the GUI uses a timer)."""
-        start = time.monotonic()
-        while True:
-            self.poll()
-            if not self.running:
-                self.poll()
-                return
-            if timeoutS is not None and time.monotonic() - start > timeoutS:
-                self.kill()
-            time.sleep(interval)
-
-    def cleanup(self):
-        shutil.rmtree(self.workDir, ignore_errors=True)
-
-
-def exportVolumeForWorker(volumeNode, path):
-    """Write a volume node to an uncompressed NRRD without changing the node's own storage."""
-    storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
-    storage.SetFileName(str(path))
-    storage.SetUseCompression(0)
-    if not storage.WriteData(volumeNode):
-        raise RuntimeError(f"could not write {volumeNode.GetName()} to {path}; check the free disk space")
-    return str(path)
-
-
-def sourcePathOf(volumeNode):
-    """The file a volume was read from (for result.json), if known."""
-    path = volumeNode.GetAttribute("OsteoScreen.SourcePath")
-    storage = volumeNode.GetStorageNode()
-    if not path and storage is not None:
-        path = storage.GetFileName()
-    return path or None
-
-
-def importSegmentation(logic, path, ctNode, name, source=None, warnings=()):
-    """A NEW segmentation node from a .seg.nrrd written by the worker; no existing node is touched."""
-    node = logic.load_segmentation(path, ctNode)
-    scene = node.GetScene()
-    storage = node.GetStorageNode()
-    node.SetAndObserveStorageNodeID(None)  # the file is temporary: Save must ask for a place
-    if storage is not None:
-        scene.RemoveNode(storage)
-    node.SetName(scene.GenerateUniqueName(name))
-    if source:
-        node.SetAttribute("OsteoScreen.Source", source)
-    node.SetAttribute("OsteoScreen.Warnings", json.dumps(list(warnings)))
-    return node
-
-
-def segmentationWarnings(segmentationNode):
-    try:
-        return list(json.loads(segmentationNode.GetAttribute("OsteoScreen.Warnings") or "[]"))
-    except ValueError:
-        return []
-
-
-def formatResult(result):
-    """The result as rich text for the panel: class, probabilities, ROI HU, BMD, warnings."""
-    prediction = result["prediction"]
-    model = result.get("model", {})
-    lines = [f"<b>{prediction['class'].capitalize()}</b> "
-             f"({MODEL_LABELS.get(model.get('name'), model.get('name', '?'))}, v{model.get('version', '?')})"]
-    lines.append("Probabilities: " + ", ".join(f"{c} {p:.2f}" for c, p in prediction["probabilities"].items()))
-    lines.append(f"Estimated BMD: {prediction['bmd_mg_cm3']:.1f} mg/cm\u00b3")
-    kvp = result.get("input", {}).get("tube_voltage_kvp")
-    lines.append(f"Tube voltage: {kvp} kVp ({result['input'].get('tube_voltage_source')})" if kvp else "Tube voltage: unknown")
-    lines.append(f"Contrast phase: {result.get('input', {}).get('contrast_phase') or 'unknown'}")
-    for name, v in result.get("vertebrae", {}).items():
-        if v.get("trabecular_roi_hu") is not None:
-            lines.append(f"{name} trabecular ROI: {v['trabecular_roi_hu']:.1f} HU")
-    for w in result.get("warnings", []):
-        lines.append(f'<span style="color:#b36b00">Warning: {w}</span>')
-    return "<br>".join(lines)
-
-
-COMPARISON_COLUMNS = (("segment", "Segment"), ("dsc", "DSC"), ("hd95_mm", "HD95 (mm)"),
-                      ("reference_ml", "Reference (ml)"), ("prediction_ml", "Compared (ml)"))
-
-
-def comparisonToTable(rows, tableNode):
-    """Fill a table node with one row per segment (DSC, HD95 in mm, volumes)."""
-    table = tableNode.GetTable()
-    table.Initialize()
-    columns = []
-    for key, title in COMPARISON_COLUMNS:
-        column = vtk.vtkStringArray() if key == "segment" else vtk.vtkDoubleArray()
-        column.SetName(title)
-        columns.append((key, column))
-    for row in rows:
-        for key, column in columns:
-            value = row.get(key)
-            if key == "segment":
-                column.InsertNextValue(str(value))
-            else:
-                column.InsertNextValue(float("nan") if value is None else float(value))
-    for _, column in columns:
-        table.AddColumn(column)
-    tableNode.Modified()
-    return tableNode
-
-
-def writeComparisonCsv(rows, path):
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow([key for key, _ in COMPARISON_COLUMNS])
-        for row in rows:
-            writer.writerow([row.get(key) for key, _ in COMPARISON_COLUMNS])
-    return path
+ClassifierModel = _choice(
+    "ClassifierModel", {n.upper(): n for n in registry.MODEL_NAMES}, {n: m["title"] for n, m in registry.MODELS.items()},
+    "The bundled classifiers; values are the logic's model names.")
+TubeVoltage = _choice(
+    "TubeVoltage", {"AUTO": "auto", **{f"KV{v}": str(v) for v in registry.TUBE_VOLTAGES_KVP}},
+    {"auto": "From the DICOM header (else unknown)", **{str(v): f"{v} kVp" for v in registry.TUBE_VOLTAGES_KVP}},
+    "The scan's kVp for the classifiers; AUTO takes it from the DICOM header (unknown otherwise).")
+ContrastPhase = _choice(
+    "ContrastPhase", {"UNKNOWN": "unknown", **{p.upper(): p for p in registry.CONTRAST_PHASES}},
+    {"unknown": "Unknown", **registry.CONTRAST_PHASE_TITLES},
+    "The scan's contrast phase for the classifiers (DICOM does not record it reliably).")
 
 
 def caseFile(folder, stem):
@@ -480,22 +123,46 @@ def caseFile(folder, stem):
 # Sample data: a chest phantom generated locally, nothing downloaded
 # ---------------------------------------------------------------------------------------------
 
+_samplePhantomJob = None  # the background generation started with Slicer, if the phantom was missing
+
 
 def sampleCaseFolder():
-    return os.path.join(slicer.app.cachePath, MODULE_NAME, f"chest-phantom-{SAMPLE_SEED:05d}")
+    """Where ``osteoscreen phantom CACHE --seed SAMPLE_SEED`` writes the sample."""
+    return os.path.join(slicer.app.cachePath, MODULE_NAME, f"phantom-{SAMPLE_SEED:05d}")
+
+
+def startSamplePhantomGeneration():
+    """Generate the sample phantom in the background (once; ~30 s) so that
+    ``SampleData.downloadSample(SAMPLE_NAME)`` finds its file, also from the Python console."""
+    global _samplePhantomJob
+    folder = sampleCaseFolder()
+    if caseFile(folder, "ct") is not None or _samplePhantomJob is not None:
+        return
+    import subprocess
+
+    from OsteoScreenLib.jobs import python_slicer_executable, start
+
+    os.makedirs(os.path.dirname(folder), exist_ok=True)
+    try:
+        _samplePhantomJob = start([python_slicer_executable(), "-m", "OsteoScreenLib.cli", "phantom",
+                                   os.path.dirname(folder), "--seed", str(SAMPLE_SEED), "--format", "nrrd"],
+                                  stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    except (OSError, RuntimeError) as exc:
+        logging.warning(f"OsteoScreen: the sample phantom will be generated when first loaded ({exc})")
 
 
 def ensureSamplePhantom():
-    """Generate the sample chest phantom once into Slicer's cache; returns its folder."""
+    """The sample chest phantom's folder, generated now if the background run has not made it."""
     folder = sampleCaseFolder()
+    if _samplePhantomJob is not None and _samplePhantomJob.poll() is None:
+        with slicer.util.WaitCursor():
+            _samplePhantomJob.wait()
     if caseFile(folder, "ct") is None:
-        ensureLibraryImportable()
         from OsteoScreenLib.phantom import generate_case, write_case
 
         slicer.util.showStatusMessage("OsteoScreen: generating the sample chest phantom (only once)...")
         with slicer.util.WaitCursor():
-            case = generate_case(SAMPLE_SEED, preset="chest")
-            write_case(case, folder, fmt="nrrd", overwrite=True)
+            write_case(generate_case(SAMPLE_SEED, preset="chest"), folder, fmt="nrrd", overwrite=True)
         slicer.util.showStatusMessage("")
     return folder
 
@@ -504,7 +171,7 @@ def loadSamplePhantom(source=None):
     """Load the sample chest phantom (the SampleData button calls this with its source)."""
     path = caseFile(ensureSamplePhantom(), "ct")
     node = slicer.util.loadVolume(path, {"name": SAMPLE_NAME})
-    node.SetAttribute("OsteoScreen.SourcePath", path)
+    node.SetAttribute(registry.SOURCE_PATH_ATTRIBUTE, path)
     return node
 
 
@@ -512,11 +179,11 @@ def registerSampleData():
     """Add the phantom to the Sample Data module (called once Slicer has started)."""
     import SampleData
 
-    ctPath = os.path.join(sampleCaseFolder(), "ct.nrrd")
+    startSamplePhantomGeneration()
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="OsteoScreen",
         sampleName=SAMPLE_NAME,
-        uris=pathlib.Path(ctPath).as_uri(),
+        uris=pathlib.Path(os.path.join(sampleCaseFolder(), "ct.nrrd")).as_uri(),
         fileNames=f"{SAMPLE_NAME}.nrrd",
         nodeNames=SAMPLE_NAME,
         thumbnailFileName=resourcePath("Icons/OsteoScreen.png"),
@@ -547,13 +214,11 @@ class OsteoScreen(ScriptedLoadableModule):
             "Reproduces and extends BMC Musculoskeletal Disorders 2024;25:176 (models 1 and 2). "
             "Built on 3D Slicer, VTK and ONNX Runtime."
         )
-        try:
-            ensureLibraryImportable()  # a sys.path entry only: OsteoScreenLib is imported when first needed
-        except RuntimeError as exc:
-            logging.error(f"OsteoScreen: {exc}")
         iconPath = resourcePath(f"Icons/{MODULE_NAME}.png")
         if os.path.isfile(iconPath):
             self.parent.icon = qt.QIcon(iconPath)
+        if (slicer.app.majorVersion, slicer.app.minorVersion) < registry.MINIMUM_SLICER_VERSION:
+            logging.error("OsteoScreen needs Slicer %d.%d or later" % registry.MINIMUM_SLICER_VERSION)
         slicer.app.connect("startupCompleted()", registerSampleData)
 
 
@@ -594,7 +259,7 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._job = None
         self._onJobDone = None
-        self._lastResult = None  # (result dict, CT node, segmentation node) of the last Classify
+        self._lastResult = None  # (CaseResult, CT node, segmentation node, digest of its segments) of the last Classify
         self._comparisonRows = None
         self._comparisonTable = None
         self._timer = None
@@ -636,12 +301,7 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.initializeParameterNode()
 
     def cleanup(self):
-        if self._job is not None:
-            self._job.kill()
-            self._job.cleanup()
-            self._job = None
-        if self._timer is not None:
-            self._timer.stop()
+        self._endJob("Stopped: the module was closed.")
         self.removeObservers()
 
     def enter(self):
@@ -658,6 +318,7 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGUIState)
 
     def onSceneStartClose(self, caller, event):
+        self._endJob("Stopped: the scene was closed.")  # its result must not land in the next scene
         self.setParameterNode(None)
         self._lastResult = None
         self._comparisonRows = None
@@ -718,7 +379,7 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.saveReportButton.enabled = self._lastResult is not None and not busy
         self.ui.exportComparisonButton.enabled = bool(self._comparisonRows)
         self.ui.cancelButton.enabled = busy
-        self.ui.modelHelpLabel.text = MODEL_HELP[p.model.value] if p else ""
+        self.ui.modelHelpLabel.text = registry.MODELS[p.model.value]["help"] if p else ""
         editor = self.ui.segmentEditorWidget
         if editor.segmentationNode() != seg:
             editor.setSegmentationNode(seg)
@@ -762,17 +423,25 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     "OsteoScreen needs ONNX Runtime (about 20 MB) to run its models. Install it now?",
                     windowTitle="OsteoScreen",
                 ):
-                    self.showError("ONNX Runtime is not installed; nothing was run.")
+                    self.showError("ONNX Runtime was not installed (declined); nothing was run.")
                     return False
+                # pip runs on this thread: say what is happening before the panel waits for it
+                self.showStatus("Installing ONNX Runtime (about 20 MB, up to a few minutes); Slicer waits meanwhile...")
+                slicer.app.processEvents()
                 with slicer.util.WaitCursor():
                     slicer.util.pip_install("onnxruntime")
         except Exception as exc:
-            self.showError("ONNX Runtime could not be installed; see the log.", details=repr(exc))
+            if type(exc).__name__ == "InstallationAbortedError":  # the reader declined in Slicer's own dialog
+                self.showError("ONNX Runtime was not installed (declined); nothing was run.")
+            else:
+                self.showError("ONNX Runtime could not be installed (no network, or no write access?); see the log.",
+                               details=repr(exc))
             return False
         importlib.invalidate_caches()
         if importlib.util.find_spec("onnxruntime") is None:
             self.showError("ONNX Runtime is not installed; nothing was run.")
             return False
+        self.showStatus("ONNX Runtime installed.")
         return True
 
     # --- background jobs
@@ -790,6 +459,18 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.showStatus(text)
         self._timer.start()
         self._updateGUIState()
+
+    def _endJob(self, text):
+        """Stop the running job now (its whole process tree) and forget it: nothing it makes is used."""
+        if self._timer is not None:
+            self._timer.stop()
+        job, self._job = self._job, None
+        if job is not None:
+            job.kill()
+            job.cleanup()
+            self.showStatus(text)
+        if hasattr(self, "ui"):
+            self.ui.progressBar.setVisible(False)
 
     def _pollJob(self):
         job = self._job
@@ -838,14 +519,15 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         workDir = self._newWorkDir()
         try:
-            inputs = {"ct": exportVolumeForWorker(ct, os.path.join(workDir, "ct.nrrd")), "source_path": sourcePathOf(ct)}
+            inputs = {"ct": self.logic.export_volume(ct, os.path.join(workDir, "ct.nrrd")),
+                      "source_path": self.logic.source_path(ct)}
         except Exception as exc:
             shutil.rmtree(workDir, ignore_errors=True)
             self.showError(str(exc))
             return
 
         def done(result):
-            node = importSegmentation(self.logic, result["segmentation"], ct, f"{ct.GetName()} L1-L2",
+            node = self.logic.import_segmentation(result["segmentation"], ct, f"{ct.GetName()} L1-L2",
                                       result.get("source"), result.get("warnings", []))
             node.CreateClosedSurfaceRepresentation()
             slicer.util.setSliceViewerLayers(background=ct)
@@ -870,23 +552,22 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         try:
             segPath = os.path.join(workDir, "segmentation.seg.nrrd")
             self.logic.save_segmentation(seg, segPath)  # the CURRENT segments, with the user's corrections
+            digest = self.logic.labels_digest(seg, ct)  # Save report checks that they are still these
             inputs = {
-                "ct": exportVolumeForWorker(ct, os.path.join(workDir, "ct.nrrd")),
-                "source_path": sourcePathOf(ct),
+                "ct": self.logic.export_volume(ct, os.path.join(workDir, "ct.nrrd")),
+                "source_path": self.logic.source_path(ct),
                 "segmentation": segPath,
-                "segmentation_source": seg.GetAttribute("OsteoScreen.Source") or "user segmentation",
-                "warnings": segmentationWarnings(seg),
+                "segmentation_source": seg.GetAttribute(registry.SOURCE_ATTRIBUTE) or "user segmentation",
+                "warnings": self.logic.segmentation_warnings(seg),
                 "model": model,
             }
-            # The worker reads a plain NRRD copy: the kVp (the reader's choice, else the
-            # DICOM header through Slicer's database) travels with the job.
-            if p.tubeVoltage != TubeVoltage.AUTO:
+            # The worker reads a plain NRRD copy: the scan settings (the reader's choice, else the
+            # DICOM header through Slicer's database) travel with the job.
+            if p.tubeVoltage.value != "auto":
                 inputs["kvp"], inputs["kvp_source"] = int(p.tubeVoltage.value), "user"
             else:
-                kvp, source = self.logic.tube_voltage(ct)
-                if kvp is not None:
-                    inputs["kvp"], inputs["kvp_source"] = kvp, source
-            if p.contrastPhase != ContrastPhase.UNKNOWN:
+                inputs["kvp"], inputs["kvp_source"] = self.logic.tube_voltage(ct)
+            if p.contrastPhase.value != "unknown":
                 inputs["contrast"] = p.contrastPhase.value
         except Exception as exc:
             shutil.rmtree(workDir, ignore_errors=True)
@@ -894,21 +575,27 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
 
         def done(message):
+            import json
+
+            from OsteoScreenLib.result import CaseResult
+
             with open(message["result"]) as f:
-                result = json.load(f)
+                result = CaseResult.from_json(json.load(f))
+            # a table OsteoScreen made is reused; a table of the reader's is never emptied
             table = self.logic.result_to_table(result, self._parameterNode.resultTable)
             self._parameterNode.resultTable = table
             self.ui.resultTableView.setMRMLTableNode(table)
-            self.ui.resultLabel.text = formatResult(result)
-            self._lastResult = (result, ct, seg)
-            self.showStatus(f"Classified with {MODEL_LABELS[model]}. Classify again after further corrections.")
+            self.ui.resultLabel.text = result.html()
+            self._lastResult = (result, ct, seg, digest)
+            title = registry.MODELS[model]["title"]
+            self.showStatus(f"Classified with {title}. Classify again after further corrections.")
 
-        self._startJob("classify", workDir, inputs, done, f"Classifying with {MODEL_LABELS[model]}...")
+        self._startJob("classify", workDir, inputs, done, f"Classifying with {registry.MODELS[model]['title']}...")
 
     def onSaveReport(self):
         if self._lastResult is None:
             return
-        result, ct, seg = self._lastResult
+        result, ct, seg, digest = self._lastResult
         folder = str(self._parameterNode.reportFolder or "")
         if folder in ("", "."):
             folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Folder for the OsteoScreen report")
@@ -918,7 +605,8 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         target = os.path.join(folder, ct.GetName())
         try:
             with slicer.util.WaitCursor():
-                written = self.logic.save_report(result, ct, seg, target, overwrite=self._parameterNode.overwriteReport)
+                written = self.logic.save_report(result, ct, seg, target, overwrite=self._parameterNode.overwriteReport,
+                                                 labels_digest=digest)
         except Exception as exc:
             self.showError(str(exc).splitlines()[0] if str(exc) else "The report could not be written; see the log.",
                            details=repr(exc))
@@ -934,7 +622,7 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         workDir = self._newWorkDir()
         try:
-            inputs = {"ct": exportVolumeForWorker(ct, os.path.join(workDir, "ct.nrrd"))}
+            inputs = {"ct": self.logic.export_volume(ct, os.path.join(workDir, "ct.nrrd"))}
             for key, node in (("reference", reference), ("compared", compared)):
                 inputs[key] = str(self.logic.save_segmentation(node, os.path.join(workDir, f"{key}.seg.nrrd")))
         except Exception as exc:
@@ -944,10 +632,9 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         def done(message):
             rows = message["rows"]
-            if self._comparisonTable is None or self._comparisonTable.GetScene() is None:
-                self._comparisonTable = slicer.mrmlScene.AddNewNodeByClass(
-                    "vtkMRMLTableNode", slicer.mrmlScene.GenerateUniqueName("OsteoScreen comparison"))
-            comparisonToTable(rows, self._comparisonTable)
+            if self._comparisonTable is not None and self._comparisonTable.GetScene() is None:
+                self._comparisonTable = None  # removed by the reader: make a new one
+            self._comparisonTable = self.logic.comparison_to_table(rows, self._comparisonTable)
             self.ui.comparisonTableView.setMRMLTableNode(self._comparisonTable)
             self._comparisonRows = rows
             self.showStatus(f"Compared '{compared.GetName()}' with '{reference.GetName()}'.")
@@ -961,8 +648,11 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                               "CSV files (*.csv)")
         if not path:
             return
+        from OsteoScreenLib.atomic import write_text
+        from OsteoScreenLib.metrics import comparison_csv
+
         try:
-            writeComparisonCsv(self._comparisonRows, path)
+            write_text(path, comparison_csv(self._comparisonRows), overwrite=True)
         except OSError as exc:
             self.showError(f"Could not write {path}: {exc.strerror}")
             return
@@ -1044,13 +734,13 @@ class OsteoScreenTest(ScriptedLoadableModuleTest):
         seg, _ = logic.segment(ct)
         for model in ("l1l2", "l1"):
             result = logic.classify(ct, seg, model=model)
-            prediction = result["prediction"]
-            self.assertIn(prediction["class"], CLASSES)
-            self.assertAlmostEqual(sum(prediction["probabilities"].values()), 1.0, places=3)
-            self.assertIsNotNone(result["vertebrae"]["L1"]["trabecular_roi_hu"])
+            prediction = result.prediction
+            self.assertIn(prediction.class_name, CLASSES)
+            self.assertAlmostEqual(sum(prediction.probabilities.values()), 1.0, places=3)
+            self.assertIsNotNone(result.vertebrae["L1"].trabecular_roi_hu)
             table = logic.result_to_table(result)
             self.assertGreater(table.GetTable().GetNumberOfRows(), 3)
-            self.assertIn(prediction["class"].capitalize(), formatResult(result))
+            self.assertIn(prediction.class_name.capitalize(), result.html())
         folder = tempfile.mkdtemp(prefix="OsteoScreenTest-", dir=slicer.app.temporaryPath)
         try:
             written = logic.save_report(result, ct, seg, os.path.join(folder, "case"))
@@ -1070,7 +760,7 @@ class OsteoScreenTest(ScriptedLoadableModuleTest):
         for row in rows.values():
             self.assertGreater(row["dsc"], 0.7)
             self.assertLess(row["hd95_mm"], 10.0)
-        table = comparisonToTable(list(rows.values()), slicer.mrmlScene.AddNewNodeByClass("vtkMRMLTableNode"))
+        table = logic.comparison_to_table(list(rows.values()))
         self.assertEqual(table.GetTable().GetNumberOfRows(), 2)
 
     def _waitForPanel(self, widget, timeoutS=900):
@@ -1114,4 +804,4 @@ class OsteoScreenTest(ScriptedLoadableModuleTest):
         self._waitForPanel(widget)
         self.assertIsNotNone(widget._lastResult, widget.ui.statusLabel.text)
         self.assertGreater(widget._parameterNode.resultTable.GetTable().GetNumberOfRows(), 3)
-        self.assertEqual(widget._lastResult[0]["model"]["name"], "l1")
+        self.assertEqual(widget._lastResult[0].model.name, "l1")

@@ -20,17 +20,9 @@ from typing import Callable
 from .atomic import ensure_folder, write_json, write_text
 from .ct_io import volume_extension
 from .errors import OsteoScreenError
-from .registry import CLASSES, VERTEBRA_NAMES
+from .result import CSV_FIELDS, CaseResult
 
 RESULT_NAME, ERROR_NAME = "result.json", "error.json"
-CSV_FIELDS = (
-    ["case", "input", "status", "model", "class"]
-    + [f"p_{c}" for c in CLASSES]
-    + ["bmd_mg_cm3", "tube_voltage_kvp", "contrast_phase"]
-    + [f"{n}_roi_hu" for n in VERTEBRA_NAMES]
-    + [f"{n}_volume_ml" for n in VERTEBRA_NAMES]
-    + ["warnings", "error"]
-)
 
 
 @dataclass
@@ -94,19 +86,10 @@ def case_names(inputs: list[Path]) -> list[str]:
 
 
 def csv_row(case: str, folder: Path, source: Path) -> dict:
+    """The case's row of results.csv, from its folder (done, failed or pending)."""
     row = {"case": case, "input": str(source)}
     if (folder / RESULT_NAME).exists():
-        r = json.loads((folder / RESULT_NAME).read_text())
-        pred = r["prediction"]
-        row.update({"status": "ok", "model": r["model"]["name"], "class": pred["class"],
-                    "bmd_mg_cm3": pred["bmd_mg_cm3"], "tube_voltage_kvp": r.get("input", {}).get("tube_voltage_kvp"),
-                    "contrast_phase": r.get("input", {}).get("contrast_phase"),
-                    "warnings": " | ".join(r.get("warnings", []))})
-        row.update({f"p_{c}": pred["probabilities"][c] for c in CLASSES})
-        for n in VERTEBRA_NAMES:
-            v = r["vertebrae"].get(n, {})
-            row[f"{n}_roi_hu"] = v.get("trabecular_roi_hu")
-            row[f"{n}_volume_ml"] = v.get("volume_ml")
+        row.update(CaseResult.from_json(json.loads((folder / RESULT_NAME).read_text())).csv_row())
     elif (folder / ERROR_NAME).exists():
         row.update({"status": "failed", "error": json.loads((folder / ERROR_NAME).read_text())["error"]})
     else:

@@ -16,17 +16,9 @@ from .errors import OsteoScreenError
 from .features import BodyFeatures, body_features, scan_vector
 from .model_store import model_folder, verified_files
 from .onnx_runner import OnnxNetwork
-from .registry import CLASSES, LABEL_OF, qct_class
+from .registry import CLASSES, LABEL_OF, MODELS, qct_class  # MODELS: read by training too
 from .segmenter import softmax
 from .volume import Volume
-
-MODELS: dict[str, dict] = {
-    "l1l2": {"folder": "classifier-l1l2", "vertebrae": ("L1", "L2"),
-             "title": "Model 1: L1 + L2 fusion", "explanation": "uses both vertebral bodies; the paper's best model"},
-    "l1": {"folder": "classifier-l1", "vertebrae": ("L1",),
-           "title": "Model 2: L1 only", "explanation": "needs only L1: for shorter scans with less radiation"},
-}
-
 
 def check_model_name(name: str) -> dict:
     if name not in MODELS:

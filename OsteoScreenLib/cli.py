@@ -65,10 +65,9 @@ def cmd_convert(args) -> int:
 
 
 def cmd_segment(args) -> int:
-    import slicer
-
     from .ct_io import volume_extension, write_volume
-    from .logic import OsteoScreenLogic
+    from .measurements import vertebra_stats
+    from .pipeline import Models, read_case, run_case, save_segmentation
 
     ct_path = Path(args.ct)
     out = Path(args.output) if args.output else _default_seg_path(ct_path)
@@ -77,17 +76,15 @@ def cmd_segment(args) -> int:
         raise OsteoScreenError(f"{out}: write .seg.nrrd, or a label map .nii.gz, .nii or .nrrd")
     if out.exists() and not args.overwrite:
         raise OsteoScreenError(f"{out}: already exists; pass --overwrite to replace it")
-    logic = OsteoScreenLogic(slicer.vtkMRMLScene())
-    ct_node = logic.load_ct(ct_path)
+    case = read_case(ct_path)
     with about(ct_path):
-        node, output = logic.segment(ct_node)
+        output = run_case(Models(), case, model=None).segmentation
     if label_map:
         write_volume(output.labels, out, overwrite=args.overwrite)
     else:
-        logic.save_segmentation(node, out, overwrite=args.overwrite)
-    stats = logic.vertebra_stats(node, ct_node)
+        save_segmentation(output.labels, out, overwrite=args.overwrite)
     print(f"wrote {out} in {output.timing_s['total']:.1f} s")
-    for name, v in stats.items():
+    for name, v in vertebra_stats(output.labels).items():
         print(f"  {name}: {v['volume_ml']:.1f} ml, centroid {v['centroid_mm']} mm (RAS)")
     for w in output.warnings:
         print(f"  warning: {w}")
@@ -95,33 +92,20 @@ def cmd_segment(args) -> int:
 
 
 def cmd_classify(args) -> int:
-    import slicer
-
     from .atomic import write_json
-    from .logic import OsteoScreenLogic
+    from .pipeline import Models, labels_from_file, read_case, run_case
     from .segmentation_nodes import parse_label_mapping
 
     if args.json and Path(args.json).exists() and not args.overwrite:
         raise OsteoScreenError(f"{args.json}: already exists; pass --overwrite to replace it")
-    logic = OsteoScreenLogic(slicer.vtkMRMLScene())
-    ct_node = logic.load_ct(args.ct)
+    case = read_case(args.ct, args.kvp, args.contrast)
     mapping = parse_label_mapping(args.labels) if args.labels else None
-    seg_node = logic.load_segmentation(args.segmentation, ct_node, mapping)
-    seg_node.SetAttribute("OsteoScreen.Source", f"file {args.segmentation}")
-    warnings = logic.default_tube_voltage(ct_node, args.kvp)
-    logic.set_contrast_phase(ct_node, args.contrast)
+    labels = labels_from_file(args.segmentation, case.ct, mapping)
     with about(args.segmentation):
-        result = logic.classify(ct_node, seg_node, args.model, warnings=warnings)
-    pred = result["prediction"]
-    print(f"{pred['class']}  (model {args.model}; estimated BMD {pred['bmd_mg_cm3']:.0f} mg/cm3)")
-    print("  " + "  ".join(f"P({c}) {p:.3f}" for c, p in pred["probabilities"].items()))
-    for name, v in result["vertebrae"].items():
-        if v.get("trabecular_roi_hu") is not None:
-            print(f"  {name} trabecular ROI {v['trabecular_roi_hu']:.0f} HU")
-    for w in result["warnings"]:
-        print(f"  warning: {w}")
+        result = run_case(Models(), case, args.model, labels, source=f"file {args.segmentation}").result
+    print("\n".join(result.text_lines()))
     if args.json:
-        write_json(args.json, result, overwrite=args.overwrite)
+        write_json(args.json, result.to_json(), overwrite=args.overwrite)
     return EXIT_OK
 
 
@@ -147,12 +131,10 @@ def cmd_screen(args) -> int:
 
 
 def cmd_evaluate_segmentation(args) -> int:
-    import csv
-    import io
-
     import slicer
 
     from .atomic import write_text
+    from .metrics import comparison_csv
     from .logic import OsteoScreenLogic
     from .segmentation_nodes import parse_label_mapping
 
@@ -177,18 +159,14 @@ def cmd_evaluate_segmentation(args) -> int:
     for r in rows:
         print(f"{r['segment']:<8} {r['dsc']:>7.4f} {r['hd95_mm']:>8.2f} {r['reference_ml']:>8.1f} {r['prediction_ml']:>8.1f}")
     if args.csv:
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, fieldnames=list(rows[0]))
-        w.writeheader()
-        w.writerows(rows)
-        write_text(args.csv, buf.getvalue(), overwrite=args.overwrite)
+        write_text(args.csv, comparison_csv(rows), overwrite=args.overwrite)
     return EXIT_OK
 
 
 def _default_seg_path(ct_path: Path) -> Path:
-    from .logic import _display_name
+    from .logic import display_name
 
-    return ct_path.parent / f"{_display_name(ct_path)}.seg.nrrd"
+    return ct_path.parent / f"{display_name(ct_path)}.seg.nrrd"
 
 
 def cmd_demo(args) -> int:
@@ -199,22 +177,10 @@ def cmd_demo(args) -> int:
     labels = case / "labels.nii.gz"
     result = run_demo(case / "ct.nii.gz", labels if labels.exists() else None, parse_label_mapping(args.labels),
                       Path(args.output_dir), args.overwrite, args.model)
-    print(f"demo: {result['input']['path']} -> {args.output_dir}/ (segmentation.seg.nrrd, result.json"
-          + (", report.png)" if result.get("prediction") else ")"))
-    pred = result.get("prediction")
-    if pred:
-        probs = "  ".join(f"P({c}) {p:.2f}" for c, p in pred["probabilities"].items())
-        print(f"  {pred['class']} (model {result['model']['name']}), estimated BMD {pred['bmd_mg_cm3']:.0f} mg/cm3; {probs}")
-    for name, v in result["vertebrae"].items():
-        roi = v.get("trabecular_roi_hu")
-        print(f"  {name}: {v['volume_ml']:.1f} ml" + (f", trabecular ROI {roi:.0f} HU" if roi is not None else ""))
-    for name, a in (result.get("reference_agreement") or {}).items():
-        if "fraction_inside_reference" in a:
-            print(f"  model {name} vs reference labels: centroid inside {a['centroid_in_reference']}, "
-                  f"{a['fraction_inside_reference']:.0%} of voxels inside")
-    for w in result["warnings"]:
-        print(f"  note: {w}")
-    print(f"  {result['timing_s']['total']:.1f} s")
+    print(f"demo: {result.input.path} -> {args.output_dir}/ (segmentation.seg.nrrd, result.json"
+          + (", report.png)" if result.prediction else ")"))
+    print("\n".join(result.text_lines(warning_label="note")))
+    print(f"  {result.timing_s['total']:.1f} s")
     return EXIT_OK
 
 
@@ -247,6 +213,13 @@ def _fmt(values) -> str:
 
 
 # --------------------------------------------------------------------------- parser
+
+
+def _model_option(parser) -> None:
+    from .registry import DEFAULT_MODEL, MODEL_NAMES, MODELS
+
+    parser.add_argument("--model", choices=MODEL_NAMES, default=DEFAULT_MODEL,
+                        help="; ".join(f"{n}: {m['title']}" for n, m in MODELS.items()))
 
 
 def _scan_options(parser) -> None:
@@ -299,7 +272,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("ct", help="CT file or DICOM folder")
     s.add_argument("--segmentation", required=True, help=".seg.nrrd, or a label map (1 = L1, 2 = L2, or see --labels)")
     s.add_argument("--labels", default=None, help="label mapping of a label map: verse, totalsegmentator or L1=..,L2=..")
-    s.add_argument("--model", choices=("l1l2", "l1"), default="l1l2", help="l1l2: L1 + L2 fusion (model 1); l1: L1 only")
+    _model_option(s)
     s.add_argument("--json", help="write result.json here")
     _scan_options(s)
     s.add_argument("--overwrite", action="store_true")
@@ -308,7 +281,7 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("screen", help="segment and classify many scans into a folder (resumable)")
     s.add_argument("inputs", nargs="+", metavar="INPUT", help="CT files, DICOM folders, or folders of those")
     s.add_argument("--output-dir", required=True)
-    s.add_argument("--model", choices=("l1l2", "l1"), default="l1l2")
+    _model_option(s)
     _scan_options(s)
     s.add_argument("--overwrite", action="store_true", help="redo cases that are already done")
     s.set_defaults(func=cmd_screen)
@@ -327,7 +300,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--case", required=True, help="folder holding ct.nii.gz and, optionally, reference labels.nii.gz")
     s.add_argument("--labels", default="totalsegmentator", help="label mapping of labels.nii.gz")
     s.add_argument("--output-dir", default="demo-output")
-    s.add_argument("--model", choices=("l1l2", "l1"), default="l1l2")
+    _model_option(s)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_demo)
     return p

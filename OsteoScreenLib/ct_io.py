@@ -117,7 +117,7 @@ def check_hounsfield(volume: Volume, path: Path | str) -> None:
 
 
 @contextmanager
-def _quiet_vtk():
+def quiet_vtk():
     """VTK warnings off, and what the C++ libraries print (ITK, GDCM, OpenJPEG) to the log:
     our one-line error says what went wrong; their lines before it would only confuse."""
     import vtk
@@ -169,7 +169,7 @@ def _read_with_storage_node(path: Path, files: list[Path]) -> Volume:
         storage.SetSingleFile(0)
     else:
         storage.SetSingleFile(1)
-    with _quiet_vtk():
+    with quiet_vtk():
         ok = storage.ReadData(node)
     if not ok or node.GetImageData() is None:
         raise OsteoScreenError(f"{path}: cannot be read (truncated or corrupt?); export the image again")
@@ -442,7 +442,7 @@ def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = Fals
     storage.SetUseCompression(1)
     with atomic_path(path, overwrite) as tmp:
         storage.SetFileName(str(tmp))
-        with _quiet_vtk():
+        with quiet_vtk():
             ok = storage.WriteData(node)
         if not ok:
             raise OsteoScreenError(f"{path}: could not be written; check the folder and free space")

@@ -6,6 +6,8 @@ The scene is passed in (``slicer.mrmlScene`` inside Slicer, a
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
@@ -15,91 +17,90 @@ from .errors import OsteoScreenError
 from .hashing import sha256_path
 from .measurements import vertebra_stats
 from .mrml_convert import volume_from_node, volume_to_node
+from .pipeline import DICOM_HEADER, run_case, scan_settings
 from .volume import Volume
 
-KVP_ATTRIBUTE = "OsteoScreen.TubeVoltageKVP"  # as the header or the user gives it
-KVP_SOURCE_ATTRIBUTE = "OsteoScreen.TubeVoltageSource"
 DICOM_KVP_TAG = "0018,0060"
-CONTRAST_ATTRIBUTE = "OsteoScreen.ContrastPhase"  # as the reader gives it (DICOM does not record the phase)
 
 
 class OsteoScreenLogic:
-    def __init__(self, scene):
+    """Nodes in, nodes out; the work itself is :mod:`pipeline`'s, on Volumes."""
+
+    def __init__(self, scene, models=None):
+        from .pipeline import Models
+
         self.scene = scene
-        self._segmenter = None
-        self._classifiers: dict = {}
+        self.models = models or Models()  # shared, e.g. by the cases of a batch
 
     @property
     def segmenter(self):
         """The bundled segmentation model, loaded (and verified) on first use."""
-        if self._segmenter is None:
-            from .segmenter import L1L2Segmenter
-
-            self._segmenter = L1L2Segmenter()
-        return self._segmenter
+        return self.models.segmenter
 
     # --- volumes
 
     def load_ct(self, path: str | os.PathLike, name: str | None = None, display: bool = True):
         """Read a CT file or DICOM folder into a new scalar volume node (``display``: with
-        display nodes, as a viewer needs; a batch without views skips their histogram work)."""
+        display nodes, as a viewer needs)."""
         path = Path(path)
         header: dict = {}
         volume = read_ct(path, header)
-        node = volume_to_node(self.scene, volume, name or _display_name(path))
-        node.SetAttribute("OsteoScreen.SourcePath", str(path))
-        node.SetAttribute("OsteoScreen.SourceSHA256", sha256_path(path))
+        node = volume_to_node(self.scene, volume, name or display_name(path))
+        node.SetAttribute(registry.SOURCE_PATH_ATTRIBUTE, str(path))
+        node.SetAttribute(registry.SOURCE_SHA256_ATTRIBUTE, sha256_path(path))
         if header.get("kvp") is not None:
-            node.SetAttribute(KVP_ATTRIBUTE, f"{header['kvp']:g}")
-            node.SetAttribute(KVP_SOURCE_ATTRIBUTE, "DICOM header")
+            node.SetAttribute(registry.KVP_ATTRIBUTE, f"{header['kvp']:g}")
+            node.SetAttribute(registry.KVP_SOURCE_ATTRIBUTE, DICOM_HEADER)
         if display:
             node.CreateDefaultDisplayNodes()
         return node
 
-    # --- tube voltage (the classifiers calibrate HU to BMD per voltage)
+    def case_input(self, ct_node):
+        """The CT of a node as the pipeline's input, with its source and scan settings."""
+        from .pipeline import CaseInput, ScanSettings
+
+        kvp, source = self.tube_voltage(ct_node)
+        return CaseInput(volume_from_node(ct_node), ct_node.GetAttribute(registry.SOURCE_PATH_ATTRIBUTE),
+                         ct_node.GetAttribute(registry.SOURCE_SHA256_ATTRIBUTE),
+                         ScanSettings(kvp, source, self.contrast_phase(ct_node)))
+
+    # --- scan settings of a CT node (the classifiers calibrate HU to BMD per tube voltage)
 
     def set_tube_voltage(self, ct_node, kvp, source: str = "user") -> None:
         """Record the tube voltage of a CT whose file does not (NIfTI, NRRD); None forgets it."""
         if kvp is None:
-            ct_node.RemoveAttribute(KVP_ATTRIBUTE)
-            ct_node.RemoveAttribute(KVP_SOURCE_ATTRIBUTE)
+            ct_node.RemoveAttribute(registry.KVP_ATTRIBUTE)
+            ct_node.RemoveAttribute(registry.KVP_SOURCE_ATTRIBUTE)
             return
-        if registry.tube_voltage(kvp) is None:
-            known = ", ".join(str(v) for v in registry.TUBE_VOLTAGES_KVP)
-            raise OsteoScreenError(f"tube voltage {kvp} kVp is not one the classifiers know ({known}); "
-                                   "choose one of them or leave it unknown")
-        ct_node.SetAttribute(KVP_ATTRIBUTE, f"{float(kvp):g}")
-        ct_node.SetAttribute(KVP_SOURCE_ATTRIBUTE, source)
+        settings, _ = scan_settings(kvp=kvp, kvp_source=source)
+        ct_node.SetAttribute(registry.KVP_ATTRIBUTE, f"{settings.kvp:g}")
+        ct_node.SetAttribute(registry.KVP_SOURCE_ATTRIBUTE, source)
 
     def default_tube_voltage(self, ct_node, kvp) -> list[str]:
         """Use ``kvp`` (e.g. --kvp) where the scan records none; the header wins. Returns warnings."""
         recorded, source = self.tube_voltage(ct_node)
-        if kvp is None or recorded == kvp:
-            return []
-        if recorded is not None and source == "DICOM header":
-            return [f"the DICOM header gives the tube voltage ({recorded} kVp); {kvp} kVp not used"]
-        self.set_tube_voltage(ct_node, kvp)
-        return []
+        settings, warnings = scan_settings(recorded if source == DICOM_HEADER else None, kvp)
+        if kvp is not None and settings.kvp_source != DICOM_HEADER:
+            self.set_tube_voltage(ct_node, settings.kvp)
+        return warnings
 
     def set_contrast_phase(self, ct_node, phase) -> None:
         """Record the contrast phase of a CT (none, arterial, portal); None forgets it."""
         if phase is None:
-            ct_node.RemoveAttribute(CONTRAST_ATTRIBUTE)
+            ct_node.RemoveAttribute(registry.CONTRAST_ATTRIBUTE)
             return
-        known = registry.contrast_phase(phase)
-        if known is None:
-            raise OsteoScreenError(f"contrast phase {phase!r} unknown; choose one of "
-                                   f"{', '.join(registry.CONTRAST_PHASES)} or leave it unknown")
-        ct_node.SetAttribute(CONTRAST_ATTRIBUTE, known)
+        settings, _ = scan_settings(contrast=phase)
+        ct_node.SetAttribute(registry.CONTRAST_ATTRIBUTE, settings.contrast)
 
     def contrast_phase(self, ct_node) -> str | None:
-        return registry.contrast_phase(ct_node.GetAttribute(CONTRAST_ATTRIBUTE))
+        return registry.contrast_phase(ct_node.GetAttribute(registry.CONTRAST_ATTRIBUTE))
 
     def tube_voltage(self, ct_node) -> tuple[int | None, str]:
         """(kVp the classifiers use or None, where it comes from)."""
-        raw, source = ct_node.GetAttribute(KVP_ATTRIBUTE), ct_node.GetAttribute(KVP_SOURCE_ATTRIBUTE) or "user"
+        raw = ct_node.GetAttribute(registry.KVP_ATTRIBUTE)
+        source = ct_node.GetAttribute(registry.KVP_SOURCE_ATTRIBUTE) or "user"
         if not raw:
-            raw, source = _slicer_dicom_kvp(ct_node), "DICOM header"
+            raw, source = _slicer_dicom_kvp(ct_node), DICOM_HEADER
         if not raw:
             return None, "unknown"
         kvp = registry.tube_voltage(raw)
@@ -118,6 +119,10 @@ class OsteoScreenLogic:
         ct = volume_from_node(ct_node)
         return ct.with_array(segmentation_nodes.labelmap_on_grid(segmentation_node, ct_node))
 
+    def labels_digest(self, segmentation_node, ct_node) -> str:
+        """A fingerprint of the segments on the CT grid: tells whether they changed since."""
+        return hashlib.sha256(self.labelmap(segmentation_node, ct_node).array.tobytes()).hexdigest()
+
     def vertebra_stats(self, segmentation_node, ct_node) -> dict[str, dict]:
         return vertebra_stats(self.labelmap(segmentation_node, ct_node))
 
@@ -127,92 +132,72 @@ class OsteoScreenLogic:
         Returns ``(segmentation_node, output)`` where ``output`` holds the label map on the
         CT grid, warnings and timings. ``cancel()`` returning True stops the work.
         """
-        ct = volume_from_node(ct_node)
-        output = self.segmenter.segment(ct, progress=progress, cancel=cancel)
+        outcome = run_case(self.models, self.case_input(ct_node), model=None, progress=progress, cancel=cancel)
+        return self.segmentation_node(outcome.labels, ct_node, self.models.segmentation_source, name), outcome.segmentation
+
+    def segmentation_node(self, labels: Volume, ct_node, source: str, name: str | None = None):
+        """A NEW segmentation node of a label map on the CT grid, with where its segments come from."""
         node, _ = segmentation_nodes.segmentation_from_labelmap(
-            self.scene, output.labels, ct_node, name=name or f"{ct_node.GetName()} L1-L2"
-        )
-        node.SetAttribute("OsteoScreen.Source", "model " + self.segmenter.card["version"])
-        return node, output
+            self.scene, labels, ct_node, name=name or f"{ct_node.GetName()} L1-L2")
+        node.SetAttribute(registry.SOURCE_ATTRIBUTE, source)
+        return node
 
     def save_segmentation(self, segmentation_node, path, overwrite: bool = False) -> Path:
         return segmentation_nodes.save_segmentation(segmentation_node, path, overwrite)
 
     # --- classification
 
-    def classifier(self, model: str = "l1l2"):
-        """A bundled classifier, loaded (and verified) once per model."""
-        from .classifier import OsteoporosisClassifier
-
-        if model not in self._classifiers:
-            self._classifiers[model] = OsteoporosisClassifier(model)
-        return self._classifiers[model]
-
-    def classify(self, ct_node, segmentation_node, model: str = "l1l2", warnings=None, timing_s=None) -> dict:
-        """Classify from the CURRENT segments (automatic or corrected); returns the result.json dict."""
-        import time
-
+    def classify(self, ct_node, segmentation_node, model: str = registry.DEFAULT_MODEL, warnings=None):
+        """Classify from the CURRENT segments (automatic or corrected); returns a :class:`CaseResult`."""
         from .classifier import check_model_name
 
         check_model_name(model)
-        t0 = time.perf_counter()
-        ct = volume_from_node(ct_node)
-        labels = ct.with_array(segmentation_nodes.labelmap_on_grid(segmentation_node, ct_node))
-        return self._classify_arrays(ct_node, ct, labels, segmentation_node, model, warnings, timing_s, t0)
+        case = self.case_input(ct_node)
+        case.warnings = list(warnings or [])
+        labels = case.ct.with_array(segmentation_nodes.labelmap_on_grid(segmentation_node, ct_node))
+        source = segmentation_node.GetAttribute(registry.SOURCE_ATTRIBUTE) or "user segmentation"
+        return run_case(self.models, case, model, labels, source).result
 
-    def _classify_arrays(self, ct_node, ct, labels, segmentation_node, model, warnings, timing_s, t0) -> dict:
-        """Classification of a CT and its label map already on the CT grid (batch: no re-export)."""
-        import time
+    def result_to_table(self, result, table_node=None):
+        """The result's rows (``CaseResult.table_rows``) in a table node, which is returned.
 
-        from .result import build_result, input_info
-
-        kvp, kvp_source = self.tube_voltage(ct_node)
-        contrast = self.contrast_phase(ct_node)
-        classification = self.classifier(model).classify(ct, labels, kvp, contrast)
-        timing = dict(timing_s or {})
-        timing["classify"] = round(time.perf_counter() - t0, 3)
-        source = segmentation_node.GetAttribute("OsteoScreen.Source") or "user segmentation"
-        path = ct_node.GetAttribute("OsteoScreen.SourcePath")
-        sha = ct_node.GetAttribute("OsteoScreen.SourceSHA256")
-        info = input_info(path, ct, sha, kvp, kvp_source, contrast)
-        return build_result(classification, labels, info, source, warnings, timing)
-
-    def result_to_table(self, result: dict, table_node=None):
-        """Put a result into a table node (one row per measure), creating the node if needed."""
+        ``table_node`` is filled only if OsteoScreen made it; otherwise (none, or a table of
+        the reader's, which must never be emptied) a new one is made.
+        """
         import vtk
 
-        table_node = table_node or self.scene.AddNewNodeByClass("vtkMRMLTableNode", self.scene.GenerateUniqueName("OsteoScreen result"))
+        if table_node is None or table_node.GetAttribute(registry.RESULT_TABLE_ATTRIBUTE) != "1":
+            table_node = self.scene.AddNewNodeByClass(
+                "vtkMRMLTableNode", self.scene.GenerateUniqueName("OsteoScreen result"))
+            table_node.SetAttribute(registry.RESULT_TABLE_ATTRIBUTE, "1")
         table = table_node.GetTable()
         table.Initialize()
-        cols = [vtk.vtkStringArray(), vtk.vtkStringArray()]
-        cols[0].SetName("Measure")
-        cols[1].SetName("Value")
-        pred = result["prediction"]
-        rows = [("Model", f"{result['model']['name']} v{result['model']['version']}"),
-                ("Class", pred["class"])]
-        rows += [(f"P({c})", f"{p:.3f}") for c, p in pred["probabilities"].items()]
-        rows.append(("Estimated BMD (mg/cm3)", f"{pred['bmd_mg_cm3']:.1f}"))
-        kvp = result["input"].get("tube_voltage_kvp")
-        rows.append(("Tube voltage (kVp)", f"{kvp} ({result['input'].get('tube_voltage_source')})" if kvp else "unknown"))
-        rows.append(("Contrast phase", result["input"].get("contrast_phase") or "unknown"))
-        for name, v in result["vertebrae"].items():
-            if v.get("trabecular_roi_hu") is not None:
-                rows.append((f"{name} trabecular ROI (HU)", f"{v['trabecular_roi_hu']:.1f}"))
-            rows.append((f"{name} volume (ml)", f"{v['volume_ml']:.1f}"))
-        rows += [("Warning", w) for w in result.get("warnings", [])]
-        for a, b in rows:
-            cols[0].InsertNextValue(a)
-            cols[1].InsertNextValue(b)
-        table.AddColumn(cols[0])
-        table.AddColumn(cols[1])
+        columns = [vtk.vtkStringArray(), vtk.vtkStringArray()]
+        for column, title in zip(columns, ("Measure", "Value")):
+            column.SetName(title)
+        for measure, value in result.table_rows():
+            columns[0].InsertNextValue(measure)
+            columns[1].InsertNextValue(value)
+        for column in columns:
+            table.AddColumn(column)
         table_node.Modified()
         return table_node
 
-    def save_report(self, result: dict, ct_node, segmentation_node, folder, overwrite: bool = False) -> Path:
-        """Write result.json and report.png (the same report as the batch command) into ``folder``."""
-        ct = volume_from_node(ct_node)
-        labels = ct.with_array(segmentation_nodes.labelmap_on_grid(segmentation_node, ct_node))
-        return write_case_report(ct, labels, result, Path(folder), overwrite)
+    def save_report(self, result, ct_node, segmentation_node, folder, overwrite: bool = False,
+                    labels_digest: str | None = None) -> Path:
+        """Write result.json and report.png (the same report as the batch command) into ``folder``.
+
+        ``labels_digest``: :meth:`labels_digest` of the segments the result was classified from;
+        the report is refused if they have changed since (the figures would not match the contours).
+        """
+        from .pipeline import CaseOutcome, write_case
+
+        case = self.case_input(ct_node)
+        labels = case.ct.with_array(segmentation_nodes.labelmap_on_grid(segmentation_node, ct_node))
+        if labels_digest is not None and hashlib.sha256(labels.array.tobytes()).hexdigest() != labels_digest:
+            raise OsteoScreenError("the segments changed since the last Classify: classify again, then save the report")
+        features = _features(case.ct, labels, result)
+        return write_case(case, CaseOutcome(labels, result, features), Path(folder), overwrite, segmentation=False)
 
     # --- annotators
 
@@ -220,62 +205,100 @@ class OsteoScreenLogic:
         """Dice and 95 % Hausdorff (mm) per segment, both resampled onto the CT grid."""
         from .metrics import compare_labelmaps
 
-        ct = volume_from_node(ct_node)
-        ref = ct.with_array(segmentation_nodes.labelmap_on_grid(reference_node, ct_node))
+        ref = self.labelmap(reference_node, ct_node)
         pred = segmentation_nodes.labelmap_on_grid(prediction_node, ct_node)
-        from .registry import LABEL_OF
+        return compare_labelmaps(ref, pred, registry.LABEL_OF)
 
-        return compare_labelmaps(ref, pred, LABEL_OF)
+    def comparison_to_table(self, rows: list[dict], table_node=None):
+        """One row per segment (DSC, HD95 in mm, volumes) in a table node; a new one unless given."""
+        import vtk
+
+        from .metrics import COMPARISON_COLUMNS
+
+        table_node = table_node or self.scene.AddNewNodeByClass(
+            "vtkMRMLTableNode", self.scene.GenerateUniqueName("OsteoScreen comparison"))
+        table = table_node.GetTable()
+        table.Initialize()
+        for key, title in COMPARISON_COLUMNS:
+            column = vtk.vtkStringArray() if key == "segment" else vtk.vtkDoubleArray()
+            column.SetName(title)
+            for row in rows:
+                value = row.get(key)
+                column.InsertNextValue(str(value) if key == "segment" else float("nan") if value is None else float(value))
+            table.AddColumn(column)
+        table_node.Modified()
+        return table_node
+
+    # --- files for a background job (the module's worker reads and writes files)
+
+    def export_volume(self, volume_node, path) -> str:
+        """Write a volume node to an uncompressed NRRD without changing the node's own storage."""
+        import slicer
+
+        storage = slicer.vtkMRMLVolumeArchetypeStorageNode()
+        storage.SetFileName(str(path))
+        storage.SetUseCompression(0)
+        if not storage.WriteData(volume_node):
+            raise OsteoScreenError(f"could not write {volume_node.GetName()} to {path}; check the free disk space")
+        return str(path)
+
+    def source_path(self, volume_node) -> str | None:
+        """The file a volume was read from (for result.json), if known."""
+        storage = volume_node.GetStorageNode()
+        return (volume_node.GetAttribute(registry.SOURCE_PATH_ATTRIBUTE)
+                or (storage.GetFileName() if storage is not None else None) or None)
+
+    def import_segmentation(self, path, ct_node, name: str, source: str | None = None, warnings=()):
+        """A NEW segmentation node from a temporary .seg.nrrd (e.g. the worker's); no node is touched,
+        and none keeps pointing at the file (Save asks for a place)."""
+        node = self.load_segmentation(path, ct_node)
+        storage = node.GetStorageNode()
+        node.SetAndObserveStorageNodeID(None)
+        if storage is not None:
+            self.scene.RemoveNode(storage)
+        node.SetName(self.scene.GenerateUniqueName(name))
+        if source:
+            node.SetAttribute(registry.SOURCE_ATTRIBUTE, source)
+        node.SetAttribute(registry.WARNINGS_ATTRIBUTE, json.dumps(list(warnings)))
+        return node
+
+    def segmentation_warnings(self, segmentation_node) -> list[str]:
+        """The warnings the model gave with a segmentation (see :meth:`import_segmentation`)."""
+        try:
+            return list(json.loads(segmentation_node.GetAttribute(registry.WARNINGS_ATTRIBUTE) or "[]"))
+        except ValueError:
+            return []
 
     # --- batch
 
-    def screen(self, inputs, output_dir, model: str = "l1l2", overwrite: bool = False, progress=None, cancel=None,
-               kvp: int | None = None, contrast: str | None = None):
+    def screen(self, inputs, output_dir, model: str = registry.DEFAULT_MODEL, overwrite: bool = False, progress=None,
+               cancel=None, kvp: int | None = None, contrast: str | None = None):
         """Segment, classify and report each input into ``output_dir`` (see :mod:`batch`).
 
-        Each case runs in a private scene, so the user's scene is left alone. ``kvp``: the tube
-        voltage of inputs that do not record it (DICOM headers win); ``contrast``: the contrast
-        phase of every input (none, arterial, portal), None if unknown.
+        No node is made: the user's scene is left alone. ``kvp``: the tube voltage of inputs that
+        do not record it (DICOM headers win); ``contrast``: the contrast phase of every input
+        (none, arterial, portal), None if unknown.
         """
-        import time
-
-        import slicer
-
         from .batch import expand_inputs, run_batch
         from .classifier import check_model_name
+        from .pipeline import read_case, write_case
 
         check_model_name(model)
+        scan_settings(kvp=kvp, contrast=contrast)  # a bad setting stops the batch before its first case
         paths = expand_inputs(inputs)
 
         def process(source: Path, folder: Path) -> None:
-            case_logic = OsteoScreenLogic(slicer.vtkMRMLScene())
-            case_logic._segmenter, case_logic._classifiers = self.segmenter, self._classifiers
-            ct_node = case_logic.load_ct(source, display=False)
-            seg_node, out = case_logic.segment(ct_node, cancel=cancel)
-            out.warnings.extend(case_logic.default_tube_voltage(ct_node, kvp))
-            case_logic.set_contrast_phase(ct_node, contrast)
-            case_logic.save_segmentation(seg_node, folder / "segmentation.seg.nrrd", overwrite=True)
-            ct = volume_from_node(ct_node)
-            result = case_logic._classify_arrays(ct_node, ct, out.labels, seg_node, model, out.warnings,
-                                                 out.timing_s, time.perf_counter())
-            result["segmentation"]["path"] = "segmentation.seg.nrrd"
-            write_case_report(ct, out.labels, result, folder, overwrite=True)
+            case = read_case(source, kvp, contrast)
+            write_case(case, run_case(self.models, case, model, cancel=cancel), folder, overwrite=True)
 
         return run_batch(paths, Path(output_dir), process, overwrite, progress, cancel)
 
 
-def write_case_report(ct: Volume, labels: Volume, result: dict, folder: Path, overwrite: bool) -> Path:
-    """report.png, then result.json (written last: in a batch it marks the case done)."""
-    from .atomic import write_json
+def _features(ct: Volume, labels: Volume, result) -> dict:
+    """The body features of the measured vertebrae (a report of a result made elsewhere, e.g. the worker)."""
     from .features import body_features
-    from .report import render_report, write_png
 
-    folder.mkdir(parents=True, exist_ok=True)
-    features = {n: body_features(ct, labels, n) for n, v in result["vertebrae"].items()
-                if v.get("trabecular_roi_hu") is not None}
-    write_png(render_report(ct, labels, result, features), folder / "report.png", overwrite)
-    write_json(folder / "result.json", result, overwrite)
-    return folder
+    return {n: body_features(ct, labels, n) for n in result.measured()}
 
 
 def _slicer_dicom_kvp(ct_node) -> str | None:
@@ -291,8 +314,9 @@ def _slicer_dicom_kvp(ct_node) -> str | None:
         return None
 
 
-def _display_name(path: Path) -> str:
-    name = path.name
+def display_name(path: Path) -> str:
+    """A file's name without its image extension (``ct.nii.gz`` -> ``ct``)."""
+    name = Path(path).name
     for ext in (".nii.gz", ".seg.nrrd", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"):
         if name.lower().endswith(ext):
             return name[: -len(ext)]

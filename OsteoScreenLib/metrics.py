@@ -56,3 +56,19 @@ def compare_labelmaps(reference: Volume, prediction: np.ndarray, labels: dict[st
             "prediction_ml": round(float(p.sum() * voxel_ml), 2),
         })
     return rows
+
+
+COMPARISON_COLUMNS = (("segment", "Segment"), ("dsc", "DSC"), ("hd95_mm", "HD95 (mm)"),
+                      ("reference_ml", "Reference (ml)"), ("prediction_ml", "Compared (ml)"))  # (key, title)
+
+
+def comparison_csv(rows: list[dict]) -> str:
+    """The rows of :func:`compare_labelmaps` as CSV text (``evaluate-segmentation --csv``, the module's export)."""
+    import csv
+    import io
+
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=[key for key, _ in COMPARISON_COLUMNS], extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()

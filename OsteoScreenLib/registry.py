@@ -77,6 +77,20 @@ def qct_class(mean_bmd_mg_cm3: float) -> str:
     return "osteopenia"
 
 
+# --- The two classifiers (the paper's models 1 and 2); folder: under Resources/Models ---
+
+MODELS: dict[str, dict] = {
+    "l1l2": {"folder": "classifier-l1l2", "vertebrae": ("L1", "L2"), "title": "Model 1: L1 + L2 fusion",
+             "explanation": "uses both vertebral bodies; the paper's best model",
+             "help": "Uses both vertebral bodies (the paper's model 1); the default when the scan covers L1 and L2."},
+    "l1": {"folder": "classifier-l1", "vertebrae": ("L1",), "title": "Model 2: L1 only",
+           "explanation": "needs only L1: for shorter scans with less radiation",
+           "help": "Uses L1 alone (the paper's model 2), for lower-radiation chest scans that stop above L2."},
+}
+MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
+DEFAULT_MODEL = "l1l2"
+
+
 # --- Tube voltage: the slope of HU against BMD depends on it (single-energy QCT) ---
 
 TUBE_VOLTAGES_KVP: tuple[int, ...] = (80, 100, 120, 140)  # what the classifiers know; others are "unknown"
@@ -96,6 +110,7 @@ def tube_voltage(kvp) -> int | None:
 # --- Contrast phase: iodine in the marrow raises its HU (about 8 HU arterial, 18 HU portal venous at 120 kVp) ---
 
 CONTRAST_PHASES: tuple[str, ...] = ("none", "arterial", "portal")  # "portal": portal venous
+CONTRAST_PHASE_TITLES: dict[str, str] = {"none": "None (unenhanced)", "arterial": "Arterial", "portal": "Portal venous"}
 
 
 def contrast_phase(value) -> str | None:
@@ -113,3 +128,21 @@ HU_AIR = -1024.0  # air outside the patient; padding and sub-air noise are read 
 # write outside the reconstruction circle (-2000, -2048, -3024 HU are common; padding.py).
 HU_MIN_PLAUSIBLE = -3072.0
 HU_MAX_PLAUSIBLE = 32767.0
+
+
+# --- The oldest Slicer the module supports: 5.10 is the first with Python 3.12 (OsteoScreenLib needs 3.10+).
+# CMakeLists.txt and the README state the same (Testing/Python/test_slicer_module.py checks it).
+
+MINIMUM_SLICER_VERSION: tuple[int, int] = (5, 10)
+
+
+# --- MRML node attributes that OsteoScreen sets (read back by the module, the logic and the worker) ---
+
+SOURCE_ATTRIBUTE = "OsteoScreen.Source"  # on a segmentation: where its segments come from (model version, file)
+WARNINGS_ATTRIBUTE = "OsteoScreen.Warnings"  # on a segmentation: the model's warnings, JSON list
+RESULT_TABLE_ATTRIBUTE = "OsteoScreen.ResultTable"  # "1" on a table OsteoScreen made (and may refill)
+SOURCE_PATH_ATTRIBUTE = "OsteoScreen.SourcePath"  # on a CT: the file or folder it was read from
+SOURCE_SHA256_ATTRIBUTE = "OsteoScreen.SourceSHA256"
+KVP_ATTRIBUTE = "OsteoScreen.TubeVoltageKVP"  # on a CT: as the header or the user gives it
+KVP_SOURCE_ATTRIBUTE = "OsteoScreen.TubeVoltageSource"
+CONTRAST_ATTRIBUTE = "OsteoScreen.ContrastPhase"  # on a CT: as the reader gives it (DICOM does not record it)

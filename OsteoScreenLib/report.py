@@ -99,33 +99,24 @@ def _text(lines: list[tuple[str, int, tuple]], width: int, height: int) -> np.nd
     return canvas
 
 
-def _scan_text(result: dict) -> str:
-    kvp = result.get("input", {}).get("tube_voltage_kvp")
-    contrast = result.get("input", {}).get("contrast_phase")
-    return f"{f'{kvp} kVp' if kvp else 'unknown'}, contrast {contrast or 'unknown'}"
+TEXT_STYLES = {  # style of CaseResult.report_lines -> (font size, rgb)
+    "title": (18, (1, 1, 1)), "figure": (14, (0.9, 0.9, 0.9)), "note": (12, (0.7, 0.7, 0.7)),
+    "warning": (12, (1.0, 0.75, 0.3)), "disclaimer": (12, (1.0, 0.5, 0.5)),
+}
 
 
-def render_report(ct: Volume, labels: Volume, result: dict, features: dict[str, BodyFeatures]) -> np.ndarray:
-    """RGB uint8 image: axial L1, axial L2 (if present), sagittal; then the figures."""
+def render_report(ct: Volume, labels: Volume, result, features: dict[str, BodyFeatures]) -> np.ndarray:
+    """RGB uint8 image: axial L1, axial L2 (if present), sagittal; then the result's text lines."""
     panels = [axial_panel(features[n]) for n in ("L1", "L2") if n in features]
     centers = [f.centroid_ras for f in features.values()]
     panels.append(sagittal_panel(ct, labels, np.mean(centers, axis=0)))
     top = np.concatenate(panels, axis=1)
-    pred = result["prediction"]
-    probs = "  ".join(f"{c} {p:.2f}" for c, p in pred["probabilities"].items())
-    lines = [
-        (f"{pred['class'].upper()}   estimated BMD {pred['bmd_mg_cm3']:.0f} mg/cm3 (mean of L1 and L2)", 18, (1, 1, 1)),
-        (f"probabilities: {probs}", 14, (0.9, 0.9, 0.9)),
-        ("trabecular ROI: " + "   ".join(f"{n} {v['trabecular_roi_hu']:.0f} HU" for n, v in result["vertebrae"].items()
-                                         if v.get("trabecular_roi_hu") is not None), 14, (0.9, 0.9, 0.9)),
-        (f"model {result['model']['name']} v{result['model']['version']}; tube voltage "
-         f"{_scan_text(result)}; axial views {IMAGE_FOV_MM:.0f} mm, ROI in red", 12, (0.7, 0.7, 0.7)),
-    ]
     # long warnings wrap to the image width (about 0.6 font sizes per character)
-    chars = max(40, int((top.shape[1] - 16) / (0.6 * 12)))
-    for w in result.get("warnings", [])[:3]:
-        lines += [(part, 12, (1.0, 0.75, 0.3)) for part in textwrap.wrap(f"warning: {w}", chars)]
-    lines.append((DISCLAIMER, 12, (1.0, 0.5, 0.5)))
+    chars = max(40, int((top.shape[1] - 16) / (0.6 * TEXT_STYLES["warning"][0])))
+    lines = []
+    for text, style in result.report_lines(IMAGE_FOV_MM) + [(DISCLAIMER, "disclaimer")]:
+        parts = textwrap.wrap(text, chars) if style == "warning" else [text]
+        lines += [(part, *TEXT_STYLES[style]) for part in parts]
     height = max(TEXT_HEIGHT_PX, 12 + sum(int(size * 1.8) for _, size, _ in lines))  # room for every line
     text = _text(lines, top.shape[1], height)
     return np.clip(np.concatenate([top, text], axis=0), 0, 255).astype(np.uint8)

@@ -1,62 +1,227 @@
-"""The result of one case, as written to result.json (schema ``osteoscreen.result/1``)."""
+"""The result of one case and every way it is shown: one place to add a field.
+
+``CaseResult`` is what :func:`pipeline.run_case` returns. It renders itself as
+result.json (schema ``osteoscreen.result/1``), as the CLI's text, as the rows of
+the Slicer results table, as a row of the batch's results.csv, and as the text
+lines of the report image. ``CaseResult.from_json`` reads result.json back (the
+batch table is rebuilt from the case folders).
+"""
 
 from __future__ import annotations
 
+import html
 import platform
+from dataclasses import dataclass, field, fields
 
 from . import __version__
-from .classifier import Classification
-from .measurements import vertebra_stats
-from .volume import Volume
+from .registry import CLASSES, MODELS, VERTEBRA_NAMES
 
 RESULT_SCHEMA = "osteoscreen.result/1"
+CSV_FIELDS = (
+    ["case", "input", "status", "model", "class"]
+    + [f"p_{c}" for c in CLASSES]
+    + ["bmd_mg_cm3", "tube_voltage_kvp", "contrast_phase"]
+    + [f"{n}_roi_hu" for n in VERTEBRA_NAMES]
+    + [f"{n}_volume_ml" for n in VERTEBRA_NAMES]
+    + ["warnings", "error"]
+)
 
 
-def build_result(
-    classification: Classification,
-    labels: Volume,
-    input_info: dict,
-    segmentation_source: str,
-    warnings: list[str] | None = None,
-    timing_s: dict | None = None,
-) -> dict:
-    stats = vertebra_stats(labels)
-    vertebrae = {}
-    for name, s in stats.items():
-        f = classification.features.get(name)
-        vertebrae[name] = {
-            "volume_ml": s["volume_ml"],
-            "centroid_mm": s["centroid_mm"],
-            "trabecular_roi_hu": round(f.roi_hu, 1) if f else None,
-            "roi_area_mm2": round(f.roi_area_mm2, 1) if f else None,
+@dataclass
+class InputInfo:
+    """The scan as read, and the scan settings the classifiers used."""
+
+    path: str | None = None
+    sha256: str | None = None
+    shape: list[int] = field(default_factory=list)
+    spacing_mm: list[float] = field(default_factory=list)
+    tube_voltage_kvp: int | None = None
+    tube_voltage_source: str = "unknown"
+    contrast_phase: str | None = None  # as the reader gave it; None: unknown
+
+    @classmethod
+    def of(cls, path, ct, sha256, scan=None) -> "InputInfo":
+        """From a Volume and its :class:`pipeline.ScanSettings` (None: nothing known)."""
+        return cls(str(path) if path is not None else None, sha256, list(ct.shape_ijk),
+                   [round(float(s), 4) for s in ct.spacing_mm],
+                   scan.kvp if scan else None, scan.kvp_source if scan else "unknown",
+                   scan.contrast if scan else None)
+
+    def scan_text(self) -> str:
+        kvp = f"{self.tube_voltage_kvp} kVp" if self.tube_voltage_kvp else "unknown"
+        return f"{kvp}, contrast {self.contrast_phase or 'unknown'}"
+
+
+@dataclass
+class VertebraResult:
+    volume_ml: float | None = None
+    centroid_mm: list[float] = field(default_factory=list)
+    trabecular_roi_hu: float | None = None  # None: not measured (e.g. L2 with model 2 failing on it)
+    roi_area_mm2: float | None = None
+
+
+@dataclass
+class ModelInfo:
+    name: str
+    version: str
+    sha256: str
+
+    @property
+    def title(self) -> str:
+        return MODELS[self.name]["title"] if self.name in MODELS else self.name
+
+
+@dataclass
+class Prediction:
+    class_name: str  # one of registry.CLASSES
+    probabilities: dict[str, float]
+    bmd_mg_cm3: float
+
+
+@dataclass
+class CaseResult:
+    input: InputInfo
+    segmentation_source: str
+    vertebrae: dict[str, VertebraResult]
+    model: ModelInfo | None = None
+    prediction: Prediction | None = None  # None: segmented only (no bundled classifier)
+    warnings: list[str] = field(default_factory=list)
+    timing_s: dict = field(default_factory=dict)
+    segmentation_path: str | None = None  # relative to result.json, where the segmentation was saved with it
+    reference_agreement: dict | None = None  # the demo: the segments against the case's reference labels
+    osteoscreen_version: str = __version__
+    machine: str = field(default_factory=platform.platform)
+
+    # --- result.json
+
+    def to_json(self) -> dict:
+        segmentation = {"source": self.segmentation_source}
+        if self.segmentation_path is not None:
+            segmentation["path"] = self.segmentation_path
+        out = {
+            "schema": RESULT_SCHEMA,
+            "osteoscreen_version": self.osteoscreen_version,
+            "input": dict(vars(self.input)),
+            "segmentation": segmentation,
+            "model": dict(vars(self.model)) if self.model else None,
+            "prediction": None if self.prediction is None else {
+                "class": self.prediction.class_name,
+                "probabilities": dict(self.prediction.probabilities),
+                "bmd_mg_cm3": self.prediction.bmd_mg_cm3,
+            },
+            "vertebrae": {n: dict(vars(v)) for n, v in self.vertebrae.items()},
+            "warnings": list(self.warnings),
+            "timing_s": dict(self.timing_s),
+            "machine": self.machine,
         }
-    return {
-        "schema": RESULT_SCHEMA,
-        "osteoscreen_version": __version__,
-        "input": input_info,
-        "segmentation": {"source": segmentation_source},
-        "model": {"name": classification.model, "version": classification.model_version,
-                  "sha256": classification.model_sha256},
-        "prediction": {
-            "class": classification.predicted_class,
-            "probabilities": classification.probabilities,
-            "bmd_mg_cm3": classification.bmd_mg_cm3,
-        },
-        "vertebrae": vertebrae,
-        "warnings": list(warnings or []) + classification.warnings,
-        "timing_s": timing_s or {},
-        "machine": platform.platform(),
-    }
+        if self.reference_agreement is not None:
+            out["reference_agreement"] = self.reference_agreement
+        return out
+
+    @classmethod
+    def from_json(cls, d: dict) -> "CaseResult":
+        """Read result.json back; fields an older version did not write are left empty."""
+        pred, model = d.get("prediction"), d.get("model")
+        return cls(
+            input=_known(InputInfo, d.get("input", {})),
+            segmentation_source=d.get("segmentation", {}).get("source", "unknown"),
+            segmentation_path=d.get("segmentation", {}).get("path"),
+            vertebrae={n: _known(VertebraResult, v) for n, v in d.get("vertebrae", {}).items()},
+            model=ModelInfo(model["name"], model.get("version", ""), model.get("sha256", "")) if model else None,
+            prediction=Prediction(pred["class"], dict(pred["probabilities"]), pred["bmd_mg_cm3"]) if pred else None,
+            warnings=list(d.get("warnings", [])),
+            timing_s=dict(d.get("timing_s", {})),
+            reference_agreement=d.get("reference_agreement"),
+            osteoscreen_version=d.get("osteoscreen_version", ""),
+            machine=d.get("machine", ""),
+        )
+
+    # --- people
+
+    def measured(self) -> dict[str, VertebraResult]:
+        """The vertebrae whose trabecular ROI was measured."""
+        return {n: v for n, v in self.vertebrae.items() if v.trabecular_roi_hu is not None}
+
+    def text_lines(self, warning_label: str = "warning") -> list[str]:
+        """The command line's summary (``classify``, ``demo``)."""
+        lines = []
+        if self.prediction is not None:
+            p = self.prediction
+            probs = "  ".join(f"P({c}) {v:.2f}" for c, v in p.probabilities.items())
+            lines.append(f"  {p.class_name} (model {self.model.name}), estimated BMD {p.bmd_mg_cm3:.0f} mg/cm3; {probs}")
+        for name, v in self.vertebrae.items():
+            roi = f", trabecular ROI {v.trabecular_roi_hu:.0f} HU" if v.trabecular_roi_hu is not None else ""
+            lines.append(f"  {name}: {v.volume_ml:.1f} ml{roi}")
+        for name, a in (self.reference_agreement or {}).items():
+            if "fraction_inside_reference" in a:
+                lines.append(f"  model {name} vs reference labels: centroid inside {a['centroid_in_reference']}, "
+                             f"{a['fraction_inside_reference']:.0%} of voxels inside")
+        lines += [f"  {warning_label}: {w}" for w in self.warnings]
+        return lines
+
+    def table_rows(self) -> list[tuple[str, str]]:
+        """(measure, value) rows of the results table in Slicer."""
+        rows = []
+        if self.prediction is not None:
+            p = self.prediction
+            rows += [("Model", f"{self.model.name} v{self.model.version}"), ("Class", p.class_name)]
+            rows += [(f"P({c})", f"{v:.3f}") for c, v in p.probabilities.items()]
+            rows.append(("Estimated BMD (mg/cm3)", f"{p.bmd_mg_cm3:.1f}"))
+        i = self.input
+        rows.append(("Tube voltage (kVp)", f"{i.tube_voltage_kvp} ({i.tube_voltage_source})" if i.tube_voltage_kvp
+                     else "unknown"))
+        rows.append(("Contrast phase", i.contrast_phase or "unknown"))
+        for name, v in self.vertebrae.items():
+            if v.trabecular_roi_hu is not None:
+                rows.append((f"{name} trabecular ROI (HU)", f"{v.trabecular_roi_hu:.1f}"))
+            rows.append((f"{name} volume (ml)", f"{v.volume_ml:.1f}"))
+        rows += [("Warning", w) for w in self.warnings]
+        return rows
+
+    def html(self) -> str:
+        """Rich text for the Slicer panel."""
+        p, i = self.prediction, self.input
+        lines = []
+        if p is not None:
+            lines.append(f"<b>{p.class_name.capitalize()}</b> ({self.model.title}, v{self.model.version})")
+            lines.append("Probabilities: " + ", ".join(f"{c} {v:.2f}" for c, v in p.probabilities.items()))
+            lines.append(f"Estimated BMD: {p.bmd_mg_cm3:.1f} mg/cm\u00b3")
+        lines.append(f"Tube voltage: {i.tube_voltage_kvp} kVp ({i.tube_voltage_source})" if i.tube_voltage_kvp
+                     else "Tube voltage: unknown")
+        lines.append(f"Contrast phase: {i.contrast_phase or 'unknown'}")
+        lines += [f"{n} trabecular ROI: {v.trabecular_roi_hu:.1f} HU" for n, v in self.measured().items()]
+        lines += [f'<span style="color:#b36b00">Warning: {html.escape(w)}</span>' for w in self.warnings]
+        return "<br>".join(lines)
+
+    def csv_row(self) -> dict:
+        """The fields of this case in results.csv (``case``, ``input`` and ``status`` come from the batch)."""
+        p = self.prediction
+        row = {"status": "ok", "model": self.model.name if self.model else None,
+               "class": p.class_name if p else None, "bmd_mg_cm3": p.bmd_mg_cm3 if p else None,
+               "tube_voltage_kvp": self.input.tube_voltage_kvp, "contrast_phase": self.input.contrast_phase,
+               "warnings": " | ".join(self.warnings)}
+        row.update({f"p_{c}": p.probabilities[c] if p else None for c in CLASSES})
+        for n in VERTEBRA_NAMES:
+            v = self.vertebrae.get(n)
+            row[f"{n}_roi_hu"] = v.trabecular_roi_hu if v else None
+            row[f"{n}_volume_ml"] = v.volume_ml if v else None
+        return row
+
+    def report_lines(self, image_fov_mm: float) -> list[tuple[str, str]]:
+        """(text, style) lines of the report image below its views; style: title, figure, note or warning."""
+        p = self.prediction
+        probs = "  ".join(f"{c} {v:.2f}" for c, v in p.probabilities.items())
+        rois = "   ".join(f"{n} {v.trabecular_roi_hu:.0f} HU" for n, v in self.measured().items())
+        return [
+            (f"{p.class_name.upper()}   estimated BMD {p.bmd_mg_cm3:.0f} mg/cm3 (mean of L1 and L2)", "title"),
+            (f"probabilities: {probs}", "figure"),
+            (f"trabecular ROI: {rois}", "figure"),
+            (f"model {self.model.name} v{self.model.version}; tube voltage {self.input.scan_text()}; "
+             f"axial views {image_fov_mm:.0f} mm, ROI in red", "note"),
+        ] + [(f"warning: {w}", "warning") for w in self.warnings[:3]]
 
 
-def input_info(path, ct: Volume, sha256: str | None, kvp: int | None = None, kvp_source: str = "unknown",
-               contrast: str | None = None) -> dict:
-    return {
-        "path": str(path) if path is not None else None,
-        "sha256": sha256,
-        "shape": list(ct.shape_ijk),
-        "spacing_mm": [round(float(s), 4) for s in ct.spacing_mm],
-        "tube_voltage_kvp": kvp,
-        "tube_voltage_source": kvp_source,
-        "contrast_phase": contrast,  # as the reader gave it; None: unknown
-    }
+def _known(cls, d: dict):
+    """A dataclass from the keys of ``d`` it knows (others, e.g. a later version's, are ignored)."""
+    names = {f.name for f in fields(cls)}
+    return cls(**{k: v for k, v in d.items() if k in names})

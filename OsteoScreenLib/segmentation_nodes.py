@@ -14,7 +14,7 @@ import numpy as np
 import vtk
 
 from .atomic import atomic_path
-from .ct_io import _quiet_vtk, check_nrrd_complete, read_volume
+from .ct_io import check_nrrd_complete, quiet_vtk, read_volume
 from .errors import OsteoScreenError
 from .mrml_convert import volume_from_node, volume_to_node
 from .resample import crop_to_mask
@@ -25,23 +25,57 @@ from .volume import Volume
 _LOGIC = None
 
 
+def segmentations_logic_class():
+    """Slicer's segmentations module logic class, wherever this Python finds it.
+
+    Inside the application it is ``slicer.vtkSlicerSegmentationsModuleLogic``; under
+    ``PythonSlicer`` the ``slicer`` package holds only the base kits, and the module's
+    own wrapping ``vtkSlicerSegmentationsModuleLogicPython`` is on the path instead.
+    """
+    try:
+        from vtkSlicerSegmentationsModuleLogicPython import vtkSlicerSegmentationsModuleLogic
+    except ImportError:  # the slicer-core wheel (and the application) add it to ``slicer``
+        from slicer import vtkSlicerSegmentationsModuleLogic
+    return vtkSlicerSegmentationsModuleLogic
+
+
 def _logic():
-    """Slicer's segmentations logic; creating one registers the representation converters."""
+    """One segmentations logic; creating it registers the representation converters."""
     global _LOGIC
     if _LOGIC is None:
-        import slicer
-
-        _LOGIC = slicer.vtkSlicerSegmentationsModuleLogic()
+        _LOGIC = segmentations_logic_class()()
     return _LOGIC
 
 
-def new_segmentation_node(scene, reference_volume_node, name: str = "L1-L2 segmentation"):
-    """An empty segmentation node with the CT as reference geometry and display nodes."""
+def new_segmentation_node(scene, reference_volume_node, name: str = "L1-L2 segmentation",
+                          reference_geometry: Volume | None = None, display: bool = True):
+    """An empty segmentation node with the CT as reference geometry (a node, or a Volume's grid).
+
+    ``display``: with display nodes, as a viewer needs; a file written without views skips them.
+    """
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
-    node.CreateDefaultDisplayNodes()
+    if display:
+        node.CreateDefaultDisplayNodes()
     if reference_volume_node is not None:
         node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node)
+    elif reference_geometry is not None:
+        set_reference_geometry(node, reference_geometry)
     return node
+
+
+def set_reference_geometry(segmentation_node, grid: Volume) -> None:
+    """The grid of a Volume as the segmentation's reference geometry, without a volume node
+    (what SetReferenceImageGeometryParameterFromVolumeNode stores, from the geometry alone)."""
+    import slicer
+
+    from .mrml_convert import numpy_to_matrix
+
+    image = vtk.vtkImageData()
+    image.SetDimensions(*grid.shape_ijk)  # no voxels: only the extent is serialized
+    converter = slicer.vtkSegmentationConverter
+    geometry = converter.SerializeImageGeometry(numpy_to_matrix(grid.ijk_to_ras), image)
+    segmentation_node.GetSegmentation().SetConversionParameter(
+        converter.GetReferenceImageGeometryParameterName(), geometry)
 
 
 def set_vertebra_properties(segment, name: str) -> None:
@@ -49,7 +83,10 @@ def set_vertebra_properties(segment, name: str) -> None:
     spec = VERTEBRA_BY_NAME[name]
     segment.SetName(name)
     segment.SetColor(*spec.color_rgb)
-    segment.SetTerminology(terminology_entry(name))
+    if hasattr(segment, "SetTerminology"):  # Slicer 5.10+
+        segment.SetTerminology(terminology_entry(name))
+    else:  # Slicer before 5.10 keeps the terminology as a segment tag
+        segment.SetTag(segment.GetTerminologyEntryTagName(), terminology_entry(name))
 
 
 def add_vertebra_segment(segmentation_node, name: str, mask: Volume) -> str:
@@ -80,15 +117,18 @@ def segmentation_from_labelmap(
     reference_volume_node=None,
     mapping: dict[str, int] | None = None,
     name: str = "L1-L2 segmentation",
+    reference_geometry: Volume | None = None,
 ) -> tuple[object, list[str]]:
     """A new segmentation node with one segment per vertebra present in ``labelmap``.
 
     ``mapping`` gives the label value of each vertebra (default: OsteoScreen's 1 = L1,
     2 = L2; see :data:`registry.LABEL_MAPPINGS` for VerSe and TotalSegmentator).
-    Returns the node and the names of vertebrae missing from the label map.
+    The reference geometry is ``reference_volume_node`` or, without one, the grid of
+    ``reference_geometry``. Returns the node and the names of vertebrae missing from the label map.
     """
     mapping = dict(LABEL_OF if mapping is None else mapping)
-    node = new_segmentation_node(scene, reference_volume_node, name)
+    node = new_segmentation_node(scene, reference_volume_node, name, reference_geometry,
+                                 display=reference_volume_node is not None)
     labels = np.asarray(labelmap.array)
     missing = []
     for vertebra in VERTEBRA_NAMES:
@@ -101,6 +141,13 @@ def segmentation_from_labelmap(
     return node, missing
 
 
+def _terminology(segment) -> str:
+    if hasattr(segment, "GetTerminology"):  # Slicer 5.10+
+        return segment.GetTerminology()
+    value = vtk.reference("")  # before 5.10: a segment tag
+    return value.get() if segment.GetTag(segment.GetTerminologyEntryTagName(), value) else ""
+
+
 def segment_id_of(segmentation_node, vertebra: str) -> str | None:
     """The segment of a vertebra, found by name, else by its SNOMED CT terminology code."""
     segmentation = segmentation_node.GetSegmentation()
@@ -110,7 +157,7 @@ def segment_id_of(segmentation_node, vertebra: str) -> str | None:
     code = f"^{VERTEBRA_BY_NAME[vertebra].sct_code}^"
     for n in range(segmentation.GetNumberOfSegments()):
         segment = segmentation.GetNthSegment(n)
-        if code in (segment.GetTerminology() or ""):
+        if code in (_terminology(segment) or ""):
             return segmentation.GetNthSegmentID(n)
     return None
 
@@ -122,8 +169,8 @@ def labelmap_on_grid(segmentation_node, reference_volume_node) -> np.ndarray:
     another extent or spacing): Slicer's export resamples to the reference volume.
     """
     scene = segmentation_node.GetScene()
-    shape = volume_from_node(reference_volume_node).array.shape
-    out = np.zeros(shape, np.uint8)
+    i, j, k = reference_volume_node.GetImageData().GetDimensions()  # the grid only: no copy of the CT
+    out = np.zeros((k, j, i), np.uint8)
     for vertebra in VERTEBRA_NAMES:
         segment_id = segment_id_of(segmentation_node, vertebra)
         if segment_id is None:
@@ -177,7 +224,7 @@ def save_segmentation(segmentation_node, path: str | os.PathLike, overwrite: boo
     try:
         with atomic_path(path, overwrite) as tmp:
             storage.SetFileName(str(tmp))
-            with _quiet_vtk():
+            with quiet_vtk():
                 ok = storage.WriteData(segmentation_node)
             if not ok:
                 raise OsteoScreenError(f"{path}: could not be written; check the folder and free space")
@@ -195,7 +242,7 @@ def load_segmentation(scene, path: str | os.PathLike, reference_volume_node=None
     node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(path.name.split(".")[0]))
     storage = scene.AddNewNodeByClass("vtkMRMLSegmentationStorageNode")
     storage.SetFileName(str(path))
-    with _quiet_vtk():
+    with quiet_vtk():
         ok = storage.ReadData(node)
     if not ok:
         scene.RemoveNode(node)

@@ -30,7 +30,7 @@ def phantom_nodes(a_chest_phantom, bundled_models):
 @pytest.mark.parametrize("model", ["l1l2", "l1"])
 def test_both_models_classify_a_phantom_and_fill_the_result_contract(phantom_nodes, model):
     logic, ct_node, seg_node, case = phantom_nodes
-    result = logic.classify(ct_node, seg_node, model)
+    result = logic.classify(ct_node, seg_node, model).to_json()
     assert result["schema"] == "osteoscreen.result/1"
     pred = result["prediction"]
     assert pred["class"] in CLASSES
@@ -43,7 +43,7 @@ def test_both_models_classify_a_phantom_and_fill_the_result_contract(phantom_nod
 
 def test_the_trabecular_roi_reads_the_phantoms_true_trabecular_hu(phantom_nodes):
     logic, ct_node, seg_node, case = phantom_nodes
-    result = logic.classify(ct_node, seg_node, "l1l2")
+    result = logic.classify(ct_node, seg_node, "l1l2").to_json()
     for name in ("L1", "L2"):
         assert result["vertebrae"][name]["trabecular_roi_hu"] == pytest.approx(case.meta["trabecular_hu"][name], abs=30)
 
@@ -55,19 +55,19 @@ def test_model_1_with_only_l1_suggests_model_2(phantom_nodes, tmp_path):
     seg = logic.load_segmentation(path, ct_node)
     with pytest.raises(Exception, match="model 2"):
         logic.classify(ct_node, seg, "l1l2")
-    assert logic.classify(ct_node, seg, "l1")["prediction"]["class"] in CLASSES
+    assert logic.classify(ct_node, seg, "l1").to_json()["prediction"]["class"] in CLASSES
 
 
 def test_a_segmentation_on_another_grid_is_resampled_not_misread(phantom_nodes, tmp_path):
     logic, ct_node, seg_node, case = phantom_nodes
-    direct = logic.classify(ct_node, seg_node, "l1")
+    direct = logic.classify(ct_node, seg_node, "l1").to_json()
     coarse = case.labels.array[::2, ::2, ::2]  # half the resolution, same field of view
     m = case.labels.ijk_to_ras.copy()
     m[:3, :3] *= 2
     from OsteoScreenLib.volume import Volume
 
     path = write_volume(Volume(coarse, m), tmp_path / "coarse.nii.gz")
-    resampled = logic.classify(ct_node, logic.load_segmentation(path, ct_node), "l1")
+    resampled = logic.classify(ct_node, logic.load_segmentation(path, ct_node), "l1").to_json()
     assert resampled["vertebrae"]["L1"]["trabecular_roi_hu"] == pytest.approx(direct["vertebrae"]["L1"]["trabecular_roi_hu"], abs=15)
 
 
@@ -126,7 +126,7 @@ def test_a_class_outside_the_estimated_bmd_range_is_flagged(phantom_nodes):
     for kvp in (80, 100, 120, 140, None):
         logic.set_tube_voltage(ct_node, kvp)
         for model in ("l1l2", "l1"):
-            result = logic.classify(ct_node, seg_node, model)
+            result = logic.classify(ct_node, seg_node, model).to_json()
             pred = result["prediction"]
             disagree = qct_class(pred["bmd_mg_cm3"]) != pred["class"]
             assert disagree == any("disagree" in w for w in result["warnings"]), (kvp, model, pred)

@@ -32,6 +32,7 @@ MODULE_FILE = REPO / "OsteoScreen" / "OsteoScreen.py"
 UI_FILE = REPO / "Resources" / "UI" / "OsteoScreen.ui"
 CMAKE_FILE = REPO / "CMakeLists.txt"
 CATALOG_FILE = REPO / "OsteoScreen.json"
+LAUNCHER = REPO / "Testing" / "PythonSlicer" / "launcher.py"  # behaves like PythonSlicer
 
 # --------------------------------------------------------------------------- module file
 
@@ -68,28 +69,24 @@ def test_the_module_imports_only_what_slicer_provides_and_osteoscreenlib():
     assert not bad, f"OsteoScreen.py imports modules Slicer does not provide: {bad}"
 
 
-def test_the_worker_code_compiles_and_imports_only_the_stdlib_slicer_and_osteoscreenlib():
-    tree = ast.parse(helpers()["WORKER_CODE"])
-    for name in imported_modules(tree):
-        top = name.split(".")[0]
-        assert top in sys.stdlib_module_names or top in ("slicer", "OsteoScreenLib"), name
-
-
 def test_the_osteoscreenlib_names_the_module_uses_exist():
-    """Every `from OsteoScreenLib.x import y` in the module (and its worker) resolves."""
+    """Every `from OsteoScreenLib.x import y` in the module resolves."""
     import importlib
+    import importlib.util
 
-    trees = [module_tree(), ast.parse(helpers()["WORKER_CODE"])]
-    for tree in trees:
+    for tree in [module_tree()]:
         for node in ast.walk(tree):
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("OsteoScreenLib"):
                 mod = importlib.import_module(node.module)
-                for alias in node.names:
-                    assert hasattr(mod, alias.name), f"{node.module}.{alias.name}"
+                for alias in node.names:  # a name of the module, or a submodule of the package
+                    found = hasattr(mod, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}")
+                    assert found, f"{node.module}.{alias.name}"
     from OsteoScreenLib.logic import OsteoScreenLogic
 
-    for method in ("load_ct", "load_segmentation", "segment", "save_segmentation", "classify",
-                   "result_to_table", "save_report", "compare_segmentations", "screen"):
+    for method in ("load_ct", "load_segmentation", "segment", "save_segmentation", "classify", "labels_digest",
+                   "tube_voltage", "result_to_table", "save_report", "compare_segmentations", "screen",
+                   "comparison_to_table", "export_volume", "source_path", "import_segmentation",
+                   "segmentation_warnings"):
         assert callable(getattr(OsteoScreenLogic, method)), method
 
 
@@ -216,7 +213,9 @@ def test_the_model_choice_offers_both_models_with_their_explanations():
     assert [m.value for m in h["ClassifierModel"]] == ["l1l2", "l1"]
     assert h["ClassifierModel"].label(h["ClassifierModel"].L1L2) == "Model 1: L1 + L2 fusion"
     assert h["ClassifierModel"].label(h["ClassifierModel"].L1) == "Model 2: L1 only"
-    assert set(h["MODEL_HELP"]) == {"l1l2", "l1"}
+    from OsteoScreenLib.registry import MODELS
+
+    assert all(MODELS[m.value]["help"] for m in h["ClassifierModel"])
 
 
 def test_the_tube_voltage_choice_offers_the_header_and_every_voltage_the_classifiers_know():
@@ -427,6 +426,15 @@ def test_the_catalog_entry_is_valid_against_the_schema():
             assert all(isinstance(i, str) for i in value), key
 
 
+def test_readme_cmake_and_registry_state_the_same_minimum_slicer_version():
+    from OsteoScreenLib.registry import MINIMUM_SLICER_VERSION
+
+    wanted = "%d.%d" % MINIMUM_SLICER_VERSION
+    v = cmake_evaluate(REPO, REPO / "build")
+    assert v["OSTEOSCREEN_MINIMUM_SLICER_VERSION"] == [wanted]
+    assert f"Needs 3D Slicer {wanted} or later" in (REPO / "README.md").read_text()
+
+
 def test_the_catalog_agrees_with_cmake():
     entry = json.loads(CATALOG_FILE.read_text())
     v = cmake_evaluate(REPO, REPO / "build")
@@ -446,12 +454,8 @@ def test_the_icon_is_a_128_pixel_png():
 # --------------------------------------------------------------------------- the module's Qt-free helpers, run headless
 
 HELPER_NAMES = {
-    "MODULE_NAME", "MODULE_DIR", "SAMPLE_NAME", "SAMPLE_SEED", "WORKER_PREFIX", "CANCEL_GRACE_S", "MODEL_LABELS",
-    "MODEL_HELP", "moduleBaseFolders", "resourcePath", "libraryParent", "ensureLibraryImportable", "ClassifierModel",
-    "TubeVoltage", "ContrastPhase",
-    "pythonSlicerExecutable", "WORKER_CODE", "WorkerProcess", "exportVolumeForWorker", "sourcePathOf",
-    "importSegmentation", "segmentationWarnings", "formatResult", "COMPARISON_COLUMNS", "comparisonToTable",
-    "writeComparisonCsv", "caseFile",
+    "MODULE_NAME", "MODULE_DIR", "SAMPLE_NAME", "SAMPLE_SEED", "moduleBaseFolders", "resourcePath", "libraryParent",
+    "ensureLibraryImportable", "_choice", "ClassifierModel", "TubeVoltage", "ContrastPhase", "caseFile",
 }
 
 
@@ -462,8 +466,11 @@ def helpers(module_file: Path = MODULE_FILE) -> dict:
     for node in tree.body:
         if isinstance(node, (ast.Import, ast.ImportFrom)):
             names = imported_modules(node)
-            if all(n.split(".")[0] in sys.stdlib_module_names for n in names):
+            if all(n.split(".")[0] in sys.stdlib_module_names or n.startswith("OsteoScreenLib") for n in names):
                 body.append(node)
+        elif (isinstance(node, ast.Expr) and isinstance(node.value, ast.Call)
+              and getattr(node.value.func, "id", None) in HELPER_NAMES):
+            body.append(node)  # e.g. ensureLibraryImportable()
         elif isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name in HELPER_NAMES:
             body.append(node)
         elif isinstance(node, ast.Assign) and all(isinstance(t, ast.Name) and t.id in HELPER_NAMES for t in node.targets):
@@ -511,23 +518,23 @@ def segment_names(node) -> list[str]:
     return sorted(s.GetNthSegment(i).GetName() for i in range(s.GetNumberOfSegments()))
 
 
-def test_an_exported_ct_reads_back_identical_and_the_node_keeps_its_own_storage(h, a_small_ct, tmp_path):
+def test_an_exported_ct_reads_back_identical_and_the_node_keeps_its_own_storage(a_small_ct, tmp_path):
     from OsteoScreenLib.ct_io import read_ct
     from OsteoScreenLib.mrml_convert import volume_from_node
 
     logic, ct = a_small_ct
     storage_before = ct.GetStorageNodeID()
     (tmp_path / "worker").mkdir()
-    path = h["exportVolumeForWorker"](ct, tmp_path / "worker" / "ct.nrrd")
+    path = logic.export_volume(ct, tmp_path / "worker" / "ct.nrrd")
     assert ct.GetStorageNodeID() == storage_before
     back, original = read_ct(path), volume_from_node(ct)
     from conftest import assert_same_in_world
 
     assert_same_in_world(back, original)
-    assert h["sourcePathOf"](ct).endswith("small-ct.nrrd")
+    assert logic.source_path(ct).endswith("small-ct.nrrd")
 
 
-def test_importing_a_worker_result_always_makes_a_new_uniquely_named_node(h, a_small_ct, tmp_path):
+def test_importing_a_worker_result_always_makes_a_new_uniquely_named_node(a_small_ct, tmp_path):
     from OsteoScreenLib.segmentation_nodes import segmentation_from_labelmap
 
     logic, ct = a_small_ct
@@ -535,16 +542,16 @@ def test_importing_a_worker_result_always_makes_a_new_uniquely_named_node(h, a_s
     made, _ = segmentation_from_labelmap(scene, a_labelmap(ct), ct)
     path = logic.save_segmentation(made, tmp_path / "segmentation.seg.nrrd")
     scene.RemoveNode(made)
-    first = h["importSegmentation"](logic, path, ct, "CT L1-L2", "model 1.0", ["L2 touches the edge"])
+    first = logic.import_segmentation(path, ct, "CT L1-L2", "model 1.0", ["L2 touches the edge"])
     # the reader edits the first one: L2 removed
     first.GetSegmentation().RemoveSegment(first.GetSegmentation().GetSegmentIdBySegmentName("L2"))
-    second = h["importSegmentation"](logic, path, ct, "CT L1-L2", "model 1.0", [])
+    second = logic.import_segmentation(path, ct, "CT L1-L2", "model 1.0", [])
     assert first is not second and first.GetName() != second.GetName()
     assert first.GetName().startswith("CT L1-L2") and second.GetName().startswith("CT L1-L2")
     assert segment_names(first) == ["L1"] and segment_names(second) == ["L1", "L2"]
     assert first.GetStorageNode() is None  # nothing points at the temporary file
     assert first.GetAttribute("OsteoScreen.Source") == "model 1.0"
-    assert h["segmentationWarnings"](first) == ["L2 touches the edge"]
+    assert logic.segmentation_warnings(first) == ["L2 touches the edge"]
     assert first.GetNodeReferenceID(first.GetReferenceImageGeometryReferenceRole()) == ct.GetID()
 
 
@@ -560,27 +567,30 @@ def test_segmentations_from_label_maps_are_new_nodes_each_time(a_small_ct):
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 2
 
 
-def run_worker(h, task, inputs, tmp_path, cancel_at_once=False, timeout_s=300):
+def run_worker(task, inputs, tmp_path, cancel_at_once=False, timeout_s=300):
+    """The job as the panel starts it, through the PythonSlicer-like launcher."""
+    from OsteoScreenLib.jobs import WorkerProcess
+
     work = tmp_path / f"job-{task}"
     work.mkdir()
-    job = h["WorkerProcess"](task, inputs, workDir=str(work), python=sys.executable)
+    job = WorkerProcess(task, inputs, workDir=str(work), python=[sys.executable, str(LAUNCHER)])
     if cancel_at_once:
         job.cancel()
     job.wait(timeoutS=timeout_s)
     return job
 
 
-def test_the_worker_compares_two_segmentations_like_the_logic(h, a_small_ct, tmp_path):
+def test_the_worker_compares_two_segmentations_like_the_logic(a_small_ct, tmp_path):
     from OsteoScreenLib.segmentation_nodes import segmentation_from_labelmap
 
     logic, ct = a_small_ct
     scene = ct.GetScene()
     ref, _ = segmentation_from_labelmap(scene, a_labelmap(ct), ct)
     pred, _ = segmentation_from_labelmap(scene, a_labelmap(ct, shift=1), ct)
-    inputs = {"ct": h["exportVolumeForWorker"](ct, tmp_path / "ct.nrrd"),
+    inputs = {"ct": logic.export_volume(ct, tmp_path / "ct.nrrd"),
               "reference": str(logic.save_segmentation(ref, tmp_path / "ref.seg.nrrd")),
               "compared": str(logic.save_segmentation(pred, tmp_path / "pred.seg.nrrd"))}
-    job = run_worker(h, "compare", inputs, tmp_path)
+    job = run_worker("compare", inputs, tmp_path)
     assert job.error is None and not job.cancelled, "\n".join(job.log)
     rows = job.result["rows"]
     expected = logic.compare_segmentations(ref, pred, ct)
@@ -589,61 +599,37 @@ def test_the_worker_compares_two_segmentations_like_the_logic(h, a_small_ct, tmp
         assert got["dsc"] == pytest.approx(want["dsc"]) and got["hd95_mm"] == pytest.approx(want["hd95_mm"])
     assert 0 < rows[0]["dsc"] < 1
     assert job.progress > 0
-    table = h["comparisonToTable"](rows, scene.AddNewNodeByClass("vtkMRMLTableNode"))
+    table = logic.comparison_to_table(rows)
     assert table.GetTable().GetNumberOfRows() == 2 and table.GetTable().GetNumberOfColumns() == 5
-    csv_path = h["writeComparisonCsv"](rows, tmp_path / "comparison.csv")
-    lines = Path(csv_path).read_text().splitlines()
+    from OsteoScreenLib.metrics import comparison_csv
+
+    lines = comparison_csv(rows).splitlines()
     assert lines[0] == "segment,dsc,hd95_mm,reference_ml,prediction_ml" and lines[1].startswith("L1,")
 
 
-def test_cancel_stops_the_worker_before_it_changes_anything(h, a_small_ct, tmp_path):
+def test_cancel_stops_the_worker_before_it_changes_anything(a_small_ct, tmp_path):
     logic, ct = a_small_ct
-    inputs = {"ct": h["exportVolumeForWorker"](ct, tmp_path / "ct.nrrd")}
+    inputs = {"ct": logic.export_volume(ct, tmp_path / "ct.nrrd")}
     start = time.monotonic()
-    job = run_worker(h, "segment", inputs, tmp_path, cancel_at_once=True)
+    job = run_worker("segment", inputs, tmp_path, cancel_at_once=True)
     assert job.cancelled and job.result is None and job.error is None, "\n".join(job.log)
     assert time.monotonic() - start < 60
     assert not (Path(job.workDir) / "segmentation.seg.nrrd").exists()
 
 
-def test_a_worker_that_ignores_cancel_is_killed(h, tmp_path, monkeypatch):
-    monkeypatch.setitem(h, "CANCEL_GRACE_S", 0.5)
-    stubborn = tmp_path / "stubborn"
-    stubborn.mkdir()
-    job = h["WorkerProcess"]("segment", {"ct": "unused"}, workDir=str(stubborn), python=sys.executable)
-    # replace the worker with one that never looks at the cancel flag
-    job.process.kill()
-    job.process.wait()
-    job._reader.join()
-    import queue
-    import subprocess
-    import threading
-
-    job._lines, job._eof = queue.Queue(), False
-    job.process = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    job._reader = threading.Thread(target=job._readOutput, daemon=True)
-    job._reader.start()
-    start = time.monotonic()
-    job.cancel()
-    job.wait(timeoutS=30)
-    assert job.cancelled and time.monotonic() - start < 20
-    assert job.process.returncode != 0
-
-
-def test_a_user_error_in_the_worker_is_one_short_message(h, tmp_path):
+def test_a_user_error_in_the_worker_is_one_short_message(tmp_path):
     bad = tmp_path / "not-a-ct.nrrd"
     bad.write_text("NRRD0004\ntype: short\n")  # truncated header
-    job = run_worker(h, "segment", {"ct": str(bad)}, tmp_path)
+    job = run_worker("segment", {"ct": str(bad)}, tmp_path)
     assert job.result is None and not job.cancelled
     assert job.error and "\n" not in job.error and "Traceback" not in job.error
 
 
-def test_the_worker_segments_when_the_model_is_bundled_else_says_what_is_missing(h, a_small_ct, tmp_path):
+def test_the_worker_segments_when_the_model_is_bundled_else_says_what_is_missing(a_small_ct, tmp_path):
     from OsteoScreenLib.paths import models_dir
 
     logic, ct = a_small_ct
-    job = run_worker(h, "segment", {"ct": h["exportVolumeForWorker"](ct, tmp_path / "ct.nrrd")}, tmp_path, timeout_s=600)
+    job = run_worker("segment", {"ct": logic.export_volume(ct, tmp_path / "ct.nrrd")}, tmp_path, timeout_s=600)
     if (models_dir() / "segmentation" / "model_card.json").is_file():
         # a toy CT holds no spine: the model must say so in one line, or segment it into a new file
         assert job.result is not None or (job.error and "\n" not in job.error), "\n".join(job.log)
@@ -651,19 +637,27 @@ def test_the_worker_segments_when_the_model_is_bundled_else_says_what_is_missing
         assert job.error and "segmentation" in job.error and "not installed" in job.error, job.error
 
 
-def test_a_result_is_shown_with_class_probabilities_roi_hu_and_bmd(h):
-    result = {
-        "model": {"name": "l1l2", "version": "1.0"},
-        "prediction": {"class": "osteopenia", "probabilities": {"normal": 0.2, "osteopenia": 0.7, "osteoporosis": 0.1},
-                       "bmd_mg_cm3": 101.23},
-        "vertebrae": {"L1": {"trabecular_roi_hu": 131.0}, "L2": {"trabecular_roi_hu": 127.5}},
-        "warnings": ["L2 touches the edge of the scan"],
-        "input": {"tube_voltage_kvp": 100, "tube_voltage_source": "DICOM header"},
-    }
-    text = h["formatResult"](result)
-    for part in ("Osteopenia", "Model 1: L1 + L2 fusion", "normal 0.20", "osteopenia 0.70", "osteoporosis 0.10",
-                 "101.2 mg/cm", "L1 trabecular ROI: 131.0 HU", "L2 trabecular ROI: 127.5 HU", "L2 touches the edge",
-                 "Tube voltage: 100 kVp (DICOM header)", "Contrast phase: unknown"):
-        assert part in text, part
-    result["input"] = {"tube_voltage_kvp": None, "tube_voltage_source": "unknown"}
-    assert "Tube voltage: unknown" in h["formatResult"](result)
+def test_classify_fills_only_a_table_it_made_and_save_report_refuses_edited_segments(a_chest_phantom, bundled_models,
+                                                                                      tmp_path):
+    import slicer
+
+    from OsteoScreenLib.errors import OsteoScreenError
+    from OsteoScreenLib.logic import OsteoScreenLogic
+
+    _, folder = a_chest_phantom
+    logic = OsteoScreenLogic(slicer.vtkMRMLScene())
+    ct = logic.load_ct(folder / "ct.nii.gz")
+    seg = logic.load_segmentation(folder / "labels.nii.gz", ct)
+    digest = logic.labels_digest(seg, ct)
+    result = logic.classify(ct, seg, "l1")
+    users = logic.scene.AddNewNodeByClass("vtkMRMLTableNode", "my measurements")
+    users.AddColumn().InsertNextValue("kept")
+    ours = logic.result_to_table(result, users)
+    assert ours is not users and users.GetTable().GetNumberOfRows() == 1  # the reader's table is untouched
+    assert logic.result_to_table(result, ours) is ours and ours.GetTable().GetNumberOfRows() > 3
+    assert (logic.save_report(result, ct, seg, tmp_path / "before", labels_digest=digest) / "report.png").is_file()
+    segmentation = seg.GetSegmentation()
+    segmentation.RemoveSegment(segmentation.GetSegmentIdBySegmentName("L2"))  # the reader edits after Classify
+    with pytest.raises(OsteoScreenError, match="classify again"):
+        logic.save_report(result, ct, seg, tmp_path / "after", labels_digest=digest)
+    assert not (tmp_path / "after" / "result.json").exists()

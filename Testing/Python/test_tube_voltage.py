@@ -56,7 +56,7 @@ def test_a_dicom_series_gives_its_kvp_to_the_classifier(a_dicom_phantom, bundled
     ct = logic.load_ct(folder / "ct")
     assert logic.tube_voltage(ct) == (kvp, "DICOM header")
     seg = logic.load_segmentation(folder / "labels.nii.gz", ct)
-    result = logic.classify(ct, seg, "l1l2")
+    result = logic.classify(ct, seg, "l1l2").to_json()
     assert result["input"]["tube_voltage_kvp"] == kvp and result["input"]["tube_voltage_source"] == "DICOM header"
     assert not any("tube voltage" in w for w in result["warnings"])
     other = next(v for v in TUBE_VOLTAGES_KVP if v != kvp)
@@ -72,7 +72,7 @@ def test_without_a_header_the_voltage_is_unknown_until_the_reader_gives_it(a_che
     ct = logic.load_ct(folder / "ct.nii.gz")
     seg = logic.load_segmentation(folder / "labels.nii.gz", ct)
     assert logic.tube_voltage(ct) == (None, "unknown")
-    unknown = logic.classify(ct, seg, "l1l2")
+    unknown = logic.classify(ct, seg, "l1l2").to_json()
     assert unknown["input"]["tube_voltage_kvp"] is None
     assert any("tube voltage unknown" in w for w in unknown["warnings"])
     with pytest.raises(OsteoScreenError, match="not one the classifiers know"):
@@ -82,7 +82,7 @@ def test_without_a_header_the_voltage_is_unknown_until_the_reader_gives_it(a_che
     for kvp in (80, 140):
         assert logic.default_tube_voltage(ct, kvp) == []
         assert logic.tube_voltage(ct) == (kvp, "user")
-        bmd[kvp] = logic.classify(ct, seg, "l1l2")["prediction"]["bmd_mg_cm3"]
+        bmd[kvp] = logic.classify(ct, seg, "l1l2").to_json()["prediction"]["bmd_mg_cm3"]
     assert bmd[80] < bmd[140] - 10
     logic.set_tube_voltage(ct, None)
     assert logic.tube_voltage(ct) == (None, "unknown")
@@ -102,7 +102,7 @@ def test_the_contrast_phase_given_by_the_reader_reaches_the_classifier(a_chest_p
     bmd = {}
     for phase in ("none", "portal"):
         logic.set_contrast_phase(ct, phase)
-        result = logic.classify(ct, seg, "l1l2")
+        result = logic.classify(ct, seg, "l1l2").to_json()
         assert result["input"]["contrast_phase"] == phase
         bmd[phase] = result["prediction"]["bmd_mg_cm3"]
     # Iodine raises the marrow's HU: at the same HU, a portal-phase scan holds less bone.
