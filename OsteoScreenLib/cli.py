@@ -21,7 +21,7 @@ EXIT_OK, EXIT_USER_ERROR, EXIT_PARTIAL = 0, 1, 3
 
 def _quiet_vtk_logging() -> None:
     """Send VTK/MRML log chatter to nowhere; our errors carry their own messages."""
-    import vtk
+    from . import vtk_classes as vtk
 
     vtk.vtkObject.GlobalWarningDisplayOff()
     if hasattr(vtk, "vtkLogger"):

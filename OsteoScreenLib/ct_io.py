@@ -120,7 +120,7 @@ def check_hounsfield(volume: Volume, path: Path | str) -> None:
 def quiet_vtk():
     """VTK warnings off, and what the C++ libraries print (ITK, GDCM, OpenJPEG) to the log:
     our one-line error says what went wrong; their lines before it would only confuse."""
-    import vtk
+    from . import vtk_classes as vtk
 
     previous = vtk.vtkObject.GetGlobalWarningDisplay()
     vtk.vtkObject.GlobalWarningDisplayOff()
@@ -173,7 +173,7 @@ def _read_with_storage_node(path: Path, files: list[Path]) -> Volume:
         ok = storage.ReadData(node)
     if not ok or node.GetImageData() is None:
         raise OsteoScreenError(f"{path}: cannot be read (truncated or corrupt?); export the image again")
-    volume = volume_from_node(node)
+    volume = volume_from_node(node, copy=False)  # a private scene: its voxels are ours
     dims = volume.array.shape
     if volume.array.ndim != 3:
         raise OsteoScreenError(f"{path}: a {volume.array.ndim}D image; OsteoScreen needs one 3D volume")

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import vtk
-from vtk.util import numpy_support
+from vtkmodules.util import numpy_support
 
+from . import vtk_classes as vtk
 from .volume import Volume
 
 
@@ -21,16 +21,20 @@ def numpy_to_matrix(a: np.ndarray) -> vtk.vtkMatrix4x4:
     return m
 
 
-def volume_from_node(node) -> Volume:
+def volume_from_node(node, copy: bool = True) -> Volume:
     """Copy the voxels and IJK-to-RAS matrix of a scalar volume node.
 
     A parent transform is not applied: the volume is in the node's own frame.
+    ``copy=False`` shares the node's voxel buffer instead (the array keeps it alive): only for a
+    node that nothing else uses or changes afterwards, e.g. one read into a private scene.
     """
     image = node.GetImageData()
     i, j, k = image.GetDimensions()
     scalars = image.GetPointData().GetScalars()
     comps = scalars.GetNumberOfComponents()
-    array = numpy_support.vtk_to_numpy(scalars).copy()
+    array = numpy_support.vtk_to_numpy(scalars)
+    if copy:
+        array = array.copy()
     array = array.reshape((k, j, i) if comps == 1 else (k, j, i, comps))
     m = vtk.vtkMatrix4x4()
     node.GetIJKToRASMatrix(m)

@@ -24,6 +24,13 @@ def padding_to_air(volume: Volume, padding_hu: tuple[float, float] | None = None
     a = volume.array
     if a.size == 0 or not np.issubdtype(a.dtype, np.number):
         return volume, 0
+    if padding_hu is None:
+        lowest = a.min()
+        if lowest >= HU_AIR:  # nothing below air (e.g. a volume already read through here): one pass
+            return volume, 0
+        if lowest >= HU_MIN_PLAUSIBLE:  # every value below air is in range: raise it to air, two passes
+            count = int(np.count_nonzero(a < HU_AIR))
+            return volume.with_array(np.maximum(a, np.asarray(HU_AIR, a.dtype))), count
     outside = (a < HU_AIR) & (a >= HU_MIN_PLAUSIBLE)
     if padding_hu is not None:
         lo, hi = min(padding_hu), max(padding_hu)

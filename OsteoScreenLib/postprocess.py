@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import numpy as np
-import vtk
-from vtk.util import numpy_support
+from vtkmodules.util import numpy_support
 
+from . import vtk_classes as vtk
 from .mrml_convert import image_data_from_array
 
 

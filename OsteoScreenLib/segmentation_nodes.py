@@ -11,8 +11,8 @@ import os
 from pathlib import Path
 
 import numpy as np
-import vtk
 
+from . import vtk_classes as vtk
 from .atomic import atomic_path
 from .ct_io import check_nrrd_complete, quiet_vtk, read_volume
 from .errors import OsteoScreenError
