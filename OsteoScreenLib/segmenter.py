@@ -279,7 +279,7 @@ def find_levels(coarse: Volume) -> dict[str, dict]:
     largest region. L1, which the network finds by counting ribs, is not moved.
     """
     labels = np.argmax(coarse.array, axis=-1)
-    candidates = {name: _regions(labels == LABEL_OF[name], coarse, LABEL_OF[name]) for name in VERTEBRA_NAMES}
+    candidates = {name: regions(labels == LABEL_OF[name], coarse, LABEL_OF[name]) for name in VERTEBRA_NAMES}
     chosen = {name: max(regions, key=lambda r: r["mass"]) for name, regions in candidates.items() if regions}
     if "L1" in chosen:
         below = [r for r in candidates["L2"] if _one_level_apart(chosen["L1"]["centroid_ras"], r["centroid_ras"])]
@@ -301,7 +301,7 @@ def _faint_level(labels: np.ndarray, coarse: Volume, chosen: dict[str, dict]) ->
     (found, region), = chosen.items()
     name = "L2" if found == "L1" else "L1"
     fits = []
-    for r in _regions(labels == LABEL_OF[name], coarse, LABEL_OF[name], MIN_FAINT_COARSE_VOXELS):
+    for r in regions(labels == LABEL_OF[name], coarse, LABEL_OF[name], MIN_FAINT_COARSE_VOXELS):
         c = r["centroid_ras"]
         l1, l2 = (c, region["centroid_ras"]) if name == "L1" else (region["centroid_ras"], c)
         if _one_level_apart(l1, l2):
@@ -309,7 +309,9 @@ def _faint_level(labels: np.ndarray, coarse: Volume, chosen: dict[str, dict]) ->
     return {name: {**max(fits, key=lambda r: r["mass"]), "faint": True}} if fits else {}
 
 
-def _regions(mask: np.ndarray, coarse: Volume, label: int, min_voxels: int = MIN_COARSE_VOXELS) -> list[dict]:
+def regions(mask: np.ndarray, coarse: Volume, label: int, min_voxels: int = MIN_COARSE_VOXELS) -> list[dict]:
+    """The connected regions of ``mask`` (at least ``min_voxels``) with the coarse probability mass of
+    ``label`` in each and its centroid (RAS mm): the candidates level finding chooses from."""
     out = []
     for region in components(mask, min_voxels):
         out.append({"region": region, "mass": float(coarse.array[..., label][region].sum()),

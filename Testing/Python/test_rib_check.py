@@ -197,12 +197,13 @@ def test_vertebrae_beyond_the_first_slice_are_not_asked(segmenter, a_chest_phant
     assert decision.shift == 0
 
 
+@pytest.mark.training
 def test_level_diagnosis_names_the_abdominal_scans_levels_under_every_change_and_reads_its_t12_ribs(segmenter, real_data):
     """training/results/level_diagnosis.md: on the abdominal scan the levels stay L1 and L2 whatever
     slice is taken off or when the input is mirrored, and the check reads ribs at T12's centre
     only (none on L1 or L2)."""
     from training.segmentation.evaluate import REAL_CASE_LEVEL_NAMES
-    from training.segmentation.level_diagnosis import diagnose, slices_off
+    from training.studies.level_diagnosis import diagnose, slices_off
 
     case = "totalsegmentator-example"
     result = diagnose(segmenter, real_data / case, REAL_CASE_LEVEL_NAMES[case])

@@ -8,7 +8,7 @@ pytest.importorskip("torch")
 
 from OsteoScreenLib.segmenter import L1L2Segmenter
 from training.segmentation.augment import AIR, SOFT_TISSUE
-from training.segmentation.rib_check_probe import (CHANGES, LUNG, blurred, probabilities, without_bone_beside,
+from training.studies.rib_check_probe import (CHANGES, LUNG, blurred, probabilities, without_bone_beside,
                                                    without_centre, without_lung)
 
 

@@ -108,8 +108,8 @@ def test_rib_check_boxes_train_one_epoch(tmp_path, real_data, monkeypatch):
         assert sum(v is not None for k, v in config.items() if k.endswith("_preset")) == 1  # this one alone joins
         assert f"T12 {suffix}" in config["best"]["tune_accuracy_by_level"]
     # rib_check_eval scores a run on both sets and on the real vertebrae (S from the reference masks)
-    from training.segmentation.rib_check_eval import load_run, real_boxes, score_run
-    from training.segmentation import rib_check_eval
+    from training.studies.rib_check_eval import load_run, real_boxes, score_run
+    from training.studies import rib_check_eval
 
     names, x = real_boxes("totalsegmentator-example", real_data)
     assert names == ["T11", "T12", "L1", "L2"] and x.shape == (4, 1, 12, 32, 40)
@@ -206,7 +206,7 @@ def test_learning_curve_runs_end_to_end(tmp_path):
     cache, results = tmp_path / "cache", tmp_path / "results"
     for split in ("train", "tune", "test"):
         prepare(split, 1, "chest-box", cache, workers=1, stages="fine", coarse_checkpoint=coarse)
-    cmd = [sys.executable, "-m", "training.segmentation.learning_curve", "--sizes", "1", "--iterations", "1",
+    cmd = [sys.executable, "-m", "training.studies.learning_curve", "--sizes", "1", "--iterations", "1",
            "--test-count", "1", "--threads", "1", "--init", str(fine), "--reference", str(fine),
            "--cache", str(cache), "--checkpoints", str(tmp_path / "runs"), "--results", str(results)]
     proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=600)

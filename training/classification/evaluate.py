@@ -28,8 +28,7 @@ from OsteoScreenLib.segmenter import softmax
 
 from OsteoScreenLib.phantom import GENERATOR_VERSION
 
-from ..segmentation.evaluate import update_card
-from ..segmentation.export import UNRECORDED_GENERATOR_VERSION
+from ..model_card import UNRECORDED_GENERATOR_VERSION, update_card
 from .delong import auc_ci, paired_test
 from .config import PRESET, REFERENCE_STANDARD
 from .prepare import load_split

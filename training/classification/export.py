@@ -27,7 +27,7 @@ from OsteoScreenLib.paths import models_dir
 from OsteoScreenLib.registry import (CLASSES, CONTRAST_PHASES, NORMAL_MIN_BMD_MG_CM3, OSTEOPOROSIS_MAX_BMD_MG_CM3,
                                     TUBE_VOLTAGES_KVP)
 
-from ..segmentation.export import card_markdown, save_state, source_commit
+from ..model_card import card_markdown, save_state, source_commit
 from .config import BMD_SCALE_MG_CM3, ENSEMBLE_SEEDS, MODELS, NETWORK, ONNX_OPSET, ONNX_TOLERANCE, REFERENCE_STANDARD, SPLITS
 from .network import IMAGE_CHANNELS, FusionClassifier
 from .train import run_folder

@@ -1,6 +1,6 @@
 """Learning curve of the fine stage: test DSC against the number of training scans.
 
-    python -m training.segmentation.learning_curve [--sizes 50,100,200,300,548] [--iterations 300]
+    python -m training.studies.learning_curve [--sizes 50,100,200,300,548] [--iterations 300]
 
 Like the paper's experiment (DSC for 50 ... 548 training images), at the scale this
 machine allows: for each size the fine stage is fine-tuned from the same pre-trained
@@ -30,9 +30,9 @@ import torch
 
 from OsteoScreenLib.phantom import GENERATOR_VERSION
 
-from .prepare import DEFAULT_CACHE, HINTS_FROM, cache_folder, sample_paths, seeds_of
-from .samples import load
-from .train import build_network, dice_per_class, fine_patch, _fit
+from training.segmentation.prepare import DEFAULT_CACHE, HINTS_FROM, cache_folder, sample_paths, seeds_of
+from training.segmentation.samples import load
+from training.segmentation.train import build_network, dice_per_class, fine_patch, _fit
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"

@@ -1,6 +1,6 @@
 """How the bundled model finds the levels of the real cases, step by step, and how firmly.
 
-    python -m training.segmentation.level_diagnosis
+    python -m training.studies.level_diagnosis
 
 For each real case with L1 and L2 (``evaluate.REAL_CASES``), through the run-time code:
 
@@ -33,10 +33,10 @@ from OsteoScreenLib.ct_io import read_ct, read_volume
 from OsteoScreenLib.registry import LABEL_OF, VERTEBRA_NAMES
 from OsteoScreenLib.resample import bounds_ras, sample, subvolume
 from OsteoScreenLib.rib_check import crop, covers, in_scan
-from OsteoScreenLib.segmenter import MIN_FAINT_COARSE_VOXELS, L1L2Segmenter, _regions, find_levels
+from OsteoScreenLib.segmenter import MIN_FAINT_COARSE_VOXELS, L1L2Segmenter, find_levels, regions
 from OsteoScreenLib.volume import Volume
 
-from .evaluate import REAL_CASE_LEVEL_NAMES, REAL_CASES, RESULTS
+from training.segmentation.evaluate import REAL_CASE_LEVEL_NAMES, REAL_CASES, RESULTS
 from .rib_check_eval import REAL_DATA
 from .rib_check_probe import probabilities
 
@@ -66,7 +66,7 @@ def coarse_regions(coarse: Volume, ref_on_grid: np.ndarray, names: dict[int, str
     labels = np.argmax(coarse.array, axis=-1)
     out = []
     for name in VERTEBRA_NAMES:
-        for r in _regions(labels == LABEL_OF[name], coarse, LABEL_OF[name], MIN_FAINT_COARSE_VOXELS):
+        for r in regions(labels == LABEL_OF[name], coarse, LABEL_OF[name], MIN_FAINT_COARSE_VOXELS):
             out.append({"label": name, "voxels": int(r["region"].sum()), "mass": round(r["mass"], 1),
                         "s_mm": round(float(r["centroid_ras"][2]), 1),
                         "under": under(r["region"], ref_on_grid, names)})
@@ -148,7 +148,7 @@ def diagnose(seg: L1L2Segmenter, case_dir: Path, names: dict[int, str]) -> dict:
 def markdown(result: dict) -> str:
     md = ["# How the real cases' levels are found", "",
           f"Machine: {result['machine']}; model {result['model']}; {result['date']}; {result['elapsed_s']} s "
-          "(`training/segmentation/level_diagnosis.py`, run-time code, ONNX Runtime). Reference masks are whole "
+          "(`training/studies/level_diagnosis.py`, run-time code, ONNX Runtime). Reference masks are whole "
           "vertebrae; a coarse region or level is named by the reference vertebra holding most of its voxels."]
     for case, r in result["cases"].items():
         md += ["", f"## `{case}`", "", "Coarse stage's regions (5 mm voxels):", "",

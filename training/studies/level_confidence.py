@@ -1,6 +1,6 @@
 """How well the coarse stage's certainty separates right from wrong levels.
 
-    python -m training.segmentation.level_confidence [--count 100] [--workers 2]
+    python -m training.studies.level_confidence [--count 100] [--workers 2]
 
 On tune phantoms (never the test split) and the real cases: for each level the
 mean coarse probability over its region and its spread (see
@@ -27,8 +27,8 @@ from OsteoScreenLib.segmenter import (
     LEVEL_CONFIDENCE_MIN, LEVEL_SPREAD_MAX, L1L2Segmenter, level_warning, rib_check_warnings,
 )
 
-from .config import SPLITS
-from .evaluate import REAL_CASES, RESULTS
+from training.segmentation.config import SPLITS
+from training.segmentation.evaluate import REAL_CASES, RESULTS
 
 _SEG: dict = {}
 

@@ -1,6 +1,6 @@
 """Real cases with the levels given: the fine stage alone, its hints made from the reference masks.
 
-    python -m training.segmentation.real_hints
+    python -m training.studies.real_hints
 
 Separates the two halves of the model on real scans: where ``evaluate`` finds a level wrong,
 this says whether outlining would have been right had the levels been found (the coarse
@@ -25,7 +25,7 @@ from OsteoScreenLib.resample import sample
 from OsteoScreenLib.segmenter import L1L2Segmenter, coarse_input, find_levels, level_hints
 from OsteoScreenLib.volume import Volume
 
-from .evaluate import REAL_CASE_LEVEL_NAMES, REAL_CASES, levels_in_reference
+from training.segmentation.evaluate import REAL_CASE_LEVEL_NAMES, REAL_CASES, levels_in_reference
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 HINT_PROBABILITY = 0.9

@@ -1,6 +1,6 @@
 """Compare bundled classifier versions on the same test phantoms (ONNX Runtime only).
 
-    python -m training.classification.compare_versions --rev 31833d2 --rev 843edec --rev WORKTREE
+    python -m training.studies.compare_versions --rev 31833d2 --rev 843edec --rev WORKTREE
 
 Each ``--rev`` is a git revision whose Resources/Models/classifier-*/ is taken (its card's
 SHA-256 checked), or WORKTREE for the files on disk. Models whose preprocessing differs from
@@ -24,10 +24,10 @@ from OsteoScreenLib.features import IMAGE_FOV_MM, IMAGE_HU_WINDOW, IMAGE_SIZE_PX
 from OsteoScreenLib.paths import models_dir
 from OsteoScreenLib.registry import CLASSES
 
-from .config import PRESET
-from .delong import auc_ci
-from .evaluate import predict
-from .prepare import load_split
+from training.classification.config import PRESET
+from training.classification.delong import auc_ci
+from training.classification.evaluate import predict
+from training.classification.prepare import load_split
 
 ROOT = Path(__file__).resolve().parents[2]
 RESULTS = ROOT / "training" / "results"
@@ -95,7 +95,7 @@ def main() -> None:
     (RESULTS / "classifier_versions.json").write_text(json.dumps(report, indent=1) + "\n")
     lines = ["# Classifier versions on the same test phantoms", "",
              f"{report['test_cases']} test phantoms (preset `{a.preset}`); {report['machine']}; {report['date']}. "
-             "`python -m training.classification.compare_versions " + " ".join(f"--rev {r}" for r in a.rev) + "`. "
+             "`python -m training.studies.compare_versions " + " ".join(f"--rev {r}" for r in a.rev) + "`. "
              "Tube voltage and contrast phase `given`: each model gets what it takes of them (0.3.0 the voltage "
              "only; 0.1.0 and 0.2.0 neither). Reference `QCT`: the QCT reading of each phantom (the labels of "
              "0.5.0 on); `true`: the density the generator drew (the labels of 0.1.0 to 0.4.0).", "",

@@ -1,6 +1,6 @@
 """Where does the bundled rib check look, and what changes its answer on the real scans?
 
-    python -m training.segmentation.rib_check_probe [--count 20]
+    python -m training.studies.rib_check_probe [--count 20]
 
 The bundled rib check (ONNX, as at run time) is asked about the same boxes as in
 rib_check_eval.py (the real cases' reference vertebrae; the cached tune phantoms, ordinary, with
@@ -34,10 +34,10 @@ from scipy import ndimage
 
 from OsteoScreenLib.segmenter import L1L2Segmenter
 
-from .augment import AIR, SOFT_TISSUE, inside_scan
-from .config import PREPROCESSING
-from .evaluate import RESULTS
-from .rib_check import PRESET, PRESETS, accuracy_by_level, boxes, narrowest_crop, cached_tune_items
+from training.segmentation.augment import AIR, SOFT_TISSUE, inside_scan
+from training.segmentation.config import PREPROCESSING
+from training.segmentation.evaluate import RESULTS
+from training.segmentation.rib_check import PRESET, PRESETS, accuracy_by_level, boxes, narrowest_crop, cached_tune_items
 from .rib_check_eval import REAL_DATA, REAL_VERTEBRAE, real_boxes
 
 BESIDE_MM = (15.0, 25.0)  # a lower thoracic body is 15-20 mm wide each side; its rib heads lie 20-25 mm out
@@ -141,7 +141,7 @@ def markdown(result: dict) -> str:
           f"{result['machine']}; {result['date']}. Bundled segmentation model {result['model_version']} (its rib check, "
           f"ONNX Runtime); phantoms of generator {result['generator_version']}: {result['tune_cases']} tune cases, "
           "boxes centred on each vertebra as in `rib_check_eval.md`. Each box as at run time and changed in one way "
-          "(`training/segmentation/rib_check_probe.py`). "
+          "(`training/studies/rib_check_probe.py`). "
           f"{result['elapsed_s']} s.", "",
           "## Tune phantoms: accuracy", "",
           "| change | " + " | ".join(f"`{p}`" for p in presets) + " |", "| --- |" + " --- |" * len(presets)]
