@@ -15,7 +15,7 @@ on Cancel, when the scene closes and when Slicer exits. Inputs (the CT, the
 current segments) go to the worker as files; its outputs come back as files that
 are loaded into NEW nodes, so nothing the user edited is ever overwritten.
 
-The section "Qt-free helpers" below needs no Qt: Testing/Python/test_slicer_module.py
+The section "Qt-free helpers" below needs no Qt: Testing/Python/slicer_module/test_slicer_module.py
 runs it headless on the slicer-core wheel.
 """
 
@@ -45,7 +45,7 @@ from slicer.ScriptedLoadableModule import (
 from slicer.util import VTKObservationMixin
 
 # ---------------------------------------------------------------------------------------------
-# Qt-free helpers (tested headless by Testing/Python/test_slicer_module.py)
+# Qt-free helpers (tested headless by Testing/Python/slicer_module/test_slicer_module.py)
 # ---------------------------------------------------------------------------------------------
 
 MODULE_NAME = "OsteoScreen"

@@ -131,7 +131,7 @@ HU_MAX_PLAUSIBLE = 32767.0
 
 
 # --- The oldest Slicer the module supports: 5.10 is the first with Python 3.12 (OsteoScreenLib needs 3.10+).
-# CMakeLists.txt and the README state the same (Testing/Python/test_slicer_module.py checks it).
+# CMakeLists.txt and the README state the same (Testing/Python/slicer_module/test_slicer_module.py checks it).
 
 MINIMUM_SLICER_VERSION: tuple[int, int] = (5, 10)
 

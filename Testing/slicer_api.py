@@ -8,7 +8,7 @@ objects, with the header (or Python file) of that Slicer version that declares
 it, ``VTK`` for names of the installed VTK, ``Qt`` for widget methods that
 Slicer's sources do not declare (Qt's own), or ``MISSING``. The check is by
 name: it finds a call that the version lacks (a method added later or renamed),
-not a name used on the wrong class. ``Testing/Python/test_slicer_api.py`` checks
+not a name used on the wrong class. ``Testing/Python/slicer_module/test_slicer_api.py`` checks
 that every name the code calls today is in the committed list, and none is missing.
 """
 

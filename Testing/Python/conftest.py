@@ -9,11 +9,31 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+TRAINING_TESTS = Path(__file__).resolve().parent / "training"  # tests of training/: need torch, MONAI ...
 REAL_DATA_CANDIDATES = [REPO.parent / "shared" / "data" / "real", Path("/work/shared/data/real")]
 REAL_DATA = Path(
     os.environ.get("OSTEOSCREEN_REAL_DATA")
     or next((p for p in REAL_DATA_CANDIDATES if p.is_dir()), REAL_DATA_CANDIDATES[0])
 )
+
+
+def _is_training_test(path: Path) -> bool:
+    path = Path(path).resolve()
+    return path == TRAINING_TESTS or TRAINING_TESTS in path.parents
+
+
+def pytest_ignore_collect(collection_path, config):
+    """With ``-m "not training"`` the training tests are not even imported (they import torch)."""
+    if _is_training_test(collection_path) and "not training" in (config.getoption("markexpr") or ""):
+        return True
+    return None
+
+
+def pytest_collection_modifyitems(config, items):
+    """Every test under Testing/Python/training carries the ``training`` marker."""
+    for item in items:
+        if _is_training_test(item.path):
+            item.add_marker(pytest.mark.training)
 
 
 @pytest.fixture(scope="session")

@@ -24,7 +24,7 @@ import pytest
 from OsteoScreenLib.jobs import WorkerProcess
 from OsteoScreenLib.registry import CLASSES
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 LAUNCHER = REPO / "Testing" / "PythonSlicer" / "launcher.py"
 PYTHON_SLICER = [sys.executable, str(LAUNCHER)]
 

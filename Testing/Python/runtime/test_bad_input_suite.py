@@ -28,7 +28,7 @@ from OsteoScreenLib.ct_io import write_volume
 from OsteoScreenLib.dicom_io import write_dicom_series
 from OsteoScreenLib.volume import Volume
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SHAPE = (12, 20, 24)  # k, j, i: small, so that every case runs in well under a second
 TS_CT = REAL_DATA / "totalsegmentator-example" / "ct.nii.gz"
 TS_LABELS = REAL_DATA / "totalsegmentator-example" / "labels.nii.gz"

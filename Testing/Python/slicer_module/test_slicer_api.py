@@ -12,7 +12,7 @@ from pathlib import Path
 
 from OsteoScreenLib.registry import MINIMUM_SLICER_VERSION
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 LIST = REPO / "Testing" / "Data" / ("slicer-api-%d.%d.txt" % MINIMUM_SLICER_VERSION)
 
 

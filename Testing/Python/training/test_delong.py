@@ -10,7 +10,7 @@ import pytest
 pytest.importorskip("scipy")
 from training.classification.delong import auc_ci, paired_test  # noqa: E402
 
-DATA = Path(__file__).resolve().parents[1] / "Data"
+DATA = Path(__file__).resolve().parents[2] / "Data"
 
 
 @pytest.fixture(scope="module")

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MODULE_FILE = REPO / "OsteoScreen" / "OsteoScreen.py"
 UI_FILE = REPO / "Resources" / "UI" / "OsteoScreen.ui"
 CMAKE_FILE = REPO / "CMakeLists.txt"
