@@ -1,6 +1,6 @@
 """Speed and memory of segmentation on a full-size chest phantom (512x512, ~300 slices).
 
-    python -m training.segmentation.benchmark [--repeats 5]
+    python -m training.studies.segmentation_benchmark [--repeats 5]
 
 Measures, on this machine: (1) the coarse-to-fine segmentation after the model
 is loaded (median of repeats); (2) the whole `osteoscreen segment` process

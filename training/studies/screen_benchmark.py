@@ -1,6 +1,6 @@
 """Batch speed: `osteoscreen screen` on 20 full-size chest phantoms, amortised per scan.
 
-    python -m training.classification.benchmark_screen [--count 20] [--format nifti|dicom]
+    python -m training.studies.screen_benchmark [--count 20] [--format nifti|dicom]
 
 Phantoms are written first (not timed); then one `osteoscreen screen` process
 segments, classifies and reports all of them. Writes

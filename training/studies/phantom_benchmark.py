@@ -1,6 +1,6 @@
 """Time the phantom generator on one core and report class balance.
 
-Run: OMP_NUM_THREADS=1 python training/phantom_benchmark.py [--seeds 5]
+Run: OMP_NUM_THREADS=1 python training/studies/phantom_benchmark.py [--seeds 5]
 Writes training/results/phantom_benchmark.md and .json.
 """
 
@@ -19,7 +19,7 @@ for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "NUMEX
 
 import numpy as np  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
 from OsteoScreenLib import registry  # noqa: E402
