@@ -36,7 +36,7 @@ from OsteoScreenLib.resample import centred_grid, sample
 from OsteoScreenLib.volume import Volume
 
 from .segmentation.real_eval import reference_on, totalsegmentator_names
-from .segmentation.rib_check_eval import REAL_DATA
+from .real_data import REAL_DATA
 
 RESULTS = Path(__file__).resolve().parent / "results"
 VIEW_MM = 400.0

@@ -24,14 +24,13 @@ import numpy as np
 
 from OsteoScreenLib.ct_io import read_ct, read_volume
 from OsteoScreenLib.errors import OsteoScreenError
-from OsteoScreenLib.model_store import CARD_NAME
 from OsteoScreenLib.paths import models_dir
 from OsteoScreenLib.phantom import GENERATOR_VERSION
 from OsteoScreenLib.registry import LABEL_MAPPINGS, LABEL_OF, VERSE_LEVEL_IDS, VERSE_LEVEL_NAMES
 from OsteoScreenLib.segmenter import L1L2Segmenter
 
 from .config import SPLITS
-from .export import UNRECORDED_GENERATOR_VERSION, card_markdown
+from ..model_card import UNRECORDED_GENERATOR_VERSION, update_card
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 PARTIAL_DIR = Path(__file__).resolve().parents[1] / "cache" / "segmentation-eval"
@@ -243,14 +242,6 @@ def write_results(result: dict, stem: str | None = None) -> None:
         lines += ["## Real cases (reference masks are whole vertebrae)", "", "```",
                   json.dumps(result["real"], indent=1), "```", ""]
     (RESULTS / f"{stem}.md").write_text("\n".join(lines))
-
-
-def update_card(folder: Path, metrics: dict) -> None:
-    card_path = folder / CARD_NAME
-    card = json.loads(card_path.read_text())
-    card["metrics"] = {**card.get("metrics", {}), **metrics}
-    card_path.write_text(json.dumps(card, indent=2) + "\n")
-    (folder / "model_card.md").write_text(card_markdown(card))
 
 
 def main() -> None:

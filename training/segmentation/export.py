@@ -28,22 +28,12 @@ from OsteoScreenLib.paths import models_dir
 from OsteoScreenLib.registry import LABEL_OF
 
 from .config import NETWORKS, ONNX_OPSET, ONNX_TOLERANCE, PREPROCESSING, RIB_CHECK_NETWORK, SPLITS
-from .train import build_network
+from ..model_card import (UNRECORDED_GENERATOR_VERSION, WEIGHTS, card_markdown, generator_versions,  # noqa: F401
+                          save_state, source_commit)
+from .network import build_network
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-MODEL_VERSION = "0.7.1"
-
-
-WEIGHTS = Path(__file__).resolve().parents[1] / "weights"
-
-
-def save_state(net: torch.nn.Module, name: str) -> Path:
-    """The PyTorch weights beside the ONNX file, as plain arrays (.npz, no pickle): tests
-    rebuild the PyTorch network from them and compare it with ONNX Runtime."""
-    WEIGHTS.mkdir(parents=True, exist_ok=True)
-    path = WEIGHTS / f"{name}.npz"
-    np.savez_compressed(path, **{k: v.detach().cpu().numpy() for k, v in net.state_dict().items()})
-    return path
+MODEL_VERSION = "0.8.0"
 
 
 def load_state(net: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -120,7 +110,7 @@ def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> 
         "labels": {"0": "background", **{str(v): k for k, v in LABEL_OF.items()}},
         "training_data": {
             "source": "synthetic chest-CT phantoms of OsteoScreenLib.phantom (no real patient data)",
-            "generator_version": _generator_versions(train_configs),
+            "generator_version": generator_versions(train_configs),
             "source_commit": source_commit(),
             "splits_first_seed_and_count": SPLITS,
             "stages": train_configs,
@@ -147,7 +137,7 @@ def replace_rib_check(out: Path, rib_config: dict) -> Path:
                 limits=LIMITS, exported_on=platform.platform())
     card["files"]["rib_check"]["sha256"] = sha256_file(out / "rib_check.onnx")
     card["onnx_vs_pytorch_max_abs_softmax_diff"]["rib_check"] = diff
-    card["training_data"].update(stages=stages, generator_version=_generator_versions(stages),
+    card["training_data"].update(stages=stages, generator_version=generator_versions(stages),
                                  source_commit=source_commit())
     write_text(out / "model_card.json", json.dumps(card, indent=2) + "\n", overwrite=True)
     write_text(out / "model_card.md", card_markdown(card), overwrite=True)
@@ -171,7 +161,7 @@ def replace_coarse(out: Path, run: Path) -> Path:
                 limits=LIMITS, exported_on=platform.platform())
     card["files"]["coarse"]["sha256"] = sha256_file(out / "coarse.onnx")
     card["onnx_vs_pytorch_max_abs_softmax_diff"]["coarse"] = diff
-    card["training_data"].update(stages=stages, generator_version=_generator_versions(stages),
+    card["training_data"].update(stages=stages, generator_version=generator_versions(stages),
                                  source_commit=source_commit())
     write_text(out / "model_card.json", json.dumps(card, indent=2) + "\n", overwrite=True)
     write_text(out / "model_card.md", card_markdown(card), overwrite=True)
@@ -201,95 +191,6 @@ def export_rib_check(path: Path) -> float:
         if diff > ONNX_TOLERANCE:
             raise SystemExit(f"rib check: ONNX differs from PyTorch by {diff:.2e} > {ONNX_TOLERANCE}")
     return diff
-
-
-def source_commit() -> str | None:
-    """The git commit the training code and phantom generator came from (None outside git)."""
-    import subprocess
-
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                             cwd=Path(__file__).resolve().parent)
-        dirty = subprocess.run(["git", "status", "--porcelain", "--", ":/OsteoScreenLib", ":/training"],
-                               capture_output=True, text=True, cwd=Path(__file__).resolve().parent).stdout.strip()
-        return out.stdout.strip() + ("+uncommitted" if dirty else "")
-    except (OSError, subprocess.CalledProcessError):
-        return None
-
-
-# Training runs record the generator version of their phantoms from 1.1.0 on; the runs before
-# that did not, and all of them learnt from generator 1.0.0.
-UNRECORDED_GENERATOR_VERSION = "1.0.0"
-
-
-def _generator_of(cfg: dict) -> str:
-    return cfg.get("generator_version", UNRECORDED_GENERATOR_VERSION)
-
-
-def _generator_versions(train_configs: dict) -> str:
-    """'1.1.0' when every stage learnt from one version, else 'coarse 1.1.0, fine 1.0.0, ...'."""
-    versions = {stage: _generator_of(cfg) for stage, cfg in train_configs.items() if cfg}
-    if len(set(versions.values())) == 1:
-        return next(iter(versions.values()))
-    return ", ".join(f"{stage.replace('_', ' ')} {v}" for stage, v in versions.items())
-
-
-def card_markdown(card: dict) -> str:
-    lines = [f"# Model card: {card['name']} {card['version']}", "", card["task"], "",
-             "## Files", ""]
-    lines += [f"- `{f['path']}` ({f['format']}), SHA-256 `{f['sha256']}`" for f in card["files"].values()]
-    lines += ["", "## Training data", "", card["training_data"]["source"] + ".",
-              f"Generator version {card['training_data']['generator_version']}; seeds: "
-              + ", ".join(f"{k} {v[1]} from {v[0]}" for k, v in card["training_data"]["splits_first_seed_and_count"].items()),
-              ""]
-    if card["training_data"].get("reference_standard"):
-        lines += [f"Labels: {card['training_data']['reference_standard']}.", ""]
-    for stage, cfg in card["training_data"].get("stages", {}).items():
-        if cfg:
-            lines.append(_stage_line(stage, cfg))
-    lines += ["", "## Preprocessing", "", "```", json.dumps(card["preprocessing"], indent=1), "```", "",
-              "## Labels", ""]
-    lines += [f"- {k}: {v}" for k, v in card["labels"].items()]
-    lines += ["", "## Metrics", "", "```", json.dumps(card["metrics"], indent=1), "```", "",
-              "## Intended use", "", card["intended_use"], "", "## Limits", ""]
-    lines += [f"- {x}" for x in card["limits"]]
-    return "\n".join(lines) + "\n"
-
-
-def _stage_line(stage: str, cfg: dict) -> str:
-    """One line per stage: which phantoms, how long, and what it started from."""
-    if "train_boxes" in cfg:  # the rib check
-        extra = [f"`{cfg['rib_swap_preset']}` (the same cases with ribs moved between vertebrae, so that the shape "
-                 "of a vertebra does not tell)" if cfg.get("rib_swap_preset") else "",
-                 f"`{cfg['body_joint_preset']}` (the lowest two rib pairs joined to their body only)"
-                 if cfg.get("body_joint_preset") else "",
-                 f"`{cfg['costal_preset']}` (ribs running as on real CT beside the spine: heads at the back corner of "
-                 "the body, out and back to the rib angle)" if cfg.get("costal_preset") else ""]
-        names = [f"`{cfg['preset']}`"] + [e for e in extra if e]
-        presets = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
-        line = (f"- rib check: presets {presets}, {cfg['train_boxes']} vertebra boxes ({', '.join(cfg['levels'])}) "
-                f"of {cfg['train_cases']} training seeds, {cfg['epochs']} epochs; tune accuracy "
-                f"{cfg['best']['tune_accuracy']} on {cfg['tune_boxes']} boxes of {cfg['tune_cases']} seeds")
-        if cfg.get("augment"):
-            line += (f" ({cfg['best']['tune_accuracy_narrowest']} cut to the narrowest field of view checked); "
-                     "augmented: turned, cut at the sides and front like a spine-cropped scan, degraded")
-        if cfg.get("init"):
-            c = cfg["init"]["config"]
-            line += (f"; started from `{cfg['init']['run']}` ({c['epochs']} epochs, generator {_generator_of(c)}, "
-                     f"{'augmented' if c.get('augment') else 'not augmented'})")
-        return line + f"; phantoms of generator {_generator_of(cfg)}."
-    line = (f"- {stage} stage: presets `{cfg.get('preset')}`, {cfg.get('train_count')} training seeds "
-            f"({cfg.get('train_samples', cfg.get('train_count'))} samples), {cfg.get('iterations')} iterations, "
-            f"batch {cfg.get('batch')}, lr {cfg.get('lr')}")
-    if cfg.get("augment"):
-        line += ("; augmented: turned, cut to short or spine-cropped fields of view, blurred or sharpened, noisier"
-                 if stage == "coarse" else f"; augmented: hints moved up to {cfg['augment']['hint_shift_mm'][0]:g} mm")
-    init = cfg.get("init")
-    if init:
-        c = init["config"]
-        line += (f"; started from `{init['run']}` (presets `{c.get('preset')}`, {c.get('train_count')} seeds, "
-                 f"{c.get('iterations')} iterations, generator {_generator_of(c)})")
-    return line + f"; phantoms of generator {_generator_of(cfg)}."
 
 
 def main() -> None:

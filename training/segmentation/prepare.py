@@ -52,7 +52,7 @@ def _coarse_hints(ct, checkpoint: Path):
     from OsteoScreenLib.volume import Volume
 
     from .config import PREPROCESSING
-    from .train import build_network
+    from .network import build_network
 
     if _COARSE is None:
         if not checkpoint.exists():

@@ -42,7 +42,7 @@ from OsteoScreenLib.resample import sample
 from OsteoScreenLib.segmenter import L1L2Segmenter
 from OsteoScreenLib.volume import Volume
 
-from .rib_check_eval import REAL_DATA
+from training.real_data import REAL_DATA
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 MIN_INSIDE = 0.9  # the goal: at least 90 % of a level's voxels inside its reference vertebra

@@ -16,13 +16,13 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.losses import DiceCELoss
-from monai.networks.nets import UNet
 
 from OsteoScreenLib.phantom import GENERATOR_VERSION
 
 from .augment import augment_coarse, shift_hints
 from .config import COARSE_AUGMENT, COARSE_RANDOMISATION, FINE_AUGMENT, NETWORKS, PREPROCESSING
 from .config import PRESETS as STAGE_PRESETS
+from .network import build_network
 from .prepare import DEFAULT_CACHE, sample_paths, seeds_of
 from .samples import load
 
@@ -34,12 +34,7 @@ def fine_patch() -> tuple[int, int, int]:
     return tuple(int(round(s / cfg["spacing_mm"])) for s in cfg["size_mm"][::-1])
 
 
-def build_network(stage: str) -> UNet:
-    cfg = NETWORKS[stage]
-    return UNet(spatial_dims=3, out_channels=3, **cfg)
-
-
-def _fit(x: np.ndarray, y: np.ndarray, patch, rng, pad_x: float) -> tuple[np.ndarray, np.ndarray]:
+def fit_patch(x: np.ndarray, y: np.ndarray, patch, rng, pad_x: float) -> tuple[np.ndarray, np.ndarray]:
     """Random crop / pad of (C, k, j, i) and (k, j, i) to ``patch``; crops prefer the labels."""
     for axis, size in enumerate(patch):
         n = x.shape[axis + 1]
@@ -101,11 +96,11 @@ class Samples:
         s = self.cache[n]
         x, y = s["x"].astype(np.float32), s["y"].astype(np.int64)
         if self.stage == "coarse":
-            x, y = _fit(x, y, COARSE_PATCH, rng, -1.0)
+            x, y = fit_patch(x, y, COARSE_PATCH, rng, -1.0)
             if train and self.stage_augment:
                 x, y = augment_coarse(x, y, rng, self.stage_augment)
         else:  # samples cached before a rounding fix may be one voxel larger
-            x, y = _fit(x, y, fine_patch(), rng, 0.0)
+            x, y = fit_patch(x, y, fine_patch(), rng, 0.0)
             if train and self.stage_augment:
                 x = shift_hints(x, rng, self.stage_augment)
         if train:

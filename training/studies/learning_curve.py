@@ -32,7 +32,8 @@ from OsteoScreenLib.phantom import GENERATOR_VERSION
 
 from training.segmentation.prepare import DEFAULT_CACHE, HINTS_FROM, cache_folder, sample_paths, seeds_of
 from training.segmentation.samples import load
-from training.segmentation.train import build_network, dice_per_class, fine_patch, _fit
+from training.segmentation.network import build_network
+from training.segmentation.train import dice_per_class, fine_patch, fit_patch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "results"
@@ -52,7 +53,7 @@ def test_scores(run: Path, preset: str, count: int, cache: Path) -> list[list[fl
             if not path.exists():
                 raise SystemExit(f"{path} missing: run training.segmentation.prepare --split test --preset {preset} --stages fine")
             s = load(path)
-            x, y = _fit(s["x"].astype(np.float32), s["y"].astype(np.int64), fine_patch(), rng, 0.0)
+            x, y = fit_patch(s["x"].astype(np.float32), s["y"].astype(np.int64), fine_patch(), rng, 0.0)
             scores.append(dice_per_class(net(torch.from_numpy(x[None])), torch.from_numpy(y[None])))
     return scores
 

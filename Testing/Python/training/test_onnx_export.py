@@ -24,7 +24,7 @@ def softmax(z, axis=1):
 @pytest.mark.parametrize("stage, shape", [("coarse", (1, 1, 32, 48, 48)), ("fine", (1, 3, 48, 48, 64))])
 def test_segmentation_onnx_matches_pytorch(bundled_models, stage, shape):
     from training.segmentation.export import load_state
-    from training.segmentation.train import build_network
+    from training.segmentation.network import build_network
 
     files, _ = verified_files(model_folder("segmentation"))
     net = load_state(build_network(stage), f"segmentation-{stage}")
@@ -74,7 +74,7 @@ def test_classifier_onnx_matches_pytorch(bundled_models, model):
 
 def test_a_different_network_would_not_match(bundled_models):
     """The comparison can fail: a freshly initialised network differs from the bundled one."""
-    from training.segmentation.train import build_network
+    from training.segmentation.network import build_network
 
     files, _ = verified_files(model_folder("segmentation"))
     torch.manual_seed(0)

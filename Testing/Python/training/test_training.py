@@ -162,7 +162,7 @@ def _bundled_checkpoint(stage: str, folder: Path) -> Path:
     import torch
 
     from training.segmentation.export import load_state
-    from training.segmentation.train import build_network
+    from training.segmentation.network import build_network
 
     folder.mkdir(parents=True)
     torch.save({"model": load_state(build_network(stage), f"segmentation-{stage}").state_dict()}, folder / "final.pt")
