@@ -130,13 +130,19 @@ def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> 
 def replace_rib_check(out: Path, rib_config: dict) -> Path:
     """Only the rib check anew (checkpoint run rib-check) in an existing model folder; the coarse and
     fine stages, their files and their card entries stay as they are."""
-    card = json.loads((out / "model_card.json").read_text())
     diff = export_rib_check(out / "rib_check.onnx")
-    stages = {**card["training_data"]["stages"], "rib_check": rib_config}
+    return _replace_stage_in_card(out, "rib_check", rib_config, diff)
+
+
+def _replace_stage_in_card(out: Path, stage: str, config: dict, diff: float) -> Path:
+    """The card of ``out`` after one stage's file was exported anew: its hash, its training run, the
+    ONNX check; the other stages' entries stay."""
+    card = json.loads((out / "model_card.json").read_text())
+    stages = {**card["training_data"]["stages"], stage: config}
     card.update(version=MODEL_VERSION, created=datetime.date.today().isoformat(), osteoscreen_version=__version__,
                 limits=LIMITS, exported_on=platform.platform())
-    card["files"]["rib_check"]["sha256"] = sha256_file(out / "rib_check.onnx")
-    card["onnx_vs_pytorch_max_abs_softmax_diff"]["rib_check"] = diff
+    card["files"][stage]["sha256"] = sha256_file(out / f"{stage}.onnx")
+    card["onnx_vs_pytorch_max_abs_softmax_diff"][stage] = diff
     card["training_data"].update(stages=stages, generator_version=generator_versions(stages),
                                  source_commit=source_commit())
     write_text(out / "model_card.json", json.dumps(card, indent=2) + "\n", overwrite=True)
@@ -147,7 +153,6 @@ def replace_rib_check(out: Path, rib_config: dict) -> Path:
 def replace_coarse(out: Path, run: Path) -> Path:
     """Only the coarse stage anew (checkpoint folder ``run``) in an existing model folder; the fine stage
     and the rib check, their files and their card entries stay as they are."""
-    card = json.loads((out / "model_card.json").read_text())
     net = load_stage("coarse", run)
     if out.resolve() == (models_dir() / "segmentation").resolve():  # a candidate elsewhere leaves the bundled weights
         save_state(net, "segmentation-coarse")
@@ -155,17 +160,7 @@ def replace_coarse(out: Path, run: Path) -> Path:
         diff = export_onnx(net, NETWORKS["coarse"]["in_channels"], (48, 64, 64), path)
         if diff > ONNX_TOLERANCE:
             raise SystemExit(f"coarse: ONNX differs from PyTorch by {diff:.2e} > {ONNX_TOLERANCE}")
-    config = json.loads((run / "config.json").read_text())
-    stages = {**card["training_data"]["stages"], "coarse": config}
-    card.update(version=MODEL_VERSION, created=datetime.date.today().isoformat(), osteoscreen_version=__version__,
-                limits=LIMITS, exported_on=platform.platform())
-    card["files"]["coarse"]["sha256"] = sha256_file(out / "coarse.onnx")
-    card["onnx_vs_pytorch_max_abs_softmax_diff"]["coarse"] = diff
-    card["training_data"].update(stages=stages, generator_version=generator_versions(stages),
-                                 source_commit=source_commit())
-    write_text(out / "model_card.json", json.dumps(card, indent=2) + "\n", overwrite=True)
-    write_text(out / "model_card.md", card_markdown(card), overwrite=True)
-    return out
+    return _replace_stage_in_card(out, "coarse", json.loads((run / "config.json").read_text()), diff)
 
 
 def export_rib_check(path: Path) -> float:
