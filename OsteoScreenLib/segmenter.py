@@ -139,7 +139,7 @@ class L1L2Segmenter:
     def coarse_stage(self, ct: Volume) -> tuple[Volume, Volume]:
         """Class probabilities (k, j, i, 3) and the network's input (k, j, i) on the coarse RAS grid."""
         x, grid = coarse_input(ct, self.coarse_cfg)
-        return Volume(np.moveaxis(self._run(self.coarse_net, x, self.coarse_cfg, -1.0), 0, -1), grid), Volume(x[0], grid)
+        return Volume(np.moveaxis(self.probabilities(self.coarse_net, x, self.coarse_cfg, -1.0), 0, -1), grid), Volume(x[0], grid)
 
     def checked_levels(self, ct: Volume, coarse: Volume, coarse_x: Volume) -> tuple[Volume, dict, dict]:
         """The coarse probabilities and levels after the rib check, and what the check found."""
@@ -164,12 +164,14 @@ class L1L2Segmenter:
         (the box is RAS-aligned and centred on the spine; the network learnt mirrored samples): a
         test-time mirror steadies the outline where a real scan differs from the phantoms."""
         x, grid = fine_input(ct, coarse, center_ras, self.fine_cfg)
-        p = self._run(self.fine_net, x, self.fine_cfg, 0.0)
-        mirrored = self._run(self.fine_net, np.ascontiguousarray(x[..., ::-1]), self.fine_cfg, 0.0)[..., ::-1]
+        p = self.probabilities(self.fine_net, x, self.fine_cfg, 0.0)
+        mirrored = self.probabilities(self.fine_net, np.ascontiguousarray(x[..., ::-1]), self.fine_cfg, 0.0)[..., ::-1]
         return Volume(np.moveaxis((p + mirrored) / 2, 0, -1), grid)
 
     @staticmethod
-    def _run(net: OnnxNetwork, x: np.ndarray, cfg: dict, pad_value: float) -> np.ndarray:
+    def probabilities(net: OnnxNetwork, x: np.ndarray, cfg: dict, pad_value: float) -> np.ndarray:
+        """Class probabilities (C, k, j, i) of one network on input ``x`` (C, k, j, i), padded to the
+        stage's multiple with ``pad_value`` and cropped back."""
         padded, valid = pad_to_multiple(x[None], cfg["pad_multiple"], pad_value)
         logits = net.run(padded)[0][(slice(None), *valid)]
         return softmax(logits, 0).astype(np.float32)

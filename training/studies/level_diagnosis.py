@@ -94,7 +94,7 @@ def slices_off(ct: Volume) -> dict[str, Volume]:
 def mirrored(seg: L1L2Segmenter, coarse: Volume, coarse_x: Volume) -> Volume:
     """The coarse stage's answer on its input flipped left to right (R is the grid's i axis),
     flipped back."""
-    p = seg._run(seg.coarse_net, np.ascontiguousarray(coarse_x.array[None, ..., ::-1]), seg.coarse_cfg, -1.0)
+    p = seg.probabilities(seg.coarse_net, np.ascontiguousarray(coarse_x.array[None, ..., ::-1]), seg.coarse_cfg, -1.0)
     return Volume(np.ascontiguousarray(np.moveaxis(p[..., ::-1], 0, -1)), coarse.ijk_to_ras)
 
 
