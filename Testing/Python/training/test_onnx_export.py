@@ -92,6 +92,7 @@ def test_the_rib_check_alone_is_exported_into_a_copy_of_the_model_folder(bundled
     import json
     import shutil
 
+    from training import model_card
     from training.segmentation import export
     from training.segmentation.rib_check import build_network
 
@@ -99,6 +100,7 @@ def test_the_rib_check_alone_is_exported_into_a_copy_of_the_model_folder(bundled
     shutil.copytree(model_folder("segmentation"), folder)
     monkeypatch.setattr(export, "CHECKPOINTS", tmp_path / "checkpoints")
     monkeypatch.setattr(export, "WEIGHTS", tmp_path / "weights")  # never the committed weights
+    monkeypatch.setattr(model_card, "WEIGHTS", tmp_path / "weights")  # (save_state writes there)
     torch.manual_seed(3)
     net = build_network().eval()  # a new network: other weights than the bundled check
     (tmp_path / "checkpoints" / "rib-check").mkdir(parents=True)
