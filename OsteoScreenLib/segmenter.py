@@ -24,11 +24,11 @@ from typing import Callable
 import numpy as np
 
 from .ct_io import check_hounsfield
-from .padding import padding_to_air
 from .errors import OsteoScreenError
 from .guards import check_grid
 from .model_store import model_folder, verified_files
 from .onnx_runner import OnnxNetwork
+from .padding import padding_to_air
 from .postprocess import components, dilate, fill_holes, largest_component
 from .registry import LABEL_OF, VERTEBRA_NAMES
 from .rib_check import check_levels, confirms, shift_levels
@@ -282,7 +282,7 @@ def find_levels(coarse: Volume) -> dict[str, dict]:
     """
     labels = np.argmax(coarse.array, axis=-1)
     candidates = {name: regions(labels == LABEL_OF[name], coarse, LABEL_OF[name]) for name in VERTEBRA_NAMES}
-    chosen = {name: max(regions, key=lambda r: r["mass"]) for name, regions in candidates.items() if regions}
+    chosen = {name: max(found, key=lambda r: r["mass"]) for name, found in candidates.items() if found}
     if "L1" in chosen:
         below = [r for r in candidates["L2"] if _one_level_apart(chosen["L1"]["centroid_ras"], r["centroid_ras"])]
         if below:
