@@ -78,6 +78,10 @@ LIMITS = [
     "the real abdominal scan it reads T11 and T12 as rib-bearing and L1, L2 as not; on the real spine slab "
     "verse012 it reads no ribs on T11 and T12, from their rib heads and transverse processes, which look unlike "
     "the phantoms' to it (training/results/rib_check_probe.md), and moves the levels one vertebra up (flagged).",
+    "Model 0.8.0 (coarse stage on generator 2.0.0): asked from its coarse L1 on the abdominal scan, the check "
+    "reads 0.22 on T12, so the levels, though right, come with a warning that the ribs do not confirm them. "
+    "On the real chest CT lidc-idri-0001 the levels are wrong in every version evaluated, always flagged "
+    "(training/results/real_case_eval.md).",
 ]
 
 
