@@ -19,6 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .shapes import coverage
 from .torso import Ellipsoid, TorsoProfile, Tube
 
 # Vendor padding values written outside the reconstruction circle (DICOM PixelPaddingValue, in HU)
@@ -168,8 +169,6 @@ def table_rows(cw: dict, y_back_world: float, x_world: np.ndarray, y_world: np.n
     ``x_world`` (columns) and ``y_world`` (rows) are the pixel centres (RAS mm); the table is
     centred on the scanner's axis (x = 0) and its pad touches the lowest point of the back.
     """
-    from .shapes import coverage
-
     tb = cw["table"]
     if not tb["present"]:
         return []

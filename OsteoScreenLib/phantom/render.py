@@ -19,6 +19,7 @@ import numpy as np
 from .. import registry
 from . import chest_wall, density, scanner
 from .geometry import Grid, Pose, make_grid, make_pose
+from .presets import PRESETS
 from .reference import reference_standard
 from .ribs import RIB_HALF_HEIGHT_MM, RIB_HALF_THICKNESS_MM, build_ribs
 from .shapes import F32, coverage, coverage_reach, ellipse_distance, ellipsoid_distance, paint, segment_distance
@@ -225,16 +226,22 @@ class Renderer:
         def add(layer, kind, data, box, seg=None):
             blocks.append((layer, kind, data, box, _no_supports(len(box)) if seg is None else seg))
 
-        for o in self.an.organs["organs"] + self.an.organs["bowel"] + [self.an.organs["heart"]]:
-            add(3 if o is self.an.organs["heart"] else 1, "ellipsoid", lambda a, o=o: o,
-                _world_boxes(pose, o.center - o.semi_axes, o.center + o.semi_axes, m))
+        def add_ellipsoid(layer, o):
+            add(layer, "ellipsoid", lambda a, o=o: o, _world_boxes(pose, o.center - o.semi_axes, o.center + o.semi_axes, m))
+
         zero = np.zeros(3)
-        for tube in self.an.organs["tubes"]:
+
+        def add_tube(layer, tube):  # one row per capsule of the chain
             p0, p1 = tube.points[:-1], tube.points[1:]
             r = np.maximum(tube.radii[:-1], tube.radii[1:]) + tube.wall_mm
-            add(4 if tube.tissue == "lung_vessel" else 3, "tube", lambda a, tube=tube: (tube, a),
+            add(layer, "tube", lambda a, tube=tube: (tube, a),
                 _world_boxes(pose, np.minimum(p0, p1), np.maximum(p0, p1), r + m),
                 _segment_supports(pose, self.eye, zero, p0, p1, r + self.reach))
+
+        for o in self.an.organs["organs"] + self.an.organs["bowel"] + [self.an.organs["heart"]]:
+            add_ellipsoid(3 if o is self.an.organs["heart"] else 1, o)
+        for tube in self.an.organs["tubes"]:
+            add_tube(4 if tube.tissue == "lung_vessel" else 3, tube)
         for vb in self.an.vertebrae:
             ext = np.array([vb.half_width + 45.0, vb.half_depth + 75.0, vb.half_height + 40.0])
             add(6, "vertebra", lambda a, vb=vb: vb, _world_boxes(pose, vb.center - ext, vb.center + ext, m))
@@ -251,15 +258,11 @@ class Renderer:
         wall = self.an.chest_wall
         if wall is not None:
             # arms before the lungs (outside the chest), extra vessels with the others, bones over the ribs
-            for layer_of, tubes in ((2, wall.arms), (3, wall.vessels), (8, [b for b in wall.bones if isinstance(b, Tube)])):
+            for layer, tubes in ((2, wall.arms), (3, wall.vessels), (8, [b for b in wall.bones if isinstance(b, Tube)])):
                 for tube in tubes:
-                    p0, p1 = tube.points[:-1], tube.points[1:]
-                    r = np.maximum(tube.radii[:-1], tube.radii[1:]) + tube.wall_mm
-                    add(layer_of, "tube", lambda a, tube=tube: (tube, a),
-                        _world_boxes(pose, np.minimum(p0, p1), np.maximum(p0, p1), r + m),
-                        _segment_supports(pose, self.eye, zero, p0, p1, r + self.reach))
+                    add_tube(layer, tube)
             for o in (b for b in wall.bones if isinstance(b, Ellipsoid)):
-                add(8, "ellipsoid", lambda a, o=o: o, _world_boxes(pose, o.center - o.semi_axes, o.center + o.semi_axes, m))
+                add_ellipsoid(8, o)
         layer = np.concatenate([np.full(len(b[3]), b[0]) for b in blocks])
         block = np.concatenate([np.full(len(b[3]), n) for n, b in enumerate(blocks)])
         row = np.concatenate([np.arange(len(b[3])) for b in blocks])
@@ -745,6 +748,21 @@ def _torso_distance(u, v, a, b, flat_back=0.2):
     return q
 
 
+def _outside_circle(params: dict, grid: Grid) -> np.ndarray | None:
+    """Pixels beyond the reconstruction circle of a whole-chest scan (generator 2.0), or None."""
+    if "chest_wall" not in params or PRESETS[params["preset"]].get("field_of_view") != "chest":
+        return None
+    return chest_wall.outside_circle(grid, params["chest_wall"])
+
+
+def _padding_written(params: dict, grid: Grid) -> int | None:
+    """The padding value the scan holds beyond its circle, where one lies below air, else None."""
+    if _outside_circle(params, grid) is None:
+        return None
+    value = params["chest_wall"]["circle"]["padding_hu"]
+    return value if value < HU_MIN else None
+
+
 def render_volume(params: dict):
     """Render CT (int16 HU), body labels and vertebra levels on the preset's grid."""
     anatomy = build_anatomy(params)
@@ -786,10 +804,7 @@ def render_volume(params: dict):
         streak_z.append((zc, st))
     cache: dict[int, tuple] = {}
     scale = r.sub
-    from .presets import PRESETS
-
-    outside = (chest_wall.outside_circle(grid, params["chest_wall"])
-               if "chest_wall" in params and PRESETS[params["preset"]].get("field_of_view") == "chest" else None)
+    outside = _outside_circle(params, grid)
     for k in range(nk):
         acc = np.zeros((nj, r.ni_r), np.float32)
         base = (k + k_off) * m
@@ -884,8 +899,7 @@ def render_case(params: dict):
         ],
         "rib_pairs": sum(1 for vb in anatomy.vertebrae if vb.rib_length_mm >= RIB_BEARING_MIN_MM),
         # the value beyond the reconstruction circle, where the scan has one (DICOM PixelPaddingValue)
-        "padding_hu": (params["chest_wall"]["circle"]["padding_hu"]
-                       if "chest_wall" in params and bool((ct < HU_MIN).any()) else None),
+        "padding_hu": _padding_written(params, grid),
         "grid": grid.as_dict(),
         "parameters": params,
     }

@@ -38,7 +38,7 @@ import numpy as np
 from OsteoScreenLib.ct_io import read_ct, read_volume
 from OsteoScreenLib.errors import OsteoScreenError
 from OsteoScreenLib.registry import LABEL_OF, VERSE_LEVEL_NAMES
-from OsteoScreenLib.resample import sample
+from OsteoScreenLib.resample import bounds_ras, sample, subvolume
 from OsteoScreenLib.segmenter import L1L2Segmenter
 from OsteoScreenLib.volume import Volume
 
@@ -91,14 +91,11 @@ def cut(volume: Volume, ref: np.ndarray, z_lo: float, z_hi: float) -> tuple[Volu
     keep = np.nonzero((z >= z_lo) & (z <= z_hi))[0]
     if len(keep) < 2:
         return None
-    lo, hi = int(keep.min()), int(keep.max()) + 1
-    sl = [slice(None)] * 3
-    sl[axis] = slice(lo, hi)
-    shift = np.zeros(4)
-    shift[2 - axis] = lo
-    m = volume.ijk_to_ras.copy()
-    m[:3, 3] = (volume.ijk_to_ras @ np.r_[shift[:3], 1.0])[:3]
-    return Volume(np.ascontiguousarray(volume.array[tuple(sl)]), m), np.ascontiguousarray(ref[tuple(sl)])
+    lo_kji, hi_kji = np.zeros(3, int), np.array(volume.array.shape[:3])
+    lo_kji[axis], hi_kji[axis] = int(keep.min()), int(keep.max()) + 1
+    scan = subvolume(volume, lo_kji[::-1], hi_kji[::-1])
+    piece = subvolume(Volume(ref, volume.ijk_to_ras), lo_kji[::-1], hi_kji[::-1])
+    return scan.with_array(np.ascontiguousarray(scan.array)), np.ascontiguousarray(piece.array)
 
 
 def z_extent(volume: Volume, mask: np.ndarray) -> tuple[float, float]:
@@ -115,7 +112,7 @@ def z_centre(volume: Volume, mask: np.ndarray) -> float:
 
 def versions(ct: Volume, ref: np.ndarray, names: dict[int, str], chest: bool) -> dict[str, tuple[Volume, np.ndarray]]:
     ids = {v: k for k, v in names.items()}
-    z_all = z_extent(ct, np.ones(ct.array.shape, bool))
+    z_all = tuple(float(b[2]) for b in bounds_ras(ct))
     out = {"as given": (ct, ref)}
     plans = {"lowest 150 mm": (z_all[0] - 1.0, z_all[0] + LOWEST_MM)}
     if "T10" in ids and (ref == ids["T10"]).any():

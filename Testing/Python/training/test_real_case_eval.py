@@ -30,7 +30,7 @@ def test_the_chest_ct_is_cut_where_each_version_says(the_chest_ct):
     versions = real_eval.versions(ct, ref, names, chest=True)
     assert set(versions) == {"as given", "lowest 150 mm", "from T10", "below L1", "above T12"}
     lowest, _ = versions["lowest 150 mm"]
-    z = real_eval.z_extent(lowest, np.ones(lowest.array.shape, bool))
+    z = real_eval.z_extent(lowest, np.ones(lowest.array.shape, bool))  # every voxel centre of the cut scan
     assert 145.0 <= z[1] - z[0] <= 150.0
     for name, present, absent in (("above T12", "T11", "L1"), ("from T10", "L1", "T8")):
         _, cut_ref = versions[name]  # whole-vertebra masks: a spinous process reaches the level below
