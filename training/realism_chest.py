@@ -29,7 +29,8 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from OsteoScreenLib.ct_io import read_ct, read_volume
+from OsteoScreenLib.ct_io import read_volume
+from OsteoScreenLib.padding import padding_to_air
 from OsteoScreenLib.phantom import GENERATOR_VERSION, generate_case
 from OsteoScreenLib.phantom.density import tissue_table
 from OsteoScreenLib.resample import centred_grid, sample
@@ -140,8 +141,9 @@ def measure(ct: Volume, centres: dict[str, np.ndarray], raw: Volume) -> dict:
 
 def real_case(root: Path) -> tuple[str, Volume, Volume, dict, dict]:
     folder = root / "lidc-idri-0001"
-    ct = read_ct(folder / "ct")
-    raw = read_volume(folder / "ct")
+    header: dict = {}
+    raw = read_volume(folder / "ct", header)  # the stored values, padding kept; read once
+    ct = padding_to_air(raw, header["padding_hu"])[0]  # as read_ct takes them
     ref = reference_on(read_volume(folder / "labels.nii.gz"), ct)
     names = totalsegmentator_names(folder / "labels.csv")
     centres = level_centres(ct, ref, {v: k for k, v in names.items() if v in ("T8", "T12", "L1")})
@@ -152,7 +154,6 @@ def real_case(root: Path) -> tuple[str, Volume, Volume, dict, dict]:
 
 
 def phantom_case(seed: int) -> tuple[str, Volume, Volume, dict, dict]:
-    from OsteoScreenLib.padding import padding_to_air
     from OsteoScreenLib.registry import VERSE_LEVEL_IDS
 
     case = generate_case(seed, "chest")
