@@ -121,7 +121,7 @@ class OsteoScreenLogic:
 
     def labels_digest(self, segmentation_node, ct_node) -> str:
         """A fingerprint of the segments on the CT grid: tells whether they changed since."""
-        return hashlib.sha256(self.labelmap(segmentation_node, ct_node).array.tobytes()).hexdigest()
+        return _digest(self.labelmap(segmentation_node, ct_node))
 
     def vertebra_stats(self, segmentation_node, ct_node) -> dict[str, dict]:
         return vertebra_stats(self.labelmap(segmentation_node, ct_node))
@@ -194,7 +194,7 @@ class OsteoScreenLogic:
 
         case = self.case_input(ct_node)
         labels = case.ct.with_array(segmentation_nodes.labelmap_on_grid(segmentation_node, ct_node))
-        if labels_digest is not None and hashlib.sha256(labels.array.tobytes()).hexdigest() != labels_digest:
+        if labels_digest is not None and _digest(labels) != labels_digest:
             raise OsteoScreenError("the segments changed since the last Classify: classify again, then save the report")
         features = _features(case.ct, labels, result)
         return write_case(case, CaseOutcome(labels, result, features), Path(folder), overwrite, segmentation=False)
@@ -292,6 +292,10 @@ class OsteoScreenLogic:
             write_case(case, run_case(self.models, case, model, cancel=cancel), folder, overwrite=True)
 
         return run_batch(paths, Path(output_dir), process, overwrite, progress, cancel)
+
+
+def _digest(labels: Volume) -> str:
+    return hashlib.sha256(labels.array.tobytes()).hexdigest()
 
 
 def _features(ct: Volume, labels: Volume, result) -> dict:
