@@ -54,6 +54,12 @@ VERSE_LEVEL_IDS: dict[str, int] = {
 }
 VERSE_LEVEL_NAMES: dict[int, str] = {v: k for k, v in VERSE_LEVEL_IDS.items()}
 
+# Classes of the vertebra counter (vertebra_count.py): the core of every vertebral body in view,
+# split by whether the vertebra bears a rib pair (T1 down to the last thoracic vertebra).
+COUNT_CLASSES: dict[str, int] = {"background": 0, "rib-bearing body": 1, "body without ribs": 2}
+# Rib-bearing (thoracic) vertebrae in the usual spine: L1 is the 13th body counted from T1.
+THORACIC_COUNT = 12
+
 # Label mappings of other tools: segment name -> label value in their label maps.
 LABEL_MAPPINGS: dict[str, dict[str, int]] = {
     "osteoscreen": dict(LABEL_OF),

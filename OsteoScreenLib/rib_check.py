@@ -184,12 +184,18 @@ def shift_levels(coarse: Volume, shift: int, step_ras: np.ndarray, l1_found: boo
 
     Without an L1 region, L1 is taken from the L2 map one vertebra above its new place; with
     ``l2_follows_l1`` (the coarse L2 was not one vertebra below L1), L2 from the L1 map one below."""
-    out = coarse.array.copy()
+    step = np.asarray(step_ras, float)
     moves = {"L1": ("L1", shift) if l1_found else ("L2", shift - 1),
              "L2": ("L1", shift + 1) if l1_found and l2_follows_l1 else ("L2", shift)}
-    for name, (source, n) in moves.items():
+    return move_levels(coarse, {name: (source, n * step) for name, (source, n) in moves.items()})
+
+
+def move_levels(coarse: Volume, moves: dict[str, tuple[str, np.ndarray]]) -> Volume:
+    """Coarse probabilities with each level's map taken from ``source``'s map moved by a vector (RAS mm)."""
+    out = coarse.array.copy()
+    for name, (source, vector) in moves.items():
         moved = Volume(coarse.array[..., LABEL_OF[source]], coarse.ijk_to_ras.copy())
-        moved.ijk_to_ras[:3, 3] += n * np.asarray(step_ras, float)
+        moved.ijk_to_ras[:3, 3] += np.asarray(vector, float)
         out[..., LABEL_OF[name]] = sample(moved, coarse.ijk_to_ras, coarse.array.shape[:3], order=1, fill=0.0,
                                           antialias=False)
     out[..., 0] = np.clip(1.0 - out[..., 1:].sum(-1), 0.0, 1.0)

@@ -3,7 +3,10 @@
 1. coarse: the whole CT resampled to a few-mm RAS grid; a network marks the L1
    and L2 bodies (it counts from the last rib-bearing vertebra); a small second
    network, the rib check (rib_check.py), asks of the vertebrae around that L1
-   whether they bear ribs, and moves both levels by up to two vertebrae when they say so;
+   whether they bear ribs, and moves both levels by up to two vertebrae when they say so; a
+   third network, the vertebra counter (vertebra_count.py), marks every vertebral body in view
+   and reads L1 by counting from T1 and from the last rib pair: where both readings agree and
+   the levels lie elsewhere, the levels move to the counted ones; any disagreement is a warning;
 2. fine: a ~1 mm box around L1-L2; a second network, given the CT and the coarse
    masks as hints, outlines both bodies (averaged with its answer on the mirrored box);
 3. the fine probabilities are resampled onto the original CT grid inside the box
@@ -31,7 +34,8 @@ from .onnx_runner import OnnxNetwork
 from .padding import padding_to_air
 from .postprocess import components, dilate, fill_holes, largest_component
 from .registry import LABEL_OF, VERTEBRA_NAMES
-from .rib_check import check_levels, confirms, shift_levels
+from .rib_check import check_levels, confirms, move_levels, shift_levels
+from .vertebra_count import Count, count_vertebrae
 from .resample import axis_aligned_grid, bounds_ras, centred_grid, crop_to_mask, index_box, mask_box, sample, subvolume
 from .volume import Volume
 
@@ -117,6 +121,7 @@ class SegmentationOutput:
     level_confidence: dict[str, dict[str, float]] = field(default_factory=dict)  # see level_certainty
     rib_check: dict = field(default_factory=dict)  # rib-bearing probabilities around L1 and the shift made
     level_warnings: list[str] = field(default_factory=list)  # those of ``warnings`` that question the levels
+    count: dict = field(default_factory=dict)  # what the vertebra counter read (Count.summary) and did
 
 
 class L1L2Segmenter:
@@ -133,6 +138,8 @@ class L1L2Segmenter:
         # model folders before 0.4.0 have no rib check: their coarse stage's levels stand
         self.rib_net = OnnxNetwork(files["rib_check"], threads) if "rib_check" in files else None
         self.rib_cfg = self.card["preprocessing"].get("rib_check")
+        # model folders before 0.9.0 have no vertebra counter
+        self.count_net = OnnxNetwork(files["count"], threads) if "count" in files else None
 
     # --- stages
 
@@ -158,6 +165,15 @@ class L1L2Segmenter:
             coarse = shift_levels(coarse, decision.shift, decision.step_ras, "L1" in levels, decision.l2_follows_l1)
             levels = find_levels(coarse)
         return coarse, levels, report
+
+    def counted_levels(self, coarse: Volume, coarse_x: Volume, levels: dict) -> tuple[Volume, dict, dict, list[str]]:
+        """The levels after the vertebra counter's two readings (see ``reconcile_count``), what it read,
+        and its warnings; unchanged without a counter in the model folder."""
+        if self.count_net is None:
+            return coarse, levels, {}, []
+        probs = self.probabilities(self.count_net, coarse_x.array[None], self.coarse_cfg, -1.0)
+        counted = count_vertebrae(Volume(np.moveaxis(probs, 0, -1), coarse_x.ijk_to_ras))
+        return reconcile_count(coarse, levels, counted)
 
     def fine_probabilities(self, ct: Volume, coarse: Volume, center_ras: np.ndarray) -> Volume:
         """The fine stage on its box, averaged with its answer on the box mirrored left to right
@@ -198,12 +214,14 @@ class L1L2Segmenter:
         step(0.05, "finding L1 and L2")
         coarse, coarse_x = self.coarse_stage(ct)
         coarse, levels, rib_report = self.checked_levels(ct, coarse, coarse_x)
+        coarse, levels, count_report, count_warnings = self.counted_levels(coarse, coarse_x, levels)
         timing["coarse"] = time.perf_counter() - t0
         missing = [name for name in VERTEBRA_NAMES if name not in levels]
         centroids = {name: lv["centroid_ras"] for name, lv in levels.items()}
         confidence = {name: lv["certainty"] for name, lv in levels.items()}
         level_warnings = [w for w in (level_warning(n, c) for n, c in confidence.items()) if w]
-        level_warnings += rib_check_warnings(rib_report)
+        # levels the counter moved supersede the rib check's answer
+        level_warnings += count_warnings + ([] if count_report.get("moved") else rib_check_warnings(rib_report))
         level_warnings += [f"{name} found only faintly by the level finder: check that "
                            f"{'L1 lies directly above L2' if name == 'L1' else 'L2 lies directly below L1'}"
                            for name, lv in levels.items() if lv.get("faint")]
@@ -225,7 +243,7 @@ class L1L2Segmenter:
         step(1.0, "done")
         return SegmentationOutput(labels, level_warnings + outline_warnings + order_warnings,
                                   {k: round(v, 3) for k, v in timing.items()}, confidence, rib_report,
-                                  level_warnings + order_warnings)
+                                  level_warnings + order_warnings, count_report)
 
     def to_ct_grid(self, ct: Volume, fine: Volume) -> tuple[Volume, tuple[list[str], list[str]]]:
         """Fine probabilities -> label map on the CT grid, inside the fine box only, and the
@@ -353,6 +371,58 @@ def level_warning(name: str, certainty: dict[str, float]) -> str | None:
     why = f"model confidence {p:.2f}" if p < LEVEL_CONFIDENCE_MIN else "the model hesitates between two vertebrae"
     return (f"{name} level uncertain ({why}): check that {'L1 is the first vertebra below the last rib-bearing one' if name == 'L1' else 'L2 lies directly below L1'}, "
             "and correct the segments if not")
+
+
+def reconcile_count(coarse: Volume, levels: dict, counted: Count) -> tuple[Volume, dict, dict, list[str]]:
+    """The levels after comparing them with the counter's readings of L1 (from T1, from the last
+    rib pair), the report and the reader's warnings.
+
+    - Both readings agree on a body and L1 lies elsewhere (or was not found): L1 and L2 move to
+      the counted body and the one below it, with a warning (three answers were not one).
+    - The readings disagree (11 or 13 rib pairs, a lumbar rib): the levels stay, with a warning.
+    - One reading only (a scan that starts below T1, or ends at the last rib pair): a level it
+      contradicts gets a warning; it moves nothing alone.
+    """
+    report = counted.summary()
+    top, ribs = counted.l1_from_top, counted.l1_from_ribs
+    found = counted.index_near(levels["L1"]["centroid_ras"]) if "L1" in levels else None
+    report["l1_from_levels"] = found
+    check = "check that L1 is the first vertebra below the last rib-bearing one"
+    if top is not None and ribs is not None and top != ribs:
+        pairs = counted.rib_pairs
+        return coarse, levels, report, [
+            f"Counting from T1 and reading the last rib pair disagree ({pairs} rib-bearing vertebrae, 12 usual): "
+            f"transitional anatomy, or a rib the counter missed; {check}"]
+    agreed = top if top is not None and top == ribs else None
+    if agreed is not None and found == agreed:
+        report["confirmed"] = True
+        return coarse, levels, report, []
+    if agreed is not None and "L1" in levels:
+        bodies = counted.bodies
+        step = bodies[agreed].centroid_ras - levels["L1"]["centroid_ras"]
+        moves = {"L1": ("L1", step)}
+        if agreed + 1 < len(bodies):  # L2 onto the counted body below (from the L1 map when L2 was not found)
+            source = "L2" if "L2" in levels else "L1"
+            moves["L2"] = (source, bodies[agreed + 1].centroid_ras - levels[source]["centroid_ras"])
+        elif "L2" in levels:
+            moves["L2"] = ("L2", step)
+        moved = move_levels(coarse, moves)
+        new_levels = find_levels(moved)
+        if "L1" in new_levels:
+            n = agreed - found if found is not None else None
+            where = (f"{_vertebrae(n)} {'higher' if n > 0 else 'lower'}" if n else
+                     f"{float(np.linalg.norm(step)):.0f} mm away, not on a vertebra the counter marked")
+            report["moved"] = True
+            return moved, new_levels, report, [
+                f"L1 and L2 placed by counting the vertebrae from T1 and from the last rib pair (the level finder "
+                f"had L1 {where}): {check}"]
+    single = top if top is not None else ribs
+    if single is not None and found != single and "L1" in levels:
+        how = "counting from T1" if top is not None else "the last rib pair"
+        n = single - found if found is not None else None
+        where = (f"{_vertebrae(n)} {'lower' if n > 0 else 'higher'}" if n else "elsewhere")
+        return coarse, levels, report, [f"The vertebra counter puts L1 {where} ({how}): {check}"]
+    return coarse, levels, report, []
 
 
 def _vertebrae(n: int) -> str:

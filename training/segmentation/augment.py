@@ -204,9 +204,30 @@ def random_bright_blobs(x: np.ndarray, y: np.ndarray, rng, cfg: dict) -> np.ndar
     return img[None].astype(np.float32)
 
 
+def random_scan_range(x: np.ndarray, y: np.ndarray, rng, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
+    """The vertebra counter's fields of view: the scan's first and last slices moved to random
+    slices among the bodies' cores (air beyond them, no core marked there), so that it counts on
+    scans that start anywhere in the thorax and end anywhere in the lumbar spine."""
+    rows = np.nonzero((y > 0).any(axis=(1, 2)))[0]
+    if len(rows) < 2:
+        return x, y
+    x, y = x.copy(), y.copy()
+    if rng.uniform() < cfg["p_cut_top"]:
+        top = int(rng.integers(rows.min(), rows.max() + 1))
+        x[0, top + 1 :] = AIR
+        y[top + 1 :] = 0
+    if rng.uniform() < cfg["p_cut_bottom"]:
+        bottom = int(rng.integers(rows.min(), rows.max() + 1))
+        x[0, :bottom] = AIR
+        y[:bottom] = 0
+    return x, y
+
+
 def augment_coarse(x: np.ndarray, y: np.ndarray, rng, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
     x, y = random_pose(x, y, rng, cfg)
     x, y = random_field_of_view(x, y, rng, cfg)
+    if "p_cut_top" in cfg:  # the vertebra counter
+        x, y = random_scan_range(x, y, rng, cfg)
     if "p_remap" in cfg:  # domain randomisation (generator 2.0 training; absent from older configs)
         x = random_bright_blobs(x, y, rng, cfg)
         x = random_tissue_contrast(x, rng, cfg)

@@ -20,6 +20,9 @@ NETWORKS = {
     # and the coarse input's size varies from scan to scan
     "coarse": {"in_channels": 1, "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1, "norm": "batch"},
     "fine": {"in_channels": 3, "channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1},
+    # the vertebra counter reads the coarse stage's input (out_channels=3: background, core of a
+    # rib-bearing body, core of a body without ribs; registry.COUNT_CLASSES)
+    "count": {"in_channels": 1, "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1, "norm": "batch"},
 }
 # Rib check (training/segmentation/rib_check.py): a small 3D CNN, one logit (the vertebra bears ribs).
 RIB_CHECK_NETWORK = {"channels": [8, 16, 32], "dropout": 0.2}
@@ -77,7 +80,16 @@ HINT_SHIFT_MM = 4.0
 # from whole chest CTs on a coarse grid and spine-cropped scans, the fine stage from 1 mm
 # boxes cut out of full-size chest and spine scans (with the coarse stage's own hints).
 # The fine stage starts from weights pre-trained on the faster `training` preset (1.5 mm).
-PRESETS = {"coarse": "chest-coarse,spine", "fine": "chest,spine", "fine-pretrain": "training"}
+PRESETS = {"coarse": "chest-coarse,spine", "fine": "chest,spine", "fine-pretrain": "training", "count": "chest-coarse,spine"}
+
+# Vertebra-counter augmentation (augment.py, train --stage count --augment): the coarse stage's
+# randomisation, and scans that start anywhere from the neck to mid-thorax and end anywhere from
+# mid-T12 down (``random_scan_range``): a body is marked when its core is in view.
+COUNT_RANDOMISATION = {
+    **COARSE_RANDOMISATION,
+    "p_short_scan": 0.0, "p_cut_l2": 0.0,  # cuts made by L1/L2 labels mean nothing to the counter
+    "p_cut_top": 0.4, "p_cut_bottom": 0.4,
+}
 
 ONNX_OPSET = 17
 ONNX_TOLERANCE = 1e-3  # max |softmax(ONNX) - softmax(PyTorch)| accepted at export

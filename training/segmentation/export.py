@@ -7,7 +7,8 @@ model_card.json (read by OsteoScreenLib) and model_card.md (for people).
 Checks that ONNX Runtime reproduces PyTorch within ONNX_TOLERANCE first.
 With --rib-check-only only the rib check is exported anew into the existing folder: the coarse
 and fine files and their card entries stay (byte for byte), and evaluate.py then replaces the
-card's metrics. With --coarse-only RUN the same for the coarse stage of checkpoint folder RUN.
+card's metrics. With --coarse-only RUN the same for the coarse stage of checkpoint folder RUN, and
+with --count-only RUN for the vertebra counter (added to a folder that has none).
 """
 
 from __future__ import annotations
@@ -33,7 +34,10 @@ from ..model_card import (UNRECORDED_GENERATOR_VERSION, WEIGHTS, card_markdown, 
 from .network import build_network
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
-MODEL_VERSION = "0.8.0"
+STAGE_RUNS = {"coarse": "segmentation-coarse", "fine": "segmentation-fine", "count": "vertebra-count"}
+TASK = ("L1 and L2 vertebral-body segmentation on chest CT (coarse level finding checked by a rib check and by "
+        "counting the vertebrae, fine outline)")
+MODEL_VERSION = "0.9.0"
 
 
 def load_state(net: torch.nn.Module, name: str) -> torch.nn.Module:
@@ -88,8 +92,8 @@ LIMITS = [
 def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     diffs = {}
-    for stage, shape in (("coarse", (48, 64, 64)), ("fine", (112, 80, 80))):
-        net = load_stage(stage, CHECKPOINTS / f"segmentation-{stage}")
+    for stage, shape in (("coarse", (48, 64, 64)), ("fine", (112, 80, 80)), ("count", (48, 64, 64))):
+        net = load_stage(stage, CHECKPOINTS / STAGE_RUNS[stage])
         save_state(net, f"segmentation-{stage}")
         with atomic_path(out / f"{stage}.onnx", overwrite=True) as path:
             diffs[stage] = export_onnx(net, NETWORKS[stage]["in_channels"], shape, path)
@@ -100,12 +104,11 @@ def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> 
         "schema": "osteoscreen.model_card/1",
         "name": "segmentation",
         "version": MODEL_VERSION,
-        "task": "L1 and L2 vertebral-body segmentation on chest CT (coarse level finding checked by a rib check, "
-        "fine outline)",
+        "task": TASK,
         "created": datetime.date.today().isoformat(),
         "osteoscreen_version": __version__,
         "files": {s: {"path": f"{s}.onnx", "sha256": sha256_file(out / f"{s}.onnx"), "format": f"ONNX opset {ONNX_OPSET}"}
-                  for s in ("coarse", "fine", "rib_check")},
+                  for s in ("coarse", "fine", "rib_check", "count")},
         "architecture": {**{s: {"type": "MONAI UNet", "spatial_dims": 3, "out_channels": 3, **NETWORKS[s]} for s in NETWORKS},
                          "rib_check": {"type": "3D CNN (two 3x3x3 convolutions per block, max pooling, global average "
                                        "pooling), one logit: the vertebra at the box centre bears a rib pair",
@@ -144,8 +147,11 @@ def _replace_stage_in_card(out: Path, stage: str, config: dict, diff: float) -> 
     card = json.loads((out / "model_card.json").read_text())
     stages = {**card["training_data"]["stages"], stage: config}
     card.update(version=MODEL_VERSION, created=datetime.date.today().isoformat(), osteoscreen_version=__version__,
-                limits=LIMITS, exported_on=platform.platform())
-    card["files"][stage]["sha256"] = sha256_file(out / f"{stage}.onnx")
+                limits=LIMITS, exported_on=platform.platform(), task=TASK)
+    card["files"][stage] = {"path": f"{stage}.onnx", "sha256": sha256_file(out / f"{stage}.onnx"),
+                            "format": f"ONNX opset {ONNX_OPSET}"}
+    if stage in NETWORKS:
+        card["architecture"][stage] = {"type": "MONAI UNet", "spatial_dims": 3, "out_channels": 3, **NETWORKS[stage]}
     card["onnx_vs_pytorch_max_abs_softmax_diff"][stage] = diff
     card["training_data"].update(stages=stages, generator_version=generator_versions(stages),
                                  source_commit=source_commit())
@@ -154,17 +160,17 @@ def _replace_stage_in_card(out: Path, stage: str, config: dict, diff: float) -> 
     return out
 
 
-def replace_coarse(out: Path, run: Path) -> Path:
-    """Only the coarse stage anew (checkpoint folder ``run``) in an existing model folder; the fine stage
-    and the rib check, their files and their card entries stay as they are."""
-    net = load_stage("coarse", run)
+def replace_stage(out: Path, stage: str, run: Path) -> Path:
+    """Only the coarse stage or the vertebra counter anew (checkpoint folder ``run``) in an existing
+    model folder; the other stages, their files and their card entries stay as they are."""
+    net = load_stage(stage, run)
     if out.resolve() == (models_dir() / "segmentation").resolve():  # a candidate elsewhere leaves the bundled weights
-        save_state(net, "segmentation-coarse")
-    with atomic_path(out / "coarse.onnx", overwrite=True) as path:
-        diff = export_onnx(net, NETWORKS["coarse"]["in_channels"], (48, 64, 64), path)
+        save_state(net, f"segmentation-{stage}")
+    with atomic_path(out / f"{stage}.onnx", overwrite=True) as path:
+        diff = export_onnx(net, NETWORKS[stage]["in_channels"], (48, 64, 64), path)
         if diff > ONNX_TOLERANCE:
-            raise SystemExit(f"coarse: ONNX differs from PyTorch by {diff:.2e} > {ONNX_TOLERANCE}")
-    return _replace_stage_in_card(out, "coarse", json.loads((run / "config.json").read_text()), diff)
+            raise SystemExit(f"{stage}: ONNX differs from PyTorch by {diff:.2e} > {ONNX_TOLERANCE}")
+    return _replace_stage_in_card(out, stage, json.loads((run / "config.json").read_text()), diff)
 
 
 def export_rib_check(path: Path) -> float:
@@ -201,10 +207,13 @@ def main() -> None:
     p.add_argument("--coarse-only", type=Path, default=None, metavar="RUN",
                    help="export only the coarse stage of checkpoint folder RUN into the existing folder "
                    "(fine stage and rib check stay)")
+    p.add_argument("--count-only", type=Path, default=None, metavar="RUN",
+                   help="export only the vertebra counter of checkpoint folder RUN into the existing folder")
     a = p.parse_args()
-    if a.coarse_only is not None:
-        print(f"wrote {replace_coarse(a.out, a.coarse_only)}")
-        return
+    for stage, run in (("coarse", a.coarse_only), ("count", a.count_only)):
+        if run is not None:
+            print(f"wrote {replace_stage(a.out, stage, run)}")
+            return
     metrics = json.loads(a.metrics.read_text()) if a.metrics and a.metrics.exists() else None
     cfg = CHECKPOINTS / "rib-check" / "config.json"
     rib = json.loads(cfg.read_text()) if cfg.exists() else {}
@@ -215,8 +224,8 @@ def main() -> None:
         print(f"wrote {replace_rib_check(a.out, rib)}")
         return
     configs = {}
-    for s in ("coarse", "fine"):
-        cfg = CHECKPOINTS / f"segmentation-{s}" / "config.json"
+    for s in ("coarse", "fine", "count"):
+        cfg = CHECKPOINTS / STAGE_RUNS[s] / "config.json"
         configs[s] = json.loads(cfg.read_text()) if cfg.exists() else {}
     configs["rib_check"] = rib
     out = write_model_folder(a.out, metrics, configs)

@@ -20,10 +20,11 @@ from monai.losses import DiceCELoss
 from OsteoScreenLib.phantom import GENERATOR_VERSION
 
 from .augment import augment_coarse, shift_hints
-from .config import COARSE_AUGMENT, COARSE_RANDOMISATION, FINE_AUGMENT, NETWORKS, PREPROCESSING
+from .config import COARSE_AUGMENT, COARSE_RANDOMISATION, COUNT_RANDOMISATION, FINE_AUGMENT, NETWORKS, PREPROCESSING
 from .config import PRESETS as STAGE_PRESETS
 from .network import build_network
 from .prepare import DEFAULT_CACHE, sample_paths, seeds_of
+from .count_targets import count_path
 from .samples import load
 
 COARSE_PATCH = (64, 64, 64)  # 320 mm cube at 5 mm: the training FOV fits, chest cases are cropped
@@ -67,9 +68,13 @@ class Samples:
     cached cases of these seeds (a preset of the same seed is a different scan of the same body)."""
 
     def __init__(self, stage: str, seeds: list[int], presets: str, cache: Path, stage_augment: dict | None = None):
-        self.paths = [sample_paths(cache, preset, s)[0 if stage == "coarse" else 1]
+        self.paths = [sample_paths(cache, preset, s)[0 if stage in ("coarse", "count") else 1]
                       for preset in presets.split(",") for s in seeds]
-        self.paths = [p for p in self.paths if p.exists()]
+        # the counter reads the coarse samples' input with its own targets (count_targets.py)
+        self.targets = ([count_path(cache, p.parent.parent.name.rsplit("-v", 1)[0], int(p.stem)) for p in self.paths]
+                        if stage == "count" else self.paths)
+        keep = [n for n, (p, t) in enumerate(zip(self.paths, self.targets)) if p.exists() and t.exists()]
+        self.paths, self.targets = [self.paths[n] for n in keep], [self.targets[n] for n in keep]
         preset = presets
         if not self.paths:
             raise SystemExit(f"no cached {stage} samples for preset {preset} under {cache}; run training.segmentation.prepare")
@@ -92,10 +97,10 @@ class Samples:
 
     def get(self, n: int, rng, train: bool = True):
         if n not in self.cache:
-            self.cache[n] = load(self.paths[n])
+            self.cache[n] = {"x": load(self.paths[n])["x"], "y": load(self.targets[n])["y"]}
         s = self.cache[n]
         x, y = s["x"].astype(np.float32), s["y"].astype(np.int64)
-        if self.stage == "coarse":
+        if self.stage in ("coarse", "count"):
             x, y = fit_patch(x, y, COARSE_PATCH, rng, -1.0)
             if train and self.stage_augment:
                 x, y = augment_coarse(x, y, rng, self.stage_augment)
@@ -127,7 +132,8 @@ def train(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     coarse_augment = COARSE_RANDOMISATION if args.randomise else COARSE_AUGMENT
-    stage_augment = ({"coarse": coarse_augment, "fine": FINE_AUGMENT}[args.stage] if args.augment else None)
+    stage_augment = ({"coarse": coarse_augment, "fine": FINE_AUGMENT, "count": COUNT_RANDOMISATION}[args.stage]
+                     if args.augment else None)
     train_set = Samples(args.stage, seeds_of("train", args.train_count), args.preset, args.cache, stage_augment)
     tune_set = Samples(args.stage, seeds_of("tune", args.tune_count), args.preset, args.cache)
     if args.variant_weight != 1.0:
@@ -200,7 +206,7 @@ def evaluate(net, samples: Samples, rng, limit: int = 12) -> list[float]:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--stage", choices=("coarse", "fine"), required=True)
+    p.add_argument("--stage", choices=("coarse", "fine", "count"), required=True)
     p.add_argument("--train-count", type=int, default=300)
     p.add_argument("--tune-count", type=int, default=20)
     p.add_argument("--preset", default=None, help="phantom presets of the samples, comma-separated (default: config.PRESETS[stage])")

@@ -1,0 +1,174 @@
+"""Level identification by counting vertebrae: a second opinion on where L1 is, from the whole chest.
+
+A chest CT shows the thoracic spine, so L1 can be read two ways a radiologist reads it:
+- from the top: the first rib-bearing vertebra below one without ribs (C7) is T1, and L1 is the
+  13th body counted from it (registry.THORACIC_COUNT rib-bearing bodies, then L1);
+- from the last rib pair: L1 is the first body below the last rib-bearing one.
+The two agree in the usual spine and disagree by one with 11 or 13 rib pairs: transitional
+anatomy that the reader must be told about.
+
+The vertebra counter (a network on the coarse stage's input, ``count.onnx``) marks the core of each
+vertebral body in view, as rib-bearing or not (registry.COUNT_CLASSES). This module turns its
+probabilities into bodies along the spine and the two readings. Pure functions on arrays and
+their geometry; the segmenter decides what to do with the answer (segmenter.counted_levels).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from .postprocess import components
+from .registry import COUNT_CLASSES, THORACIC_COUNT
+from .volume import Volume
+
+RIB, NO_RIB = COUNT_CLASSES["rib-bearing body"], COUNT_CLASSES["body without ribs"]
+MIN_CORE_VOXELS = 2  # a core is ~8 voxels at 5 mm; smaller specks are noise
+# Successive body centres: 16-22 mm apart at the upper thoracic spine, 30-40 mm at the lumbar
+# (body plus disc), a little more on a tilted spine; sideways they move a few mm per level.
+STEP_S_MM = (10.0, 50.0)
+MAX_SIDEWAYS_STEP_MM = 20.0
+# A step this much longer than its neighbours' steps means a body the counter did not mark:
+# counting across it would be one off.
+MISSED_BODY_RATIO = 1.6
+# A body counts as rib-bearing (or not) when this share of its probability says so; in between,
+# its ribs are unclear and no count passes it.
+RIB_SURE = 0.75
+
+
+@dataclass
+class Body:
+    centroid_ras: np.ndarray
+    rib_probability: float  # share of the body's mass the counter gives to "rib-bearing"
+    mass: float  # summed foreground probability over its core
+
+    @property
+    def ribs(self) -> bool | None:
+        """True: bears ribs; False: none; None: unclear."""
+        if self.rib_probability >= RIB_SURE:
+            return True
+        if self.rib_probability <= 1.0 - RIB_SURE:
+            return False
+        return None
+
+
+@dataclass
+class Count:
+    bodies: list[Body]  # along the spine, top to bottom
+    first_rib: int | None = None  # index of T1: a rib-bearing body with one without ribs above it
+    last_rib: int | None = None  # index of the last rib-bearing body, with one without ribs below it
+    missed_after: list[int] = field(default_factory=list)  # a body seems missing below these indices
+    problems: list[str] = field(default_factory=list)  # why a reading is not available
+
+    @property
+    def l1_from_top(self) -> int | None:
+        """L1's index counted from T1, when the count reaches it with no body missed on the way."""
+        if self.first_rib is None:
+            return None
+        n = self.first_rib + THORACIC_COUNT
+        if n >= len(self.bodies) or any(self.first_rib <= m < n for m in self.missed_after):
+            return None
+        return n
+
+    @property
+    def l1_from_ribs(self) -> int | None:
+        """L1's index as the first body below the last rib pair."""
+        if self.last_rib is None or self.last_rib in self.missed_after:
+            return None
+        return self.last_rib + 1
+
+    @property
+    def rib_pairs(self) -> int | None:
+        if self.first_rib is None or self.last_rib is None:
+            return None
+        if any(self.first_rib <= m < self.last_rib for m in self.missed_after):
+            return None
+        return self.last_rib - self.first_rib + 1
+
+    def index_near(self, ras: np.ndarray, within_mm: float = 15.0) -> int | None:
+        """The body whose centre lies nearest ``ras`` (within ``within_mm``), or None."""
+        if not self.bodies:
+            return None
+        d = [float(np.linalg.norm(b.centroid_ras - np.asarray(ras, float))) for b in self.bodies]
+        n = int(np.argmin(d))
+        return n if d[n] <= within_mm else None
+
+    def summary(self) -> dict:
+        """What the counter read, for the result's record."""
+        return {"bodies": len(self.bodies),
+                "ribs": "".join({True: "R", False: "-", None: "?"}[b.ribs] for b in self.bodies),
+                "first_rib": self.first_rib, "last_rib": self.last_rib, "rib_pairs": self.rib_pairs,
+                "l1_from_top": self.l1_from_top, "l1_from_ribs": self.l1_from_ribs,
+                "missed_after": list(self.missed_after), "problems": list(self.problems)}
+
+
+def find_bodies(probabilities: Volume) -> list[Body]:
+    """The bodies the counter marks, along the spine from top to bottom.
+
+    ``probabilities``: (k, j, i, 3) class probabilities on a RAS grid. Each core is a connected
+    region where background is below one half; the chain keeps the cores that follow one another
+    down the spine from the strongest one (a speck on the sternum or an organ is left out)."""
+    p = probabilities.array
+    cores = components(p[..., 0] < 0.5, MIN_CORE_VOXELS)
+    bodies = []
+    for core in cores:
+        rib, none = float(p[..., RIB][core].sum()), float(p[..., NO_RIB][core].sum())
+        centre = probabilities.voxel_centers_ras(np.argwhere(core).mean(axis=0))[0]
+        bodies.append(Body(centre, rib / max(rib + none, 1e-6), rib + none))
+    if not bodies:
+        return []
+    start = max(bodies, key=lambda b: b.mass)
+    chain = [start]
+    for direction in (1, -1):  # down (S decreasing), then up
+        current = start
+        while True:
+            nxt = _next_body(current, bodies, direction)
+            if nxt is None:
+                break
+            chain.append(nxt)
+            current = nxt
+    return sorted(chain, key=lambda b: -b.centroid_ras[2])
+
+
+def _next_body(current: Body, bodies: list[Body], direction: int) -> Body | None:
+    """The nearest body one step further down (direction 1) or up (-1) the spine."""
+    fits = []
+    for b in bodies:
+        step = direction * (current.centroid_ras[2] - b.centroid_ras[2])
+        sideways = float(np.linalg.norm(b.centroid_ras[:2] - current.centroid_ras[:2]))
+        if STEP_S_MM[0] <= step <= STEP_S_MM[1] and sideways <= MAX_SIDEWAYS_STEP_MM:
+            fits.append((step, b))
+    return min(fits, key=lambda f: f[0])[1] if fits else None
+
+
+def count(bodies: list[Body]) -> Count:
+    """The two readings of L1 from the bodies along the spine (see the module's docstring)."""
+    out = Count(bodies)
+    if len(bodies) < 2:
+        out.problems.append("fewer than two vertebral bodies found")
+        return out
+    s = np.array([b.centroid_ras[2] for b in bodies])
+    steps = s[:-1] - s[1:]
+    for n, step in enumerate(steps):
+        near = np.concatenate([steps[max(0, n - 2):n], steps[n + 1:n + 3]])
+        if len(near) and step > MISSED_BODY_RATIO * float(np.median(near)):
+            out.missed_after.append(n)
+    ribs = [b.ribs for b in bodies]
+    bearing = [n for n, r in enumerate(ribs) if r]
+    if not bearing:
+        out.problems.append("no rib-bearing vertebra found")
+        return out
+    first, last = bearing[0], bearing[-1]
+    if any(r is not True for r in ribs[first:last + 1]):
+        out.problems.append("the ribs are unclear or interrupted between the first and the last rib pair")
+        return out
+    if first > 0 and ribs[first - 1] is False:
+        out.first_rib = first
+    if last + 1 < len(bodies) and ribs[last + 1] is False:
+        out.last_rib = last
+    return out
+
+
+def count_vertebrae(probabilities: Volume) -> Count:
+    return count(find_bodies(probabilities))

@@ -1,0 +1,173 @@
+"""The vertebra counter's readings: L1 counted from T1 and read below the last rib pair, and what the
+segmenter does when they agree with, contradict or replace the level finder's levels."""
+
+import numpy as np
+import pytest
+
+from OsteoScreenLib.registry import COUNT_CLASSES, THORACIC_COUNT
+from OsteoScreenLib.segmenter import find_levels, reconcile_count
+from OsteoScreenLib.vertebra_count import count, count_vertebrae, find_bodies
+from OsteoScreenLib.volume import Volume
+
+MM = 5.0
+RIB, NO_RIB = COUNT_CLASSES["rib-bearing body"], COUNT_CLASSES["body without ribs"]
+USUAL = ["C6", "C7"] + [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 4)]
+
+
+def step_mm(name: str) -> float:
+    """Body centre to the next one: 18 mm at the cervicothoracic junction, 34 mm at the lumbar spine."""
+    if name.startswith("L"):
+        return 34.0
+    if name.startswith("T") and int(name[1:]) >= 9:
+        return 28.0
+    return 19.0
+
+
+def spine(names, ribs: set[str] | None = None, skip=(), specks=(), shape=(110, 16, 16)) -> tuple[Volume, dict]:
+    """Counter probabilities on a 5 mm RAS grid: a 3x3x1 core per body, top of the volume first;
+    ``ribs``: the names that bear ribs (default T1-T12); ``skip``: bodies the counter misses;
+    ``specks``: (k, j, i) voxels marked rib-bearing off the spine. Returns the volume and each
+    body's centre (RAS mm)."""
+    ribs = {n for n in names if n.startswith("T")} if ribs is None else ribs
+    p = np.zeros((*shape, 3), np.float32)
+    s = (shape[0] - 3) * MM
+    centres = {}
+    for name in names:
+        k = int(round(s / MM))
+        centres[name] = np.array([7 * MM, 7 * MM, k * MM])
+        if name not in skip:
+            p[k, 6:9, 6:9, RIB if name in ribs else NO_RIB] = 0.9
+        s -= step_mm(name)
+    for k, j, i in specks:
+        p[k, j, i, RIB] = 0.9
+    p[..., 0] = 1.0 - p[..., 1:].sum(-1)
+    return Volume.from_geometry(p, (MM,) * 3, (0.0, 0.0, 0.0)), centres
+
+
+def test_usual_spine_both_readings_find_l1():
+    probs, centres = spine(USUAL)
+    c = count_vertebrae(probs)
+    assert len(c.bodies) == len(USUAL)
+    assert c.first_rib == USUAL.index("T1") and c.last_rib == USUAL.index("T12")
+    assert c.l1_from_top == c.l1_from_ribs == USUAL.index("L1")
+    assert c.rib_pairs == THORACIC_COUNT
+    assert np.allclose(c.bodies[c.l1_from_top].centroid_ras, centres["L1"])
+
+
+def test_eleven_rib_pairs_readings_disagree():
+    names = ["C6", "C7"] + [f"T{i}" for i in range(1, 12)] + [f"L{i}" for i in range(1, 5)]
+    c = count_vertebrae(spine(names)[0])
+    assert c.rib_pairs == 11
+    assert c.l1_from_ribs == names.index("L1")
+    assert c.l1_from_top == names.index("L1") + 1  # counting 12 thoracic vertebrae lands on L2
+
+
+def test_scan_starting_below_t1_reads_the_ribs_only():
+    names = USUAL[USUAL.index("T5"):]
+    c = count_vertebrae(spine(names)[0])
+    assert c.first_rib is None and c.l1_from_top is None
+    assert c.l1_from_ribs == names.index("L1")
+
+
+def test_scan_ending_at_the_last_rib_pair_reads_from_the_top_only():
+    names = USUAL[: USUAL.index("T12") + 1]
+    c = count_vertebrae(spine(names)[0])
+    assert c.l1_from_ribs is None
+    assert c.l1_from_top is None  # L1 (T1 + 12) is beyond the scan
+
+
+def test_a_missed_body_stops_the_count_across_it():
+    c = count_vertebrae(spine(USUAL, skip={"T6"})[0])
+    assert len(c.bodies) == len(USUAL) - 1
+    assert c.missed_after and c.l1_from_top is None
+    assert c.l1_from_ribs is not None  # below the gap the last rib pair still reads
+
+
+def test_speck_off_the_spine_is_not_a_body():
+    probs, _ = spine(USUAL, specks=[(60, 1, 15)])
+    assert len(find_bodies(probs)) == len(USUAL)
+
+
+def unclear(probs: Volume, rank: int) -> Volume:
+    """The ``rank``-th rib-bearing body from the bottom made unclear (half rib-bearing)."""
+    ks = np.unique(np.argwhere(probs.array[..., RIB] > 0.5)[:, 0])
+    probs.array[ks[rank], 6:9, 6:9, RIB] = probs.array[ks[rank], 6:9, 6:9, NO_RIB] = 0.45
+    return probs
+
+
+def test_unclear_last_rib_pair_leaves_the_count_from_the_top():
+    c = count_vertebrae(unclear(spine(USUAL)[0], 0))  # T12
+    assert c.l1_from_ribs is None
+    assert c.l1_from_top == USUAL.index("L1")
+
+
+def test_ribs_interrupted_give_no_reading():
+    c = count_vertebrae(unclear(spine(USUAL)[0], 6))  # T6
+    assert c.l1_from_top is None and c.l1_from_ribs is None and c.problems
+
+
+def test_fewer_than_two_bodies():
+    c = count([])
+    assert c.l1_from_top is None and c.l1_from_ribs is None and c.problems
+
+
+# --- reconciling the counter with the level finder
+
+
+def level_maps(probs: Volume, centres: dict, l1: str, l2: str | None) -> Volume:
+    """Coarse probabilities with L1 and L2 as 5x5x3 blocks at the given bodies."""
+    p = np.zeros((*probs.array.shape[:3], 3), np.float32)
+    for label, name in ((1, l1), (2, l2)):
+        if name is None:
+            continue
+        k, j, i = np.round(centres[name][::-1] / MM).astype(int)
+        p[k - 1 : k + 2, j - 2 : j + 3, i - 2 : i + 3, label] = 0.95
+    p[..., 0] = 1.0 - p[..., 1:].sum(-1)
+    return Volume(p, probs.ijk_to_ras.copy())
+
+
+def near(levels, name, centres, body) -> bool:
+    return float(np.linalg.norm(levels[name]["centroid_ras"] - centres[body])) < 6.0
+
+
+def test_levels_confirmed_by_both_readings_stay_without_warning():
+    probs, centres = spine(USUAL)
+    coarse = level_maps(probs, centres, "L1", "L2")
+    _, levels, report, warnings = reconcile_count(coarse, find_levels(coarse), count_vertebrae(probs))
+    assert report["confirmed"] and not warnings
+    assert near(levels, "L1", centres, "L1")
+
+
+@pytest.mark.parametrize("l1, l2", [("L2", "L3"), ("T12", "L1")])
+def test_levels_off_by_one_move_to_the_counted_ones_with_a_warning(l1, l2):
+    probs, centres = spine(USUAL)
+    coarse = level_maps(probs, centres, l1, l2)
+    _, levels, report, warnings = reconcile_count(coarse, find_levels(coarse), count_vertebrae(probs))
+    assert report["moved"] and len(warnings) == 1 and "placed by counting" in warnings[0]
+    assert ("higher" in warnings[0]) == (l1 == "T12")
+    assert near(levels, "L1", centres, "L1") and near(levels, "L2", centres, "L2")
+
+
+def test_disagreeing_readings_leave_the_levels_and_warn():
+    names = ["C6", "C7"] + [f"T{i}" for i in range(1, 12)] + [f"L{i}" for i in range(1, 5)]
+    probs, centres = spine(names)
+    coarse = level_maps(probs, centres, "L1", "L2")
+    _, levels, report, warnings = reconcile_count(coarse, find_levels(coarse), count_vertebrae(probs))
+    assert "moved" not in report and len(warnings) == 1 and "disagree" in warnings[0]
+    assert near(levels, "L1", centres, "L1")
+
+
+def test_one_reading_alone_warns_but_moves_nothing():
+    names = USUAL[USUAL.index("T5"):]
+    probs, centres = spine(names)
+    coarse = level_maps(probs, centres, "L2", "L3")
+    _, levels, report, warnings = reconcile_count(coarse, find_levels(coarse), count_vertebrae(probs))
+    assert "moved" not in report and len(warnings) == 1 and "one vertebra higher" in warnings[0]
+    assert near(levels, "L1", centres, "L2")
+
+
+def test_l2_missing_from_the_levels_is_taken_one_counted_body_below():
+    probs, centres = spine(USUAL)
+    coarse = level_maps(probs, centres, "L2", None)
+    _, levels, report, _ = reconcile_count(coarse, find_levels(coarse), count_vertebrae(probs))
+    assert report["moved"] and near(levels, "L1", centres, "L1") and near(levels, "L2", centres, "L2")
