@@ -62,6 +62,9 @@ LEVEL_STEP_MM = (15.0, 45.0)
 # rims overlapping in S); L2 drawn wholly or partly on L3 left 16 and 27 mm.
 MAX_L1_L2_GAP_MM = 14.0
 BODY_HU_THRESHOLD = -500.0  # air vs body, to crop the coarse grid to the patient
+HALF_STEP_MM = 15.0  # half of one lumbar body and disc
+L2_NOT_IN_VIEW = ("L2 not found in the field of view (the scan ends below L1): only model 2 (l1, L1 alone) "
+                  "can classify this scan")
 
 
 class Cancelled(Exception):
@@ -225,19 +228,25 @@ class L1L2Segmenter:
         level_warnings += [f"{name} found only faintly by the level finder: check that "
                            f"{'L1 lies directly above L2' if name == 'L1' else 'L2 lies directly below L1'}"
                            for name, lv in levels.items() if lv.get("faint")]
-        if missing:
+        if "L1" in missing:
             raise OsteoScreenError(
                 f"{' and '.join(missing)} not found in the field of view; OsteoScreen needs a CT that "
-                "covers L1 and L2 (a chest CT reaching the upper abdomen)"
+                "covers L1 and L2 (a chest CT reaching the upper abdomen), or L1 for model 2"
             )
+        if missing:  # a scan that ends below L1: model 2 (L1 alone) can still classify it
+            level_warnings.append(L2_NOT_IN_VIEW)
         step(0.4, "outlining the vertebral bodies")
         t1 = time.perf_counter()
-        center = (centroids["L1"] + centroids["L2"]) / 2
+        # the fine box centres on the L1-L2 disc; without L2, half a lumbar vertebra below L1
+        center = (centroids["L1"] + centroids["L2"]) / 2 if "L2" in centroids else centroids["L1"] - [0, 0, HALF_STEP_MM]
         fine = self.fine_probabilities(ct, level_hints(coarse, levels), center)
         timing["fine"] = time.perf_counter() - t1
         step(0.8, "mapping to the CT grid")
         t2 = time.perf_counter()
         labels, (outline_warnings, order_warnings) = self.to_ct_grid(ct, fine)
+        for name in missing:  # not in view: nothing of it is outlined, and "could not be outlined" says no more
+            labels.array[labels.array == LABEL_OF[name]] = 0
+            outline_warnings = [w for w in outline_warnings if not w.startswith(f"{name} ")]
         timing["to_ct_grid"] = time.perf_counter() - t2
         timing["total"] = time.perf_counter() - t0
         step(1.0, "done")
@@ -397,6 +406,16 @@ def reconcile_count(coarse: Volume, levels: dict, counted: Count) -> tuple[Volum
     if agreed is not None and found == agreed:
         report["confirmed"] = True
         return coarse, levels, report, []
+    if agreed is not None and "L1" not in levels:  # the level finder missed L1: the counted bodies stand in
+        bodies = counted.bodies
+        found_here = {"L1": bodies[agreed].centroid_ras}
+        if agreed + 1 < len(bodies):
+            found_here["L2"] = bodies[agreed + 1].centroid_ras
+        marked = mark_levels(coarse, found_here)
+        report["moved"] = True
+        return marked, find_levels(marked), report, [
+            f"{' and '.join(found_here)} found by counting the vertebrae from T1 and from the last rib pair only "
+            f"(the level finder did not find L1): {check}"]
     if agreed is not None and "L1" in levels:
         bodies = counted.bodies
         step = bodies[agreed].centroid_ras - levels["L1"]["centroid_ras"]
@@ -423,6 +442,23 @@ def reconcile_count(coarse: Volume, levels: dict, counted: Count) -> tuple[Volum
         where = (f"{_vertebrae(n)} {'lower' if n > 0 else 'higher'}" if n else "elsewhere")
         return coarse, levels, report, [f"The vertebra counter puts L1 {where} ({how}): {check}"]
     return coarse, levels, report, []
+
+
+# A level placed from a counted body: an ellipsoid of about a vertebral body's size around its
+# centre (half axes R, A, S in mm), as a hint the fine stage reads like the coarse stage's.
+COUNTED_BODY_HALF_AXES_MM = (16.0, 12.0, 9.0)
+
+
+def mark_levels(coarse: Volume, centres: dict[str, np.ndarray]) -> Volume:
+    """Coarse probabilities with each named level replaced by a body-sized ellipsoid at its centre."""
+    out = coarse.array.copy()
+    kji = np.indices(out.shape[:3]).reshape(3, -1).T
+    ras = coarse.voxel_centers_ras(kji).reshape(*out.shape[:3], 3)
+    for name, centre in centres.items():
+        d = (((ras - np.asarray(centre, float)) / np.asarray(COUNTED_BODY_HALF_AXES_MM)) ** 2).sum(-1)
+        out[..., LABEL_OF[name]] = np.where(d <= 1.0, 0.9, 0.0)
+    out[..., 0] = np.clip(1.0 - out[..., 1:].sum(-1), 0.0, 1.0)
+    return Volume(out, coarse.ijk_to_ras.copy())
 
 
 def _vertebrae(n: int) -> str:

@@ -25,6 +25,10 @@ from .volume import Volume
 
 RIB, NO_RIB = COUNT_CLASSES["rib-bearing body"], COUNT_CLASSES["body without ribs"]
 MIN_CORE_VOXELS = 2  # a core is ~8 voxels at 5 mm; smaller specks are noise
+# Touching cores are split at a dip of the mass per slice to below this share of the smaller
+# peak; peaks closer than this many slices (5 mm each) are one body.
+TROUGH_RATIO = 0.6
+MIN_PEAK_SLICES = 2
 # Successive body centres: 16-22 mm apart at the upper thoracic spine, 30-40 mm at the lumbar
 # (body plus disc), a little more on a tilted spine; sideways they move a few mm per level.
 STEP_S_MM = (10.0, 50.0)
@@ -97,6 +101,7 @@ class Count:
     def summary(self) -> dict:
         """What the counter read, for the result's record."""
         return {"bodies": len(self.bodies),
+                "centres_ras": [[round(float(v), 1) for v in b.centroid_ras] for b in self.bodies],
                 "ribs": "".join({True: "R", False: "-", None: "?"}[b.ribs] for b in self.bodies),
                 "first_rib": self.first_rib, "last_rib": self.last_rib, "rib_pairs": self.rib_pairs,
                 "l1_from_top": self.l1_from_top, "l1_from_ribs": self.l1_from_ribs,
@@ -106,16 +111,18 @@ class Count:
 def find_bodies(probabilities: Volume) -> list[Body]:
     """The bodies the counter marks, along the spine from top to bottom.
 
-    ``probabilities``: (k, j, i, 3) class probabilities on a RAS grid. Each core is a connected
-    region where background is below one half; the chain keeps the cores that follow one another
-    down the spine from the strongest one (a speck on the sternum or an organ is left out)."""
+    ``probabilities``: (k, j, i, 3) class probabilities on a RAS-aligned grid (k = S: the coarse
+    grid). Each core is a connected region where background is below one half, split where its
+    mass along S dips between two peaks (cores of neighbouring bodies that touch); the chain keeps
+    the cores that follow one another down the spine from the strongest one (a speck on the
+    sternum or an organ is left out)."""
     p = probabilities.array
-    cores = components(p[..., 0] < 0.5, MIN_CORE_VOXELS)
     bodies = []
-    for core in cores:
-        rib, none = float(p[..., RIB][core].sum()), float(p[..., NO_RIB][core].sum())
-        centre = probabilities.voxel_centers_ras(np.argwhere(core).mean(axis=0))[0]
-        bodies.append(Body(centre, rib / max(rib + none, 1e-6), rib + none))
+    for region in components(p[..., 0] < 0.5, MIN_CORE_VOXELS):
+        for core in split_along_s(region, 1.0 - p[..., 0]):
+            rib, none = float(p[..., RIB][core].sum()), float(p[..., NO_RIB][core].sum())
+            centre = probabilities.voxel_centers_ras(np.argwhere(core).mean(axis=0))[0]
+            bodies.append(Body(centre, rib / max(rib + none, 1e-6), rib + none))
     if not bodies:
         return []
     start = max(bodies, key=lambda b: b.mass)
@@ -129,6 +136,35 @@ def find_bodies(probabilities: Volume) -> list[Body]:
             chain.append(nxt)
             current = nxt
     return sorted(chain, key=lambda b: -b.centroid_ras[2])
+
+
+def split_along_s(region: np.ndarray, foreground: np.ndarray) -> list[np.ndarray]:
+    """``region`` cut into one part per peak of its foreground mass per slice (k): two touching
+    cores show two peaks with a dip between them (the disc); a dip shallower than TROUGH_RATIO
+    of the smaller peak, or peaks closer than MIN_PEAK_SLICES, are one body."""
+    ks = np.nonzero(region.any(axis=(1, 2)))[0]
+    lo, hi = int(ks.min()), int(ks.max()) + 1
+    mass = (foreground[lo:hi] * region[lo:hi]).sum(axis=(1, 2))
+    padded = np.concatenate([[0.0], mass, [0.0]])
+    peaks = [n for n in range(len(mass)) if padded[n + 1] > padded[n] and padded[n + 1] >= padded[n + 2]]
+    cuts = []  # slice indices (relative) where a new body starts
+    kept = [peaks[0]] if peaks else []
+    for n in peaks[1:]:
+        a = kept[-1]
+        trough = a + int(np.argmin(mass[a:n + 1]))
+        if n - a >= MIN_PEAK_SLICES and mass[trough] < TROUGH_RATIO * min(mass[a], mass[n]):
+            cuts.append(trough + 1 if mass[trough] >= mass[min(trough + 1, len(mass) - 1)] else trough)
+            kept.append(n)
+        elif mass[n] > mass[a]:
+            kept[-1] = n
+    bounds = [0, *cuts, len(mass)]
+    parts = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        part = np.zeros_like(region)
+        part[lo + a:lo + b] = region[lo + a:lo + b]
+        if part.sum() >= MIN_CORE_VOXELS:
+            parts.append(part)
+    return parts
 
 
 def _next_body(current: Body, bodies: list[Body], direction: int) -> Body | None:

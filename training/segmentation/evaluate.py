@@ -70,7 +70,20 @@ def evaluate_case(seg: L1L2Segmenter, seed: int, preset: str) -> dict:
     row["flagged"] = bool(out.level_warnings)
     row["rib_check_shift"] = out.rib_check.get("shift", 0)
     row["rib_check_leaning"] = out.rib_check.get("leaning", 0)
+    if out.count:
+        row["count"] = count_row(out.count, case.labels)
     return row
+
+
+def count_row(report: dict, labels) -> dict:
+    """The vertebra counter's readings of L1 against the truth: ``truth`` is the counted body nearest
+    the reference L1 (within 15 mm; None where the counter marked no body there)."""
+    ref = labels.voxel_centers_ras(np.argwhere(labels.array == LABEL_OF["L1"]).mean(axis=0))[0]
+    centres = np.array(report["centres_ras"]).reshape(-1, 3)
+    d = np.linalg.norm(centres - ref, axis=1) if len(centres) else np.zeros(0)
+    truth = int(np.argmin(d)) if len(d) and d.min() <= 15.0 else None
+    return {"truth": truth, "ribs": report["ribs"], **{k: report.get(k) for k in
+            ("l1_from_top", "l1_from_ribs", "l1_from_levels", "rib_pairs", "moved", "confirmed")}}
 
 
 _WORKER: dict = {}
@@ -90,7 +103,8 @@ def runtime_code_key() -> str:
     import OsteoScreenLib
 
     lib = Path(OsteoScreenLib.__file__).parent
-    data = b"".join((lib / name).read_bytes() for name in ("segmenter.py", "postprocess.py", "resample.py", "rib_check.py"))
+    data = b"".join((lib / name).read_bytes() for name in ("segmenter.py", "postprocess.py", "resample.py", "rib_check.py",
+                                                                "vertebra_count.py"))
     return hashlib.sha256(data).hexdigest()[:8]
 
 
@@ -163,6 +177,16 @@ def summarise(rows: list[dict]) -> dict:
     out["warned_right_scans"] = f"{sum(r.get('flagged', False) for r in right)} of {len(right)}"
     out["warned_wrong_scans"] = f"{sum(r.get('flagged', False) for r in wrong)} of {len(wrong)}"
     out["rib_check_moved_scans"] = sum(bool(r.get("rib_check_shift")) for r in ok)
+    counted = [r["count"] for r in ok if "count" in r]
+    if counted:
+        for reading in ("l1_from_top", "l1_from_ribs"):
+            read = [c for c in counted if c[reading] is not None]
+            out[f"count_{reading}"] = f"{sum(c[reading] == c['truth'] for c in read)} right of {len(read)} read"
+        both = [c for c in counted if c["l1_from_top"] is not None and c["l1_from_top"] == c["l1_from_ribs"]]
+        out["count_both_agree"] = f"{sum(c['l1_from_top'] == c['truth'] for c in both)} right of {len(both)}"
+        moved = [r for r in ok if r.get("count", {}).get("moved")]
+        out["count_moved_scans"] = (f"{len(moved)}, after the move both levels right in "
+                                    f"{sum(all(r[f'level_ok_{n}'] for n in LABEL_OF) for r in moved)}")
     out["rib_check_leaning_scans"] = f"{sum(bool(r.get('rib_check_leaning')) for r in wrong)} wrong, " \
                                      f"{sum(bool(r.get('rib_check_leaning')) for r in right)} right"
     return out
@@ -238,6 +262,10 @@ def write_results(result: dict, stem: str | None = None) -> None:
               f"{s['warned_right_scans']} with both levels right. The rib check moved the levels of "
               f"{s['rib_check_moved_scans']} scans and leaned towards a move it did not make on "
               f"{s.get('rib_check_leaning_scans', 'unrecorded')} scans.", ""]
+    if "count_l1_from_top" in s:
+        lines += [f"Vertebra counter, L1 counted from T1: {s['count_l1_from_top']}; below the last rib pair: "
+                  f"{s['count_l1_from_ribs']}; both readings agreeing: {s['count_both_agree']}; levels moved to "
+                  f"the counted ones on {s['count_moved_scans']}.", ""]
     if result["real"]:
         lines += ["## Real cases (reference masks are whole vertebrae)", "", "```",
                   json.dumps(result["real"], indent=1), "```", ""]

@@ -152,6 +152,8 @@ def evaluate_version(seg: L1L2Segmenter, ct: Volume, ref: np.ndarray, names: dic
         return {"error": str(exc), "levels": {lv: ("missing" if in_view[lv] else "not in view: reported")
                                               for lv in LABEL_OF}}
     entry = {"warnings": res.warnings, "seconds": round(time.perf_counter() - t0, 2), "levels": {}}
+    if res.count:
+        entry["count"] = counted_levels(res.count, ct, ref, names)
     for lv, value in LABEL_OF.items():
         mask = res.labels.array == value
         flagged = bool(res.level_warnings)  # the reader is told to check the levels (as evaluate.py counts)
@@ -162,7 +164,33 @@ def evaluate_version(seg: L1L2Segmenter, ct: Volume, ref: np.ndarray, names: dic
                                    **level_outcome(mask, ref, -1, names, flagged)}
         else:
             entry["levels"][lv] = level_outcome(mask, ref, ids[lv], names, flagged)
+    if not (res.labels.array == LABEL_OF["L2"]).any() and (res.labels.array == LABEL_OF["L1"]).any():
+        entry["classify_l1"] = classify_l1(ct, res.labels)  # model 2's use case: a scan that ends below L1
     return entry
+
+
+def counted_levels(report: dict, ct: Volume, ref: np.ndarray, names: dict[int, str]) -> dict:
+    """Where the vertebra counter's readings of L1 lie in the reference vertebrae."""
+    def where(index):
+        if index is None:
+            return None
+        kji = np.round(np.linalg.solve(ct.ijk_to_ras, [*report["centres_ras"][index], 1.0])[:3][::-1]).astype(int)
+        inside = all(0 <= v < n for v, n in zip(kji, ref.shape))
+        return names.get(int(ref[tuple(kji)]), "none") if inside else "outside"
+    return {"ribs": report["ribs"], "bodies_in": [where(n) for n in range(report["bodies"])],
+            **{k: where(report.get(k)) for k in ("l1_from_top", "l1_from_ribs", "l1_from_levels")},
+            "moved": bool(report.get("moved")), "confirmed": bool(report.get("confirmed"))}
+
+
+def classify_l1(ct: Volume, labels: Volume) -> str:
+    """Model 2 on the L1 segment: its class, or why it gave none."""
+    from OsteoScreenLib.classifier import OsteoporosisClassifier
+
+    try:
+        c = OsteoporosisClassifier("l1").classify(ct, labels)
+    except OsteoScreenError as exc:
+        return f"no result: {exc}"
+    return f"{c.predicted_class} (BMD {c.bmd_mg_cm3:.0f} mg/cm3)"
 
 
 def outcome_of(level) -> str:
@@ -175,7 +203,9 @@ def markdown(result: dict) -> str:
              "Outcome per level: right = centroid in the reference vertebra of that level and >= 90 % of the "
              "voxels inside it; flagged = the scan has a level warning (the reader is told to check the levels). These cases are test cases: nothing was "
              "chosen by them.", "",
-             "| case | version | L1 | L2 | warnings |", "| --- | --- | --- | --- | --- |"]
+             "Vertebra counter: each body's ribs top to bottom (R rib-bearing, - none, ? unclear), and the "
+             "reference vertebra under its L1 counted from T1 and read below the last rib pair.", "",
+             "| case | version | L1 | L2 | vertebra counter | warnings |", "| --- | --- | --- | --- | --- | --- |"]
     for case, vs in result["cases"].items():
         for name, e in vs.items():
             cells = []
@@ -186,7 +216,11 @@ def markdown(result: dict) -> str:
                 else:
                     cells.append(f"{lvl['outcome']}: on {lvl['centroid_in']}, {100 * lvl['fraction_inside']:.1f} % inside")
             warn = e.get("error") or "; ".join(e.get("warnings", [])) or "none"
-            lines.append(f"| {case} | {name} | {cells[0]} | {cells[1]} | {warn[:300]} |")
+            c = e.get("count")
+            counter = (f"ribs `{c['ribs']}`; from T1: {c['l1_from_top']}; last rib: {c['l1_from_ribs']}"
+                       + ("; levels moved" if c["moved"] else "") if c else "-")
+            model2 = f"; model 2: {e['classify_l1']}" if "classify_l1" in e else ""
+            lines.append(f"| {case} | {name} | {cells[0]} | {cells[1]} | {counter} | {warn[:300]}{model2} |")
     counts = result["summary"]
     lines += ["", "Summary over all versions: " + ", ".join(f"{k}: {v}" for k, v in counts.items()), ""]
     return "\n".join(lines)

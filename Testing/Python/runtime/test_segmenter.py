@@ -203,3 +203,28 @@ def test_level_certainty_flags_a_weak_or_split_level():
     prob[6:9, 6:9, 6:9] = 0.9  # as much again somewhere else: two candidate vertebrae
     assert "hesitates between two vertebrae" in level_warning("L2", level_certainty(prob, region))
 
+
+
+def test_a_scan_ending_below_l1_gives_l1_and_model_2_a_result(segmenter, a_chest_phantom):
+    """Model 2's use case: a chest scan cut at the L1-L2 disc. L1 is outlined on the right body, L2 is
+    reported not in view (not outlined anywhere), model 2 (L1 alone) classifies, model 1 says to use it."""
+    from OsteoScreenLib.classifier import OsteoporosisClassifier
+    from OsteoScreenLib.resample import subvolume
+    from OsteoScreenLib.segmenter import L2_NOT_IN_VIEW
+
+    case, _ = a_chest_phantom
+    k1, k2 = (np.argwhere(case.labels.array == LABEL_OF[n])[:, 0].mean() for n in ("L1", "L2"))
+    disc = int(round((k1 + k2) / 2))  # slices run from the feet up: L1 lies above the disc, L2 below
+    assert k1 > disc > k2
+    shape = case.ct.array.shape
+    ct = subvolume(case.ct, (0, 0, disc), (shape[2], shape[1], shape[0]))
+    levels = subvolume(case.levels, (0, 0, disc), (shape[2], shape[1], shape[0]))
+    out = segmenter.segment(ct)
+    l1 = out.labels.array == LABEL_OF["L1"]
+    assert (levels.array[l1] == VERSE_LEVEL_IDS["L1"]).mean() > 0.9
+    assert not (out.labels.array == LABEL_OF["L2"]).any()
+    assert L2_NOT_IN_VIEW in out.warnings
+    result = OsteoporosisClassifier("l1").classify(ct, out.labels)
+    assert result.predicted_class in ("normal", "osteopenia", "osteoporosis")
+    with pytest.raises(OsteoScreenError, match="use model 2"):
+        OsteoporosisClassifier("l1l2").classify(ct, out.labels)

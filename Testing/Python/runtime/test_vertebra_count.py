@@ -4,6 +4,7 @@ segmenter does when they agree with, contradict or replace the level finder's le
 import numpy as np
 import pytest
 
+from OsteoScreenLib.postprocess import components
 from OsteoScreenLib.registry import COUNT_CLASSES, THORACIC_COUNT
 from OsteoScreenLib.segmenter import find_levels, reconcile_count
 from OsteoScreenLib.vertebra_count import count, count_vertebrae, find_bodies
@@ -171,3 +172,21 @@ def test_l2_missing_from_the_levels_is_taken_one_counted_body_below():
     coarse = level_maps(probs, centres, "L2", None)
     _, levels, report, _ = reconcile_count(coarse, find_levels(coarse), count_vertebrae(probs))
     assert report["moved"] and near(levels, "L1", centres, "L1") and near(levels, "L2", centres, "L2")
+
+
+def test_touching_cores_are_split_at_the_disc():
+    """An early or blurred counter marks the column as one region: its mass per slice still peaks at
+    each body and dips at each disc, and the bodies are counted from the peaks."""
+    probs, _ = spine(USUAL)
+    p = probs.array
+    column = p[..., 1:].sum(-1) > 0
+    ks = np.nonzero(column.any(axis=(1, 2)))[0]
+    fill = np.zeros(p.shape[:3], bool)
+    fill[ks.min():ks.max() + 1, 7, 7] = True  # a thin bridge through every disc
+    bridge = fill & ~column
+    p[bridge, 1] = p[bridge, 2] = 0.3  # no opinion on ribs
+    p[..., 0] = 1.0 - p[..., 1:].sum(-1)
+    assert len(components(p[..., 0] < 0.5, 2)) == 1
+    c = count_vertebrae(probs)
+    assert len(c.bodies) == len(USUAL)
+    assert c.l1_from_top == c.l1_from_ribs == USUAL.index("L1")
