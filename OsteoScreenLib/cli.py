@@ -35,7 +35,7 @@ def cmd_info(args) -> int:
     from .model_store import list_models
 
     rows = [("osteoscreen", __version__), ("python", platform.python_version())]
-    for dist in ("numpy", "vtk", "slicer-core", "pydicom", "onnxruntime"):
+    for dist in ("numpy", "vtk", "slicer-core", "pydicom", "highdicom", "onnxruntime"):
         try:
             rows.append((dist, metadata.version(dist)))
         except metadata.PackageNotFoundError:
