@@ -364,3 +364,38 @@ def test_write_case_of_a_dicom_case_lists_its_dicom_files_in_result_json(phantom
     assert result["dicom"] == {"seg": "seg.dcm", "sr": "sr.dcm"}
     assert CaseResult.from_json(result).dicom_files == {"seg": "seg.dcm", "sr": "sr.dcm"}
     assert hd.seg.segread(tmp_path / "seg.dcm").SegmentSequence[0].SegmentAlgorithmType == "AUTOMATIC"
+
+
+def test_segment_on_a_dicom_series_writes_a_dicom_seg_beside_its_output(phantom, tmp_path, capsys, bundled_models):
+    from OsteoScreenLib.cli import main
+
+    _, ct_folder = phantom
+    out = tmp_path / "case.seg.nrrd"
+    assert main(["segment", str(ct_folder), "--output", str(out)]) == 0
+    assert "case.seg.dcm (DICOM SEG)" in capsys.readouterr().out
+    seg = hd.seg.segread(tmp_path / "case.seg.dcm")
+    assert [s.SegmentLabel for s in seg.SegmentSequence] == ["L1", "L2"]
+    algo = seg.SegmentSequence[0].SegmentationAlgorithmIdentificationSequence[0]
+    assert algo.AlgorithmVersion == bundled_models["segmentation"]["version"]
+    assert not (tmp_path / "sr.dcm").exists()  # nothing classified: no report
+    out.unlink()
+    assert main(["segment", str(ct_folder), "--output", str(out)]) == 1
+    assert "case.seg.dcm: already exists" in capsys.readouterr().err
+
+
+def test_screen_on_a_dicom_series_writes_seg_and_sr_into_the_case_folder(phantom, tmp_path, capsys, bundled_models):
+    from OsteoScreenLib.cli import main
+
+    _, ct_folder = phantom
+    assert main(["screen", str(ct_folder), "--output-dir", str(tmp_path)]) == 0
+    (result_path,) = tmp_path.glob("*/result.json")
+    result = json.loads(result_path.read_text())
+    assert result["dicom"] == {"seg": "seg.dcm", "sr": "sr.dcm"}
+    sr = pydicom.dcmread(result_path.parent / "sr.dcm")
+    seg = pydicom.dcmread(result_path.parent / "seg.dcm", stop_before_pixels=True)
+    referenced = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in content_items(sr)
+                  if i.ValueType == "IMAGE" and code_of(i) == ("DCM", "121191")}
+    assert referenced == {seg.SOPInstanceUID}
+    patient = [i for i in content_items(sr) if i.ValueType == "CONTAINER" and code_of(i) == ("DCM", "125007")][-1]
+    assert numeric(patient, ("DCM", "113733")) == result["input"]["tube_voltage_kvp"]  # from the DICOM header
+    assert coded(patient, (PRIVATE_SCHEME, "KVP-SOURCE")) == (PRIVATE_SCHEME, "KVP-HEADER")
