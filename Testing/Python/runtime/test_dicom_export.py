@@ -109,6 +109,8 @@ def test_seg_segments_carry_names_codes_and_the_algorithm(exported):
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == ct.SeriesInstanceUID
     assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == len(list(ct_folder.iterdir()))
     assert [int(s.SegmentNumber) for s in seg.SegmentSequence] == [1, 2]
+    # what Slicer's DICOMSegmentationPlugin reads before handing the file to dcmqi
+    assert seg.Modality == "SEG" and seg.SeriesDescription and seg.SOPInstanceUID
     for s, v in zip(seg.SegmentSequence, registry.VERTEBRAE):
         assert s.SegmentLabel == v.name
         prop = s.SegmentedPropertyTypeCodeSequence[0]
@@ -119,6 +121,7 @@ def test_seg_segments_carry_names_codes_and_the_algorithm(exported):
         algo = s.SegmentationAlgorithmIdentificationSequence[0]
         assert algo.AlgorithmName == "OsteoScreen L1/L2 segmentation" and algo.AlgorithmVersion == "0.8.0"
         assert s.TrackingID == f"{v.name} vertebral body"
+        assert len(s.RecommendedDisplayCIELabValue) == 3  # dcmqi turns it into the segment colour
     # highdicom's own reading of the pixels agrees: segment n is where the label map is n
     assert set(np.unique(seg.get_segment_numbers())) == {1, 2}
 
@@ -254,6 +257,13 @@ def test_sr_measurements_equal_the_result_and_point_at_the_seg_segments(exported
     algo = [i.TextValue for i in content_items(patient) if i.ValueType == "TEXT" and code_of(i) == ("DCM", "111001")]
     version = [i.TextValue for i in content_items(patient) if i.ValueType == "TEXT" and code_of(i) == ("DCM", "111003")]
     assert algo[0] == "OsteoScreen classifier l1l2" and version[0] == "0.3.1"
+    # what Slicer's DICOMTID1500Plugin reads: Modality SR, TID 1500, the SEG in the evidence of this report
+    assert sr.Modality == "SR"
+    evidence = {(ref.ReferencedSOPClassUID, ref.ReferencedSOPInstanceUID)
+                for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence}
+    assert ("1.2.840.10008.5.1.4.1.1.66.4", seg.SOPInstanceUID) in evidence
+    assert cts <= {uid for _, uid in evidence}
     # highdicom parses it back as a TID 1500 report with the three groups
     report = hd.sr.srread(out / "sr.dcm")
     assert len(report.content.get_volumetric_roi_measurement_groups()) == 2
