@@ -295,6 +295,11 @@ def write_dicom_outputs(ct_folder, labels: Volume, result, folder, overwrite: bo
     Returns {"seg": name, "sr": name} of the files written. Both are built before either is
     written, so a failure leaves neither.
     """
+    try:
+        import highdicom  # noqa: F401  (a runtime dependency; inside Slicer it may not be installed yet)
+    except ImportError:
+        raise OsteoScreenError("highdicom is not installed, so no DICOM SEG/SR can be written; "
+                               "install it (pip install highdicom) to have them") from None
     folder = Path(folder)
     targets = [folder / seg_name] + ([folder / sr_name] if sr_name and result is not None else [])
     for t in targets:

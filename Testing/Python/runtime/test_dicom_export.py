@@ -409,3 +409,20 @@ def test_screen_on_a_dicom_series_writes_seg_and_sr_into_the_case_folder(phantom
     patient = [i for i in content_items(sr) if i.ValueType == "CONTAINER" and code_of(i) == ("DCM", "125007")][-1]
     assert numeric(patient, ("DCM", "113733")) == result["input"]["tube_voltage_kvp"]  # from the DICOM header
     assert coded(patient, (PRIVATE_SCHEME, "KVP-SOURCE")) == (PRIVATE_SCHEME, "KVP-HEADER")
+
+
+def test_without_highdicom_a_screened_case_keeps_its_result_and_says_why_no_dicom(phantom, tmp_path, monkeypatch,
+                                                                                  bundled_models):
+    """Inside Slicer highdicom may be missing: the case is still written, with a warning."""
+    import sys
+
+    from OsteoScreenLib.pipeline import Models, read_case, run_case, write_case
+
+    case, ct_folder = phantom
+    inp = read_case(ct_folder)
+    outcome = run_case(Models(), inp, "l1l2", labels=labels_on(inp.ct, case.labels), source="model 0.8.0")
+    monkeypatch.setitem(sys.modules, "highdicom", None)  # import highdicom raises ImportError
+    write_case(inp, outcome, tmp_path)
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert "dicom" not in result and not (tmp_path / "seg.dcm").exists()
+    assert any("highdicom is not installed" in w for w in result["warnings"])
