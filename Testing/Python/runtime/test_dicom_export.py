@@ -426,3 +426,20 @@ def test_without_highdicom_a_screened_case_keeps_its_result_and_says_why_no_dico
     result = json.loads((tmp_path / "result.json").read_text())
     assert "dicom" not in result and not (tmp_path / "seg.dcm").exists()
     assert any("highdicom is not installed" in w for w in result["warnings"])
+
+
+@pytest.mark.skipif(not (LIDC / "ct").is_dir(), reason="the real chest CT lidc-idri-0001 is not at hand")
+def test_screening_the_real_chest_ct_gives_seg_and_sr_that_dciodvfy_accepts(tmp_path, bundled_models):
+    """The model's own segments (at wrong levels on this case: a format check, not an accuracy one)."""
+    from OsteoScreenLib.cli import main
+
+    assert main(["screen", str(LIDC / "ct"), "--output-dir", str(tmp_path)]) == 0
+    (result_path,) = tmp_path.glob("*/result.json")
+    result = json.loads(result_path.read_text())
+    assert result["dicom"] == {"seg": "seg.dcm", "sr": "sr.dcm"}
+    seg = hd.seg.segread(result_path.parent / "seg.dcm")
+    ct = pydicom.dcmread(next((LIDC / "ct").iterdir()), stop_before_pixels=True)
+    assert seg.StudyInstanceUID == ct.StudyInstanceUID and seg.FrameOfReferenceUID == ct.FrameOfReferenceUID
+    for name in ("seg.dcm", "sr.dcm"):
+        warnings = dciodvfy(result_path.parent / name)
+        print(f"lidc screen {name}: {len(warnings)} dciodvfy warnings", *sorted(set(warnings)), sep="\n  ")
