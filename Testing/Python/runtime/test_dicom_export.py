@@ -139,7 +139,10 @@ def labels_on(grid: Volume, labels: Volume) -> Volume:
     k, j, i = np.indices(grid.array.shape)
     ijk = np.c_[i.ravel(), j.ravel(), k.ravel(), np.ones(i.size)]
     src = np.round((labels.ras_to_ijk @ grid.ijk_to_ras @ ijk.T).T[:, :3]).astype(int)
-    return grid.with_array(labels.array[src[:, 2], src[:, 1], src[:, 0]].reshape(grid.array.shape))
+    inside = (src >= 0).all(1) & (src < np.array(labels.shape_ijk)).all(1)  # elsewhere 0
+    out = np.zeros(len(src), labels.array.dtype)
+    out[inside] = labels.array[src[inside, 2], src[inside, 1], src[inside, 0]]
+    return grid.with_array(out.reshape(grid.array.shape))
 
 
 @pytest.mark.parametrize("flips", [(1, 1, 1), (1, 1, -1), (-1, -1, 1), (-1, 1, -1)])
@@ -443,3 +446,56 @@ def test_screening_the_real_chest_ct_gives_seg_and_sr_that_dciodvfy_accepts(tmp_
     for name in ("seg.dcm", "sr.dcm"):
         warnings = dciodvfy(result_path.parent / name)
         print(f"lidc screen {name}: {len(warnings)} dciodvfy warnings", *sorted(set(warnings)), sep="\n  ")
+
+
+# --------------------------------------------------------------------------- dcmqi: what Slicer's DICOM plugins run
+
+
+def dcmqi_tool(name: str) -> str:
+    """A dcmqi converter (the `dcmqi` pip package's binaries, as Slicer's plugins use, or one on PATH)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("dcmqi")
+    if spec is not None and spec.submodule_search_locations:
+        candidate = Path(list(spec.submodule_search_locations)[0]) / "bin" / name
+        if candidate.exists():
+            return str(candidate)
+    found = shutil.which(name)
+    if found is None:
+        pytest.skip(f"dcmqi's {name} not installed (pip install dcmqi, or put its bin folder on PATH); "
+                    "the read-back tests above still check the files")
+    return found
+
+
+def test_dcmqi_converts_the_seg_back_to_the_label_map_and_reads_the_sr(exported, tmp_path):
+    """Slicer's DICOMSegmentationPlugin runs `segimage2itkimage --mergeSegments`, its TID 1500 plugin
+    `tid1500reader`: the label map dcmqi makes lies on the phantom's labels voxel for voxel in world
+    space, with the segments' names and codes, and the report's values come through."""
+    from OsteoScreenLib.ct_io import read_volume
+
+    case, _, out = exported
+    run = subprocess.run([dcmqi_tool("segimage2itkimage"), "--inputDICOM", str(out / "seg.dcm"), "--outputDirectory",
+                          str(tmp_path), "--mergeSegments"], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    merged = read_volume(tmp_path / "1.nrrd")
+    assert set(np.unique(merged.array)) == {0, 1, 2}
+    on_phantom = labels_on(case.labels, merged)  # dcmqi's labels looked up at each phantom voxel
+    inside = labels_on(case.labels, merged.with_array(np.ones_like(merged.array)))
+    np.testing.assert_array_equal(on_phantom.array[inside.array == 1], case.labels.array[inside.array == 1])
+    assert (case.labels.array[inside.array == 0] == 0).all()  # nothing outside dcmqi's extent
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    segments = meta["segmentAttributes"][0]
+    assert [(s["labelID"], s["SegmentLabel"], s["SegmentedPropertyTypeCodeSequence"]["CodeValue"]) for s in segments] \
+        == [(v.label, v.name, v.sct_code) for v in registry.VERTEBRAE]
+    run = subprocess.run([dcmqi_tool("tid1500reader"), "--inputDICOM", str(out / "sr.dcm"), "--outputMetadata",
+                          str(tmp_path / "sr.json")], capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stderr
+    groups = {g["TrackingIdentifier"]: g for g in json.loads((tmp_path / "sr.json").read_text())["Measurements"]}
+    result = a_result()
+    for v in registry.VERTEBRAE:
+        items = {m["quantity"]["CodeValue"]: float(m["value"]) for m in groups[f"{v.name} vertebral body"]["measurementItems"]}
+        assert int(groups[f"{v.name} vertebral body"]["ReferencedSegment"]) == v.label
+        assert items["118565006"] == pytest.approx(result.vertebrae[v.name].volume_ml)
+        assert items["112031"] == pytest.approx(result.vertebrae[v.name].trabecular_roi_hu)
+    items = {m["quantity"]["CodeValue"]: float(m["value"]) for m in groups["Bone density (L1-L2)"]["measurementItems"]}
+    assert items["EST-VBMD"] == pytest.approx(result.prediction.bmd_mg_cm3)
