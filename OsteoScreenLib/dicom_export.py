@@ -290,7 +290,8 @@ def is_dicom_input(path) -> bool:
 def write_dicom_outputs(ct_folder, labels: Volume, result, folder, overwrite: bool = False,
                         segmentation_source: str | None = None, seg_name: str = SEG_NAME,
                         sr_name: str | None = SR_NAME, uid_seed: str | None = None) -> dict[str, str]:
-    """Write the SEG (and, for a classified ``result``, the SR) of a DICOM case into ``folder``.
+    """Write the SEG (and, for a classified ``result``, the SR) of a DICOM case into ``folder``
+    (``sr_name`` None: no SR).
 
     Returns {"seg": name, "sr": name} of the files written. Both are built before either is
     written, so a failure leaves neither.
@@ -301,7 +302,8 @@ def write_dicom_outputs(ct_folder, labels: Volume, result, folder, overwrite: bo
         raise OsteoScreenError("highdicom is not installed, so no DICOM SEG/SR can be written; "
                                "install it (pip install highdicom) to have them") from None
     folder = Path(folder)
-    targets = [folder / seg_name] + ([folder / sr_name] if sr_name and result is not None else [])
+    classified = result is not None and result.prediction is not None and result.model is not None
+    targets = [folder / seg_name] + ([folder / sr_name] if sr_name and classified else [])
     for t in targets:
         if t.exists() and not overwrite:
             raise OsteoScreenError(f"{t}: already exists; pass --overwrite to replace it")

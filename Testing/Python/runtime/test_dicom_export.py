@@ -499,3 +499,11 @@ def test_dcmqi_converts_the_seg_back_to_the_label_map_and_reads_the_sr(exported,
         assert items["112031"] == pytest.approx(result.vertebrae[v.name].trabecular_roi_hu)
     items = {m["quantity"]["CodeValue"]: float(m["value"]) for m in groups["Bone density (L1-L2)"]["measurementItems"]}
     assert items["EST-VBMD"] == pytest.approx(result.prediction.bmd_mg_cm3)
+
+
+def test_an_unclassified_result_gets_a_seg_and_no_sr(phantom, tmp_path):
+    case, ct_folder = phantom
+    result = a_result()
+    result.prediction = None  # segmented only (no bundled classifier)
+    assert write_dicom_outputs(ct_folder, case.labels, result, tmp_path) == {"seg": "seg.dcm"}
+    assert (tmp_path / "seg.dcm").exists() and not (tmp_path / "sr.dcm").exists()
