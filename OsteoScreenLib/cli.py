@@ -294,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("segment", help="segment the L1 and L2 vertebral bodies of a CT")
     s.add_argument("ct", help="CT file or DICOM folder")
-    s.add_argument("--output", help="OUT.seg.nrrd (default: next to the CT), or a label map .nii.gz/.nii/.nrrd")
+    s.add_argument("--output", help="OUT.seg.nrrd (default: next to the CT), or a label map .nii.gz/.nii/.nrrd; "
+                   "for a DICOM series also OUT.seg.dcm (DICOM SEG) beside it")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_segment)
 
@@ -303,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--segmentation", required=True, help=".seg.nrrd, or a label map (1 = L1, 2 = L2, or see --labels)")
     s.add_argument("--labels", default=None, help="label mapping of a label map: verse, totalsegmentator or L1=..,L2=..")
     _model_option(s)
-    s.add_argument("--json", help="write result.json here")
+    s.add_argument("--json", help="write result.json here (for a DICOM series also seg.dcm and sr.dcm, DICOM SEG "
+                   "and SR, beside it)")
     _scan_options(s)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_classify)
