@@ -1,7 +1,7 @@
 """Screening many scans: segment, classify, report; resumable, one failure never stops the batch.
 
 Per input a folder ``DIR/<case>/`` with ``segmentation.seg.nrrd``, ``result.json``
-and ``report.png``; ``result.json`` is written last (atomically), so a case is
+and ``report.png`` (and, for a DICOM series, ``seg.dcm`` and ``sr.dcm``); ``result.json`` is written last (atomically), so a case is
 finished exactly when it exists. A rerun skips finished cases; a killed run
 loses none. ``DIR/results.csv`` is rebuilt from the case folders after each case.
 """

@@ -35,7 +35,7 @@ def cmd_info(args) -> int:
     from .model_store import list_models
 
     rows = [("osteoscreen", __version__), ("python", platform.python_version())]
-    for dist in ("numpy", "vtk", "slicer-core", "pydicom", "onnxruntime"):
+    for dist in ("numpy", "vtk", "slicer-core", "pydicom", "highdicom", "onnxruntime"):
         try:
             rows.append((dist, metadata.version(dist)))
         except metadata.PackageNotFoundError:
@@ -74,16 +74,26 @@ def cmd_segment(args) -> int:
     label_map = not str(out).lower().endswith(".seg.nrrd")
     if label_map and volume_extension(out) not in (".nii.gz", ".nii", ".nrrd"):
         raise OsteoScreenError(f"{out}: write .seg.nrrd, or a label map .nii.gz, .nii or .nrrd")
-    if out.exists() and not args.overwrite:
-        raise OsteoScreenError(f"{out}: already exists; pass --overwrite to replace it")
+    dicom_seg = dicom_seg_path(out) if ct_path.is_dir() else None  # a DICOM series: a DICOM SEG beside
+    for target in (out, dicom_seg):
+        if target is not None and target.exists() and not args.overwrite:
+            raise OsteoScreenError(f"{target}: already exists; pass --overwrite to replace it")
     case = read_case(ct_path)
+    models = Models()
     with about(ct_path):
-        output = run_case(Models(), case, model=None).segmentation
+        output = run_case(models, case, model=None).segmentation
     if label_map:
         write_volume(output.labels, out, overwrite=args.overwrite)
     else:
         save_segmentation(output.labels, out, overwrite=args.overwrite)
     print(f"wrote {out} in {output.timing_s['total']:.1f} s")
+    if dicom_seg is not None:
+        from .dicom_export import write_dicom_outputs
+
+        with about(ct_path):
+            write_dicom_outputs(ct_path, output.labels, None, dicom_seg.parent, args.overwrite,
+                                segmentation_source=models.segmentation_source, seg_name=dicom_seg.name, sr_name=None)
+        print(f"wrote {dicom_seg} (DICOM SEG)")
     for name, v in vertebra_stats(output.labels).items():
         print(f"  {name}: {v['volume_ml']:.1f} ml, centroid {v['centroid_mm']} mm (RAS)")
     for w in output.warnings:
@@ -96,13 +106,23 @@ def cmd_classify(args) -> int:
     from .pipeline import Models, labels_from_file, read_case, run_case
     from .segmentation_nodes import parse_label_mapping
 
-    if args.json and Path(args.json).exists() and not args.overwrite:
-        raise OsteoScreenError(f"{args.json}: already exists; pass --overwrite to replace it")
+    from .dicom_export import SEG_NAME, SR_NAME, write_dicom_outputs
+
+    # result.json, and for a DICOM series seg.dcm and sr.dcm beside it
+    targets = [Path(args.json)] if args.json else []
+    if args.json and Path(args.ct).is_dir():
+        targets += [Path(args.json).with_name(SEG_NAME), Path(args.json).with_name(SR_NAME)]
+    for target in targets:
+        if target.exists() and not args.overwrite:
+            raise OsteoScreenError(f"{target}: already exists; pass --overwrite to replace it")
     case = read_case(args.ct, args.kvp, args.contrast)
     mapping = parse_label_mapping(args.labels) if args.labels else None
     labels = labels_from_file(args.segmentation, case.ct, mapping)
     with about(args.segmentation):
         result = run_case(Models(), case, args.model, labels, source=f"file {args.segmentation}").result
+    if len(targets) > 1:
+        with about(args.ct):
+            result.dicom_files = write_dicom_outputs(args.ct, labels, result, Path(args.json).parent, args.overwrite)
     print("\n".join(result.text_lines()))
     if args.json:
         write_json(args.json, result.to_json(), overwrite=args.overwrite)
@@ -161,6 +181,16 @@ def cmd_evaluate_segmentation(args) -> int:
     if args.csv:
         write_text(args.csv, comparison_csv(rows), overwrite=args.overwrite)
     return EXIT_OK
+
+
+def dicom_seg_path(out: Path) -> Path:
+    """The DICOM SEG that ``segment`` writes beside its output: case.seg.nrrd -> case.seg.dcm."""
+    name = out.name
+    for ext in (".seg.nrrd", ".nii.gz", ".nii", ".nrrd"):
+        if name.lower().endswith(ext):
+            name = name[: -len(ext)]
+            break
+    return out.with_name(f"{name}.seg.dcm")
 
 
 def _default_seg_path(ct_path: Path) -> Path:
@@ -264,7 +294,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("segment", help="segment the L1 and L2 vertebral bodies of a CT")
     s.add_argument("ct", help="CT file or DICOM folder")
-    s.add_argument("--output", help="OUT.seg.nrrd (default: next to the CT), or a label map .nii.gz/.nii/.nrrd")
+    s.add_argument("--output", help="OUT.seg.nrrd (default: next to the CT), or a label map .nii.gz/.nii/.nrrd; "
+                   "for a DICOM series also OUT.seg.dcm (DICOM SEG) beside it")
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_segment)
 
@@ -273,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--segmentation", required=True, help=".seg.nrrd, or a label map (1 = L1, 2 = L2, or see --labels)")
     s.add_argument("--labels", default=None, help="label mapping of a label map: verse, totalsegmentator or L1=..,L2=..")
     _model_option(s)
-    s.add_argument("--json", help="write result.json here")
+    s.add_argument("--json", help="write result.json here (for a DICOM series also seg.dcm and sr.dcm, DICOM SEG "
+                   "and SR, beside it)")
     _scan_options(s)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_classify)

@@ -194,8 +194,8 @@ def labels_from_file(path: str | os.PathLike, ct: Volume, mapping: dict[str, int
 
 def write_case(case: CaseInput, outcome: CaseOutcome, folder: str | os.PathLike, overwrite: bool = False,
                segmentation: bool = True) -> Path:
-    """The case's files: segmentation.seg.nrrd, report.png, then result.json (last: in a batch it
-    marks the case done)."""
+    """The case's files: segmentation.seg.nrrd, for a DICOM series seg.dcm and sr.dcm (DICOM SEG
+    and SR, :mod:`dicom_export`), report.png, then result.json (last: in a batch it marks the case done)."""
     from .atomic import write_json
 
     folder = Path(folder)
@@ -203,9 +203,28 @@ def write_case(case: CaseInput, outcome: CaseOutcome, folder: str | os.PathLike,
     if segmentation:
         save_segmentation(outcome.labels, folder / SEGMENTATION_NAME, overwrite)
         outcome.result.segmentation_path = SEGMENTATION_NAME
+        write_dicom_case(case, outcome, folder, overwrite)
     write_report_image(case.ct, outcome, folder / REPORT_NAME, overwrite)
     write_json(folder / RESULT_NAME, outcome.result.to_json(), overwrite)
     return folder
+
+
+def write_dicom_case(case: CaseInput, outcome: CaseOutcome, folder: Path, overwrite: bool = False) -> None:
+    """seg.dcm and sr.dcm of a case read from a DICOM series (nothing for other inputs).
+
+    A series the SEG cannot be written for (e.g. slices off the volume's grid) costs the DICOM
+    files, not the case: the result says why they are missing.
+    """
+    from .dicom_export import is_dicom_input, write_dicom_outputs
+
+    if not is_dicom_input(case.path):
+        return
+    try:
+        outcome.result.dicom_files = write_dicom_outputs(case.path, outcome.labels, outcome.result, folder, overwrite)
+    except OsteoScreenError as exc:
+        if "already exists" in str(exc):
+            raise
+        outcome.result.warnings.append(f"no DICOM SEG/SR written: {exc}")
 
 
 def write_report_image(ct: Volume, outcome: CaseOutcome, path: Path, overwrite: bool = False) -> Path:

@@ -88,6 +88,7 @@ class CaseResult:
     warnings: list[str] = field(default_factory=list)
     timing_s: dict = field(default_factory=dict)
     segmentation_path: str | None = None  # relative to result.json, where the segmentation was saved with it
+    dicom_files: dict[str, str] = field(default_factory=dict)  # {"seg": ..., "sr": ...} beside result.json
     reference_agreement: dict | None = None  # the demo: the segments against the case's reference labels
     osteoscreen_version: str = __version__
     machine: str = field(default_factory=platform.platform)
@@ -114,6 +115,8 @@ class CaseResult:
             "timing_s": dict(self.timing_s),
             "machine": self.machine,
         }
+        if self.dicom_files:
+            out["dicom"] = dict(self.dicom_files)
         if self.reference_agreement is not None:
             out["reference_agreement"] = self.reference_agreement
         return out
@@ -131,6 +134,7 @@ class CaseResult:
             prediction=Prediction(pred["class"], dict(pred["probabilities"]), pred["bmd_mg_cm3"]) if pred else None,
             warnings=list(d.get("warnings", [])),
             timing_s=dict(d.get("timing_s", {})),
+            dicom_files=dict(d.get("dicom", {})),
             reference_agreement=d.get("reference_agreement"),
             osteoscreen_version=d.get("osteoscreen_version", ""),
             machine=d.get("machine", ""),
