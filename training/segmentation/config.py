@@ -12,6 +12,9 @@ PREPROCESSING = {
     # Rib check: a box of the coarse input around one vertebral body (x = R, y = A, z = S): the body,
     # its rib heads and the first 60-100 mm of each rib, the neighbouring bodies at top and bottom.
     "rib_check": {"spacing_mm": 5.0, "size_mm": [200.0, 160.0, 60.0]},
+    # Vertebra counter: the whole CT at 5 mm in-plane (R, A) and 2.5 mm along S, where the discs
+    # between the bodies still show.
+    "count": {"spacing_mm": [5.0, 5.0, 2.5], "hu_window": [-1000.0, 1500.0], "pad_multiple": 16},
 }
 
 NETWORKS = {
@@ -80,7 +83,7 @@ HINT_SHIFT_MM = 4.0
 # from whole chest CTs on a coarse grid and spine-cropped scans, the fine stage from 1 mm
 # boxes cut out of full-size chest and spine scans (with the coarse stage's own hints).
 # The fine stage starts from weights pre-trained on the faster `training` preset (1.5 mm).
-PRESETS = {"coarse": "chest-coarse,spine", "fine": "chest,spine", "fine-pretrain": "training", "count": "chest-coarse,spine"}
+PRESETS = {"coarse": "chest-coarse,spine", "fine": "chest,spine", "fine-pretrain": "training", "count": "chest-count,spine"}
 
 # Vertebra-counter augmentation (augment.py, train --stage count --augment): the coarse stage's
 # randomisation, and scans that start anywhere from the neck to mid-thorax and end anywhere from

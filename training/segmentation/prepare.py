@@ -32,6 +32,11 @@ def sample_paths(cache: Path, preset: str, seed: int) -> tuple[Path, Path]:
     return base / "coarse" / f"{seed}.npz", base / "fine" / f"{seed}.npz"
 
 
+def count_sample_path(cache: Path, preset: str, seed: int) -> Path:
+    """The vertebra counter's sample (count_targets.count_sample) of one case."""
+    return cache_folder(cache, preset) / "count" / f"{seed}.npz"
+
+
 # Presets rendered only on a box around L1-L2 (chest-box: a fraction of a whole chest's rendering
 # time) hold the fine stage's crop but not the chest the coarse stage counts ribs on: its hints come
 # from the same case rendered whole on the coarse stage's own grid (same anatomy, pose and world frame).
@@ -75,14 +80,21 @@ def _coarse_hints(ct, checkpoint: Path):
 def prepare_one(args: tuple[Path, str, int, str, Path]) -> tuple[int, float]:
     cache, preset, seed, stages, coarse_checkpoint = args
     coarse_path, fine_path = sample_paths(cache, preset, seed)
-    todo = [s for s, p in (("coarse", coarse_path), ("fine", fine_path)) if s in stages and not p.exists()]
+    count_path = count_sample_path(cache, preset, seed)
+    todo = [s for s, p in (("coarse", coarse_path), ("fine", fine_path), ("count", count_path))
+            if s in stages and not p.exists()]
     if not todo:
         return seed, 0.0
-    from OsteoScreenLib.phantom import generate_case
+    from OsteoScreenLib.phantom import generate_case, render_case, sample_parameters
 
     t = time.perf_counter()
-    case = generate_case(seed, preset)
+    params = sample_parameters(seed, preset)
+    case = render_case(params)
     rng = np.random.default_rng(seed + 7)
+    if "count" in todo:
+        from .count_targets import count_sample
+
+        save(count_path, count_sample(params, case.ct))
     if "coarse" in todo:
         save(coarse_path, coarse_sample(case.ct, case.labels))
     if "fine" in todo:
@@ -135,7 +147,7 @@ def main() -> None:
     p.add_argument("--preset", default="training")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE)
     p.add_argument("--workers", type=int, default=2)
-    p.add_argument("--stages", default="coarse,fine", help="which samples to cache: coarse, fine or both")
+    p.add_argument("--stages", default="coarse,fine", help="which samples to cache: coarse, fine, count (comma-separated)")
     p.add_argument("--coarse-checkpoint", type=Path, default=COARSE_CHECKPOINT,
                    help="trained coarse stage whose output becomes the fine samples' hints")
     a = p.parse_args()

@@ -23,11 +23,11 @@ from .augment import augment_coarse, shift_hints
 from .config import COARSE_AUGMENT, COARSE_RANDOMISATION, COUNT_RANDOMISATION, FINE_AUGMENT, NETWORKS, PREPROCESSING
 from .config import PRESETS as STAGE_PRESETS
 from .network import build_network
-from .prepare import DEFAULT_CACHE, sample_paths, seeds_of
-from .count_targets import count_path
+from .prepare import DEFAULT_CACHE, count_sample_path, sample_paths, seeds_of
 from .samples import load
 
 COARSE_PATCH = (64, 64, 64)  # 320 mm cube at 5 mm: the training FOV fits, chest cases are cropped
+COUNT_PATCH = (96, 64, 64)  # 240 mm along S at 2.5 mm, 320 mm across at 5 mm: 7-10 bodies at a time
 
 
 def fine_patch() -> tuple[int, int, int]:
@@ -68,13 +68,10 @@ class Samples:
     cached cases of these seeds (a preset of the same seed is a different scan of the same body)."""
 
     def __init__(self, stage: str, seeds: list[int], presets: str, cache: Path, stage_augment: dict | None = None):
-        self.paths = [sample_paths(cache, preset, s)[0 if stage in ("coarse", "count") else 1]
+        self.paths = [count_sample_path(cache, preset, s) if stage == "count" else
+                      sample_paths(cache, preset, s)[0 if stage == "coarse" else 1]
                       for preset in presets.split(",") for s in seeds]
-        # the counter reads the coarse samples' input with its own targets (count_targets.py)
-        self.targets = ([count_path(cache, p.parent.parent.name.rsplit("-v", 1)[0], int(p.stem)) for p in self.paths]
-                        if stage == "count" else self.paths)
-        keep = [n for n, (p, t) in enumerate(zip(self.paths, self.targets)) if p.exists() and t.exists()]
-        self.paths, self.targets = [self.paths[n] for n in keep], [self.targets[n] for n in keep]
+        self.paths = [p for p in self.paths if p.exists()]
         preset = presets
         if not self.paths:
             raise SystemExit(f"no cached {stage} samples for preset {preset} under {cache}; run training.segmentation.prepare")
@@ -97,11 +94,11 @@ class Samples:
 
     def get(self, n: int, rng, train: bool = True):
         if n not in self.cache:
-            self.cache[n] = {"x": load(self.paths[n])["x"], "y": load(self.targets[n])["y"]}
+            self.cache[n] = load(self.paths[n])
         s = self.cache[n]
         x, y = s["x"].astype(np.float32), s["y"].astype(np.int64)
         if self.stage in ("coarse", "count"):
-            x, y = fit_patch(x, y, COARSE_PATCH, rng, -1.0)
+            x, y = fit_patch(x, y, COARSE_PATCH if self.stage == "coarse" else COUNT_PATCH, rng, -1.0)
             if train and self.stage_augment:
                 x, y = augment_coarse(x, y, rng, self.stage_augment)
         else:  # samples cached before a rounding fix may be one voxel larger
