@@ -14,7 +14,7 @@ import platform
 from dataclasses import dataclass, field, fields
 
 from . import __version__
-from .registry import CLASSES, MODELS, VERTEBRA_NAMES
+from .registry import CLASSES, FRACTURE_GRADE_NAMES, MODELS, VERTEBRA_NAMES
 
 RESULT_SCHEMA = "osteoscreen.result/1"
 CSV_FIELDS = (
@@ -58,6 +58,30 @@ class VertebraResult:
     centroid_mm: list[float] = field(default_factory=list)
     trabecular_roi_hu: float | None = None  # None: not measured (e.g. L2 with model 2 failing on it)
     roi_area_mm2: float | None = None
+
+
+@dataclass
+class FractureResult:
+    """Genant grade of one vertebral body from its heights (fracture.py); grade None: not assessed (``note``)."""
+
+    grade: int | None = None  # 0 normal, 1 mild, 2 moderate, 3 severe
+    type: str | None = None  # wedge, biconcave or crush where grade >= 1
+    height_loss: float | None = None  # the largest of ``losses`` (0..1)
+    anterior_mm: float | None = None
+    middle_mm: float | None = None
+    posterior_mm: float | None = None
+    losses: dict = field(default_factory=dict)  # type -> fraction of height lost (negative: taller)
+    reference: str = ""  # what the heights were compared with ("own posterior height", "L2 posterior height")
+    note: str = ""
+
+    def summary(self) -> str:
+        if self.grade is None:
+            return f"fracture not assessed ({self.note})"
+        heights = f"heights A/M/P {self.anterior_mm:.1f}/{self.middle_mm:.1f}/{self.posterior_mm:.1f} mm"
+        if self.grade == 0:
+            return f"{heights}, Genant grade 0"
+        return (f"{heights}, Genant grade {self.grade} ({FRACTURE_GRADE_NAMES[self.grade]}) {self.type} fracture, "
+                f"{self.height_loss:.0%} height loss")
 
 
 @dataclass

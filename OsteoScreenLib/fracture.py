@@ -1,0 +1,228 @@
+"""Vertebral fracture assessment from the segmentation: heights of each body and their Genant grade.
+
+A vertebral fracture means osteoporosis whatever the BMD, and the label map that the
+classifier measures already holds the bodies' shape. Everything is done in physical mm
+(``Volume.voxel_centers_ras``), so spacing, slice thickness and grid orientation do not
+change the heights:
+
+1. the body's frame: principal axes of its voxel centres; superior-inferior is the axis
+   nearest the patient's S, anterior-posterior the next nearest the patient's A;
+2. the mask is read (nearest voxel) on a grid of that frame, in a mid-sagittal slab;
+   along anterior-posterior, the anterior-most stretch of the slab is the body (a
+   whole-vertebra mask is cut at the spinal canal, then its frame is taken again);
+3. anterior, middle and posterior heights: the median, over the slab's columns in a band
+   of the body's depth, of each column's extent along the axis (``registry.FRACTURE_*``);
+4. losses: wedge (anterior vs posterior), biconcave (middle vs the larger of anterior and
+   posterior), crush (posterior vs the neighbouring body's posterior); the largest gives
+   the Genant grade (Genant et al., J Bone Miner Res 1993) and the type.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import registry
+from .errors import OsteoScreenError
+from .resample import crop_to_mask
+from .result import FractureResult
+from .volume import Volume
+
+POSITIONS = ("anterior", "middle", "posterior")
+
+
+@dataclass
+class BodyHeights:
+    """Heights (mm) of one body and the frame they were measured in (RAS unit vectors)."""
+
+    anterior_mm: float
+    middle_mm: float
+    posterior_mm: float
+    depth_mm: float  # anterior-posterior depth of the body in the slab
+    center_ras: np.ndarray
+    axis_si: np.ndarray  # towards superior
+    axis_ap: np.ndarray  # towards anterior
+    axis_lr: np.ndarray
+    bands_ap_mm: dict  # position -> (anterior end, posterior end) along axis_ap, relative to center_ras
+
+    @property
+    def heights(self) -> dict[str, float]:
+        return {"anterior": self.anterior_mm, "middle": self.middle_mm, "posterior": self.posterior_mm}
+
+
+def body_frame(points_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centre and (si, ap, lr) unit axes of a body from its voxel centres (principal axes).
+
+    The principal axes, not the scanner's: the spine is curved and tilted, and an oblique grid
+    must give the same heights. Which axis is which comes from the patient's directions, which
+    stay meaningful whatever the grid (RAS world coordinates).
+    """
+    center = points_ras.mean(axis=0)
+    _, vectors = np.linalg.eigh(np.cov((points_ras - center).T))
+    vectors = vectors.T  # rows
+    i_si = int(np.argmax(np.abs(vectors[:, 2])))
+    si = vectors[i_si] if vectors[i_si, 2] > 0 else -vectors[i_si]
+    ap = max((v for i, v in enumerate(vectors) if i != i_si), key=lambda v: abs(v[1]))
+    ap = ap - (ap @ si) * si
+    ap /= np.linalg.norm(ap)
+    ap = ap if ap[1] > 0 else -ap
+    lr = np.cross(ap, si)  # towards the patient's right: R = A x S
+    return center, si, ap, lr
+
+
+def _sample(box: Volume, mask: np.ndarray, ras: np.ndarray) -> np.ndarray:
+    """Mask values at world points (nearest voxel; False outside the box)."""
+    m = box.ras_to_ijk
+    idx = np.rint(ras @ m[:3, :3].T + m[:3, 3]).astype(np.int64)
+    k, j, i = mask.shape
+    ok = (idx >= 0).all(axis=1) & (idx[:, 0] < i) & (idx[:, 1] < j) & (idx[:, 2] < k)
+    out = np.zeros(len(ras), bool)
+    out[ok] = mask[idx[ok, 2], idx[ok, 1], idx[ok, 0]]
+    return out
+
+
+def _column_extents(box, mask, center, axes, lr_half, ap_range, si_range, step):
+    """Extent along si (mm) of the mask in each column of a slab grid: array [ap, lr] (0: empty), ap positions."""
+    lr = np.arange(-lr_half, lr_half + step / 2, step)
+    ap = np.arange(ap_range[0], ap_range[1] + step / 2, step)
+    si = np.arange(si_range[0], si_range[1] + step / 2, step)
+    A, L, S = np.meshgrid(ap, lr, si, indexing="ij")
+    local = np.stack([S.ravel(), A.ravel(), L.ravel()], axis=1)
+    inside = _sample(box, mask, center + local @ np.stack(axes)).reshape(A.shape)
+    any_ = inside.any(axis=2)
+    first = np.argmax(inside, axis=2)
+    last = inside.shape[2] - 1 - np.argmax(inside[:, :, ::-1], axis=2)
+    extent = np.where(any_, (last - first + 1) * step, 0.0)
+    return extent, ap
+
+
+def _anterior_run(occupied: np.ndarray, ap: np.ndarray, gap_mm: float) -> tuple[float, float] | None:
+    """(posterior, anterior) ends of the anterior-most run of occupied ap positions, ended by a gap >= gap_mm."""
+    where = np.flatnonzero(occupied)
+    if len(where) == 0:
+        return None
+    end = where[-1]
+    start = end
+    for idx in where[::-1][1:]:
+        if (ap[start] - ap[idx]) > gap_mm:
+            break
+        start = idx
+    return float(ap[start]), float(ap[end])
+
+
+def _local(points, center, si, ap, lr):
+    d = points - center
+    return d @ si, d @ ap, d @ lr
+
+
+def body_heights(labels: Volume, label: int) -> BodyHeights | None:
+    """Anterior, middle and posterior heights of the body with value ``label``; None if it is absent or too small."""
+    if not isinstance(labels, Volume) or np.asarray(labels.array).ndim != 3:
+        raise OsteoScreenError("the label map for the fracture assessment must be a 3D Volume")
+    mask_full = np.asarray(labels.array) == label
+    box = crop_to_mask(labels, mask_full, margin=1)
+    if box is None:
+        return None
+    mask = np.asarray(box.array) == label
+    kji = np.argwhere(mask)
+    voxel_ml = abs(np.linalg.det(labels.ijk_to_ras[:3, :3])) / 1000.0
+    if len(kji) * voxel_ml < registry.FRACTURE_MIN_BODY_ML:
+        return None
+    points = box.voxel_centers_ras(kji)
+    step = registry.FRACTURE_SAMPLE_MM
+    reach = float(np.max(box.spacing_mm))
+    for _ in range(2):  # first the whole mask, then its body alone (a whole-vertebra mask loses its arch)
+        center, si, ap, lr = body_frame(points)
+        s, a, lat = _local(points, center, si, ap, lr)
+        lr_lo, lr_hi = np.percentile(lat, [2, 98])
+        center = center + 0.5 * (lr_lo + lr_hi) * lr  # mid-sagittal: halfway across, not the centroid
+        s, a, lat = _local(points, center, si, ap, lr)
+        width = lr_hi - lr_lo
+        si_range = (s.min() - reach, s.max() + reach)
+        ap_range = (a.min() - reach, a.max() + reach)
+        # the canal search looks in a narrow slab: a wide one meets the pedicles beside the canal
+        extent, ap_pos = _column_extents(box, mask, center, (si, ap, lr), min(4.0, 0.15 * width), ap_range,
+                                         si_range, step)
+        run = _anterior_run(extent.max(axis=1) > 0, ap_pos, registry.FRACTURE_CANAL_GAP_MM)
+        if run is None:
+            return None
+        keep = a >= run[0] - step
+        if keep.all():
+            break
+        points = points[keep]
+    half = 0.5 * registry.FRACTURE_SLAB_WIDTH_FRACTION * width
+    extent, ap_pos = _column_extents(box, mask, center, (si, ap, lr), half, ap_range, si_range, step)
+    run = _anterior_run(extent.max(axis=1) > 0, ap_pos, registry.FRACTURE_CANAL_GAP_MM)
+    if run is None:
+        return None
+    posterior_end, anterior_end = run[0] - step / 2, run[1] + step / 2  # sample centres -> surfaces
+    depth = anterior_end - posterior_end
+    heights, bands = {}, {}
+    for name, (f0, f1) in registry.FRACTURE_HEIGHT_BANDS.items():
+        hi, lo = anterior_end - f0 * depth, anterior_end - f1 * depth
+        rows = (ap_pos >= lo) & (ap_pos <= hi)
+        cols = extent[rows]
+        cols = cols[cols > 0]
+        heights[name] = float(np.median(cols)) if cols.size else 0.0
+        bands[name] = (hi, lo)
+    return BodyHeights(heights["anterior"], heights["middle"], heights["posterior"], depth, center, si, ap, lr,
+                       bands)
+
+
+def genant_grade(loss: float) -> int:
+    """Genant grade (0-3) of a fraction of height lost (Genant 1993; registry.FRACTURE_GRADE_MIN_LOSS)."""
+    return int(sum(loss >= t for t in registry.FRACTURE_GRADE_MIN_LOSS))
+
+
+def grade_body(h: BodyHeights, neighbour: BodyHeights | None = None, neighbour_name: str = "") -> FractureResult:
+    """Genant grade and type of one body from its heights and, where present, its neighbour's.
+
+    Wedge and biconcave compare the body with itself (its posterior wall is the least often
+    lost); crush, the whole body lower, can only be seen against a neighbour.
+    """
+    losses = {
+        "wedge": 1.0 - h.anterior_mm / h.posterior_mm,
+        "biconcave": 1.0 - h.middle_mm / max(h.anterior_mm, h.posterior_mm),
+    }
+    reference = "own posterior height"
+    if neighbour is not None and neighbour.posterior_mm > 0:
+        losses["crush"] = 1.0 - h.posterior_mm / neighbour.posterior_mm
+        reference += f", {neighbour_name} posterior height"
+    losses = {k: round(float(v), 3) for k, v in losses.items()}
+    worst = max(losses, key=losses.get)
+    grade = genant_grade(losses[worst])
+    return FractureResult(grade=grade, type=worst if grade else None, height_loss=max(losses[worst], 0.0),
+                          anterior_mm=round(h.anterior_mm, 1), middle_mm=round(h.middle_mm, 1),
+                          posterior_mm=round(h.posterior_mm, 1), losses=losses, reference=reference)
+
+
+def touches_scan_edge(labels: Volume, label: int) -> bool:
+    """True where the body reaches a face of the grid: cut by the scan, its heights would be too low."""
+    a = np.asarray(labels.array)
+    faces = (a[0], a[-1], a[:, 0], a[:, -1], a[:, :, 0], a[:, :, -1])
+    return any(bool((f == label).any()) for f in faces)
+
+
+def assess_fractures(labels: Volume) -> dict[str, FractureResult]:
+    """Genant grade of each vertebral body of an OsteoScreen label map (1 = L1, 2 = L2)."""
+    if not isinstance(labels, Volume) or np.asarray(labels.array).ndim != 3:
+        raise OsteoScreenError("the label map for the fracture assessment must be a 3D Volume")
+    heights, out = {}, {}
+    for spec in registry.VERTEBRAE:
+        if not (np.asarray(labels.array) == spec.label).any():
+            continue
+        if touches_scan_edge(labels, spec.label):
+            out[spec.name] = FractureResult(note="the body reaches the edge of the scan")
+            continue
+        h = body_heights(labels, spec.label)
+        if h is None or min(h.heights.values()) <= 0:
+            out[spec.name] = FractureResult(note="too small or no body found in the segment")
+            continue
+        heights[spec.name] = h
+    names = list(heights)
+    for name in names:
+        others = [n for n in names if n != name]
+        other = others[0] if others else None
+        out[name] = grade_body(heights[name], heights[other] if other else None, other or "")
+    return {spec.name: out[spec.name] for spec in registry.VERTEBRAE if spec.name in out}
