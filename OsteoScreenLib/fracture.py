@@ -5,8 +5,10 @@ classifier measures already holds the bodies' shape. Everything is done in physi
 (``Volume.voxel_centers_ras``), so spacing, slice thickness and grid orientation do not
 change the heights:
 
-1. the body's frame: principal axes of its voxel centres; superior-inferior is the axis
-   nearest the patient's S, anterior-posterior the next nearest the patient's A;
+1. the body's frame: superior-inferior is the line through the L1 and L2 centroids where
+   both are whole in the scan (a wedge tilts a body's own principal axes by several degrees,
+   which costs millimetres at the posterior wall), else the body's principal axis nearest
+   the patient's S; anterior-posterior is the principal axis nearest the patient's A;
 2. the mask is read (nearest voxel) on a grid of that frame, in a mid-sagittal slab;
    along anterior-posterior, the anterior-most stretch of the slab is the body (a
    whole-vertebra mask is cut at the spinal canal, then its frame is taken again);
@@ -25,6 +27,7 @@ import numpy as np
 
 from . import registry
 from .errors import OsteoScreenError
+from .measurements import vertebra_stats
 from .resample import crop_to_mask
 from .result import FractureResult
 from .volume import Volume
@@ -45,13 +48,22 @@ class BodyHeights:
     axis_ap: np.ndarray  # towards anterior
     axis_lr: np.ndarray
     bands_ap_mm: dict  # position -> (anterior end, posterior end) along axis_ap, relative to center_ras
+    bands_mid_si_mm: dict  # position -> middle of its columns along axis_si, relative to center_ras
+
+    def height_lines(self) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+        """Where each height was measured: position -> (inferior, superior) end points in RAS mm (for the report)."""
+        out = {}
+        for name, h in self.heights.items():
+            p = self.center_ras + 0.5 * sum(self.bands_ap_mm[name]) * self.axis_ap + self.bands_mid_si_mm[name] * self.axis_si
+            out[name] = (p - 0.5 * h * self.axis_si, p + 0.5 * h * self.axis_si)
+        return out
 
     @property
     def heights(self) -> dict[str, float]:
         return {"anterior": self.anterior_mm, "middle": self.middle_mm, "posterior": self.posterior_mm}
 
 
-def body_frame(points_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def body_frame(points_ras: np.ndarray, axis_si: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """Centre and (si, ap, lr) unit axes of a body from its voxel centres (principal axes).
 
     The principal axes, not the scanner's: the spine is curved and tilted, and an oblique grid
@@ -63,6 +75,9 @@ def body_frame(points_ras: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarr
     vectors = vectors.T  # rows
     i_si = int(np.argmax(np.abs(vectors[:, 2])))
     si = vectors[i_si] if vectors[i_si, 2] > 0 else -vectors[i_si]
+    if axis_si is not None:
+        si = np.asarray(axis_si, float) / np.linalg.norm(axis_si)
+        si = si if si[2] > 0 else -si
     ap = max((v for i, v in enumerate(vectors) if i != i_si), key=lambda v: abs(v[1]))
     ap = ap - (ap @ si) * si
     ap /= np.linalg.norm(ap)
@@ -83,7 +98,8 @@ def _sample(box: Volume, mask: np.ndarray, ras: np.ndarray) -> np.ndarray:
 
 
 def _column_extents(box, mask, center, axes, lr_half, ap_range, si_range, step):
-    """Extent along si (mm) of the mask in each column of a slab grid: array [ap, lr] (0: empty), ap positions."""
+    """Extent along si (mm) of the mask in each column of a slab grid: array [ap, lr] (0: empty), the
+    middles of the columns' extents along si, and the ap positions of the rows."""
     lr = np.arange(-lr_half, lr_half + step / 2, step)
     ap = np.arange(ap_range[0], ap_range[1] + step / 2, step)
     si = np.arange(si_range[0], si_range[1] + step / 2, step)
@@ -94,7 +110,7 @@ def _column_extents(box, mask, center, axes, lr_half, ap_range, si_range, step):
     first = np.argmax(inside, axis=2)
     last = inside.shape[2] - 1 - np.argmax(inside[:, :, ::-1], axis=2)
     extent = np.where(any_, (last - first + 1) * step, 0.0)
-    return extent, ap
+    return extent, si[0] + 0.5 * (first + last) * step, ap
 
 
 def _anterior_run(occupied: np.ndarray, ap: np.ndarray, gap_mm: float) -> tuple[float, float] | None:
@@ -116,7 +132,7 @@ def _local(points, center, si, ap, lr):
     return d @ si, d @ ap, d @ lr
 
 
-def body_heights(labels: Volume, label: int) -> BodyHeights | None:
+def body_heights(labels: Volume, label: int, axis_si: np.ndarray | None = None) -> BodyHeights | None:
     """Anterior, middle and posterior heights of the body with value ``label``; None if it is absent or too small."""
     if not isinstance(labels, Volume) or np.asarray(labels.array).ndim != 3:
         raise OsteoScreenError("the label map for the fracture assessment must be a 3D Volume")
@@ -133,7 +149,7 @@ def body_heights(labels: Volume, label: int) -> BodyHeights | None:
     step = registry.FRACTURE_SAMPLE_MM
     reach = float(np.max(box.spacing_mm))
     for _ in range(2):  # first the whole mask, then its body alone (a whole-vertebra mask loses its arch)
-        center, si, ap, lr = body_frame(points)
+        center, si, ap, lr = body_frame(points, axis_si)
         s, a, lat = _local(points, center, si, ap, lr)
         lr_lo, lr_hi = np.percentile(lat, [2, 98])
         center = center + 0.5 * (lr_lo + lr_hi) * lr  # mid-sagittal: halfway across, not the centroid
@@ -142,7 +158,7 @@ def body_heights(labels: Volume, label: int) -> BodyHeights | None:
         si_range = (s.min() - reach, s.max() + reach)
         ap_range = (a.min() - reach, a.max() + reach)
         # the canal search looks in a narrow slab: a wide one meets the pedicles beside the canal
-        extent, ap_pos = _column_extents(box, mask, center, (si, ap, lr), min(4.0, 0.15 * width), ap_range,
+        extent, _, ap_pos = _column_extents(box, mask, center, (si, ap, lr), min(4.0, 0.15 * width), ap_range,
                                          si_range, step)
         run = _anterior_run(extent.max(axis=1) > 0, ap_pos, registry.FRACTURE_CANAL_GAP_MM)
         if run is None:
@@ -152,22 +168,22 @@ def body_heights(labels: Volume, label: int) -> BodyHeights | None:
             break
         points = points[keep]
     half = 0.5 * registry.FRACTURE_SLAB_WIDTH_FRACTION * width
-    extent, ap_pos = _column_extents(box, mask, center, (si, ap, lr), half, ap_range, si_range, step)
+    extent, mid, ap_pos = _column_extents(box, mask, center, (si, ap, lr), half, ap_range, si_range, step)
     run = _anterior_run(extent.max(axis=1) > 0, ap_pos, registry.FRACTURE_CANAL_GAP_MM)
     if run is None:
         return None
     posterior_end, anterior_end = run[0] - step / 2, run[1] + step / 2  # sample centres -> surfaces
     depth = anterior_end - posterior_end
-    heights, bands = {}, {}
+    heights, bands, mids = {}, {}, {}
     for name, (f0, f1) in registry.FRACTURE_HEIGHT_BANDS.items():
         hi, lo = anterior_end - f0 * depth, anterior_end - f1 * depth
         rows = (ap_pos >= lo) & (ap_pos <= hi)
-        cols = extent[rows]
-        cols = cols[cols > 0]
-        heights[name] = float(np.median(cols)) if cols.size else 0.0
+        found = extent[rows] > 0
+        heights[name] = float(np.median(extent[rows][found])) if found.any() else 0.0
+        mids[name] = float(np.median(mid[rows][found])) if found.any() else 0.0
         bands[name] = (hi, lo)
     return BodyHeights(heights["anterior"], heights["middle"], heights["posterior"], depth, center, si, ap, lr,
-                       bands)
+                       bands, mids)
 
 
 def genant_grade(loss: float) -> int:
@@ -206,16 +222,26 @@ def touches_scan_edge(labels: Volume, label: int) -> bool:
 
 def assess_fractures(labels: Volume) -> dict[str, FractureResult]:
     """Genant grade of each vertebral body of an OsteoScreen label map (1 = L1, 2 = L2)."""
+    return measure_fractures(labels)[1]
+
+
+def measure_fractures(labels: Volume) -> tuple[dict[str, BodyHeights], dict[str, FractureResult]]:
+    """The heights of each body measured in an OsteoScreen label map, and the grade of each body present."""
     if not isinstance(labels, Volume) or np.asarray(labels.array).ndim != 3:
         raise OsteoScreenError("the label map for the fracture assessment must be a 3D Volume")
     heights, out = {}, {}
+    stats = vertebra_stats(labels)
+    whole = [s for s in registry.VERTEBRAE if s.name in stats and not touches_scan_edge(labels, s.label)]
+    axis = None
+    if len(whole) == 2:  # the line through both centroids: a wedge tilts a body's own principal axes
+        axis = np.subtract(stats[whole[0].name]["centroid_mm"], stats[whole[1].name]["centroid_mm"])
     for spec in registry.VERTEBRAE:
-        if not (np.asarray(labels.array) == spec.label).any():
+        if spec.name not in stats:
             continue
-        if touches_scan_edge(labels, spec.label):
+        if spec not in whole:
             out[spec.name] = FractureResult(note="the body reaches the edge of the scan")
             continue
-        h = body_heights(labels, spec.label)
+        h = body_heights(labels, spec.label, axis)
         if h is None or min(h.heights.values()) <= 0:
             out[spec.name] = FractureResult(note="too small or no body found in the segment")
             continue
@@ -225,4 +251,4 @@ def assess_fractures(labels: Volume) -> dict[str, FractureResult]:
         others = [n for n in names if n != name]
         other = others[0] if others else None
         out[name] = grade_body(heights[name], heights[other] if other else None, other or "")
-    return {spec.name: out[spec.name] for spec in registry.VERTEBRAE if spec.name in out}
+    return heights, {spec.name: out[spec.name] for spec in registry.VERTEBRAE if spec.name in out}
