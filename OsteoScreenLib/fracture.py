@@ -6,9 +6,9 @@ classifier measures already holds the bodies' shape. Everything is done in physi
 change the heights:
 
 1. the body's frame: superior-inferior is the line through the L1 and L2 centroids where
-   both are whole in the scan (a wedge tilts a body's own principal axes by several degrees,
-   which costs millimetres at the posterior wall), else the body's principal axis nearest
-   the patient's S; anterior-posterior is the principal axis nearest the patient's A;
+   both are whole in the scan (a wedge tilts a body's own axes by several degrees, which
+   costs millimetres at the posterior wall), else the body's thinnest direction near the
+   patient's S; anterior-posterior is the principal axis across it nearest the patient's A;
 2. the mask is read (nearest voxel) on a grid of that frame, in a mid-sagittal slab;
    along anterior-posterior, the anterior-most stretch of the slab is the body (a
    whole-vertebra mask is cut at the spinal canal, then its frame is taken again);
@@ -63,22 +63,47 @@ class BodyHeights:
         return {"anterior": self.anterior_mm, "middle": self.middle_mm, "posterior": self.posterior_mm}
 
 
-def body_frame(points_ras: np.ndarray, axis_si: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Centre and (si, ap, lr) unit axes of a body from its voxel centres (principal axes).
+def thinnest_direction(points_ras: np.ndarray, max_tilt_deg: float = 40.0) -> np.ndarray:
+    """The direction within ``max_tilt_deg`` of the patient's S along which the points are thinnest
+    (2nd-98th percentile extent): the normal of the endplates of a vertebral body.
 
-    The principal axes, not the scanner's: the spine is curved and tilted, and an oblique grid
-    must give the same heights. Which axis is which comes from the patient's directions, which
-    stay meaningful whatever the grid (RAS world coordinates).
+    Not a principal axis: a body's depth and height are alike (an L1 is about 33 mm deep and 27 mm
+    high), so the variance along them is too, and its principal axes may lie anywhere between them.
+    """
+    rng = np.random.default_rng(0)  # a fixed subsample: the same mask gives the same axis
+    pts = points_ras[rng.choice(len(points_ras), min(len(points_ras), 20000), replace=False)]
+    pts = pts - pts.mean(axis=0)
+
+    def direction(tilt_ap, tilt_lr):
+        d = np.array([np.tan(np.radians(tilt_lr)), np.tan(np.radians(tilt_ap)), 1.0])
+        return d / np.linalg.norm(d)
+
+    def extent(d):
+        lo, hi = np.percentile(pts @ d, [2, 98])
+        return hi - lo
+
+    best = (0.0, 0.0)
+    for step, reach in ((5.0, max_tilt_deg), (1.0, 5.0), (0.25, 1.0)):  # coarse to fine
+        tilts = np.arange(-reach, reach + step / 2, step)
+        candidates = [(best[0] + a, best[1] + b) for a in tilts for b in tilts]
+        best = min(candidates, key=lambda t: extent(direction(*t)))
+    return direction(*best)
+
+
+def body_frame(points_ras: np.ndarray, axis_si: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Centre and (si, ap, lr) unit axes of a body from its voxel centres.
+
+    Superior-inferior: ``axis_si`` where given, else the body's thinnest direction near S;
+    anterior-posterior: of the principal axes across it, the one nearest the patient's A.
+    Which is which comes from the patient's directions, which stay meaningful whatever the
+    grid (RAS world coordinates); the axes themselves are the body's, not the scanner's.
     """
     center = points_ras.mean(axis=0)
-    _, vectors = np.linalg.eigh(np.cov((points_ras - center).T))
-    vectors = vectors.T  # rows
-    i_si = int(np.argmax(np.abs(vectors[:, 2])))
-    si = vectors[i_si] if vectors[i_si, 2] > 0 else -vectors[i_si]
-    if axis_si is not None:
-        si = np.asarray(axis_si, float) / np.linalg.norm(axis_si)
-        si = si if si[2] > 0 else -si
-    ap = max((v for i, v in enumerate(vectors) if i != i_si), key=lambda v: abs(v[1]))
+    si = thinnest_direction(points_ras) if axis_si is None else np.asarray(axis_si, float) / np.linalg.norm(axis_si)
+    si = si if si[2] > 0 else -si
+    flat = (points_ras - center) - np.outer((points_ras - center) @ si, si)
+    _, vectors = np.linalg.eigh(np.cov(flat.T))
+    ap = max(vectors.T[1:], key=lambda v: abs(v[1]))  # the two largest: across the axis
     ap = ap - (ap @ si) * si
     ap /= np.linalg.norm(ap)
     ap = ap if ap[1] > 0 else -ap
@@ -97,15 +122,32 @@ def _sample(box: Volume, mask: np.ndarray, ras: np.ndarray) -> np.ndarray:
     return out
 
 
-def _column_extents(box, mask, center, axes, lr_half, ap_range, si_range, step):
-    """Extent along si (mm) of the mask in each column of a slab grid: array [ap, lr] (0: empty), the
-    middles of the columns' extents along si, and the ap positions of the rows."""
+def _slab(box, mask, center, axes, lr_half, ap_range, si_range, step):
+    """The mask on a mid-sagittal slab grid of the body's frame: inside [ap, lr, si], and the ap and si positions."""
     lr = np.arange(-lr_half, lr_half + step / 2, step)
     ap = np.arange(ap_range[0], ap_range[1] + step / 2, step)
     si = np.arange(si_range[0], si_range[1] + step / 2, step)
     A, L, S = np.meshgrid(ap, lr, si, indexing="ij")
     local = np.stack([S.ravel(), A.ravel(), L.ravel()], axis=1)
-    inside = _sample(box, mask, center + local @ np.stack(axes)).reshape(A.shape)
+    return _sample(box, mask, center + local @ np.stack(axes)).reshape(A.shape), ap, si
+
+
+def _posterior_wall_slope(inside, ap, si, posterior_limit) -> float | None:
+    """d(ap)/d(si) of the posterior wall of the body in a slab (a line fit over the middle 60 % of its height)."""
+    body = inside[ap >= posterior_limit].any(axis=1)  # [ap, si]
+    levels = np.flatnonzero(body.any(axis=0))
+    if len(levels) < 5:
+        return None
+    lo, hi = np.percentile(si[levels], [20, 80])
+    rows = [k for k in levels if lo <= si[k] <= hi]
+    wall = [ap[ap >= posterior_limit][np.argmax(body[:, k])] for k in rows]
+    return float(np.polyfit(si[rows], wall, 1)[0]) if len(rows) >= 3 else None
+
+
+def _column_extents(box, mask, center, axes, lr_half, ap_range, si_range, step):
+    """Extent along si (mm) of the mask in each column of a slab grid: array [ap, lr] (0: empty), the
+    middles of the columns' extents along si, and the ap positions of the rows."""
+    inside, ap, si = _slab(box, mask, center, axes, lr_half, ap_range, si_range, step)
     any_ = inside.any(axis=2)
     first = np.argmax(inside, axis=2)
     last = inside.shape[2] - 1 - np.argmax(inside[:, :, ::-1], axis=2)
@@ -167,6 +209,22 @@ def body_heights(labels: Volume, label: int, axis_si: np.ndarray | None = None) 
         if keep.all():
             break
         points = points[keep]
+    for _ in range(2 if axis_si is None else 0):
+        # Alone, a body's thinnest direction leans with a wedge; its posterior wall, the part a
+        # fracture spares most often, gives its axis (as morphometry's six points do).
+        inside, ap_s, si_s = _slab(box, mask, center, (si, ap, lr), min(4.0, 0.15 * width), ap_range, si_range, step)
+        slope = _posterior_wall_slope(inside, ap_s, si_s, run[0] - step)
+        if slope is None:
+            break
+        center, si, ap, lr = body_frame(points, si + slope * ap)
+        s, a, lat = _local(points, center, si, ap, lr)
+        lr_lo, lr_hi = np.percentile(lat, [2, 98])
+        center = center + 0.5 * (lr_lo + lr_hi) * lr
+        s, a, lat = _local(points, center, si, ap, lr)
+        width = lr_hi - lr_lo
+        si_range = (s.min() - reach, s.max() + reach)
+        ap_range = (a.min() - reach, a.max() + reach)
+        run = (float(np.min(a)), float(np.max(a)))
     half = 0.5 * registry.FRACTURE_SLAB_WIDTH_FRACTION * width
     extent, mid, ap_pos = _column_extents(box, mask, center, (si, ap, lr), half, ap_range, si_range, step)
     run = _anterior_run(extent.max(axis=1) > 0, ap_pos, registry.FRACTURE_CANAL_GAP_MM)
@@ -214,10 +272,16 @@ def grade_body(h: BodyHeights, neighbour: BodyHeights | None = None, neighbour_n
 
 
 def touches_scan_edge(labels: Volume, label: int) -> bool:
-    """True where the body reaches a face of the grid: cut by the scan, its heights would be too low."""
+    """True where the body reaches a face of the grid that cuts across superior-inferior: its heights would be
+    too low. Faces beside it do not count: a narrow sagittal scan cuts a vertebra's transverse processes, not
+    its body's heights."""
     a = np.asarray(labels.array)
-    faces = (a[0], a[-1], a[:, 0], a[:, -1], a[:, :, 0], a[:, :, -1])
-    return any(bool((f == label).any()) for f in faces)
+    out = False
+    for axis_ijk, direction in enumerate(labels.directions.T):
+        if abs(direction[2]) >= 0.5:  # this grid axis runs mostly superior-inferior
+            axis = 2 - axis_ijk  # the array is indexed [k, j, i]
+            out |= bool((np.take(a, 0, axis) == label).any() or (np.take(a, -1, axis) == label).any())
+    return out
 
 
 def assess_fractures(labels: Volume) -> dict[str, FractureResult]:
