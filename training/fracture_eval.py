@@ -62,7 +62,7 @@ def assess(labels, truth) -> dict:
     out = {}
     for n in ("L1", "L2"):
         r = results.get(n)
-        out[n] = {"grade": r.grade if r else None, "type": r.type if r else None,
+        out[n] = {"grade": r.grade if r else None, "type": r.type if r else None, "losses": r.losses if r else {},
                   "loss": r.height_loss if r else None, "note": r.note if r else "not segmented",
                   "height_error_mm": {p: round(heights[n].heights[p] - truth[n][p], 2) for p in POSITIONS}
                   if n in heights else None}
@@ -72,8 +72,11 @@ def assess(labels, truth) -> dict:
 def summarise(rows: list[dict], source: str) -> dict:
     """Sensitivity by true grade (found as grade >= 1), specificity (grade 0 found as 0), exact grade, type, errors."""
     pairs = [(r["truth"][n], r[source][n]) for r in rows if source in r for n in ("L1", "L2")]
+    skipped = [(t, m) for t, m in pairs if m["grade"] is None]
     pairs = [(t, m) for t, m in pairs if m["grade"] is not None]
-    out = {"bodies": len(pairs), "by_true_grade": {}}
+    out = {"bodies": len(pairs), "not_assessed": len(skipped),
+           "not_assessed_true_fractures": sum(1 for t, _ in skipped if t["grade"] >= 1),
+           "not_assessed_notes": sorted({m["note"] for _, m in skipped}), "by_true_grade": {}}
     for g in range(4):
         sel = [(t, m) for t, m in pairs if t["grade"] == g]
         if not sel:
@@ -85,6 +88,9 @@ def summarise(rows: list[dict], source: str) -> dict:
             "within_one_grade": round(float(np.mean([abs(m["grade"] - g) <= 1 for _, m in sel])), 3)}
     frac = [(t, m) for t, m in pairs if t["grade"] >= 1]
     found = [(t, m) for t, m in frac if m["grade"] >= 1]
+    # misses of a crush where the neighbour was not assessed: a crush is seen only against a neighbour
+    out["missed_crush_without_neighbour"] = sum(1 for t, m in frac if m["grade"] == 0 and t["type"] == "crush"
+                                                and "crush" not in m.get("losses", {"crush": 0}))
     out["sensitivity_any"] = round(len(found) / len(frac), 3) if frac else None
     normal = [(t, m) for t, m in pairs if t["grade"] == 0]
     out["specificity"] = round(float(np.mean([m["grade"] == 0 for _, m in normal])), 3) if normal else None
@@ -185,7 +191,7 @@ def markdown(r: dict, args) -> str:
              "`OsteoScreenLib.phantom.heights`); both bodies of every case counted. Sensitivity: a true grade g >= 1 "
              "found as any fracture (grade >= 1); specificity: a true grade 0 found as grade 0. Height error: "
              "measured minus true (mm).", ""]
-    lines += ["| labels | bodies | specificity | sensitivity (any) | sens. grade 1 / 2 / 3 | exact grade 0 / 1 / 2 / 3 "
+    lines += ["| labels | bodies assessed (not: all, true fractures) | specificity | sensitivity (any) | sens. grade 1 / 2 / 3 | exact grade 0 / 1 / 2 / 3 "
               "| type agreement | height error A / M / P: mean (SD) mm | max abs error mm | confusion (rows true 0-3) |",
               "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for name, s in r["summary"].items():
@@ -198,8 +204,12 @@ def markdown(r: dict, args) -> str:
         e = s.get("height_error_mm", {})
         err = " / ".join(f"{e[p]['mean']:+.2f} ({e[p]['sd']:.2f})" for p in POSITIONS) if e else "-"
         mx = " / ".join(f"{e[p]['max_abs']:.1f}" for p in POSITIONS) if e else "-"
-        lines.append(f"| {name} | {s['bodies']} | {s['specificity']} | {s['sensitivity_any']} | {sens} | {exact} | "
+        lines.append(f"| {name} | {s['bodies']} ({s['not_assessed']}, {s['not_assessed_true_fractures']}) | {s['specificity']} | {s['sensitivity_any']} | {sens} | {exact} | "
                      f"{s['type_agreement_when_found']} | {err} | {mx} | {s['confusion_true_rows_measured_cols']} |")
+    lines += ["", "Not assessed: " + "; ".join(f"{n}: {', '.join(s['not_assessed_notes']) or 'none'}"
+                                            for n, s in r["summary"].items()) + ". Misses of a crush that had no "
+              "assessed neighbour (a crush is seen only against one): " + ", ".join(
+                  f"{n} {s['missed_crush_without_neighbour']}" for n, s in r["summary"].items()) + "."]
     real = r.get("real_case")
     if real:
         lines += ["", f"## Real case {real['case']} (VerSe reference masks, whole vertebrae cut to their bodies at the canal)",

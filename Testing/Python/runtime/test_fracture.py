@@ -231,3 +231,22 @@ def test_the_report_image_draws_the_heights(tmp_path):
     drawn = sagittal_panel(ct, labels, np.zeros(3), lines)
     green = np.all(drawn == np.asarray(HEIGHT_COLORS["anterior"], np.float32) * 255, axis=-1)
     assert green.sum() > 2 * 0.5 * H and not np.array_equal(plain, drawn)  # both bodies' anterior heights drawn
+
+
+def test_classifying_a_phantom_with_a_crushed_l1_reports_the_fracture_first(tmp_path):
+    """The whole path: pipeline.classify (the bundled classifier), the result's views and the report image."""
+    from OsteoScreenLib.phantom import render_case, sample_parameters
+    from OsteoScreenLib.pipeline import CaseInput, Models, ScanSettings, classify, write_report_image
+
+    params = sample_parameters(3, "chest-box")
+    params["spine"]["fractures"] = [{"level": "L1", "type": "crush", "height_loss": 0.5}]
+    case = render_case(params)
+    outcome = classify(Models(), CaseInput(case.ct, scan=ScanSettings(params["scanner"]["kvp"], "user")), case.labels)
+    result = outcome.result
+    assert (result.fractures["L1"].grade, result.fractures["L1"].type) == (3, "crush")
+    assert result.fractures["L2"].grade == 0 and "fracture" in result.timing_s
+    assert result.text_lines()[0].startswith("  FINDING: L1 vertebral fracture, Genant grade 3 (severe, crush")
+    assert CaseResult.from_json(json.loads(json.dumps(result.to_json()))).fractures == result.fractures
+    assert set(outcome.heights) == {"L1", "L2"}
+    png = write_report_image(case.ct, outcome, tmp_path / "report.png")
+    assert png.stat().st_size > 10_000
