@@ -169,9 +169,26 @@ def _anterior_run(occupied: np.ndarray, ap: np.ndarray, gap_mm: float) -> tuple[
     return float(ap[start]), float(ap[end])
 
 
-def _local(points, center, si, ap, lr):
+@dataclass
+class _Frame:
+    """A body's frame about its mid-sagittal centre, and where its points lie in it (mm)."""
+
+    center: np.ndarray
+    axes: tuple  # (si, ap, lr)
+    ap_of_points: np.ndarray
+    width: float
+    si_range: tuple
+    ap_range: tuple
+
+
+def _frame(points: np.ndarray, axis_si, reach: float) -> _Frame:
+    center, si, ap, lr = body_frame(points, axis_si)
+    lr_lo, lr_hi = np.percentile((points - center) @ lr, [2, 98])
+    center = center + 0.5 * (lr_lo + lr_hi) * lr  # mid-sagittal: halfway across, not the centroid
     d = points - center
-    return d @ si, d @ ap, d @ lr
+    s, a = d @ si, d @ ap
+    return _Frame(center, (si, ap, lr), a, float(lr_hi - lr_lo), (s.min() - reach, s.max() + reach),
+                  (a.min() - reach, a.max() + reach))
 
 
 def body_heights(labels: Volume, label: int, axis_si: np.ndarray | None = None) -> BodyHeights | None:
@@ -191,42 +208,28 @@ def body_heights(labels: Volume, label: int, axis_si: np.ndarray | None = None) 
     step = registry.FRACTURE_SAMPLE_MM
     reach = float(np.max(box.spacing_mm))
     for _ in range(2):  # first the whole mask, then its body alone (a whole-vertebra mask loses its arch)
-        center, si, ap, lr = body_frame(points, axis_si)
-        s, a, lat = _local(points, center, si, ap, lr)
-        lr_lo, lr_hi = np.percentile(lat, [2, 98])
-        center = center + 0.5 * (lr_lo + lr_hi) * lr  # mid-sagittal: halfway across, not the centroid
-        s, a, lat = _local(points, center, si, ap, lr)
-        width = lr_hi - lr_lo
-        si_range = (s.min() - reach, s.max() + reach)
-        ap_range = (a.min() - reach, a.max() + reach)
+        f = _frame(points, axis_si, reach)
         # the canal search looks in a narrow slab: a wide one meets the pedicles beside the canal
-        extent, _, ap_pos = _column_extents(box, mask, center, (si, ap, lr), min(4.0, 0.15 * width), ap_range,
-                                         si_range, step)
+        narrow = min(4.0, 0.15 * f.width)
+        extent, _, ap_pos = _column_extents(box, mask, f.center, f.axes, narrow, f.ap_range, f.si_range, step)
         run = _anterior_run(extent.max(axis=1) > 0, ap_pos, registry.FRACTURE_CANAL_GAP_MM)
         if run is None:
             return None
-        keep = a >= run[0] - step
+        keep = f.ap_of_points >= run[0] - step
         if keep.all():
             break
         points = points[keep]
     for _ in range(2 if axis_si is None else 0):
         # Alone, a body's thinnest direction leans with a wedge; its posterior wall, the part a
         # fracture spares most often, gives its axis (as morphometry's six points do).
-        inside, ap_s, si_s = _slab(box, mask, center, (si, ap, lr), min(4.0, 0.15 * width), ap_range, si_range, step)
+        inside, ap_s, si_s = _slab(box, mask, f.center, f.axes, min(4.0, 0.15 * f.width), f.ap_range, f.si_range, step)
         slope = _posterior_wall_slope(inside, ap_s, si_s, run[0] - step)
         if slope is None:
             break
-        center, si, ap, lr = body_frame(points, si + slope * ap)
-        s, a, lat = _local(points, center, si, ap, lr)
-        lr_lo, lr_hi = np.percentile(lat, [2, 98])
-        center = center + 0.5 * (lr_lo + lr_hi) * lr
-        s, a, lat = _local(points, center, si, ap, lr)
-        width = lr_hi - lr_lo
-        si_range = (s.min() - reach, s.max() + reach)
-        ap_range = (a.min() - reach, a.max() + reach)
-        run = (float(np.min(a)), float(np.max(a)))
-    half = 0.5 * registry.FRACTURE_SLAB_WIDTH_FRACTION * width
-    extent, mid, ap_pos = _column_extents(box, mask, center, (si, ap, lr), half, ap_range, si_range, step)
+        f = _frame(points, f.axes[0] + slope * f.axes[1], reach)
+        run = (float(f.ap_of_points.min()), float(f.ap_of_points.max()))
+    half = 0.5 * registry.FRACTURE_SLAB_WIDTH_FRACTION * f.width
+    extent, mid, ap_pos = _column_extents(box, mask, f.center, f.axes, half, f.ap_range, f.si_range, step)
     run = _anterior_run(extent.max(axis=1) > 0, ap_pos, registry.FRACTURE_CANAL_GAP_MM)
     if run is None:
         return None
@@ -240,7 +243,7 @@ def body_heights(labels: Volume, label: int, axis_si: np.ndarray | None = None) 
         heights[name] = float(np.median(extent[rows][found])) if found.any() else 0.0
         mids[name] = float(np.median(mid[rows][found])) if found.any() else 0.0
         bands[name] = (hi, lo)
-    return BodyHeights(heights["anterior"], heights["middle"], heights["posterior"], depth, center, si, ap, lr,
+    return BodyHeights(heights["anterior"], heights["middle"], heights["posterior"], depth, f.center, *f.axes,
                        bands, mids)
 
 
