@@ -54,7 +54,8 @@ class BodyHeights:
         """Where each height was measured: position -> (inferior, superior) end points in RAS mm (for the report)."""
         out = {}
         for name, h in self.heights.items():
-            p = self.center_ras + 0.5 * sum(self.bands_ap_mm[name]) * self.axis_ap + self.bands_mid_si_mm[name] * self.axis_si
+            ap = 0.5 * sum(self.bands_ap_mm[name])
+            p = self.center_ras + ap * self.axis_ap + self.bands_mid_si_mm[name] * self.axis_si
             out[name] = (p - 0.5 * h * self.axis_si, p + 0.5 * h * self.axis_si)
         return out
 
@@ -90,7 +91,7 @@ def thinnest_direction(points_ras: np.ndarray, max_tilt_deg: float = 40.0) -> np
     return direction(*best)
 
 
-def body_frame(points_ras: np.ndarray, axis_si: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def body_frame(points_ras: np.ndarray, axis_si: np.ndarray | None = None) -> tuple[np.ndarray, ...]:
     """Centre and (si, ap, lr) unit axes of a body from its voxel centres.
 
     Superior-inferior: ``axis_si`` where given, else the body's thinnest direction near S;

@@ -126,7 +126,8 @@ def render_report(ct: Volume, labels: Volume, result, features: dict[str, BodyFe
     name -> fracture.BodyHeights); then the result's text lines."""
     panels = [axial_panel(features[n]) for n in ("L1", "L2") if n in features]
     centers = [f.centroid_ras for f in features.values()]
-    lines = [(p0, p1, HEIGHT_COLORS[pos]) for h in (heights or {}).values() for pos, (p0, p1) in h.height_lines().items()]
+    lines = [(p0, p1, HEIGHT_COLORS[pos]) for h in (heights or {}).values()
+             for pos, (p0, p1) in h.height_lines().items()]
     panels.append(sagittal_panel(ct, labels, np.mean(centers, axis=0), lines))
     top = np.concatenate(panels, axis=1)
     # long warnings wrap to the image width (about 0.6 font sizes per character)

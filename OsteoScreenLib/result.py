@@ -253,7 +253,8 @@ class CaseResult:
             f = self.fractures.get(n)
             row.update({f"{n}_fracture_grade": f.grade if f else None, f"{n}_fracture_type": f.type if f else None,
                         f"{n}_height_loss": f.height_loss if f else None})
-            row.update({f"{n}_{k}_mm": getattr(f, f"{k}_mm") if f else None for k in ("anterior", "middle", "posterior")})
+            row.update({f"{n}_{k}_mm": getattr(f, f"{k}_mm") if f else None
+                        for k in ("anterior", "middle", "posterior")})
         row["fracture_finding"] = " | ".join(self.findings())
         return row
 
@@ -264,7 +265,8 @@ class CaseResult:
         rois = "   ".join(f"{n} {v.trabecular_roi_hu:.0f} HU" for n, v in self.measured().items())
         grades = "   ".join(f"{n} grade {f.grade} {f.type or ''}".rstrip() if f.grade is not None
                            else f"{n} not assessed" for n, f in self.fractures.items())
-        fracture_lines = [(f"fracture (Genant): {grades}; heights A/M/P in the sagittal view", "figure")] if grades else []
+        fracture_lines = [(f"fracture (Genant): {grades}; heights A/M/P in the sagittal view", "figure")
+                          ] if grades else []
         return [(f"FRACTURE: {f}", "finding") for f in self.findings()] + [
             (f"{p.class_name.upper()}   estimated BMD {p.bmd_mg_cm3:.0f} mg/cm3 (mean of L1 and L2)", "title"),
             (f"probabilities: {probs}", "figure"),
