@@ -119,12 +119,14 @@ class CaseOutcome:
     labels: Volume  # 1 = L1, 2 = L2 on the CT grid
     result: CaseResult | None = None  # None when only segmented
     features: dict = field(default_factory=dict)  # name -> BodyFeatures, as the classifier measured them
+    heights: dict = field(default_factory=dict)  # name -> fracture.BodyHeights, drawn in the report
     segmentation: object | None = None  # the segmenter's SegmentationOutput when the model segmented
 
 
 def classify(models: Models, case: CaseInput, labels: Volume, model: str = registry.DEFAULT_MODEL,
              source: str = "user segmentation", warnings=(), timing_s: dict | None = None) -> CaseOutcome:
     """Classify a case from its label map on the CT grid (the model's segments or a reader's)."""
+    from .fracture import measure_fractures
     from .measurements import vertebra_stats
     from .result import InputInfo, ModelInfo, Prediction, VertebraResult
 
@@ -132,6 +134,9 @@ def classify(models: Models, case: CaseInput, labels: Volume, model: str = regis
     c = models.classifier(model).classify(case.ct, labels, case.scan.kvp, case.scan.contrast)
     timing = dict(timing_s or {})
     timing["classify"] = round(time.perf_counter() - t0, 3)
+    t0 = time.perf_counter()
+    heights, fractures = measure_fractures(labels)
+    timing["fracture"] = round(time.perf_counter() - t0, 3)
     vertebrae = {}
     for name, s in vertebra_stats(labels).items():
         f = c.features.get(name)
@@ -141,8 +146,8 @@ def classify(models: Models, case: CaseInput, labels: Volume, model: str = regis
         input=InputInfo.of(case.path, case.ct, case.sha256, case.scan), segmentation_source=source,
         vertebrae=vertebrae, model=ModelInfo(c.model, c.model_version, c.model_sha256),
         prediction=Prediction(c.predicted_class, c.probabilities, c.bmd_mg_cm3),
-        warnings=list(warnings) + c.warnings, timing_s=timing)
-    return CaseOutcome(labels, result, c.features)
+        warnings=list(warnings) + c.warnings, timing_s=timing, fractures=fractures)
+    return CaseOutcome(labels, result, c.features, heights=heights)
 
 
 def run_case(models: Models, case: CaseInput, model: str | None = registry.DEFAULT_MODEL, labels: Volume | None = None,
@@ -231,4 +236,4 @@ def write_report_image(ct: Volume, outcome: CaseOutcome, path: Path, overwrite: 
     from .report import render_report, write_png
 
     features = {n: f for n, f in outcome.features.items() if n in outcome.result.measured()}
-    return write_png(render_report(ct, outcome.labels, outcome.result, features), path, overwrite)
+    return write_png(render_report(ct, outcome.labels, outcome.result, features, outcome.heights), path, overwrite)

@@ -97,6 +97,27 @@ MODEL_NAMES: tuple[str, ...] = tuple(MODELS)
 DEFAULT_MODEL = "l1l2"
 
 
+# --- Vertebral fracture: Genant semiquantitative grades on the heights of each body (fracture.py) ---
+# Genant HK, Wu CY, van Kuijk C, Nevitt MC. Vertebral fracture assessment using a semiquantitative
+# technique. J Bone Miner Res 1993;8:1137-48. Grade 0: under 20 % height loss; 1 (mild): 20-25 %;
+# 2 (moderate): 25-40 %; 3 (severe): over 40 %.
+FRACTURE_GRADE_MIN_LOSS: tuple[float, ...] = (0.20, 0.25, 0.40)  # the least loss of grades 1, 2, 3
+FRACTURE_GRADE_NAMES: tuple[str, ...] = ("normal", "mild", "moderate", "severe")
+FRACTURE_TYPES: tuple[str, ...] = ("wedge", "biconcave", "crush")
+# Where the heights are taken: bands across the body's anterior-posterior depth (0 = anterior
+# surface, 1 = posterior), as morphometry places its six points inside the corners, not on them.
+FRACTURE_HEIGHT_BANDS: dict[str, tuple[float, float]] = {
+    "anterior": (0.10, 0.25), "middle": (0.40, 0.60), "posterior": (0.75, 0.90)}
+# ... and in a mid-sagittal slab this fraction of the body's width: the central endplate of a
+# biconcave fracture, not the intact rim beside it (a lateral radiograph sees the middle too).
+FRACTURE_SLAB_WIDTH_FRACTION = 0.30
+# An empty stretch this long between body and arch along the anterior-posterior axis is the
+# spinal canal: a whole-vertebra mask (VerSe, TotalSegmentator) is cut there to its body.
+FRACTURE_CANAL_GAP_MM = 2.0
+FRACTURE_SAMPLE_MM = 0.5  # the body-aligned grid the heights are read on (nearest voxel)
+FRACTURE_MIN_BODY_ML = 3.0  # smaller: not a vertebral body (an L1 body is about 20-40 ml)
+
+
 # --- Tube voltage: the slope of HU against BMD depends on it (single-energy QCT) ---
 
 TUBE_VOLTAGES_KVP: tuple[int, ...] = (80, 100, 120, 140)  # what the classifiers know; others are "unknown"

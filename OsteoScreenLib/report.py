@@ -53,8 +53,18 @@ def axial_panel(f: BodyFeatures) -> np.ndarray:
     return _resize_nearest(rgb, (PANEL_PX, PANEL_PX))
 
 
-def sagittal_panel(ct: Volume, labels: Volume, center_ras: np.ndarray) -> np.ndarray:
-    """A sagittal reformat through the L1-L2 centre, anterior on the left, superior up."""
+def _draw_segment(rgb: np.ndarray, p0, p1, color) -> None:
+    """A line between two (row, column) points, clipped to the image."""
+    n = int(np.ceil(np.max(np.abs(np.subtract(p1, p0))))) + 1
+    rows = np.rint(np.linspace(p0[0], p1[0], n)).astype(int)
+    cols = np.rint(np.linspace(p0[1], p1[1], n)).astype(int)
+    ok = (rows >= 0) & (rows < rgb.shape[0]) & (cols >= 0) & (cols < rgb.shape[1])
+    rgb[rows[ok], cols[ok]] = np.asarray(color, np.float32) * 255
+
+
+def sagittal_panel(ct: Volume, labels: Volume, center_ras: np.ndarray, lines=()) -> np.ndarray:
+    """A sagittal reformat through the L1-L2 centre, anterior on the left, superior up; ``lines``:
+    (RAS start, RAS end, rgb) drawn on it, projected along left-right (e.g. the bodies' heights)."""
     ap, si = SAGITTAL_FOV_MM
     step = max(ap, si) / PANEL_PX
     n_ap, n_si = int(ap / step), int(si / step)
@@ -69,6 +79,10 @@ def sagittal_panel(ct: Volume, labels: Volume, center_ras: np.ndarray) -> np.nda
     rgb = _gray(hu)
     for name, value in LABEL_OF.items():
         _outline(rgb, lab == value, VERTEBRA_BY_NAME[name].color_rgb)
+    origin = m[:3, 3]
+    for p0, p1, color in lines:  # RAS -> (row, column): rows go down from superior, columns back from anterior
+        ends = [((origin[2] - p[2]) / step, (origin[1] - p[1]) / step) for p in (p0, p1)]
+        _draw_segment(rgb, ends[0], ends[1], color)
     out = np.zeros((PANEL_PX, PANEL_PX, 3), np.float32)
     out[:n_si, :n_ap] = rgb[:PANEL_PX, :PANEL_PX]
     return out
@@ -102,20 +116,25 @@ def _text(lines: list[tuple[str, int, tuple]], width: int, height: int) -> np.nd
 TEXT_STYLES = {  # style of CaseResult.report_lines -> (font size, rgb)
     "title": (18, (1, 1, 1)), "figure": (14, (0.9, 0.9, 0.9)), "note": (12, (0.7, 0.7, 0.7)),
     "warning": (12, (1.0, 0.75, 0.3)), "disclaimer": (12, (1.0, 0.5, 0.5)),
+    "finding": (14, (1.0, 0.3, 0.3)),
 }
+HEIGHT_COLORS = {"anterior": (0.2, 1.0, 0.2), "middle": (1.0, 1.0, 0.2), "posterior": (0.2, 1.0, 1.0)}
 
 
-def render_report(ct: Volume, labels: Volume, result, features: dict[str, BodyFeatures]) -> np.ndarray:
-    """RGB uint8 image: axial L1, axial L2 (if present), sagittal; then the result's text lines."""
+def render_report(ct: Volume, labels: Volume, result, features: dict[str, BodyFeatures], heights=None) -> np.ndarray:
+    """RGB uint8 image: axial L1, axial L2 (if present), sagittal (with the heights of ``heights``,
+    name -> fracture.BodyHeights); then the result's text lines."""
     panels = [axial_panel(features[n]) for n in ("L1", "L2") if n in features]
     centers = [f.centroid_ras for f in features.values()]
-    panels.append(sagittal_panel(ct, labels, np.mean(centers, axis=0)))
+    lines = [(p0, p1, HEIGHT_COLORS[pos]) for h in (heights or {}).values()
+             for pos, (p0, p1) in h.height_lines().items()]
+    panels.append(sagittal_panel(ct, labels, np.mean(centers, axis=0), lines))
     top = np.concatenate(panels, axis=1)
     # long warnings wrap to the image width (about 0.6 font sizes per character)
-    chars = max(40, int((top.shape[1] - 16) / (0.6 * TEXT_STYLES["warning"][0])))
     lines = []
     for text, style in result.report_lines(IMAGE_FOV_MM) + [(DISCLAIMER, "disclaimer")]:
-        parts = textwrap.wrap(text, chars) if style == "warning" else [text]
+        chars = max(40, int((top.shape[1] - 16) / (0.6 * TEXT_STYLES[style][0])))
+        parts = textwrap.wrap(text, chars) if style in ("warning", "finding") else [text]
         lines += [(part, *TEXT_STYLES[style]) for part in parts]
     height = max(TEXT_HEIGHT_PX, 12 + sum(int(size * 1.8) for _, size, _ in lines))  # room for every line
     text = _text(lines, top.shape[1], height)

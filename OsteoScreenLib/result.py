@@ -14,7 +14,7 @@ import platform
 from dataclasses import dataclass, field, fields
 
 from . import __version__
-from .registry import CLASSES, MODELS, VERTEBRA_NAMES
+from .registry import CLASSES, FRACTURE_GRADE_NAMES, MODELS, VERTEBRA_NAMES
 
 RESULT_SCHEMA = "osteoscreen.result/1"
 CSV_FIELDS = (
@@ -23,6 +23,9 @@ CSV_FIELDS = (
     + ["bmd_mg_cm3", "tube_voltage_kvp", "contrast_phase"]
     + [f"{n}_roi_hu" for n in VERTEBRA_NAMES]
     + [f"{n}_volume_ml" for n in VERTEBRA_NAMES]
+    + ["fracture_finding"]
+    + [f"{n}_{f}" for n in VERTEBRA_NAMES for f in ("fracture_grade", "fracture_type", "height_loss",
+                                                    "anterior_mm", "middle_mm", "posterior_mm")]
     + ["warnings", "error"]
 )
 
@@ -61,6 +64,30 @@ class VertebraResult:
 
 
 @dataclass
+class FractureResult:
+    """Genant grade of one vertebral body from its heights (fracture.py); grade None: not assessed (``note``)."""
+
+    grade: int | None = None  # 0 normal, 1 mild, 2 moderate, 3 severe
+    type: str | None = None  # wedge, biconcave or crush where grade >= 1
+    height_loss: float | None = None  # the largest of ``losses`` (0..1)
+    anterior_mm: float | None = None
+    middle_mm: float | None = None
+    posterior_mm: float | None = None
+    losses: dict = field(default_factory=dict)  # type -> fraction of height lost (negative: taller)
+    reference: str = ""  # what the heights were compared with ("own posterior height", "L2 posterior height")
+    note: str = ""
+
+    def summary(self) -> str:
+        if self.grade is None:
+            return f"fracture not assessed ({self.note})"
+        heights = f"heights A/M/P {self.anterior_mm:.1f}/{self.middle_mm:.1f}/{self.posterior_mm:.1f} mm"
+        if self.grade == 0:
+            return f"{heights}, Genant grade 0"
+        return (f"{heights}, Genant grade {self.grade} ({FRACTURE_GRADE_NAMES[self.grade]}) {self.type} fracture, "
+                f"{self.height_loss:.0%} height loss")
+
+
+@dataclass
 class ModelInfo:
     name: str
     version: str
@@ -90,6 +117,7 @@ class CaseResult:
     segmentation_path: str | None = None  # relative to result.json, where the segmentation was saved with it
     dicom_files: dict[str, str] = field(default_factory=dict)  # {"seg": ..., "sr": ...} beside result.json
     reference_agreement: dict | None = None  # the demo: the segments against the case's reference labels
+    fractures: dict[str, FractureResult] = field(default_factory=dict)  # name -> Genant grade (fracture.py)
     osteoscreen_version: str = __version__
     machine: str = field(default_factory=platform.platform)
 
@@ -119,6 +147,8 @@ class CaseResult:
             out["dicom"] = dict(self.dicom_files)
         if self.reference_agreement is not None:
             out["reference_agreement"] = self.reference_agreement
+        if self.fractures:  # absent: not assessed (segment only, or a version before 0.9)
+            out["fractures"] = {n: dict(vars(f)) for n, f in self.fractures.items()}
         return out
 
     @classmethod
@@ -136,6 +166,7 @@ class CaseResult:
             timing_s=dict(d.get("timing_s", {})),
             dicom_files=dict(d.get("dicom", {})),
             reference_agreement=d.get("reference_agreement"),
+            fractures={n: _known(FractureResult, f) for n, f in (d.get("fractures") or {}).items()},
             osteoscreen_version=d.get("osteoscreen_version", ""),
             machine=d.get("machine", ""),
         )
@@ -146,16 +177,27 @@ class CaseResult:
         """The vertebrae whose trabecular ROI was measured."""
         return {n: v for n, v in self.vertebrae.items() if v.trabecular_roi_hu is not None}
 
+    def findings(self) -> list[str]:
+        """What the reader must see first: each vertebral fracture of Genant grade 1 or more."""
+        out = []
+        for name, f in self.fractures.items():
+            if f.grade:
+                out.append(f"{name} vertebral fracture, Genant grade {f.grade} ({FRACTURE_GRADE_NAMES[f.grade]}, "
+                           f"{f.type}, {f.height_loss:.0%} height loss): a fragility fracture means osteoporosis "
+                           "whatever the BMD; confirm on the images")
+        return out
+
     def text_lines(self, warning_label: str = "warning") -> list[str]:
-        """The command line's summary (``classify``, ``demo``)."""
-        lines = []
+        """The command line's summary (``classify``, ``demo``): findings first."""
+        lines = [f"  FINDING: {f}" for f in self.findings()]
         if self.prediction is not None:
             p = self.prediction
             probs = "  ".join(f"P({c}) {v:.2f}" for c, v in p.probabilities.items())
             lines.append(f"  {p.class_name} (model {self.model.name}), estimated BMD {p.bmd_mg_cm3:.0f} mg/cm3; {probs}")
         for name, v in self.vertebrae.items():
             roi = f", trabecular ROI {v.trabecular_roi_hu:.0f} HU" if v.trabecular_roi_hu is not None else ""
-            lines.append(f"  {name}: {v.volume_ml:.1f} ml{roi}")
+            fracture = f"; {self.fractures[name].summary()}" if name in self.fractures else ""
+            lines.append(f"  {name}: {v.volume_ml:.1f} ml{roi}{fracture}")
         for name, a in (self.reference_agreement or {}).items():
             if "fraction_inside_reference" in a:
                 lines.append(f"  model {name} vs reference labels: centroid inside {a['centroid_in_reference']}, "
@@ -164,8 +206,8 @@ class CaseResult:
         return lines
 
     def table_rows(self) -> list[tuple[str, str]]:
-        """(measure, value) rows of the results table in Slicer."""
-        rows = []
+        """(measure, value) rows of the results table in Slicer: findings first."""
+        rows = [("Finding", f) for f in self.findings()]
         if self.prediction is not None:
             p = self.prediction
             rows += [("Model", f"{self.model.name} v{self.model.version}"), ("Class", p.class_name)]
@@ -179,13 +221,15 @@ class CaseResult:
             if v.trabecular_roi_hu is not None:
                 rows.append((f"{name} trabecular ROI (HU)", f"{v.trabecular_roi_hu:.1f}"))
             rows.append((f"{name} volume (ml)", f"{v.volume_ml:.1f}"))
+            if name in self.fractures:
+                rows.append((f"{name} fracture (Genant)", self.fractures[name].summary()))
         rows += [("Warning", w) for w in self.warnings]
         return rows
 
     def html(self) -> str:
         """Rich text for the Slicer panel."""
         p, i = self.prediction, self.input
-        lines = []
+        lines = [f'<b style="color:#c00000">{html.escape(f)}</b>' for f in self.findings()]
         if p is not None:
             lines.append(f"<b>{p.class_name.capitalize()}</b> ({self.model.title}, v{self.model.version})")
             lines.append("Probabilities: " + ", ".join(f"{c} {v:.2f}" for c, v in p.probabilities.items()))
@@ -194,6 +238,7 @@ class CaseResult:
                      else "Tube voltage: unknown")
         lines.append(f"Contrast phase: {i.contrast_phase or 'unknown'}")
         lines += [f"{n} trabecular ROI: {v.trabecular_roi_hu:.1f} HU" for n, v in self.measured().items()]
+        lines += [f"{n}: {html.escape(f.summary())}" for n, f in self.fractures.items()]
         lines += [f'<span style="color:#b36b00">Warning: {html.escape(w)}</span>' for w in self.warnings]
         return "<br>".join(lines)
 
@@ -209,6 +254,12 @@ class CaseResult:
             v = self.vertebrae.get(n)
             row[f"{n}_roi_hu"] = v.trabecular_roi_hu if v else None
             row[f"{n}_volume_ml"] = v.volume_ml if v else None
+            f = self.fractures.get(n)
+            row.update({f"{n}_fracture_grade": f.grade if f else None, f"{n}_fracture_type": f.type if f else None,
+                        f"{n}_height_loss": f.height_loss if f else None})
+            row.update({f"{n}_{k}_mm": getattr(f, f"{k}_mm") if f else None
+                        for k in ("anterior", "middle", "posterior")})
+        row["fracture_finding"] = " | ".join(self.findings())
         return row
 
     def report_lines(self, image_fov_mm: float) -> list[tuple[str, str]]:
@@ -216,10 +267,15 @@ class CaseResult:
         p = self.prediction
         probs = "  ".join(f"{c} {v:.2f}" for c, v in p.probabilities.items())
         rois = "   ".join(f"{n} {v.trabecular_roi_hu:.0f} HU" for n, v in self.measured().items())
-        return [
+        grades = "   ".join(f"{n} grade {f.grade} {f.type or ''}".rstrip() if f.grade is not None
+                           else f"{n} not assessed" for n, f in self.fractures.items())
+        fracture_lines = [(f"fracture (Genant): {grades}; heights A/M/P in the sagittal view", "figure")
+                          ] if grades else []
+        return [(f"FRACTURE: {f}", "finding") for f in self.findings()] + [
             (f"{p.class_name.upper()}   estimated BMD {p.bmd_mg_cm3:.0f} mg/cm3 (mean of L1 and L2)", "title"),
             (f"probabilities: {probs}", "figure"),
             (f"trabecular ROI: {rois}", "figure"),
+            *fracture_lines,
             (f"model {self.model.name} v{self.model.version}; tube voltage {self.input.scan_text()}; "
              f"axial views {image_fov_mm:.0f} mm, ROI in red", "note"),
         ] + [(f"warning: {w}", "warning") for w in self.warnings[:3]]

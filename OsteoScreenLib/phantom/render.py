@@ -638,38 +638,7 @@ class Renderer:
             paint(v, al, marrow)
 
     def _body_distance(self, vb: Vertebra, x, y, z):
-        a, b, h = vb.half_width, vb.half_depth, vb.half_height
-        sp = self.params["spine"]
-        frac = vb.fracture
-        widen = 1.0
-        conc = vb.concavity
-        if frac is not None and frac["type"] == "crush":
-            widen = 1.0 + 0.25 * frac["height_loss"]
-        b_post = b * (1.0 - vb.posterior_flattening)
-        yy = np.where(y < 0, y * F32(b / b_post), y)
-        d_r = ellipse_distance(x, yy, a * widen, b * widen)
-        rho2 = np.minimum(x * x * F32(1 / (a * a)) + yy * yy * F32(1 / (b * b)), F32(1.0))
-        cup = (F32(1.0) - rho2) * F32(conc)
-        top = F32(h) - cup
-        bot = F32(-h) + cup
-        if frac is not None:
-            loss = frac["height_loss"]
-            if frac["type"] == "wedge":  # anterior height lost
-                drop = np.clip((y / F32(b) + F32(1.0)) * F32(0.5), 0.0, 1.0) * F32(loss * h)
-                top = top - drop
-                bot = bot + drop * F32(0.3)
-            elif frac["type"] == "biconcave":
-                dent = (F32(1.0) - rho2) * F32(loss * h * 0.9)
-                top = top - dent
-                bot = bot + dent
-        d_top = z - top
-        d_bot = bot - z
-        d_z = np.maximum(d_top, d_bot)
-        d_body = np.maximum(d_r, d_z)
-        cort = F32(sp["cortex_mm"])
-        endp = F32(sp["endplate_mm"])
-        d_trab = np.maximum(d_r + cort, np.maximum(d_top, d_bot) + endp)
-        return d_body, d_trab, (d_top, d_bot)
+        return body_distance(self.params["spine"], vb, x, y, z)
 
     def _trabecular(self, vb: Vertebra, x, y, z, trab_z):
         """Trabecular HU with texture, basivertebral vein, pathology."""
@@ -716,6 +685,42 @@ class Renderer:
                 value += rim * F32(300.0)
                 value += coverage(d, self.sigma) * (F32(self.tissue["disc"]) - value)
         return value
+
+
+def body_distance(sp: dict, vb: Vertebra, x, y, z):
+    """Signed distance-like field of a vertebral body in its local frame (x lateral, y anterior, z superior):
+    <= 0 inside; also the trabecular core's and the endplates' (d_top, d_bot). ``sp``: the spine parameters."""
+    a, b, h = vb.half_width, vb.half_depth, vb.half_height
+    frac = vb.fracture
+    widen = 1.0
+    conc = vb.concavity
+    if frac is not None and frac["type"] == "crush":
+        widen = 1.0 + 0.25 * frac["height_loss"]
+    b_post = b * (1.0 - vb.posterior_flattening)
+    yy = np.where(y < 0, y * F32(b / b_post), y)
+    d_r = ellipse_distance(x, yy, a * widen, b * widen)
+    rho2 = np.minimum(x * x * F32(1 / (a * a)) + yy * yy * F32(1 / (b * b)), F32(1.0))
+    cup = (F32(1.0) - rho2) * F32(conc)
+    top = F32(h) - cup
+    bot = F32(-h) + cup
+    if frac is not None:
+        loss = frac["height_loss"]
+        if frac["type"] == "wedge":  # anterior height lost
+            drop = np.clip((y / F32(b) + F32(1.0)) * F32(0.5), 0.0, 1.0) * F32(loss * h)
+            top = top - drop
+            bot = bot + drop * F32(0.3)
+        elif frac["type"] == "biconcave":
+            dent = (F32(1.0) - rho2) * F32(loss * h * 0.9)
+            top = top - dent
+            bot = bot + dent
+    d_top = z - top
+    d_bot = bot - z
+    d_z = np.maximum(d_top, d_bot)
+    d_body = np.maximum(d_r, d_z)
+    cort = F32(sp["cortex_mm"])
+    endp = F32(sp["endplate_mm"])
+    d_trab = np.maximum(d_r + cort, np.maximum(d_top, d_bot) + endp)
+    return d_body, d_trab, (d_top, d_bot)
 
 
 def _patch(full, full_ij, ij):
