@@ -143,6 +143,7 @@ class L1L2Segmenter:
         self.rib_cfg = self.card["preprocessing"].get("rib_check")
         # model folders before 0.9.0 have no vertebra counter
         self.count_net = OnnxNetwork(files["count"], threads) if "count" in files else None
+        self.count_cfg = self.card["preprocessing"].get("count")
 
     # --- stages
 
@@ -169,13 +170,15 @@ class L1L2Segmenter:
             levels = find_levels(coarse)
         return coarse, levels, report
 
-    def counted_levels(self, coarse: Volume, coarse_x: Volume, levels: dict) -> tuple[Volume, dict, dict, list[str]]:
+    def counted_levels(self, ct: Volume, coarse: Volume, levels: dict) -> tuple[Volume, dict, dict, list[str]]:
         """The levels after the vertebra counter's two readings (see ``reconcile_count``), what it read,
-        and its warnings; unchanged without a counter in the model folder."""
+        and its warnings; unchanged without a counter in the model folder. The counter reads the CT on
+        a grid of its own, finer along S than the coarse stage's (the discs between the bodies show)."""
         if self.count_net is None:
             return coarse, levels, {}, []
-        probs = self.probabilities(self.count_net, coarse_x.array[None], self.coarse_cfg, -1.0)
-        counted = count_vertebrae(Volume(np.moveaxis(probs, 0, -1), coarse_x.ijk_to_ras))
+        x, grid = coarse_input(ct, self.count_cfg)
+        probs = self.probabilities(self.count_net, x, self.count_cfg, -1.0)
+        counted = count_vertebrae(Volume(np.moveaxis(probs, 0, -1), grid))
         return reconcile_count(coarse, levels, counted)
 
     def fine_probabilities(self, ct: Volume, coarse: Volume, center_ras: np.ndarray) -> Volume:
@@ -217,7 +220,7 @@ class L1L2Segmenter:
         step(0.05, "finding L1 and L2")
         coarse, coarse_x = self.coarse_stage(ct)
         coarse, levels, rib_report = self.checked_levels(ct, coarse, coarse_x)
-        coarse, levels, count_report, count_warnings = self.counted_levels(coarse, coarse_x, levels)
+        coarse, levels, count_report, count_warnings = self.counted_levels(ct, coarse, levels)
         timing["coarse"] = time.perf_counter() - t0
         missing = [name for name in VERTEBRA_NAMES if name not in levels]
         centroids = {name: lv["centroid_ras"] for name, lv in levels.items()}

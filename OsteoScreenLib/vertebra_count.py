@@ -7,8 +7,9 @@ A chest CT shows the thoracic spine, so L1 can be read two ways a radiologist re
 The two agree in the usual spine and disagree by one with 11 or 13 rib pairs: transitional
 anatomy that the reader must be told about.
 
-The vertebra counter (a network on the coarse stage's input, ``count.onnx``) marks the core of each
-vertebral body in view, as rib-bearing or not (registry.COUNT_CLASSES). This module turns its
+The vertebra counter (a network, ``count.onnx``, on the CT resampled to 5 mm in-plane and 2.5 mm
+along S, where the discs show) marks each vertebral body in view, as rib-bearing or not
+(registry.COUNT_CLASSES). This module turns its
 probabilities into bodies along the spine and the two readings. Pure functions on arrays and
 their geometry; the segmenter decides what to do with the answer (segmenter.counted_levels).
 """
@@ -24,11 +25,11 @@ from .registry import COUNT_CLASSES, THORACIC_COUNT
 from .volume import Volume
 
 RIB, NO_RIB = COUNT_CLASSES["rib-bearing body"], COUNT_CLASSES["body without ribs"]
-MIN_CORE_VOXELS = 2  # a core is ~8 voxels at 5 mm; smaller specks are noise
-# Touching cores are split at a dip of the mass per slice to below this share of the smaller
-# peak; peaks closer than this many slices (5 mm each) are one body.
+MIN_CORE_VOXELS = 4  # a body is 40-300 voxels on the counter's grid; smaller specks are noise
+# Touching bodies are split at a dip of the mass per slice to below this share of the smaller
+# peak; peaks closer than this are one body (the shortest bodies, upper thoracic, are ~14 mm high).
 TROUGH_RATIO = 0.6
-MIN_PEAK_SLICES = 2
+MIN_PEAK_SEPARATION_MM = 10.0
 # Successive body centres: 16-22 mm apart at the upper thoracic spine, 30-40 mm at the lumbar
 # (body plus disc), a little more on a tilted spine; sideways they move a few mm per level.
 STEP_S_MM = (10.0, 50.0)
@@ -119,7 +120,8 @@ def find_bodies(probabilities: Volume) -> list[Body]:
     p = probabilities.array
     bodies = []
     for region in components(p[..., 0] < 0.5, MIN_CORE_VOXELS):
-        for core in split_along_s(region, 1.0 - p[..., 0]):
+        slice_mm = float(np.linalg.norm(probabilities.ijk_to_ras[:3, 2]))
+        for core in split_along_s(region, 1.0 - p[..., 0], max(1, int(round(MIN_PEAK_SEPARATION_MM / slice_mm)))):
             rib, none = float(p[..., RIB][core].sum()), float(p[..., NO_RIB][core].sum())
             centre = probabilities.voxel_centers_ras(np.argwhere(core).mean(axis=0))[0]
             bodies.append(Body(centre, rib / max(rib + none, 1e-6), rib + none))
@@ -138,10 +140,10 @@ def find_bodies(probabilities: Volume) -> list[Body]:
     return sorted(chain, key=lambda b: -b.centroid_ras[2])
 
 
-def split_along_s(region: np.ndarray, foreground: np.ndarray) -> list[np.ndarray]:
+def split_along_s(region: np.ndarray, foreground: np.ndarray, min_peak_slices: int) -> list[np.ndarray]:
     """``region`` cut into one part per peak of its foreground mass per slice (k): two touching
-    cores show two peaks with a dip between them (the disc); a dip shallower than TROUGH_RATIO
-    of the smaller peak, or peaks closer than MIN_PEAK_SLICES, are one body."""
+    bodies show two peaks with a dip between them (the disc); a dip shallower than TROUGH_RATIO
+    of the smaller peak, or peaks closer than ``min_peak_slices``, are one body."""
     ks = np.nonzero(region.any(axis=(1, 2)))[0]
     lo, hi = int(ks.min()), int(ks.max()) + 1
     mass = (foreground[lo:hi] * region[lo:hi]).sum(axis=(1, 2))
@@ -152,7 +154,7 @@ def split_along_s(region: np.ndarray, foreground: np.ndarray) -> list[np.ndarray
     for n in peaks[1:]:
         a = kept[-1]
         trough = a + int(np.argmin(mass[a:n + 1]))
-        if n - a >= MIN_PEAK_SLICES and mass[trough] < TROUGH_RATIO * min(mass[a], mass[n]):
+        if n - a >= min_peak_slices and mass[trough] < TROUGH_RATIO * min(mass[a], mass[n]):
             cuts.append(trough + 1 if mass[trough] >= mass[min(trough + 1, len(mass) - 1)] else trough)
             kept.append(n)
         elif mass[n] > mass[a]:

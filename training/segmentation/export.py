@@ -92,7 +92,7 @@ LIMITS = [
 def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     diffs = {}
-    for stage, shape in (("coarse", (48, 64, 64)), ("fine", (112, 80, 80)), ("count", (48, 64, 64))):
+    for stage, shape in (("coarse", (48, 64, 64)), ("fine", (112, 80, 80)), ("count", (96, 64, 64))):
         net = load_stage(stage, CHECKPOINTS / STAGE_RUNS[stage])
         save_state(net, f"segmentation-{stage}")
         with atomic_path(out / f"{stage}.onnx", overwrite=True) as path:
@@ -150,6 +150,7 @@ def _replace_stage_in_card(out: Path, stage: str, config: dict, diff: float) -> 
                 limits=LIMITS, exported_on=platform.platform(), task=TASK)
     card["files"][stage] = {"path": f"{stage}.onnx", "sha256": sha256_file(out / f"{stage}.onnx"),
                             "format": f"ONNX opset {ONNX_OPSET}"}
+    card["preprocessing"][stage] = PREPROCESSING[stage]
     if stage in NETWORKS:
         card["architecture"][stage] = {"type": "MONAI UNet", "spatial_dims": 3, "out_channels": 3, **NETWORKS[stage]}
     card["onnx_vs_pytorch_max_abs_softmax_diff"][stage] = diff
@@ -167,7 +168,7 @@ def replace_stage(out: Path, stage: str, run: Path) -> Path:
     if out.resolve() == (models_dir() / "segmentation").resolve():  # a candidate elsewhere leaves the bundled weights
         save_state(net, f"segmentation-{stage}")
     with atomic_path(out / f"{stage}.onnx", overwrite=True) as path:
-        diff = export_onnx(net, NETWORKS[stage]["in_channels"], (48, 64, 64), path)
+        diff = export_onnx(net, NETWORKS[stage]["in_channels"], (48, 64, 64) if stage == "coarse" else (96, 64, 64), path)
         if diff > ONNX_TOLERANCE:
             raise SystemExit(f"{stage}: ONNX differs from PyTorch by {diff:.2e} > {ONNX_TOLERANCE}")
     return _replace_stage_in_card(out, stage, json.loads((run / "config.json").read_text()), diff)
