@@ -615,8 +615,8 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         target = os.path.join(folder, ct.GetName(), "dicom")
         try:
             with slicer.util.WaitCursor():
-                written = self.logic.export_dicom(result, ct, seg, target, overwrite=self._parameterNode.overwriteReport,
-                                                  labels_digest=digest)
+                written = self.logic.export_dicom(result, ct, seg, target, labels_digest=digest,
+                                                  overwrite=self._parameterNode.overwriteReport)
                 added = self.logic.add_to_dicom_database(target)
         except Exception as exc:
             self.showError(str(exc).splitlines()[0] if str(exc) else "The DICOM export failed; see the log.",

@@ -300,8 +300,8 @@ def _fracture_items(vertebra, fracture, ucum: dict) -> tuple[list, list]:
         measurements.append(hd.sr.Measurement(name=CodedConcept(*HEIGHT_CODE), value=float(value), unit=ucum["mm"],
                                               finding_sites=[site], method=private_code("height_method")))
     if fracture.height_loss is not None:
-        measurements.append(hd.sr.Measurement(name=private_code("height_loss"), value=round(100 * fracture.height_loss, 1),
-                                              unit=ucum["%"]))
+        measurements.append(hd.sr.Measurement(name=private_code("height_loss"),
+                                              value=round(100 * fracture.height_loss, 1), unit=ucum["%"]))
     evaluations = [hd.sr.QualitativeEvaluation(private_code("genant_grade"), private_code(f"genant_{fracture.grade}"))]
     if fracture.grade and fracture.type in registry.FRACTURE_TYPES:
         evaluations.append(hd.sr.QualitativeEvaluation(private_code("fracture_type"), private_code(fracture.type)))

@@ -699,7 +699,8 @@ def test_export_to_dicom_writes_seg_and_sr_of_the_current_segments_for_a_ct_read
     sr = pydicom.dcmread(written["sr"])
     assert sr.SeriesDescription.startswith("FRACTURE L1 Genant 3")
     report = hd.sr.srread(written["sr"])
-    (l1,) = [g for g in report.content.get_volumetric_roi_measurement_groups() if g.tracking_identifier.startswith("L1")]
+    groups = report.content.get_volumetric_roi_measurement_groups()
+    (l1,) = [g for g in groups if g.tracking_identifier.startswith("L1")]
     assert [e.value.value for e in l1.get_qualitative_evaluations() if e.name.value == "GENANT-GRADE"] == ["GENANT-3"]
     assert logic.add_to_dicom_database(tmp_path / "export") is False  # no DICOM database outside the application
     with pytest.raises(OsteoScreenError, match="already exists"):
