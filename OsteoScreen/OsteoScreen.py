@@ -294,6 +294,7 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.segmentButton.connect("clicked(bool)", self.onSegment)
         self.ui.classifyButton.connect("clicked(bool)", self.onClassify)
         self.ui.saveReportButton.connect("clicked(bool)", self.onSaveReport)
+        self.ui.exportDicomButton.connect("clicked(bool)", self.onExportDicom)
         self.ui.compareButton.connect("clicked(bool)", self.onCompare)
         self.ui.exportComparisonButton.connect("clicked(bool)", self.onExportComparison)
         self.ui.cancelButton.connect("clicked(bool)", self.onCancel)
@@ -377,6 +378,7 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.classifyButton.enabled = bool(ct and seg) and not busy
         self.ui.compareButton.enabled = bool(p and ct and p.referenceSegmentation and p.comparedSegmentation) and not busy
         self.ui.saveReportButton.enabled = self._lastResult is not None and not busy
+        self.ui.exportDicomButton.enabled = self._lastResult is not None and not busy
         self.ui.exportComparisonButton.enabled = bool(self._comparisonRows)
         self.ui.cancelButton.enabled = busy
         self.ui.modelHelpLabel.text = registry.MODELS[p.model.value]["help"] if p else ""
@@ -592,16 +594,44 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
         self._startJob("classify", workDir, inputs, done, f"Classifying with {registry.MODELS[model]['title']}...")
 
-    def onSaveReport(self):
-        if self._lastResult is None:
-            return
-        result, ct, seg, digest = self._lastResult
+    def reportFolder(self):
+        """The report folder of the panel, asked for when none is set yet (None: the reader cancelled)."""
         folder = str(self._parameterNode.reportFolder or "")
         if folder in ("", "."):
             folder = qt.QFileDialog.getExistingDirectory(slicer.util.mainWindow(), "Folder for the OsteoScreen report")
             if not folder:
-                return
+                return None
             self._parameterNode.reportFolder = pathlib.Path(folder)
+        return folder
+
+    def onExportDicom(self):
+        """seg.dcm and sr.dcm of the last classification into the report folder, then into Slicer's DICOM database."""
+        if self._lastResult is None:
+            return
+        result, ct, seg, digest = self._lastResult
+        folder = self.reportFolder()
+        if folder is None:
+            return
+        target = os.path.join(folder, ct.GetName(), "dicom")
+        try:
+            with slicer.util.WaitCursor():
+                written = self.logic.export_dicom(result, ct, seg, target, labels_digest=digest,
+                                                  overwrite=self._parameterNode.overwriteReport)
+                added = self.logic.add_to_dicom_database(target)
+        except Exception as exc:
+            self.showError(str(exc).splitlines()[0] if str(exc) else "The DICOM export failed; see the log.",
+                           details=repr(exc))
+            return
+        where = " and added to the DICOM database" if added else " (no DICOM database open: not added)"
+        self.showStatus(f"DICOM {', '.join(p.name for p in written.values())} written to {target}{where}.")
+
+    def onSaveReport(self):
+        if self._lastResult is None:
+            return
+        result, ct, seg, digest = self._lastResult
+        folder = self.reportFolder()
+        if folder is None:
+            return
         target = os.path.join(folder, ct.GetName())
         try:
             with slicer.util.WaitCursor():

@@ -59,7 +59,26 @@ PRIVATE_CODES: dict[str, tuple[str, str]] = {
     "contrast_portal": ("CONTRAST-PORTAL", "Portal venous phase"),
     "contrast_unknown": ("CONTRAST-UNKNOWN", "Unknown"),
     "patient_group": ("BONE-DENSITY", "Bone density assessment"),
+    # vertebral fracture assessment (fracture.py): Genant HK et al., J Bone Miner Res 1993
+    "height_method": ("BODY-HEIGHT", "Body height along the endplate normal, mid-sagittal slab"),
+    "height_loss": ("HEIGHT-LOSS", "Vertebral body height loss (largest of wedge, biconcave, crush)"),
+    "genant_grade": ("GENANT-GRADE", "Genant semiquantitative vertebral fracture grade"),
+    "genant_0": ("GENANT-0", "Genant grade 0 (normal)"),
+    "genant_1": ("GENANT-1", "Genant grade 1 (mild, 20-25 % height loss)"),
+    "genant_2": ("GENANT-2", "Genant grade 2 (moderate, 25-40 % height loss)"),
+    "genant_3": ("GENANT-3", "Genant grade 3 (severe, over 40 % height loss)"),
+    "fracture_type": ("VFX-TYPE", "Vertebral fracture type"),
+    "wedge": ("WEDGE", "Wedge (anterior height lost)"),
+    "biconcave": ("BICONCAVE", "Biconcave (middle height lost)"),
+    "crush": ("CRUSH", "Crush (whole body lower than its neighbour)"),
+    "fracture_L1": ("VFX-L1", "L1 vertebral fracture (Genant)"),
+    "fracture_L2": ("VFX-L2", "L2 vertebral fracture (Genant)"),
 }
+
+# Where each height of fracture.py was measured: SCT topographical modifiers of CID 2 (Anatomic Modifier).
+HEIGHT_SITES = {"anterior": ("255549009", "Anterior"), "middle": ("26216008", "Central"),
+                "posterior": ("255551008", "Posterior")}
+HEIGHT_CODE = ("121207", "DCM", "Height")  # CID 7470 Linear Measurement
 
 
 def private_code(key: str):
@@ -176,10 +195,12 @@ def _uid(seed: str | None, *parts: str) -> str:
 def build_sr(result, seg, sources: list, uid_seed: str | None = None):
     """A Comprehensive 3D SR holding a TID 1500 Measurement Report of ``result`` (a CaseResult).
 
-    One volumetric measurement group per vertebra (tracking UID and segment reference of its
-    SEG segment; volume in ml, trabecular ROI mean in HU), and one group for the patient
-    (class, the three probabilities, estimated BMD, model, tube voltage and its source,
-    contrast phase).
+    One measurement group for the patient, first (each vertebral fracture of Genant grade 1 or
+    more at its top; class, the three probabilities, estimated BMD, model, tube voltage and its
+    source, contrast phase), then one volumetric measurement group per vertebra (tracking UID
+    and segment reference of its SEG segment; volume in ml, trabecular ROI mean in HU; where the
+    result has a fracture assessment of it: anterior, middle and posterior heights in mm, height
+    loss, Genant grade and, for grade 1 or more, the type).
     """
     import highdicom as hd
     from highdicom.sr import CodedConcept
@@ -187,7 +208,8 @@ def build_sr(result, seg, sources: list, uid_seed: str | None = None):
 
     if result.prediction is None or result.model is None:
         raise OsteoScreenError("no classification to report; a DICOM SR needs a classified case")
-    ucum = {"ml": CodedConcept("ml", "UCUM", "milliliter"), "hu": CodedConcept("[hnsf'U]", "UCUM", "Hounsfield unit"),
+    ucum = {"ml": CodedConcept("ml", "UCUM", "milliliter"), "mm": CodedConcept("mm", "UCUM", "millimeter"),
+            "%": CodedConcept("%", "UCUM", "percent"), "hu": CodedConcept("[hnsf'U]", "UCUM", "Hounsfield unit"),
             "mg/cm3": CodedConcept("mg/cm3", "UCUM", "mg/cm^3"), "1": CodedConcept("1", "UCUM", "no units"),
             "kV": CodedConcept("kV", "UCUM", "kilovolt")}
     observer = hd.sr.ObserverContext(
@@ -214,14 +236,16 @@ def build_sr(result, seg, sources: list, uid_seed: str | None = None):
             measurements.append(hd.sr.Measurement(
                 name=CodedConcept("112031", "DCM", "Attenuation Coefficient"), value=float(measured.trabecular_roi_hu),
                 unit=ucum["hu"], derivation=codes.SCT.Mean, method=private_code("roi_method"), algorithm_id=classifier))
+        fracture_measurements, evaluations = _fracture_items(v, result.fractures.get(v.name), ucum)
         groups.append(hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=hd.sr.TrackingIdentifier(uid=segment.TrackingUID, identifier=segment.TrackingID),
             referenced_segment=hd.sr.ReferencedSegment.from_segmentation(seg, segment_number=v.label),
             finding_type=CodedConcept(v.sct_code, "SCT", v.sct_meaning), finding_sites=[site],
             finding_category=CodedConcept(registry.CATEGORY_CODE[1], registry.CATEGORY_CODE[0],
                                           registry.CATEGORY_CODE[2]),
-            measurements=measurements))
-    groups.append(_patient_group(result, classifier, ucum, uid_seed))
+            measurements=measurements + fracture_measurements, qualitative_evaluations=evaluations or None))
+    # The patient group first: the summary, and the fractures (grade >= 1) at its top.
+    groups.insert(0, _patient_group(result, classifier, ucum, uid_seed))
     report = hd.sr.MeasurementReport(observation_context=context,
                                      procedure_reported=CodedConcept("25045-6", "LN", "CT unspecified body region"),
                                      imaging_measurements=groups)
@@ -229,7 +253,7 @@ def build_sr(result, seg, sources: list, uid_seed: str | None = None):
         evidence=[*sources, seg], content=report[0], series_instance_uid=_uid(uid_seed, "sr-series"),
         series_number=SR_SERIES_NUMBER, sop_instance_uid=_uid(uid_seed, "sr"), instance_number=1,
         manufacturer=MANUFACTURER, is_complete=True, is_final=False, is_verified=False,
-        series_description="OsteoScreen bone density", institution_name=None)
+        series_description=sr_series_description(result), institution_name=None)
     sr.CodingSchemeIdentificationSequence = [_private_scheme()]
     return sr
 
@@ -243,6 +267,45 @@ def _private_scheme():
     item.CodingSchemeName = "OsteoScreen private codes (docs/dicom_output.md)"
     item.CodingSchemeResponsibleOrganization = "OsteoScreen project"
     return item
+
+
+def fractured(result) -> dict:
+    """The vertebrae of ``result`` with a Genant grade of 1 or more: name -> FractureResult."""
+    return {n: f for n, f in (result.fractures or {}).items() if f.grade}
+
+
+def sr_series_description(result) -> str:
+    """The SR's series description, which PACS lists show: a fracture first (at most 64 characters)."""
+    found = fractured(result)
+    if not found:
+        return "OsteoScreen bone density"
+    return ("FRACTURE " + ", ".join(f"{n} Genant {f.grade}" for n, f in found.items()) + " - OsteoScreen")[:64]
+
+
+def _fracture_items(vertebra, fracture, ucum: dict) -> tuple[list, list]:
+    """(measurements, qualitative evaluations) of a vertebra's fracture assessment; none where it
+    was not assessed (no ``fracture``, or grade None: a body cut by the scan's edge or not found)."""
+    import highdicom as hd
+    from highdicom.sr import CodedConcept
+
+    if fracture is None or fracture.grade is None:
+        return [], []
+    measurements = []
+    for position, (code, meaning) in HEIGHT_SITES.items():
+        value = getattr(fracture, f"{position}_mm")
+        if value is None:
+            continue
+        site = hd.sr.FindingSite(CodedConcept(vertebra.sct_code, "SCT", vertebra.sct_meaning),
+                                 topographical_modifier=CodedConcept(code, "SCT", meaning))
+        measurements.append(hd.sr.Measurement(name=CodedConcept(*HEIGHT_CODE), value=float(value), unit=ucum["mm"],
+                                              finding_sites=[site], method=private_code("height_method")))
+    if fracture.height_loss is not None:
+        measurements.append(hd.sr.Measurement(name=private_code("height_loss"),
+                                              value=round(100 * fracture.height_loss, 1), unit=ucum["%"]))
+    evaluations = [hd.sr.QualitativeEvaluation(private_code("genant_grade"), private_code(f"genant_{fracture.grade}"))]
+    if fracture.grade and fracture.type in registry.FRACTURE_TYPES:
+        evaluations.append(hd.sr.QualitativeEvaluation(private_code("fracture_type"), private_code(fracture.type)))
+    return measurements, evaluations
 
 
 def _patient_group(result, classifier, ucum: dict, uid_seed: str | None):
@@ -259,7 +322,10 @@ def _patient_group(result, classifier, ucum: dict, uid_seed: str | None):
                                               value=float(i.tube_voltage_kvp), unit=ucum["kV"]))
     source = str(i.tube_voltage_source or "unknown")
     kvp_source = "kvp_header" if source.startswith("DICOM header") else "kvp_user" if source == "user" else "kvp_unknown"
-    evaluations = [
+    evaluations = [  # a fracture first: a fragility fracture means osteoporosis whatever the BMD
+        hd.sr.QualitativeEvaluation(private_code(f"fracture_{n}"), private_code(f"genant_{f.grade}"))
+        for n, f in fractured(result).items() if f"fracture_{n}" in PRIVATE_CODES
+    ] + [
         hd.sr.QualitativeEvaluation(private_code("class"), private_code(p.class_name)),
         hd.sr.QualitativeEvaluation(private_code("kvp_source"), private_code(kvp_source)),
         hd.sr.QualitativeEvaluation(CodedConcept("109058", "DCM", "Contrast Phase"),

@@ -199,6 +199,42 @@ class OsteoScreenLogic:
         features = _features(case.ct, labels, result)
         return write_case(case, CaseOutcome(labels, result, features), Path(folder), overwrite, segmentation=False)
 
+    def export_dicom(self, result, ct_node, segmentation_node, folder, overwrite: bool = False,
+                     labels_digest: str | None = None) -> dict[str, Path]:
+        """Write the segments as a DICOM SEG (seg.dcm) and the result as a TID 1500 SR (sr.dcm) into
+        ``folder``, referencing the DICOM series the CT was read from; returns {"seg": path, "sr": path}.
+
+        Only for a CT that OsteoScreen read from a DICOM folder (its ``registry.SOURCE_PATH_ATTRIBUTE``):
+        the SEG and SR must reference that series' UIDs. ``labels_digest`` as in :meth:`save_report`.
+        """
+        from .dicom_export import is_dicom_input, write_dicom_outputs
+
+        source = ct_node.GetAttribute(registry.SOURCE_PATH_ATTRIBUTE)
+        if not is_dicom_input(source):
+            raise OsteoScreenError(f"{ct_node.GetName()} was not read from a DICOM folder "
+                                   f"({source or 'no source file known'}); DICOM SEG/SR need the series' UIDs")
+        labels = volume_from_node(ct_node).with_array(segmentation_nodes.labelmap_on_grid(segmentation_node, ct_node))
+        if labels_digest is not None and _digest(labels) != labels_digest:
+            raise OsteoScreenError("the segments changed since the last Classify: classify again, then export")
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        written = write_dicom_outputs(source, labels, result, folder, overwrite)  # segments' source: the result's
+        return {kind: folder / name for kind, name in written.items()}
+
+    def add_to_dicom_database(self, folder) -> bool:
+        """Import the DICOM files of ``folder`` (copies) into Slicer's DICOM database; False where there
+        is none (outside the Slicer application: headless, PythonSlicer)."""
+        try:
+            import slicer
+            from DICOMLib import DICOMUtils
+        except ImportError:
+            return False
+        if getattr(slicer, "dicomDatabase", None) is None or not slicer.dicomDatabase.isOpen:
+            return False
+        if not DICOMUtils.importDicom(str(folder), slicer.dicomDatabase, copyFiles=True):
+            raise OsteoScreenError(f"Slicer's DICOM database did not import {folder}; see the log")
+        return True
+
     # --- annotators
 
     def compare_segmentations(self, reference_node, prediction_node, ct_node) -> list[dict]:

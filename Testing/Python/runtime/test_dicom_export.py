@@ -219,6 +219,20 @@ def coded(group, scheme_value):
     return values[0]
 
 
+def measurement_groups(sr) -> list:
+    return [i for i in content_items(sr) if i.ValueType == "CONTAINER" and code_of(i) == ("DCM", "125007")]
+
+
+def group_of(sr, tracking_id: str):
+    (group,) = [g for g in measurement_groups(sr) if any(i.ValueType == "TEXT" and i.TextValue == tracking_id
+                                                          for i in g.ContentSequence)]
+    return group
+
+
+def patient_group(sr):
+    return group_of(sr, "Bone density (L1-L2)")
+
+
 def test_sr_measurements_equal_the_result_and_point_at_the_seg_segments(exported):
     _, ct_folder, out = exported
     result = a_result()
@@ -229,8 +243,8 @@ def test_sr_measurements_equal_the_result_and_point_at_the_seg_segments(exported
     assert sr.ContentTemplateSequence[0].TemplateIdentifier == "1500"
     assert sr.StudyInstanceUID == ct.StudyInstanceUID and sr.PatientID == ct.PatientID
     assert sr.CodingSchemeIdentificationSequence[0].CodingSchemeDesignator == PRIVATE_SCHEME
-    groups = [i for i in content_items(sr) if i.ValueType == "CONTAINER" and code_of(i) == ("DCM", "125007")]
-    assert len(groups) == 3
+    groups = measurement_groups(sr)
+    assert len(groups) == 3 and groups[0] is patient_group(sr)  # the summary first
     segments = {int(s.SegmentNumber): s for s in seg.SegmentSequence}
     frames, cts = frames_by_slice(out / "seg.dcm"), set(ct_files_by_uid(ct_folder))
     for v in registry.VERTEBRAE:
@@ -247,8 +261,7 @@ def test_sr_measurements_equal_the_result_and_point_at_the_seg_segments(exported
         assert coded(group, ("DCM", "121071")) == ("SCT", v.sct_code)  # finding
         assert numeric(group, ("SCT", "118565006")) == pytest.approx(result.vertebrae[v.name].volume_ml)
         assert numeric(group, ("DCM", "112031")) == pytest.approx(result.vertebrae[v.name].trabecular_roi_hu)
-    patient = next(g for g in groups if any(i.ValueType == "TEXT" and i.TextValue == "Bone density (L1-L2)"
-                                            for i in g.ContentSequence))
+    patient = patient_group(sr)
     p = result.prediction
     assert coded(patient, (PRIVATE_SCHEME, "QCT-CLASS")) == (PRIVATE_SCHEME, "OSTEOPENIA")
     assert numeric(patient, (PRIVATE_SCHEME, "EST-VBMD")) == pytest.approx(p.bmd_mg_cm3)
@@ -276,10 +289,130 @@ def test_an_unknown_tube_voltage_and_phase_are_reported_as_unknown(phantom, tmp_
     case, ct_folder = phantom
     write_dicom_outputs(ct_folder, case.labels, a_result(kvp=None, kvp_source="unknown", contrast=None), tmp_path)
     sr = pydicom.dcmread(tmp_path / "sr.dcm")
-    patient = [i for i in content_items(sr) if i.ValueType == "CONTAINER" and code_of(i) == ("DCM", "125007")][-1]
+    patient = patient_group(sr)
     assert not [i for i in patient.ContentSequence if i.ValueType == "NUM" and code_of(i) == ("DCM", "113733")]
     assert coded(patient, (PRIVATE_SCHEME, "KVP-SOURCE")) == (PRIVATE_SCHEME, "KVP-UNKNOWN")
     assert coded(patient, ("DCM", "109058")) == (PRIVATE_SCHEME, "CONTRAST-UNKNOWN")
+
+
+# --------------------------------------------------------------------------- fractures in the SR
+
+HEIGHT = ("DCM", "121207")
+SITE_MODIFIER = {"255549009": "anterior", "26216008": "middle", "255551008": "posterior"}  # SCT, CID 2
+
+
+@pytest.fixture(scope="module")
+def fractured(tmp_path_factory):
+    """A DICOM phantom whose L1 is crushed (Genant grade 3, as test_fracture shows), its SEG and SR,
+    and the result they were written from (fractures measured on the phantom's labels)."""
+    from OsteoScreenLib.fracture import assess_fractures
+    from OsteoScreenLib.phantom import render_case, sample_parameters, write_case
+
+    params = sample_parameters(3, "chest-box")
+    params["spine"]["fractures"] = [{"level": "L1", "type": "crush", "height_loss": 0.5}]
+    case = render_case(params)
+    ct_folder = write_case(case, tmp_path_factory.mktemp("fractured") / "case", fmt="dicom") / "ct"
+    result = a_result()
+    result.fractures = assess_fractures(case.labels)
+    assert (result.fractures["L1"].grade, result.fractures["L1"].type) == (3, "crush")
+    assert result.fractures["L2"].grade == 0
+    out = tmp_path_factory.mktemp("fractured-out")
+    assert write_dicom_outputs(ct_folder, case.labels, result, out) == {"seg": "seg.dcm", "sr": "sr.dcm"}
+    return result, out
+
+
+def private(key: str):
+    from highdicom.sr import CodedConcept
+
+    from OsteoScreenLib.dicom_export import PRIVATE_CODES
+
+    return CodedConcept(PRIVATE_CODES[key][0], PRIVATE_SCHEME, PRIVATE_CODES[key][1])
+
+
+def test_sr_heights_grade_and_type_equal_the_result_read_back_with_highdicom(fractured):
+    from highdicom.sr import CodedConcept
+
+    result, out = fractured
+    report = hd.sr.srread(out / "sr.dcm")
+    seg = pydicom.dcmread(out / "seg.dcm", stop_before_pixels=True)
+    segments = {s.TrackingID: s for s in seg.SegmentSequence}
+    groups = {g.tracking_identifier: g for g in report.content.get_volumetric_roi_measurement_groups()}
+    assert set(groups) == {"L1 vertebral body", "L2 vertebral body"}
+    for name, f in result.fractures.items():
+        group = groups[f"{name} vertebral body"]
+        segment = segments[f"{name} vertebral body"]
+        assert group.tracking_uid == segment.TrackingUID  # the heights belong to this SEG segment
+        heights = {}
+        for m in group.get_measurements(name=CodedConcept(*HEIGHT[::-1], "Height")):
+            (site,) = m.finding_sites
+            assert site.value.value == segment.SegmentedPropertyTypeCodeSequence[0].CodeValue  # the vertebra
+            assert m.unit.value == "mm" and m.method.value == "BODY-HEIGHT"
+            heights[SITE_MODIFIER[site.topographical_modifier.value]] = m.value
+        assert heights == pytest.approx({"anterior": f.anterior_mm, "middle": f.middle_mm, "posterior": f.posterior_mm})
+        (loss,) = group.get_measurements(name=private("height_loss"))
+        assert loss.value == pytest.approx(100 * f.height_loss) and loss.unit.value == "%"
+        (grade,) = group.get_qualitative_evaluations(name=private("genant_grade"))
+        assert grade.value == private(f"genant_{f.grade}")
+        types = group.get_qualitative_evaluations(name=private("fracture_type"))
+        assert [t.value for t in types] == ([private(f.type)] if f.grade else [])  # no type for grade 0
+    # the values are the result's, not rounded away: L1 was crushed to about half of L2
+    assert result.fractures["L1"].posterior_mm < 0.6 * result.fractures["L2"].posterior_mm
+
+
+def test_a_fracture_is_what_the_sr_shows_first(fractured):
+    """PACS list series by their description and render an SR's content tree in order: the fracture
+    is in the series description, and the first item of the first group that is a finding."""
+    result, out = fractured
+    sr = pydicom.dcmread(out / "sr.dcm")
+    assert sr.SeriesDescription == "FRACTURE L1 Genant 3 - OsteoScreen"
+    first = measurement_groups(sr)[0]
+    assert first is patient_group(sr)
+    evaluations = [i for i in first.ContentSequence if i.ValueType == "CODE" and i.RelationshipType == "CONTAINS"
+                   and code_of(i) != ("DCM", "121071")]  # after the group's finding type
+    assert code_of(evaluations[0]) == (PRIVATE_SCHEME, "VFX-L1")
+    assert code_of(evaluations[0], "ConceptCodeSequence") == (PRIVATE_SCHEME, "GENANT-3")
+    assert [code_of(i) for i in evaluations].count((PRIVATE_SCHEME, "VFX-L2")) == 0  # L2 is grade 0
+
+
+def test_an_sr_without_fractures_says_none_and_an_unassessed_body_gets_no_grade(phantom, tmp_path):
+    """A body cut by the scan's edge (or not found) has no heights to trust: no height, loss or grade
+    items for it, rather than a grade 0 that would read as 'no fracture'."""
+    from OsteoScreenLib.result import FractureResult
+
+    case, ct_folder = phantom
+    result = a_result()
+    result.fractures = {
+        "L1": FractureResult(grade=0, height_loss=0.05, anterior_mm=26.0, middle_mm=25.0, posterior_mm=26.5,
+                             losses={"wedge": 0.02, "biconcave": 0.05}),
+        "L2": FractureResult(note="the body reaches the edge of the scan"),
+    }
+    write_dicom_outputs(ct_folder, case.labels, result, tmp_path)
+    sr = pydicom.dcmread(tmp_path / "sr.dcm")
+    assert sr.SeriesDescription == "OsteoScreen bone density"
+    l1, l2 = group_of(sr, "L1 vertebral body"), group_of(sr, "L2 vertebral body")
+    assert sorted(numeric_all(l1, HEIGHT)) == [25.0, 26.0, 26.5]
+    assert coded(l1, (PRIVATE_SCHEME, "GENANT-GRADE")) == (PRIVATE_SCHEME, "GENANT-0")
+    assert not [i for i in l1.ContentSequence if code_of(i) == (PRIVATE_SCHEME, "VFX-TYPE")]
+    assert numeric_all(l2, HEIGHT) == []
+    assert not [i for i in l2.ContentSequence if code_of(i)[0] == PRIVATE_SCHEME and i.ValueType in ("CODE", "NUM")
+                and code_of(i)[1] in ("GENANT-GRADE", "HEIGHT-LOSS", "VFX-TYPE")]
+    assert numeric(l2, ("DCM", "112031")) == pytest.approx(139.8)  # the rest of the group is still there
+    patient = patient_group(sr)
+    assert not [i for i in patient.ContentSequence if code_of(i)[1].startswith("VFX-")]
+
+
+def numeric_all(group, scheme_value) -> list[float]:
+    return [float(i.MeasuredValueSequence[0].NumericValue) for i in group.ContentSequence
+            if i.ValueType == "NUM" and code_of(i) == scheme_value]
+
+
+def test_dciodvfy_finds_no_error_in_the_seg_and_sr_of_a_phantom_with_a_fracture(fractured):
+    _, out = fractured
+    for name in ("seg.dcm", "sr.dcm"):
+        warnings = dciodvfy(out / name)
+        unexpected = [w for w in warnings if "99OSTEO" not in w and "DICOMDIR" not in w]
+        assert not unexpected, "\n".join(unexpected)
+        print(f"fractured {name}: {len(warnings)} dciodvfy warnings", *sorted(set(warnings)), sep="\n  ")
 
 
 # --------------------------------------------------------------------------- dciodvfy (dicom3tools)
@@ -353,7 +486,7 @@ def test_classify_on_a_dicom_series_writes_seg_and_sr_beside_result_json(phantom
     seg = hd.seg.segread(out.parent / "seg.dcm")
     assert {s.SegmentAlgorithmType for s in seg.SegmentSequence} == {"MANUAL"}  # the reader's file
     sr = pydicom.dcmread(out.parent / "sr.dcm")
-    patient = [i for i in content_items(sr) if i.ValueType == "CONTAINER" and code_of(i) == ("DCM", "125007")][-1]
+    patient = patient_group(sr)
     assert numeric(patient, (PRIVATE_SCHEME, "EST-VBMD")) == pytest.approx(result["prediction"]["bmd_mg_cm3"])
     assert coded(patient, (PRIVATE_SCHEME, "QCT-CLASS"))[1] == result["prediction"]["class"].upper()
     l1 = [g for g in content_items(sr) if g.ValueType == "CONTAINER" and any(
@@ -409,7 +542,7 @@ def test_screen_on_a_dicom_series_writes_seg_and_sr_into_the_case_folder(phantom
     referenced = {i.ReferencedSOPSequence[0].ReferencedSOPInstanceUID for i in content_items(sr)
                   if i.ValueType == "IMAGE" and code_of(i) == ("DCM", "121191")}
     assert referenced == {seg.SOPInstanceUID}
-    patient = [i for i in content_items(sr) if i.ValueType == "CONTAINER" and code_of(i) == ("DCM", "125007")][-1]
+    patient = patient_group(sr)
     assert numeric(patient, ("DCM", "113733")) == result["input"]["tube_voltage_kvp"]  # from the DICOM header
     assert coded(patient, (PRIVATE_SCHEME, "KVP-SOURCE")) == (PRIVATE_SCHEME, "KVP-HEADER")
 

@@ -250,3 +250,34 @@ def test_classifying_a_phantom_with_a_crushed_l1_reports_the_fracture_first(tmp_
     assert set(outcome.heights) == {"L1", "L2"}
     png = write_report_image(case.ct, outcome, tmp_path / "report.png")
     assert png.stat().st_size > 10_000
+
+
+def test_results_csv_carries_the_grade_type_and_heights_of_each_level(tmp_path):
+    """The batch's table, as `screen` writes it (from result.json of each case folder): one column per
+    level and measure, with the result's values; an unassessed level's cells are empty."""
+    import csv
+
+    from OsteoScreenLib.batch import csv_row, write_csv
+    from OsteoScreenLib.result import FractureResult
+
+    fractures = assess_fractures(label_map(ISO, wedge(wedge_drop_for(0.32))))
+    done = tmp_path / "case1"
+    done.mkdir()
+    (done / "result.json").write_text(json.dumps(a_result(fractures).to_json()))
+    cut = tmp_path / "case2"
+    cut.mkdir()
+    edge = {"L1": fractures["L1"], "L2": FractureResult(note="the body reaches the edge of the scan")}
+    (cut / "result.json").write_text(json.dumps(a_result(edge).to_json()))
+    write_csv(tmp_path / "results.csv", [csv_row("case1", done, tmp_path / "a"), csv_row("case2", cut, tmp_path / "b")])
+    with open(tmp_path / "results.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == list(CSV_FIELDS)
+    for n, f in fractures.items():
+        assert int(rows[0][f"{n}_fracture_grade"]) == f.grade and rows[0][f"{n}_fracture_type"] == (f.type or "")
+        for p in ("anterior", "middle", "posterior"):
+            assert float(rows[0][f"{n}_{p}_mm"]) == getattr(f, f"{p}_mm")
+        assert float(rows[0][f"{n}_height_loss"]) == f.height_loss
+    assert rows[0]["L1_fracture_grade"] == "2" and rows[0]["L1_fracture_type"] == "wedge"
+    assert float(rows[0]["L1_anterior_mm"]) < float(rows[0]["L1_posterior_mm"])  # a wedge
+    assert rows[1]["L1_fracture_grade"] == "2" and rows[1]["L2_fracture_grade"] == ""
+    assert all(rows[1][f"L2_{p}_mm"] == "" for p in ("anterior", "middle", "posterior"))

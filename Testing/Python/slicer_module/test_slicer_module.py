@@ -86,7 +86,7 @@ def test_the_osteoscreenlib_names_the_module_uses_exist():
     for method in ("load_ct", "load_segmentation", "segment", "save_segmentation", "classify", "labels_digest",
                    "tube_voltage", "result_to_table", "save_report", "compare_segmentations", "screen",
                    "comparison_to_table", "export_volume", "source_path", "import_segmentation",
-                   "segmentation_warnings"):
+                   "segmentation_warnings", "export_dicom", "add_to_dicom_database"):
         assert callable(getattr(OsteoScreenLogic, method)), method
 
 
@@ -661,3 +661,57 @@ def test_classify_fills_only_a_table_it_made_and_save_report_refuses_edited_segm
     with pytest.raises(OsteoScreenError, match="classify again"):
         logic.save_report(result, ct, seg, tmp_path / "after", labels_digest=digest)
     assert not (tmp_path / "after" / "result.json").exists()
+
+
+def test_export_to_dicom_writes_seg_and_sr_of_the_current_segments_for_a_ct_read_from_dicom(bundled_models, tmp_path):
+    """The logic behind *Export to DICOM* on slicer-core's MRML: a DICOM phantom with a crushed L1, loaded
+    and classified as in Slicer; the SEG references the series and holds the node's segments, the SR
+    carries the result with its fracture; a CT from a NIfTI file and edited segments are refused."""
+    import pydicom
+    import slicer
+
+    from OsteoScreenLib.errors import OsteoScreenError
+    from OsteoScreenLib.logic import OsteoScreenLogic
+    from OsteoScreenLib.phantom import render_case, sample_parameters, write_case
+
+    hd = pytest.importorskip("highdicom")
+    params = sample_parameters(3, "chest-box")
+    params["spine"]["fractures"] = [{"level": "L1", "type": "crush", "height_loss": 0.5}]
+    case = render_case(params)
+    folder = write_case(case, tmp_path / "case", fmt="dicom")
+    logic = OsteoScreenLogic(slicer.vtkMRMLScene())
+    ct = logic.load_ct(folder / "ct", display=False)
+    seg = logic.load_segmentation(folder / "labels.nii.gz", ct)
+    digest = logic.labels_digest(seg, ct)
+    result = logic.classify(ct, seg, "l1l2")
+    assert result.fractures["L1"].grade == 3
+    written = logic.export_dicom(result, ct, seg, tmp_path / "export", labels_digest=digest)
+    assert written == {"seg": tmp_path / "export" / "seg.dcm", "sr": tmp_path / "export" / "sr.dcm"}
+    series = pydicom.dcmread(next((folder / "ct").iterdir()), stop_before_pixels=True).SeriesInstanceUID
+    dicom_seg = hd.seg.segread(written["seg"])
+    assert dicom_seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series
+    assert [int(s.SegmentNumber) for s in dicom_seg.SegmentSequence] == [1, 2]
+    voxels = {n: int((case.labels.array == n).sum()) for n in (1, 2)}
+    frames = dicom_seg.pixel_array.reshape(int(dicom_seg.NumberOfFrames), -1)
+    numbers = [int(f.SegmentIdentificationSequence[0].ReferencedSegmentNumber)
+               for f in dicom_seg.PerFrameFunctionalGroupsSequence]
+    assert {n: int(sum(frames[i].sum() for i, m in enumerate(numbers) if m == n)) for n in (1, 2)} == voxels
+    sr = pydicom.dcmread(written["sr"])
+    assert sr.SeriesDescription.startswith("FRACTURE L1 Genant 3")
+    report = hd.sr.srread(written["sr"])
+    groups = report.content.get_volumetric_roi_measurement_groups()
+    (l1,) = [g for g in groups if g.tracking_identifier.startswith("L1")]
+    assert [e.value.value for e in l1.get_qualitative_evaluations() if e.name.value == "GENANT-GRADE"] == ["GENANT-3"]
+    assert logic.add_to_dicom_database(tmp_path / "export") is False  # no DICOM database outside the application
+    with pytest.raises(OsteoScreenError, match="already exists"):
+        logic.export_dicom(result, ct, seg, tmp_path / "export")
+    from OsteoScreenLib.ct_io import write_volume
+
+    nifti = logic.load_ct(write_volume(case.ct, tmp_path / "ct.nii.gz"), display=False)
+    with pytest.raises(OsteoScreenError, match="was not read from a DICOM folder"):
+        logic.export_dicom(result, nifti, seg, tmp_path / "other")
+    segmentation = seg.GetSegmentation()
+    segmentation.RemoveSegment(segmentation.GetSegmentIdBySegmentName("L2"))  # the reader edits after Classify
+    with pytest.raises(OsteoScreenError, match="classify again"):
+        logic.export_dicom(result, ct, seg, tmp_path / "edited", labels_digest=digest)
+    assert not (tmp_path / "edited" / "seg.dcm").exists()
