@@ -54,9 +54,10 @@ VERSE_LEVEL_IDS: dict[str, int] = {
 }
 VERSE_LEVEL_NAMES: dict[int, str] = {v: k for k, v in VERSE_LEVEL_IDS.items()}
 
-# Classes of the vertebra counter (vertebra_count.py): the core of every vertebral body in view,
-# split by whether the vertebra bears a rib pair (T1 down to the last thoracic vertebra).
-COUNT_CLASSES: dict[str, int] = {"background": 0, "rib-bearing body": 1, "body without ribs": 2}
+# Classes of the vertebra counter (vertebra_count.py): every vertebral body in view, split by
+# whether the vertebra bears a rib pair (T1 down to the last thoracic vertebra), and the discs
+# between them (with the endplates next to them), where one body ends and the next begins.
+COUNT_CLASSES: dict[str, int] = {"background": 0, "rib-bearing body": 1, "body without ribs": 2, "disc": 3}
 # Rib-bearing (thoracic) vertebrae in the usual spine: L1 is the 13th body counted from T1.
 THORACIC_COUNT = 12
 

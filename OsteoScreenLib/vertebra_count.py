@@ -24,7 +24,7 @@ from .postprocess import components
 from .registry import COUNT_CLASSES, THORACIC_COUNT
 from .volume import Volume
 
-RIB, NO_RIB = COUNT_CLASSES["rib-bearing body"], COUNT_CLASSES["body without ribs"]
+RIB, NO_RIB, DISC = COUNT_CLASSES["rib-bearing body"], COUNT_CLASSES["body without ribs"], COUNT_CLASSES["disc"]
 MIN_CORE_VOXELS = 4  # a body is 40-300 voxels on the counter's grid; smaller specks are noise
 # Touching bodies are split at a dip of the mass per slice to below this share of the smaller
 # peak; peaks closer than this are one body (the shortest bodies, upper thoracic, are ~14 mm high).
@@ -112,16 +112,18 @@ class Count:
 def find_bodies(probabilities: Volume) -> list[Body]:
     """The bodies the counter marks, along the spine from top to bottom.
 
-    ``probabilities``: (k, j, i, 3) class probabilities on a RAS-aligned grid (k = S: the coarse
-    grid). Each core is a connected region where background is below one half, split where its
-    mass along S dips between two peaks (cores of neighbouring bodies that touch); the chain keeps
+    ``probabilities``: (k, j, i, C) class probabilities (registry.COUNT_CLASSES) on a RAS-aligned
+    grid (k = S). Each body is a connected region where a body class outweighs background and disc,
+    split where its mass along S dips between two peaks (neighbouring bodies that touch); the chain keeps
     the cores that follow one another down the spine from the strongest one (a speck on the
     sternum or an organ is left out)."""
     p = probabilities.array
+    body = p[..., RIB] + p[..., NO_RIB]
+    others = p[..., 0] if p.shape[-1] <= DISC else np.maximum(p[..., 0], p[..., DISC])
     bodies = []
-    for region in components(p[..., 0] < 0.5, MIN_CORE_VOXELS):
-        slice_mm = float(np.linalg.norm(probabilities.ijk_to_ras[:3, 2]))
-        for core in split_along_s(region, 1.0 - p[..., 0], max(1, int(round(MIN_PEAK_SEPARATION_MM / slice_mm)))):
+    slice_mm = float(np.linalg.norm(probabilities.ijk_to_ras[:3, 2]))
+    for region in components(body > others, MIN_CORE_VOXELS):
+        for core in split_along_s(region, body, max(1, int(round(MIN_PEAK_SEPARATION_MM / slice_mm)))):
             rib, none = float(p[..., RIB][core].sum()), float(p[..., NO_RIB][core].sum())
             centre = probabilities.voxel_centers_ras(np.argwhere(core).mean(axis=0))[0]
             bodies.append(Body(centre, rib / max(rib + none, 1e-6), rib + none))

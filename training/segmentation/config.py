@@ -23,9 +23,10 @@ NETWORKS = {
     # and the coarse input's size varies from scan to scan
     "coarse": {"in_channels": 1, "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1, "norm": "batch"},
     "fine": {"in_channels": 3, "channels": [8, 16, 32, 64], "strides": [2, 2, 2], "num_res_units": 1},
-    # the vertebra counter reads the coarse stage's input (out_channels=3: background, core of a
-    # rib-bearing body, core of a body without ribs; registry.COUNT_CLASSES)
-    "count": {"in_channels": 1, "channels": [16, 32, 64, 128], "strides": [2, 2, 2], "num_res_units": 1, "norm": "batch"},
+    # the vertebra counter (out_channels=4: background, rib-bearing body, body without ribs, disc;
+    # registry.COUNT_CLASSES)
+    "count": {"in_channels": 1, "out_channels": 4, "channels": [16, 32, 64, 128], "strides": [2, 2, 2],
+              "num_res_units": 1, "norm": "batch"},
 }
 # Rib check (training/segmentation/rib_check.py): a small 3D CNN, one logit (the vertebra bears ribs).
 RIB_CHECK_NETWORK = {"channels": [8, 16, 32], "dropout": 0.2}

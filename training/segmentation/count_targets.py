@@ -28,6 +28,7 @@ from OsteoScreenLib.volume import Volume
 from .config import PREPROCESSING
 
 RIB_BEARING, NO_RIBS = registry.COUNT_CLASSES["rib-bearing body"], registry.COUNT_CLASSES["body without ribs"]
+DISC = registry.COUNT_CLASSES["disc"]
 # Each body is marked as an elliptic cylinder in its own frame: its width and depth times
 # BODY_IN_PLANE, its height less BODY_END_TRIM_MM at each endplate, so that the disc between two
 # bodies (4-12 mm) becomes a gap of at least 8 mm: a background slice on the 5 mm grid, where the
@@ -69,19 +70,40 @@ def count_target(bodies: Bodies, grid: np.ndarray, shape) -> np.ndarray:
     0 background, RIB_BEARING or NO_RIBS within each body (short of its endplates)."""
     target = np.zeros(shape, np.uint8)
     spacing = np.abs(np.diag(grid)[:3])[::-1]  # k, j, i
-    for centre, rib, frame, (a, b, h) in zip(bodies.centres, bodies.ribs, bodies.frames, bodies.half_axes):
+    n = len(bodies.names)
+    ends = []  # each body's trimmed upper and lower end centres (world), for the discs between them
+    for v, (centre, rib, frame, (a, b, h)) in enumerate(zip(bodies.centres, bodies.ribs, bodies.frames, bodies.half_axes)):
         a, b, h = a * BODY_IN_PLANE, b * BODY_IN_PLANE, max(h - BODY_END_TRIM_MM, MIN_HALF_HEIGHT_MM)
-        reach = np.ceil(max(a, b, h) / spacing).astype(int) + 1
-        c = np.round(np.linalg.solve(grid, np.append(centre, 1.0))[:3][::-1]).astype(int)  # (k, j, i)
-        lo, hi = np.maximum(c - reach, 0), np.minimum(c + reach + 1, shape)
-        if np.any(hi <= lo):
-            continue  # the body lies outside the scan
-        kji = np.indices(hi - lo).reshape(3, -1).T + lo
-        ras = (grid[:3, :3] @ kji[:, ::-1].T).T + grid[:3, 3]
-        local = (ras - centre) @ frame  # vertebra frame: x = R, y = A, z = S of the body
-        inside = kji[((local[:, 0] / a) ** 2 + (local[:, 1] / b) ** 2 <= 1.0) & (np.abs(local[:, 2]) <= h)]
-        target[tuple(inside.T)] = RIB_BEARING if rib else NO_RIBS
+        ends.append((centre + frame[:, 2] * h, centre - frame[:, 2] * h, a, b))
+        _paint(target, grid, spacing, centre, frame, a, b, h, RIB_BEARING if rib else NO_RIBS)
+    for v in range(n - 1):  # the disc (with the trimmed endplates) from one body's lower end to the next's upper end
+        lower_end, (upper_end, _, a2, b2) = ends[v][1], ends[v + 1]
+        axis = lower_end - upper_end
+        length = float(np.linalg.norm(axis))
+        if length < 1e-3:
+            continue
+        frame = np.array(bodies.frames[v], float).copy()
+        frame[:, 2] = axis / length  # along the spine from the lower body's top to the upper body's bottom
+        a, b = (ends[v][2] + a2) / 2, (ends[v][3] + b2) / 2
+        _paint(target, grid, spacing, (lower_end + upper_end) / 2, frame, a, b, length / 2, DISC, only_background=True)
     return target
+
+
+def _paint(target: np.ndarray, grid: np.ndarray, spacing: np.ndarray, centre, frame, a: float, b: float, h: float,
+           value: int, only_background: bool = False) -> None:
+    """Mark the elliptic cylinder (half axes a, b; half height h along the frame's third column)."""
+    reach = np.ceil(max(a, b, h) / spacing).astype(int) + 1
+    c = np.round(np.linalg.solve(grid, np.append(centre, 1.0))[:3][::-1]).astype(int)  # (k, j, i)
+    lo, hi = np.maximum(c - reach, 0), np.minimum(c + reach + 1, target.shape)
+    if np.any(hi <= lo):
+        return  # outside the scan
+    kji = np.indices(hi - lo).reshape(3, -1).T + lo
+    ras = (grid[:3, :3] @ kji[:, ::-1].T).T + grid[:3, 3]
+    local = (ras - np.asarray(centre, float)) @ frame  # x = R, y = A, z = along the axis
+    inside = kji[((local[:, 0] / a) ** 2 + (local[:, 1] / b) ** 2 <= 1.0) & (np.abs(local[:, 2]) <= h)]
+    if only_background:
+        inside = inside[target[tuple(inside.T)] == 0]
+    target[tuple(inside.T)] = value
 
 
 def count_sample(params: dict, ct: Volume) -> dict:

@@ -109,7 +109,8 @@ def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> 
         "osteoscreen_version": __version__,
         "files": {s: {"path": f"{s}.onnx", "sha256": sha256_file(out / f"{s}.onnx"), "format": f"ONNX opset {ONNX_OPSET}"}
                   for s in ("coarse", "fine", "rib_check", "count")},
-        "architecture": {**{s: {"type": "MONAI UNet", "spatial_dims": 3, "out_channels": 3, **NETWORKS[s]} for s in NETWORKS},
+        "architecture": {**{s: {"type": "MONAI UNet", "spatial_dims": 3, "out_channels": 3, **NETWORKS[s]}
+                            for s in NETWORKS},
                          "rib_check": {"type": "3D CNN (two 3x3x3 convolutions per block, max pooling, global average "
                                        "pooling), one logit: the vertebra at the box centre bears a rib pair",
                                        **RIB_CHECK_NETWORK}},

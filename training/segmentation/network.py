@@ -9,4 +9,4 @@ from .config import NETWORKS
 
 
 def build_network(stage: str) -> UNet:
-    return UNet(spatial_dims=3, out_channels=3, **NETWORKS[stage])
+    return UNet(spatial_dims=3, **{"out_channels": 3, **NETWORKS[stage]})

@@ -115,7 +115,7 @@ class Samples:
 def dice_per_class(logits: torch.Tensor, y: torch.Tensor) -> list[float]:
     pred = logits.argmax(1)
     out = []
-    for c in (1, 2):
+    for c in range(1, logits.shape[1]):
         p, t = pred == c, y == c
         denom = p.sum().item() + t.sum().item()
         out.append(2 * (p & t).sum().item() / denom if denom else 1.0)
@@ -150,8 +150,12 @@ def train(args) -> None:
         init_dir = Path(args.init)
         config["init"] = {"run": init_dir.name, "config": json.loads((init_dir / "config.json").read_text())}
         if not ckpt.exists():
-            state = torch.load(init_dir / "final.pt", map_location="cpu", weights_only=True)
-            net.load_state_dict(state["model"])
+            state = torch.load(init_dir / "final.pt", map_location="cpu", weights_only=True)["model"]
+            # a run with more output classes keeps every layer but the last (started afresh)
+            own = net.state_dict()
+            fits = {k: v for k, v in state.items() if k in own and own[k].shape == v.shape}
+            config["init"]["layers_not_taken"] = sorted(set(own) - set(fits))
+            net.load_state_dict(fits, strict=False)
     if ckpt.exists():
         state = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors only, never pickle objects
         net.load_state_dict(state["model"])

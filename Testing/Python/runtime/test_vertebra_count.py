@@ -190,3 +190,22 @@ def test_touching_cores_are_split_at_the_disc():
     c = count_vertebrae(probs)
     assert len(c.bodies) == len(USUAL)
     assert c.l1_from_top == c.l1_from_ribs == USUAL.index("L1")
+
+
+def test_the_disc_class_separates_bodies_the_body_classes_would_join():
+    """Where the counter is more sure of a disc than of a body, the bodies on either side are two,
+    even if the body classes together outweigh the background there."""
+    probs, _ = spine(USUAL)
+    p3 = probs.array
+    p = np.zeros((*p3.shape[:3], 4), np.float32)
+    p[..., :3] = p3
+    column = p3[..., 1:].sum(-1) > 0
+    ks = np.nonzero(column.any(axis=(1, 2)))[0]
+    gap = np.zeros(p.shape[:3], bool)
+    gap[ks.min():ks.max() + 1, 6:9, 6:9] = True
+    gap &= ~column
+    p[gap] = [0.1, 0.2, 0.2, 0.5]  # body 0.4 > background 0.1, but the disc is surer
+    p[~gap & ~column] = [1.0, 0.0, 0.0, 0.0]
+    c = count_vertebrae(Volume(p, probs.ijk_to_ras.copy()))
+    assert len(c.bodies) == len(USUAL)
+    assert c.l1_from_top == c.l1_from_ribs == USUAL.index("L1")
