@@ -106,8 +106,8 @@ class StudySelection:
         return next((s.accession_number for s in self.series if s.accession_number), "")
 
     def folder(self) -> Path:
-        """The folder holding the chosen series (else the whole study)."""
-        files = self.chosen.files if self.chosen else [f for s in self.series for f in s.files]
+        """The folder holding the whole study (its case is named after it)."""
+        files = [f for s in self.series for f in s.files]
         if not files:
             return Path(".")
         return Path(os.path.commonpath([str(p.parent) for p in files]))
@@ -125,7 +125,7 @@ class StudySelection:
 
 @dataclass
 class StudyInput:
-    """One item of a batch: a study and the series chosen to read (``path``: its folder)."""
+    """One item of a batch: a study (``path``: the folder holding all its files) and the series chosen to read."""
 
     path: Path
     selection: StudySelection
