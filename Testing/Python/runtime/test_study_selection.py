@@ -234,3 +234,25 @@ def test_a_study_without_a_usable_series_fails_alone_with_the_reasons(archive, t
     assert row["status"] == "failed" and "no usable CT series" in row["error"] and "scout/localizer" in row["error"]
     error = json.loads(next((tmp_path / "out").glob("*/error.json")).read_text())
     assert error["series_selection"]["chosen"] is None
+
+
+def test_without_pyarrow_only_the_csv_is_written_and_the_note_says_why(tmp_path, monkeypatch):
+    import builtins
+
+    from OsteoScreenLib.batch import run_batch
+
+    real_import = builtins.__import__
+
+    def no_pyarrow(name, *args, **kwargs):
+        if name.startswith("pyarrow"):
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+
+    def process(source, folder):
+        (folder / "result.json").write_text(json.dumps({"model": {"name": "l1l2"}, "vertebrae": {}, "warnings": []}))
+
+    summary = run_batch([tmp_path / "a.nii.gz"], tmp_path / "out", process)
+    assert summary.parquet_path is None and "pip install osteoscreen[parquet]" in summary.parquet_note
+    assert (tmp_path / "out" / "results.csv").exists() and not (tmp_path / "out" / "results.parquet").exists()
