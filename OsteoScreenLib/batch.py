@@ -49,6 +49,7 @@ class BatchSummary:
     csv_path: Path | None = None
     parquet_path: Path | None = None  # None: not written (see parquet_note)
     parquet_note: str = ""
+    workers: dict = field(default_factory=dict)  # engine ray: worker pid -> [(case, id of its models)]
 
 
 def expand_inputs(paths: list[str | os.PathLike], dicom_root: str | os.PathLike | None = None) -> list:
@@ -162,6 +163,23 @@ def write_csv(path: Path, rows: list[dict]) -> None:
     write_text(path, buf.getvalue(), overwrite=True)
 
 
+def run_one(process_case: Callable, source, folder: Path) -> tuple[str, str | None]:
+    """One case into ``folder``: (status text, error or None); a failure is recorded in error.json.
+    Both engines (this process, or a Ray worker) run each case through here."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / ERROR_NAME).unlink(missing_ok=True)
+    t = time.perf_counter()
+    try:
+        process_case(source, folder)
+        return f"ok ({time.perf_counter() - t:.1f} s)", None
+    except OsteoScreenError as exc:
+        msg = str(exc)
+    except Exception as exc:  # an unexpected failure of one scan must not stop the batch
+        msg = f"internal error {exc.__class__.__name__}: {exc}"
+    write_json(folder / ERROR_NAME, _error_record(source, msg), overwrite=True)
+    return f"failed: {msg}", msg
+
+
 def run_batch(
     inputs: list[Path],
     output_dir: Path,
@@ -182,28 +200,22 @@ def run_batch(
             summary.skipped.append(case)
             status = "skipped (done)"
         else:
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / ERROR_NAME).unlink(missing_ok=True)
-            t = time.perf_counter()
-            try:
-                process_case(source, folder)
+            status, error = run_one(process_case, source, folder)
+            if error is None:
                 summary.done.append(case)
-                status = f"ok ({time.perf_counter() - t:.1f} s)"
-            except OsteoScreenError as exc:
-                write_json(folder / ERROR_NAME, _error_record(source, str(exc)), overwrite=True)
-                summary.failed[case] = str(exc)
-                status = f"failed: {exc}"
-            except Exception as exc:  # an unexpected failure of one scan must not stop the batch
-                msg = f"internal error {exc.__class__.__name__}: {exc}"
-                write_json(folder / ERROR_NAME, _error_record(source, msg), overwrite=True)
-                summary.failed[case] = msg
-                status = f"failed: {msg}"
+            else:
+                summary.failed[case] = error
         write_csv(summary.csv_path, [csv_row(c, output_dir / c, s) for s, c in zip(inputs, names)])
         if progress is not None:
             progress(n + 1, len(inputs), case, status)
-    summary.parquet_path, summary.parquet_note = write_parquet(
-        output_dir / PARQUET_NAME, [csv_row(c, output_dir / c, s) for s, c in zip(inputs, names)])
+    finish_tables(summary, output_dir, inputs, names)
     return summary
+
+
+def finish_tables(summary: BatchSummary, output_dir: Path, inputs: list, names: list[str]) -> None:
+    rows = [csv_row(c, output_dir / c, s) for s, c in zip(inputs, names)]
+    write_csv(summary.csv_path, rows)
+    summary.parquet_path, summary.parquet_note = write_parquet(output_dir / PARQUET_NAME, rows)
 
 
 def _error_record(source, error: str) -> dict:

@@ -144,7 +144,8 @@ def cmd_screen(args) -> int:
     if args.dicom_root and not Path(args.dicom_root).is_dir():
         raise OsteoScreenError(f"{args.dicom_root}: no such folder; check --dicom-root")
     summary = logic.screen(args.inputs, Path(args.output_dir), args.model, args.overwrite, progress, kvp=args.kvp,
-                           contrast=args.contrast, dicom_root=args.dicom_root)
+                           contrast=args.contrast, dicom_root=args.dicom_root, engine=args.engine,
+                           address=args.address, workers=args.workers)
     print(f"{len(summary.done)} done, {len(summary.skipped)} already done, {len(summary.failed)} failed; "
           f"table: {summary.csv_path}" + (f" and {summary.parquet_path}" if summary.parquet_path else ""))
     if summary.parquet_note:
@@ -321,6 +322,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "'study_instance_uid' column")
     s.add_argument("--dicom-root", default=None,
                    help="folder in which the StudyInstanceUIDs of a manifest are looked for")
+    s.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: one case after another in this process (default); ray: cases in parallel on Ray "
+                   "workers, each loading the models once (pip install osteoscreen[distributed])")
+    s.add_argument("--address", default=None,
+                   help="with --engine ray: the Ray cluster to use (e.g. ray://head:10001 or auto); default: start "
+                   "Ray on this machine. The workers must see the input and output paths")
+    s.add_argument("--workers", type=int, default=None, help="with --engine ray: how many workers (default: one per CPU)")
     s.add_argument("--output-dir", required=True)
     _model_option(s)
     _scan_options(s)
