@@ -10,6 +10,7 @@ paths, e.g. a shared file system). Each worker loads the models once, on its fir
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 from typing import Callable
 
@@ -107,6 +108,7 @@ def run_batch_ray(
     if pending:
         started_here = not ray.is_initialized()
         if started_here:
+            _check_reachable(address)
             try:
                 ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
             except Exception as exc:  # no cluster at that address, or Ray cannot start here
@@ -120,6 +122,20 @@ def run_batch_ray(
                 ray.shutdown()
     finish_tables(summary, output_dir, inputs, names)
     return summary
+
+
+def _check_reachable(address: str | None, timeout_s: float = 5.0) -> None:
+    """A HOST:PORT (or ray://HOST:PORT) address must answer within seconds: Ray itself retries for minutes."""
+    if not address or address == "auto":
+        return
+    host, _, port = address.split("://", 1)[-1].rpartition(":")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except ValueError:
+        raise OsteoScreenError(f"Ray address {address!r} is not HOST:PORT, ray://HOST:PORT or auto; check --address") from None
+    except OSError as exc:
+        raise OsteoScreenError(f"cannot reach a Ray cluster at {address} ({exc.strerror or exc}); check --address "
+                               "and that the cluster is running") from None
 
 
 def _run_on_ray(ray, pending, output_dir, processor, summary, cancel, workers, progress, total, table) -> None:

@@ -256,3 +256,40 @@ def test_without_pyarrow_only_the_csv_is_written_and_the_note_says_why(tmp_path,
     summary = run_batch([tmp_path / "a.nii.gz"], tmp_path / "out", process)
     assert summary.parquet_path is None and "pip install osteoscreen[parquet]" in summary.parquet_note
     assert (tmp_path / "out" / "results.csv").exists() and not (tmp_path / "out" / "results.parquet").exists()
+
+
+def test_the_ray_engine_gives_the_local_engine_s_outputs_and_loads_the_models_once_per_worker(archive, tmp_path):
+    pytest.importorskip("ray")
+    import slicer
+
+    from OsteoScreenLib.logic import OsteoScreenLogic
+
+    root, uid, _ = archive
+    logic = OsteoScreenLogic(slicer.vtkMRMLScene())
+    local = logic.screen([root], tmp_path / "local")
+    seen = []
+    summary = logic.screen([root], tmp_path / "ray", engine="ray", workers=1,
+                           progress=lambda done, total, case, status: seen.append((done, total, case)))
+    assert summary.done == ["study1", "study7"] == local.done and not summary.failed
+    assert sorted(seen) == [(1, 2, "study1"), (2, 2, "study7")] or sorted(c for _, _, c in seen) == ["study1", "study7"]
+    (pid, cases), = summary.workers.items()  # one worker: both cases, one set of models
+    assert pid != __import__("os").getpid() and [c for c, _ in cases] == ["study1", "study7"]
+    assert len({m for _, m in cases}) == 1 and cases[0][1] is not None
+    rows = {e: list(csv.DictReader(open(tmp_path / e / "results.csv"))) for e in ("local", "ray")}
+    for a, b in zip(rows["local"], rows["ray"]):
+        assert a["case"] == b["case"] and a["class"] == b["class"] and a["series_uid"] == b["series_uid"]
+        for k in ("bmd_mg_cm3", "L1_roi_hu", "L2_roi_hu", "p_normal"):
+            assert float(b[k]) == pytest.approx(float(a[k]), rel=1e-4, abs=1e-3)
+    assert (tmp_path / "ray" / "results.parquet").exists() and (tmp_path / "ray" / "study1" / "seg.dcm").exists()
+    again = logic.screen([root], tmp_path / "ray", engine="ray")  # resumable: nothing left, Ray not even started
+    assert again.skipped == ["study1", "study7"] and not again.done and not again.workers
+
+
+def test_the_ray_engine_refuses_a_cluster_it_cannot_reach(archive, tmp_path, capsys):
+    pytest.importorskip("ray")
+    from OsteoScreenLib.cli import main
+
+    root, _, _ = archive
+    code = main(["screen", str(root), "--output-dir", str(tmp_path / "o"), "--engine", "ray",
+                 "--address", "127.0.0.1:1"])
+    assert code == 1 and "cannot reach a Ray cluster at 127.0.0.1:1" in capsys.readouterr().err
