@@ -187,6 +187,7 @@ SERIES_NON_IMAGE_SOP_PREFIXES: dict[str, str] = {
     "1.2.840.10008.5.1.4.1.1.7": "secondary capture (dose screen or key images)",
     "1.2.840.10008.5.1.4.1.1.11.": "presentation state",
     "1.2.840.10008.5.1.4.1.1.66": "raw data",
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT (multi-frame, not read yet: export classic CT images)",
 }
 SERIES_LOCALIZER_IMAGE_TYPES: tuple[str, ...] = ("LOCALIZER", "SCOUT", "TOPOGRAM")
 SERIES_MIN_SLICES = 20  # fewer: a scout, a single-slice series or a few key images

@@ -245,8 +245,9 @@ def scan_dicom_files(files: list[Path]) -> dict[str, dict[str, SeriesInfo]]:
 def exclusion_reason(s: SeriesInfo) -> str | None:
     """Why a series cannot be read at all (None: eligible); in the order of docs/archive.md."""
     for prefix, what in registry.SERIES_NON_IMAGE_SOP_PREFIXES.items():
-        if s.sop_class_uid.startswith(prefix):
-            return f"{what}, not an image series"
+        root = prefix.rstrip(".")  # the UID itself, or one under it (…1.1.7 and …1.1.7.2, not …1.1.77)
+        if s.sop_class_uid == root or s.sop_class_uid.startswith(root + "."):
+            return f"{what}, not a series OsteoScreen reads"
     if s.modality != registry.SERIES_MODALITY:
         return f"modality {s.modality or 'unknown'}, not {registry.SERIES_MODALITY}"
     localizer = [t for t in s.image_type if t in registry.SERIES_LOCALIZER_IMAGE_TYPES]

@@ -112,7 +112,7 @@ def test_the_soft_tissue_series_is_chosen_and_each_other_series_says_why_not(arc
     assert "sharp kernel (B60f)" in reasons[uid["lung"]]
     assert reasons[uid["scout"]].startswith("scout/localizer")
     dose = [why for s, why in a.skipped if s.modality == "SR"]
-    assert len(dose) == 1 and dose[0].startswith("structured report (dose report)")
+    assert len(dose) == 1 and dose[0].startswith("structured report (dose report), not a series")
     assert len(a.skipped) == 3
     b = selections[uid["study_b"]]
     assert b.chosen.series_uid == uid["b"] and [s.modality for s, _ in b.skipped] == ["SR"]
@@ -293,3 +293,13 @@ def test_the_ray_engine_refuses_a_cluster_it_cannot_reach(archive, tmp_path, cap
     code = main(["screen", str(root), "--output-dir", str(tmp_path / "o"), "--engine", "ray",
                  "--address", "127.0.0.1:1"])
     assert code == 1 and "cannot reach a Ray cluster at 127.0.0.1:1" in capsys.readouterr().err
+
+
+def test_non_image_sop_classes_are_matched_as_whole_uids():
+    ct = "1.2.840.10008.5.1.4.1.1.2"
+    sel = select_series("study", [_series("ct", sop_class_uid=ct), _series("enh", sop_class_uid=ct + ".1", slices=1),
+                                  _series("sc", sop_class_uid="1.2.840.10008.5.1.4.1.1.7.2", slices=1),
+                                  _series("vl", sop_class_uid="1.2.840.10008.5.1.4.1.1.77.1.1", modality="XC")])
+    reasons = {s.series_uid: why for s, why in sel.skipped}
+    assert sel.chosen.series_uid == "ct" and reasons["enh"].startswith("Enhanced CT")
+    assert reasons["sc"].startswith("secondary capture") and reasons["vl"].startswith("modality XC")
