@@ -303,3 +303,25 @@ def test_non_image_sop_classes_are_matched_as_whole_uids():
     reasons = {s.series_uid: why for s, why in sel.skipped}
     assert sel.chosen.series_uid == "ct" and reasons["enh"].startswith("Enhanced CT")
     assert reasons["sc"].startswith("secondary capture") and reasons["vl"].startswith("modality XC")
+
+
+def test_a_killed_batch_of_studies_resumes_with_the_same_case_names(archive, tmp_path):
+    from OsteoScreenLib.batch import run_batch
+
+    root, uid, _ = archive
+    calls = []
+
+    def process(source, folder, kill_at=None):
+        calls.append(source.selection.study_uid)
+        if source.selection.study_uid == kill_at:
+            raise KeyboardInterrupt  # as if the process were killed here
+        (folder / "result.json").write_text(json.dumps({"model": {"name": "l1l2"}, "vertebrae": {}, "warnings": [],
+                                                         "series_selection": source.selection.to_json()}))
+
+    with pytest.raises(KeyboardInterrupt):
+        run_batch(expand_inputs([root]), tmp_path / "out", lambda s, f: process(s, f, kill_at=uid["study_b"]))
+    calls.clear()
+    summary = run_batch(expand_inputs([root]), tmp_path / "out", process)  # headers read again: same studies, names
+    assert summary.skipped == ["study1"] and summary.done == ["study7"] and calls == [uid["study_b"]]
+    rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
+    assert [r["series_uid"] for r in rows] == [uid["soft"], uid["b"]]
