@@ -143,6 +143,10 @@ def cmd_screen(args) -> int:
 
     if args.dicom_root and not Path(args.dicom_root).is_dir():
         raise OsteoScreenError(f"{args.dicom_root}: no such folder; check --dicom-root")
+    if args.dicom_root and not any(str(i).lower().endswith(".csv") for i in args.inputs):
+        raise OsteoScreenError("--dicom-root is where a manifest's StudyInstanceUIDs are found; give a manifest .csv")
+    if args.engine != "ray" and (args.address or args.workers):
+        raise OsteoScreenError("--address and --workers are for --engine ray")
     summary = logic.screen(args.inputs, Path(args.output_dir), args.model, args.overwrite, progress, kvp=args.kvp,
                            contrast=args.contrast, dicom_root=args.dicom_root, engine=args.engine,
                            address=args.address, workers=args.workers)

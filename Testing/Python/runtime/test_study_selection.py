@@ -325,3 +325,18 @@ def test_a_killed_batch_of_studies_resumes_with_the_same_case_names(archive, tmp
     assert summary.skipped == ["study1"] and summary.done == ["study7"] and calls == [uid["study_b"]]
     rows = list(csv.DictReader(open(tmp_path / "out" / "results.csv")))
     assert [r["series_uid"] for r in rows] == [uid["soft"], uid["b"]]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--dicom-root", "{root}"], "give a manifest .csv"),
+    (["--dicom-root", "{root}/missing"], "no such folder; check --dicom-root"),
+    (["--workers", "2"], "are for --engine ray"),
+    (["--address", "auto"], "are for --engine ray")])
+def test_options_that_do_not_fit_are_refused_in_one_line(archive, tmp_path, capsys, extra, message):
+    from OsteoScreenLib.cli import main
+
+    root, _, _ = archive
+    args = [a.format(root=root) for a in extra]
+    assert main(["screen", str(root), "--output-dir", str(tmp_path / "o"), *args]) == 1
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and not (tmp_path / "o").exists()
