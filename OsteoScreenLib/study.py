@@ -217,7 +217,7 @@ def scan_dicom_files(files: list[Path]) -> dict[str, dict[str, SeriesInfo]]:
                                 sop_class_uid=_text(ds.get("SOPClassUID")),
                                 description=_text(ds.get("SeriesDescription")),
                                 kernel=_text(ds.get("ConvolutionKernel")),
-                                image_type=[str(v).upper() for v in (ds.get("ImageType") or [])],
+                                image_type=[v.upper() for v in _text(ds.get("ImageType")).split("\\") if v],
                                 series_number=_text(ds.get("SeriesNumber")), patient_id=_text(ds.get("PatientID")),
                                 study_date=_text(ds.get("StudyDate")),
                                 accession_number=_text(ds.get("AccessionNumber")))
