@@ -141,10 +141,19 @@ def cmd_screen(args) -> int:
         bar = "#" * int(width * done / total) + "-" * (width - int(width * done / total))
         print(f"[{bar}] {done}/{total} {case}: {status}", file=sys.stderr, flush=True)
 
+    if args.dicom_root and not Path(args.dicom_root).is_dir():
+        raise OsteoScreenError(f"{args.dicom_root}: no such folder; check --dicom-root")
+    if args.dicom_root and not any(str(i).lower().endswith(".csv") for i in args.inputs):
+        raise OsteoScreenError("--dicom-root is where a manifest's StudyInstanceUIDs are found; give a manifest .csv")
+    if args.engine != "ray" and (args.address or args.workers):
+        raise OsteoScreenError("--address and --workers are for --engine ray")
     summary = logic.screen(args.inputs, Path(args.output_dir), args.model, args.overwrite, progress, kvp=args.kvp,
-                           contrast=args.contrast)
+                           contrast=args.contrast, dicom_root=args.dicom_root, engine=args.engine,
+                           address=args.address, workers=args.workers)
     print(f"{len(summary.done)} done, {len(summary.skipped)} already done, {len(summary.failed)} failed; "
-          f"table: {summary.csv_path}")
+          f"table: {summary.csv_path}" + (f" and {summary.parquet_path}" if summary.parquet_path else ""))
+    if summary.parquet_note:
+        print(f"  note: {summary.parquet_note}")
     for case, error in summary.failed.items():
         print(f"  failed {case}: {error}")
     return EXIT_PARTIAL if summary.failed else EXIT_OK
@@ -311,7 +320,19 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_classify)
 
     s = sub.add_parser("screen", help="segment and classify many scans into a folder (resumable)")
-    s.add_argument("inputs", nargs="+", metavar="INPUT", help="CT files, DICOM folders, or folders of those")
+    s.add_argument("inputs", nargs="+", metavar="INPUT",
+                   help="CT files, DICOM series folders, folders of those, DICOM trees of whole studies (one series "
+                   "chosen per study, see docs/archive.md), or a manifest .csv with a 'path' or a "
+                   "'study_instance_uid' column")
+    s.add_argument("--dicom-root", default=None,
+                   help="folder in which the StudyInstanceUIDs of a manifest are looked for")
+    s.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="local: one case after another in this process (default); ray: cases in parallel on Ray "
+                   "workers, each loading the models once (pip install osteoscreen[distributed])")
+    s.add_argument("--address", default=None,
+                   help="with --engine ray: the Ray cluster to use (e.g. ray://head:10001 or auto); default: start "
+                   "Ray on this machine. The workers must see the input and output paths")
+    s.add_argument("--workers", type=int, default=None, help="with --engine ray: how many workers (default: one per CPU)")
     s.add_argument("--output-dir", required=True)
     _model_option(s)
     _scan_options(s)

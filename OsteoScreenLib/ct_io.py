@@ -41,25 +41,26 @@ def volume_extension(path: str | os.PathLike) -> str | None:
 # --------------------------------------------------------------------------- reading
 
 
-def read_ct(path: str | os.PathLike, header: dict | None = None) -> Volume:
+def read_ct(path: str | os.PathLike, header: dict | None = None, series_files: list | None = None) -> Volume:
     """Read a CT scan (file or DICOM folder) in Hounsfield units, checked for plausibility.
 
     ``header``, if given, receives what the acquisition records: ``kvp`` (tube voltage of a
     DICOM series, None for files that do not record it), ``padding_hu`` (the padding range a
     DICOM series declares) and ``padding_voxels`` (how many voxels of padding or sub-air values
-    were read as air, see :mod:`padding`).
+    were read as air, see :mod:`padding`). ``series_files``: of a DICOM folder, read only these
+    files (the series a study's selection chose, :mod:`study`).
     """
     from .padding import padding_to_air
 
     path = Path(path)
     header = {} if header is None else header
-    volume = read_volume(path, header)
+    volume = read_volume(path, header, series_files)
     volume, header["padding_voxels"] = padding_to_air(volume, header.get("padding_hu"))
     check_hounsfield(volume, path)
     return volume
 
 
-def read_volume(path: str | os.PathLike, header: dict | None = None) -> Volume:
+def read_volume(path: str | os.PathLike, header: dict | None = None, series_files: list | None = None) -> Volume:
     """Read any supported 3D volume (CT or label map) without HU checks (``header``: see read_ct)."""
     path = Path(path)
     header = {} if header is None else header
@@ -69,7 +70,7 @@ def read_volume(path: str | os.PathLike, header: dict | None = None) -> Volume:
     if path.is_dir():
         from .dicom_io import series_kvp, series_padding_hu, select_ct_series
 
-        files = select_ct_series(path)
+        files = select_ct_series(path, series_files)
         header["kvp"] = series_kvp(files)
         header["padding_hu"] = series_padding_hu(files)
         return _read_with_storage_node(path, files)

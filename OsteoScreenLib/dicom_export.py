@@ -91,13 +91,14 @@ def private_code(key: str):
 # --------------------------------------------------------------------------- the source series
 
 
-def source_headers(folder: str | os.PathLike) -> list:
-    """Headers (no pixels) of the CT series that OsteoScreen reads from ``folder``."""
+def source_headers(folder: str | os.PathLike, series_files: list | None = None) -> list:
+    """Headers (no pixels) of the CT series that OsteoScreen reads from ``folder`` (of only
+    ``series_files`` where a study's selection chose them)."""
     import pydicom
 
     from .dicom_io import select_ct_series
 
-    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in select_ct_series(Path(folder))]
+    headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in select_ct_series(Path(folder), series_files)]
     for ds in headers:  # in memory only: what the SEG and SR copy must be present, if empty
         for keyword in TYPE2_COPIED:
             if keyword not in ds:
@@ -355,7 +356,8 @@ def is_dicom_input(path) -> bool:
 
 def write_dicom_outputs(ct_folder, labels: Volume, result, folder, overwrite: bool = False,
                         segmentation_source: str | None = None, seg_name: str = SEG_NAME,
-                        sr_name: str | None = SR_NAME, uid_seed: str | None = None) -> dict[str, str]:
+                        sr_name: str | None = SR_NAME, uid_seed: str | None = None,
+                        series_files: list | None = None) -> dict[str, str]:
     """Write the SEG (and, for a classified ``result``, the SR) of a DICOM case into ``folder``
     (``sr_name`` None: no SR).
 
@@ -373,7 +375,7 @@ def write_dicom_outputs(ct_folder, labels: Volume, result, folder, overwrite: bo
     for t in targets:
         if t.exists() and not overwrite:
             raise OsteoScreenError(f"{t}: already exists; pass --overwrite to replace it")
-    sources = source_headers(ct_folder)
+    sources = source_headers(ct_folder, series_files)
     source = segmentation_source if segmentation_source is not None else getattr(result, "segmentation_source", None)
     seg = build_seg(labels, sources, source, uid_seed)
     sr = build_sr(result, seg, sources, uid_seed) if len(targets) > 1 else None

@@ -25,7 +25,7 @@ DEFER_PIXELS_BYTES = 1024  # values longer than this are located, not read
 # A study of several series holds a few thousand files; a folder of more is a disk or a home
 # folder given by mistake, whose every file would be opened as DICOM for minutes.
 DICOM_FOLDER_FILES_MAX = 20000
-AXIAL_MIN_COSINE = 0.9  # slice normal within ~25 degrees of the body axis
+from .registry import SERIES_AXIAL_MIN_COSINE as AXIAL_MIN_COSINE  # noqa: E402  (one source of truth)
 
 
 def _slice_normal(ds) -> np.ndarray:
@@ -33,25 +33,31 @@ def _slice_normal(ds) -> np.ndarray:
     return np.cross(iop[:3], iop[3:])
 
 
-def select_ct_series(folder: Path) -> list[Path]:
-    """Files of the axial CT series with the most slices, sorted by position along the normal."""
+def select_ct_series(folder: Path, files: list[Path] | None = None) -> list[Path]:
+    """Files of the axial CT series with the most slices, sorted by position along the normal.
+
+    ``files``: read only these (one series a study's selection chose, :mod:`study`), not the
+    whole folder; ``folder`` names the input in messages.
+    """
     import pydicom
 
-    _check_folder_size(folder)
+    if files is None:
+        _check_folder_size(folder)
+        candidates = (Path(root, name) for root, _, names in os.walk(folder) for name in names)
+    else:
+        candidates = (Path(p) for p in files)
     series: dict[str, list] = defaultdict(list)
     modalities: set[str] = set()
-    for root, _, names in os.walk(folder):
-        for name in names:
-            p = Path(root, name)
-            try:
-                ds = pydicom.dcmread(p, stop_before_pixels=True)
-            except Exception:  # not a DICOM file: ignore, as Slicer's DICOM browser does
-                continue
-            modality = str(getattr(ds, "Modality", ""))
-            modalities.add(modality or "unknown")
-            if modality != "CT" or "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
-                continue
-            series[str(getattr(ds, "SeriesInstanceUID", ""))].append((p, ds))
+    for p in candidates:
+        try:
+            ds = pydicom.dcmread(p, stop_before_pixels=True)
+        except Exception:  # not a DICOM file: ignore, as Slicer's DICOM browser does
+            continue
+        modality = str(getattr(ds, "Modality", ""))
+        modalities.add(modality or "unknown")
+        if modality != "CT" or "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds:
+            continue
+        series[str(getattr(ds, "SeriesInstanceUID", ""))].append((p, ds))
     if not modalities:
         raise OsteoScreenError(f"{folder}: no DICOM files in this folder; choose the folder of a CT series")
     if not series:

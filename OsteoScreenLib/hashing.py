@@ -17,6 +17,15 @@ def sha256_file(path: str | os.PathLike) -> str:
     return digest.hexdigest()
 
 
+def sha256_files(files, root: str | os.PathLike) -> str:
+    """Hash of some files of a folder (one series of a study): names relative to ``root`` and contents."""
+    digest = hashlib.sha256()
+    for p in sorted(Path(f) for f in files):
+        digest.update(os.path.relpath(p, root).encode() + b"\0")
+        digest.update(bytes.fromhex(sha256_file(p)))
+    return digest.hexdigest()
+
+
 def sha256_path(path: str | os.PathLike) -> str:
     """Hash of a file, or of a folder's files (relative names and contents, in sorted order)."""
     path = Path(path)

@@ -308,25 +308,29 @@ class OsteoScreenLogic:
     # --- batch
 
     def screen(self, inputs, output_dir, model: str = registry.DEFAULT_MODEL, overwrite: bool = False, progress=None,
-               cancel=None, kvp: int | None = None, contrast: str | None = None):
+               cancel=None, kvp: int | None = None, contrast: str | None = None, dicom_root=None,
+               engine: str = "local", address: str | None = None, workers: int | None = None):
         """Segment, classify and report each input into ``output_dir`` (see :mod:`batch`).
 
         No node is made: the user's scene is left alone. ``kvp``: the tube voltage of inputs that
         do not record it (DICOM headers win); ``contrast``: the contrast phase of every input
-        (none, arterial, portal), None if unknown.
+        (none, arterial, portal), None if unknown. ``dicom_root``: where a manifest's
+        StudyInstanceUIDs are looked for. A DICOM tree is screened by study (:mod:`study`).
+        ``engine``: "local" (this process) or "ray" (Ray workers, local or at ``address``; :mod:`engines`).
         """
         from .batch import expand_inputs, run_batch
         from .classifier import check_model_name
-        from .pipeline import read_case, write_case
+        from .engines import ENGINES, ScreenProcessor, run_batch_ray
 
         check_model_name(model)
         scan_settings(kvp=kvp, contrast=contrast)  # a bad setting stops the batch before its first case
-        paths = expand_inputs(inputs)
-
-        def process(source: Path, folder: Path) -> None:
-            case = read_case(source, kvp, contrast)
-            write_case(case, run_case(self.models, case, model, cancel=cancel), folder, overwrite=True)
-
+        if engine not in ENGINES:
+            raise OsteoScreenError(f"unknown engine {engine!r}; choose one of {', '.join(ENGINES)}")
+        paths = expand_inputs(inputs, dicom_root)
+        if engine == "ray":
+            return run_batch_ray(paths, Path(output_dir), ScreenProcessor(model, kvp, contrast), overwrite, progress,
+                                 cancel, address, workers)
+        process = ScreenProcessor(model, kvp, contrast, models=self.models, cancel=cancel)
         return run_batch(paths, Path(output_dir), process, overwrite, progress, cancel)
 
 

@@ -71,17 +71,21 @@ class CaseInput:
     sha256: str | None = None
     scan: ScanSettings = field(default_factory=ScanSettings)
     warnings: list[str] = field(default_factory=list)  # from reading it (e.g. an overruled --kvp)
+    series_files: list[str] | None = None  # a DICOM folder: only these files were read (study.py)
 
 
-def read_case(path: str | os.PathLike, kvp=None, contrast=None) -> CaseInput:
-    """Read a CT file or DICOM folder with its recorded tube voltage."""
+def read_case(path: str | os.PathLike, kvp=None, contrast=None, series_files: list | None = None) -> CaseInput:
+    """Read a CT file or DICOM folder with its recorded tube voltage (``series_files``: of a DICOM
+    folder, only these files: the series a study's selection chose, :mod:`study`)."""
     from .ct_io import read_ct
-    from .hashing import sha256_path
+    from .hashing import sha256_files, sha256_path
 
     header: dict = {}
-    ct = read_ct(path, header)
+    ct = read_ct(path, header, series_files)
     scan, warnings = scan_settings(header.get("kvp"), kvp, contrast)
-    return CaseInput(ct, str(path), sha256_path(path), scan, warnings)
+    digest = sha256_path(path) if series_files is None else sha256_files(series_files, path)
+    return CaseInput(ct, str(path), digest, scan, warnings,
+                     [str(p) for p in series_files] if series_files is not None else None)
 
 
 class Models:
@@ -225,7 +229,8 @@ def write_dicom_case(case: CaseInput, outcome: CaseOutcome, folder: Path, overwr
     if not is_dicom_input(case.path):
         return
     try:
-        outcome.result.dicom_files = write_dicom_outputs(case.path, outcome.labels, outcome.result, folder, overwrite)
+        outcome.result.dicom_files = write_dicom_outputs(case.path, outcome.labels, outcome.result, folder, overwrite,
+                                                         series_files=case.series_files)
     except OsteoScreenError as exc:
         if "already exists" in str(exc):
             raise

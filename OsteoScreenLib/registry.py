@@ -174,3 +174,37 @@ SOURCE_SHA256_ATTRIBUTE = "OsteoScreen.SourceSHA256"
 KVP_ATTRIBUTE = "OsteoScreen.TubeVoltageKVP"  # on a CT: as the header or the user gives it
 KVP_SOURCE_ATTRIBUTE = "OsteoScreen.TubeVoltageSource"
 CONTRAST_ATTRIBUTE = "OsteoScreen.ContrastPhase"  # on a CT: as the reader gives it (DICOM does not record it)
+
+
+# --- Screening an archive: which series of a study `screen` reads (study.py, docs/archive.md) ---
+# A study's series are filtered (each rule's reason is recorded for a skipped series), then the
+# eligible ones ranked: covers the upper abdomen, original acquisition, soft-tissue kernel, thinnest slices.
+
+SERIES_MODALITY = "CT"
+# SOP classes that are never an image series to read: dose reports and other structured reports,
+# secondary captures (dose screens, key images), presentation states, raw data.
+SERIES_NON_IMAGE_SOP_PREFIXES: dict[str, str] = {
+    "1.2.840.10008.5.1.4.1.1.88.": "structured report (dose report)",
+    "1.2.840.10008.5.1.4.1.1.7": "secondary capture (dose screen or key images)",
+    "1.2.840.10008.5.1.4.1.1.11.": "presentation state",
+    "1.2.840.10008.5.1.4.1.1.66": "raw data",
+    "1.2.840.10008.5.1.4.1.1.2.1": "Enhanced CT (multi-frame, not read yet: export classic CT images)",
+}
+SERIES_LOCALIZER_IMAGE_TYPES: tuple[str, ...] = ("LOCALIZER", "SCOUT", "TOPOGRAM")
+SERIES_MIN_SLICES = 20  # fewer: a scout, a single-slice series or a few key images
+SERIES_AXIAL_MIN_COSINE = 0.9  # slice normal within ~25 degrees of the body axis (as dicom_io)
+SERIES_MIN_SPACING_MM = 0.5  # thinner: rare research reconstructions, slow for nothing
+SERIES_MAX_SPACING_MM = 5.0  # thicker: too coarse for the vertebral bodies' heights and ROI
+# Z extent that reaches from the chest down past L2 (the upper abdomen); a series shorter than it
+# is still read when no series of the study is longer (the longest is taken).
+SERIES_MIN_EXTENT_MM = 200.0
+SERIES_PREFERRED_IMAGE_TYPE: tuple[str, ...] = ("ORIGINAL", "PRIMARY")
+# Reconstruction kernels (ConvolutionKernel, else hints in SeriesDescription), upper case, matched
+# as substrings. Soft tissue / standard first; lung and bone (sharp) kernels raise noise and the HU
+# of trabecular bone. Siemens kernels "B<nn>", "Br<nn>", "I<nn>f", "Qr<nn>" are classed by their
+# number: below SERIES_SHARP_KERNEL_NUMBER soft, from it sharp.
+SERIES_SOFT_KERNEL_HINTS: tuple[str, ...] = ("STANDARD", "STND", "SOFT", "BODY", "ABDOMEN", "MEDIASTIN", "SMOOTH",
+                                             "FC08", "FC17", "FC18")
+SERIES_SHARP_KERNEL_HINTS: tuple[str, ...] = ("LUNG", "BONE", "SHARP", "DETAIL", "EDGE", "FC51", "FC52", "FC30")
+SERIES_SHARP_KERNEL_NUMBER = 50
+KERNEL_RANK: dict[str, int] = {"soft": 0, "unknown": 1, "sharp": 2}

@@ -17,6 +17,8 @@ from . import __version__
 from .registry import CLASSES, FRACTURE_GRADE_NAMES, MODELS, VERTEBRA_NAMES
 
 RESULT_SCHEMA = "osteoscreen.result/1"
+STUDY_FIELDS = ["patient_id", "study_uid", "study_date", "accession_number", "series_uid", "series_description",
+                "series_kernel", "series_reason", "skipped_series"]
 CSV_FIELDS = (
     ["case", "input", "status", "model", "class"]
     + [f"p_{c}" for c in CLASSES]
@@ -27,6 +29,9 @@ CSV_FIELDS = (
     + [f"{n}_{f}" for n in VERTEBRA_NAMES for f in ("fracture_grade", "fracture_type", "height_loss",
                                                     "anterior_mm", "middle_mm", "posterior_mm")]
     + ["warnings", "error"]
+    # a study of an archive (study.py): identifiers as found, the series read, the others and why
+    + STUDY_FIELDS
+    + ["osteoscreen_version", "model_version"]
 )
 
 
@@ -118,6 +123,7 @@ class CaseResult:
     dicom_files: dict[str, str] = field(default_factory=dict)  # {"seg": ..., "sr": ...} beside result.json
     reference_agreement: dict | None = None  # the demo: the segments against the case's reference labels
     fractures: dict[str, FractureResult] = field(default_factory=dict)  # name -> Genant grade (fracture.py)
+    series_selection: dict | None = None  # a study of an archive: the series read and those skipped (study.py)
     osteoscreen_version: str = __version__
     machine: str = field(default_factory=platform.platform)
 
@@ -147,6 +153,8 @@ class CaseResult:
             out["dicom"] = dict(self.dicom_files)
         if self.reference_agreement is not None:
             out["reference_agreement"] = self.reference_agreement
+        if self.series_selection is not None:
+            out["series_selection"] = self.series_selection
         if self.fractures:  # absent: not assessed (segment only, or a version before 0.9)
             out["fractures"] = {n: dict(vars(f)) for n, f in self.fractures.items()}
         return out
@@ -167,6 +175,7 @@ class CaseResult:
             dicom_files=dict(d.get("dicom", {})),
             reference_agreement=d.get("reference_agreement"),
             fractures={n: _known(FractureResult, f) for n, f in (d.get("fractures") or {}).items()},
+            series_selection=d.get("series_selection"),
             osteoscreen_version=d.get("osteoscreen_version", ""),
             machine=d.get("machine", ""),
         )
@@ -248,7 +257,9 @@ class CaseResult:
         row = {"status": "ok", "model": self.model.name if self.model else None,
                "class": p.class_name if p else None, "bmd_mg_cm3": p.bmd_mg_cm3 if p else None,
                "tube_voltage_kvp": self.input.tube_voltage_kvp, "contrast_phase": self.input.contrast_phase,
-               "warnings": " | ".join(self.warnings)}
+               "warnings": " | ".join(self.warnings), "osteoscreen_version": self.osteoscreen_version,
+               "model_version": self.model.version if self.model else None}
+        row.update(selection_row(self.series_selection))
         row.update({f"p_{c}": p.probabilities[c] if p else None for c in CLASSES})
         for n in VERTEBRA_NAMES:
             v = self.vertebrae.get(n)
@@ -279,6 +290,20 @@ class CaseResult:
             (f"model {self.model.name} v{self.model.version}; tube voltage {self.input.scan_text()}; "
              f"axial views {image_fov_mm:.0f} mm, ROI in red", "note"),
         ] + [(f"warning: {w}", "warning") for w in self.warnings[:3]]
+
+
+def selection_row(selection: dict | None) -> dict:
+    """The study columns of results.csv from a study's ``series_selection`` (None: not a study)."""
+    if not selection:
+        return {}
+    chosen = selection.get("chosen") or {}
+    skipped = " | ".join(f"{s.get('description') or s.get('series_uid')}: {s.get('reason')}"
+                         for s in selection.get("skipped", []))
+    return {"patient_id": selection.get("patient_id"), "study_uid": selection.get("study_uid"),
+            "study_date": selection.get("study_date"), "accession_number": selection.get("accession_number"),
+            "series_uid": chosen.get("series_uid"), "series_description": chosen.get("description"),
+            "series_kernel": chosen.get("kernel"), "series_reason": chosen.get("reason") or selection.get("error"),
+            "skipped_series": skipped}
 
 
 def _known(cls, d: dict):
