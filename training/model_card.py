@@ -106,11 +106,13 @@ def _stage_line(stage: str, cfg: dict) -> str:
             f"({cfg.get('train_samples', cfg.get('train_count'))} samples), {cfg.get('iterations')} iterations, "
             f"batch {cfg.get('batch')}, lr {cfg.get('lr')}")
     if cfg.get("augment"):
-        line += ("; augmented: turned, cut to short or spine-cropped fields of view, blurred or sharpened, noisier"
-                 if stage == "coarse" else f"; augmented: hints moved up to {cfg['augment']['hint_shift_mm'][0]:g} mm")
-        if stage == "coarse" and "p_remap" in cfg["augment"]:
-            line += ("; domain randomisation: tissue values remapped, a bias field, bright blobs that are not bone, "
-                     "short scans down to the L1-L2 disc")
+        line += (f"; augmented: hints moved up to {cfg['augment']['hint_shift_mm'][0]:g} mm" if stage == "fine" else
+                 "; augmented: turned, cut to short or spine-cropped fields of view, blurred or sharpened, noisier")
+        if stage == "count":
+            line += "; scans starting anywhere in the thorax and ending anywhere in the lumbar spine"
+        if stage in ("coarse", "count") and "p_remap" in cfg["augment"]:
+            line += "; domain randomisation: tissue values remapped, a bias field, bright blobs that are not bone"
+            line += ", short scans down to the L1-L2 disc" if stage == "coarse" else ""
     init = cfg.get("init")
     if init:
         c = init["config"]

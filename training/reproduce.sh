@@ -96,6 +96,18 @@ if [[ $what == segmentation || $what == all ]]; then
      --eval-every 300 --init $C/segmentation-coarse --out $C/segmentation-coarse-g2-ft  # (0.8.0: started as 1,200
   #    iterations and resumed at 300 as 800 for time, which shortens the schedule's tail; the run's log has both)
   $PY -m training.segmentation.export --coarse-only $C/segmentation-coarse-g2-ft
+  #    model 0.9.0: the vertebra counter (count.onnx): each body in view, rib-bearing or not, and the discs,
+  #    on a 5 x 5 x 2.5 mm grid (chest-count: the chest-coarse cases with 2.5 mm slices). As run (logs in
+  #    training/results/training_logs/vertebra-count*): on the coarse stage's 5 mm samples, small cores at each
+  #    body's centre (1,550 iterations), then whole bodies (750; discs not resolved at 5 mm); then bodies on the
+  #    2.5 mm grid (650), then with the disc class (2,500), each run started from the one before. From scratch,
+  #    the last run alone with more iterations is the recipe (not run here).
+  $P --split train --count "$SEG_TRAIN" --preset chest-count --stages count
+  $P --split tune --count 20 --preset chest-count --stages count
+  $P --split train --count "$SEG_SPINE" --preset spine --stages count
+  $P --split tune --count 20 --preset spine --stages count
+  $T --stage count --augment --randomise --iterations 2500 --lr 2e-3 --variant-weight 4 --out $C/vertebra-count
+  $PY -m training.segmentation.export --count-only $C/vertebra-count
   $PY -m training.segmentation.evaluate --count "$SEG_EVAL" --workers "$WORKERS"
   $PY -m training.segmentation.evaluate --preset spine --count "$SEG_EVAL" --workers "$WORKERS"  # spine-cropped
   $PY -m training.studies.rib_check_probe  # where the bundled rib check looks (ribs, vertebra or lung taken away)

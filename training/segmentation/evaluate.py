@@ -108,13 +108,13 @@ def runtime_code_key() -> str:
     return hashlib.sha256(data).hexdigest()[:8]
 
 
-def evaluate_phantoms(seg: L1L2Segmenter, count: int, preset: str, workers: int = 1) -> dict:
+def evaluate_phantoms(seg: L1L2Segmenter, count: int, preset: str, workers: int = 1, split: str = "test") -> dict:
     """Rows are appended to a cache file as they come (keyed by the generator version, the model's
     checksums and the run-time code that decodes its output), so a killed evaluation resumes; ``workers``
     processes share the cases (one thread each)."""
     from multiprocessing import Pool
 
-    first, n = SPLITS["test"]
+    first, n = SPLITS[split]  # the tune split for choosing among candidates, the test split for reporting
     seeds = list(range(first, first + min(count, n)))
     key = "-".join([f["sha256"][:12] for f in seg.card["files"].values()] + [runtime_code_key()])
     partial = PARTIAL_DIR / f"eval-{preset}-v{GENERATOR_VERSION}-{key}.jsonl"  # other phantoms: other rows
@@ -142,7 +142,7 @@ def evaluate_phantoms(seg: L1L2Segmenter, count: int, preset: str, workers: int 
             pool.close()
             pool.join()
     rows = [done[s] for s in seeds]
-    return {"preset": preset, "cases": len(rows), "rows": rows, "summary": summarise(rows)}
+    return {"preset": preset, "split": split, "cases": len(rows), "rows": rows, "summary": summarise(rows)}
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
@@ -247,7 +247,8 @@ def write_results(result: dict, stem: str | None = None) -> None:
         "# Segmentation evaluation", "",
         f"Machine: {result['machine']}; model {result['model_version']}; phantom generator "
         f"{result.get('generator_version', UNRECORDED_GENERATOR_VERSION)}; {result['date']}.", "",
-        f"## Test phantoms (preset `{result['phantoms']['preset']}`, {s['cases']} cases, {s['failed']} failed)", "",
+        f"## {result['phantoms'].get('split', 'test').capitalize()} phantoms (preset `{result['phantoms']['preset']}`, "
+        f"{s['cases']} cases, {s['failed']} failed)", "",
         "| level | DSC mean ± SD | median | mean where the level is right |", "| --- | --- | --- | --- |",
     ]
     for name in LABEL_OF:
@@ -282,6 +283,8 @@ def main() -> None:
     p.add_argument("--model", type=Path, default=None,
                    help="a model folder to evaluate instead of the bundled one (a candidate; implies --no-card)")
     p.add_argument("--out", default=None, help="results file stem (default: segmentation_eval[_PRESET])")
+    p.add_argument("--split", choices=("test", "tune"), default="test",
+                   help="phantom seeds: tune to choose among candidates, test to report (default)")
     a = p.parse_args()
     folder = a.model or models_dir() / "segmentation"
     a.no_card = a.no_card or a.model is not None
@@ -292,7 +295,7 @@ def main() -> None:
         "date": time.strftime("%Y-%m-%d"),
         "model_version": seg.card["version"],
         "generator_version": GENERATOR_VERSION,
-        "phantoms": evaluate_phantoms(seg, a.count, a.preset, a.workers),
+        "phantoms": evaluate_phantoms(seg, a.count, a.preset, a.workers, a.split),
         # the real cases once, with the chest preset (they do not depend on it)
         "real": evaluate_real(seg, a.real_data) if a.real_data.is_dir() and a.preset == "chest" else {},
     }

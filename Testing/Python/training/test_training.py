@@ -221,37 +221,40 @@ def test_learning_curve_runs_end_to_end(tmp_path):
 
 
 def test_vertebra_counter_targets_and_a_tiny_run(tmp_path):
-    """The counter's targets come from the phantom's anatomy without rendering it again: one marked
-    body per vertebra in view, L1 (the first below the last rib pair) without ribs and T12 with them,
-    on the grid of the cached coarse sample; then two iterations of the counting stage."""
-    from OsteoScreenLib.phantom import generate_case, sample_parameters
+    """The counter's targets come from the phantom's anatomy on the counter's own grid: one marked
+    body per vertebra in view with a disc between each two, L1 (the first below the last rib pair)
+    without ribs and T12 with them; then two iterations of the counting stage."""
+    from OsteoScreenLib.phantom import render_case, sample_parameters
     from OsteoScreenLib.postprocess import components
     from OsteoScreenLib.registry import COUNT_CLASSES, LABEL_OF
-    from training.segmentation.count_targets import bodies_of, count_path, count_target, make_one
-    from training.segmentation.prepare import prepare, sample_paths
-    from training.segmentation.samples import coarse_sample, load
+    from OsteoScreenLib.segmenter import coarse_input
+    from training.segmentation.config import PREPROCESSING
+    from training.segmentation.count_targets import count_sample
+    from training.segmentation.prepare import count_sample_path, prepare
+    from training.segmentation.samples import labels_on, load
 
-    seed = 100000
-    y = coarse_sample(generate_case(seed, "chest-coarse").ct, generate_case(seed, "chest-coarse").labels)["y"]
-    target = count_target(sample_parameters(seed, "chest-coarse"), y)
-    bodies = components(target > 0)
-    for name in ("L1", "L2"):  # each labelled body lies in one marked body without ribs
-        under = [b for b in bodies if (b & (y == LABEL_OF[name])).any()]
-        assert len(under) == 1 and np.all(target[under[0]] == COUNT_CLASSES["body without ribs"])
-    l1_top = np.argwhere(y == LABEL_OF["L1"])[:, 0].max()
-    above = [b for b in bodies if np.argwhere(b)[:, 0].min() > l1_top]
-    t12 = min(above, key=lambda b: np.argwhere(b)[:, 0].mean())  # the body right above L1
-    assert np.all(target[t12] == COUNT_CLASSES["rib-bearing body"])
-    anatomy = bodies_of(sample_parameters(seed, "chest-coarse"))
-    assert sum(anatomy.ribs) == 12 and len(bodies) <= len(anatomy.names)
+    params = sample_parameters(100000, "chest-count")
+    case = render_case(params)
+    sample = count_sample(params, case.ct)
+    y = sample["y"]
+    _, grid = coarse_input(case.ct, PREPROCESSING["count"])
+    assert sample["x"].shape[1:] == y.shape and np.allclose(np.diag(grid)[:3], [5.0, 5.0, 2.5])
+    reference = labels_on(case.labels, grid, y.shape)  # the phantom's own L1 and L2 on the counter's grid
+    bodies = components((y == COUNT_CLASSES["rib-bearing body"]) | (y == COUNT_CLASSES["body without ribs"]))
+    for name in ("L1", "L2"):  # each reference body lies in one marked body without ribs
+        under = [b for b in bodies if (b & (reference == LABEL_OF[name])).sum() > 10]
+        assert len(under) == 1 and np.all(y[under[0]] == COUNT_CLASSES["body without ribs"]), name
+    l1_top = np.argwhere(reference == LABEL_OF["L1"])[:, 0].max()
+    t12 = min((b for b in bodies if np.argwhere(b)[:, 0].min() > l1_top), key=lambda b: np.argwhere(b)[:, 0].mean())
+    assert np.all(y[t12] == COUNT_CLASSES["rib-bearing body"])
+    between = y[l1_top:np.argwhere(t12)[:, 0].min() + 1]  # slices from L1's top to T12's bottom hold the disc
+    assert (between == COUNT_CLASSES["disc"]).any()
 
     cache = tmp_path / "cache"
     for split in ("train", "tune"):
-        prepare(split, 1, "training", cache, workers=1, stages="coarse")
-    for s in (100000, 200000):
-        assert make_one((cache, "training", s)) == (s, "made")
-    assert load(count_path(cache, "training", 100000))["y"].shape == load(sample_paths(cache, "training", 100000)[0])["y"].shape
+        prepare(split, 1, "training", cache, workers=1, stages="count")
+    assert load(count_sample_path(cache, "training", 100000))["y"].max() == COUNT_CLASSES["disc"]
     _train_segmentation(cache, tmp_path / "count", "count", 2, "--randomise")
     config = json.loads((tmp_path / "count" / "config.json").read_text())
     assert config["stage"] == "count" and config["augment"]["p_cut_top"] > 0
-    assert (tmp_path / "count" / "final.pt").exists()
+    assert len(json.loads((tmp_path / "count" / "log.json").read_text())[-1]["tune_dice"]) == 3  # bodies x2, disc
