@@ -74,7 +74,8 @@ def cmd_segment(args) -> int:
     label_map = not str(out).lower().endswith(".seg.nrrd")
     if label_map and volume_extension(out) not in (".nii.gz", ".nii", ".nrrd"):
         raise OsteoScreenError(f"{out}: write .seg.nrrd, or a label map .nii.gz, .nii or .nrrd")
-    dicom_seg = dicom_seg_path(out) if ct_path.is_dir() else None  # a DICOM series: a DICOM SEG beside
+    reference = dicom_reference(args, ct_path)
+    dicom_seg = dicom_seg_path(out) if reference else None  # a DICOM series: a DICOM SEG beside
     for target in (out, dicom_seg):
         if target is not None and target.exists() and not args.overwrite:
             raise OsteoScreenError(f"{target}: already exists; pass --overwrite to replace it")
@@ -90,8 +91,8 @@ def cmd_segment(args) -> int:
     if dicom_seg is not None:
         from .dicom_export import write_dicom_outputs
 
-        with about(ct_path):
-            write_dicom_outputs(ct_path, output.labels, None, dicom_seg.parent, args.overwrite,
+        with about(reference):
+            write_dicom_outputs(reference, output.labels, None, dicom_seg.parent, args.overwrite,
                                 segmentation_source=models.segmentation_source, seg_name=dicom_seg.name, sr_name=None)
         print(f"wrote {dicom_seg} (DICOM SEG)")
     for name, v in vertebra_stats(output.labels).items():
@@ -108,9 +109,10 @@ def cmd_classify(args) -> int:
 
     from .dicom_export import SEG_NAME, SR_NAME, write_dicom_outputs
 
-    # result.json, and for a DICOM series seg.dcm and sr.dcm beside it
+    # result.json, and for a DICOM series (or one given with --dicom-reference) seg.dcm and sr.dcm beside it
+    reference = dicom_reference(args, Path(args.ct))
     targets = [Path(args.json)] if args.json else []
-    if args.json and Path(args.ct).is_dir():
+    if args.json and reference:
         targets += [Path(args.json).with_name(SEG_NAME), Path(args.json).with_name(SR_NAME)]
     for target in targets:
         if target.exists() and not args.overwrite:
@@ -121,8 +123,8 @@ def cmd_classify(args) -> int:
     with about(args.segmentation):
         result = run_case(Models(), case, args.model, labels, source=f"file {args.segmentation}").result
     if len(targets) > 1:
-        with about(args.ct):
-            result.dicom_files = write_dicom_outputs(args.ct, labels, result, Path(args.json).parent, args.overwrite)
+        with about(reference):
+            result.dicom_files = write_dicom_outputs(reference, labels, result, Path(args.json).parent, args.overwrite)
     print("\n".join(result.text_lines()))
     if args.json:
         write_json(args.json, result.to_json(), overwrite=args.overwrite)
@@ -190,6 +192,18 @@ def cmd_evaluate_segmentation(args) -> int:
     if args.csv:
         write_text(args.csv, comparison_csv(rows), overwrite=args.overwrite)
     return EXIT_OK
+
+
+def dicom_reference(args, ct_path: Path) -> Path | None:
+    """The DICOM series a SEG (and SR) refers to: the input itself when it is a DICOM folder, else the
+    series named with --dicom-reference (the one a NIfTI or NRRD input was converted from)."""
+    given = getattr(args, "dicom_reference", None)
+    if given:
+        if not Path(given).is_dir():
+            raise OsteoScreenError(f"{given}: --dicom-reference must be the folder of the DICOM series the CT was "
+                                   "made from")
+        return Path(given)
+    return ct_path if ct_path.is_dir() else None
 
 
 def dicom_seg_path(out: Path) -> Path:
@@ -261,6 +275,12 @@ def _model_option(parser) -> None:
                         help="; ".join(f"{n}: {m['title']}" for n, m in MODELS.items()))
 
 
+def _dicom_reference_option(parser) -> None:
+    parser.add_argument("--dicom-reference", default=None, metavar="DICOM_DIR",
+                        help="for a CT file (NIfTI, NRRD) made from a DICOM series: that series' folder, to write "
+                        "the DICOM SEG (and SR) referring to it; the CT must lie on the series' grid")
+
+
 def _scan_options(parser) -> None:
     from .registry import CONTRAST_PHASES, TUBE_VOLTAGES_KVP
 
@@ -305,6 +325,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("ct", help="CT file or DICOM folder")
     s.add_argument("--output", help="OUT.seg.nrrd (default: next to the CT), or a label map .nii.gz/.nii/.nrrd; "
                    "for a DICOM series also OUT.seg.dcm (DICOM SEG) beside it")
+    _dicom_reference_option(s)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_segment)
 
@@ -315,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     _model_option(s)
     s.add_argument("--json", help="write result.json here (for a DICOM series also seg.dcm and sr.dcm, DICOM SEG "
                    "and SR, beside it)")
+    _dicom_reference_option(s)
     _scan_options(s)
     s.add_argument("--overwrite", action="store_true")
     s.set_defaults(func=cmd_classify)

@@ -313,6 +313,12 @@ def measure_fractures(labels: Volume) -> tuple[dict[str, BodyHeights], dict[str,
         if h is None or min(h.heights.values()) <= 0:
             out[spec.name] = FractureResult(note="too small or no body found in the segment")
             continue
+        if h.anterior_mm > registry.FRACTURE_MAX_ANTERIOR_OVER_POSTERIOR * h.posterior_mm:
+            out[spec.name] = FractureResult(
+                anterior_mm=round(h.anterior_mm, 1), middle_mm=round(h.middle_mm, 1), posterior_mm=round(h.posterior_mm, 1),
+                note=f"not graded: the outline is taller in front ({h.anterior_mm:.0f} mm) than behind "
+                     f"({h.posterior_mm:.0f} mm), unlike a vertebral body; check the segment")
+            continue  # nor is it a neighbour to compare with
         heights[spec.name] = h
     names = list(heights)
     for name in names:

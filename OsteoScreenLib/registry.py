@@ -117,6 +117,11 @@ FRACTURE_SLAB_WIDTH_FRACTION = 0.30
 FRACTURE_CANAL_GAP_MM = 2.0
 FRACTURE_SAMPLE_MM = 0.5  # the body-aligned grid the heights are read on (nearest voxel)
 FRACTURE_MIN_BODY_ML = 3.0  # smaller: not a vertebral body (an L1 body is about 20-40 ml)
+# An outline whose anterior height exceeds its posterior height by more than this is not a vertebral
+# body's shape at L1-L2 (there the anterior height is about 0.85-1.0 of the posterior; the phantoms'
+# crushed bodies reach 1.3): it has leaked into a disc or a neighbour, and is not graded (a wrong
+# "severe fracture" would be read first).
+FRACTURE_MAX_ANTERIOR_OVER_POSTERIOR = 1.5
 
 
 # --- Tube voltage: the slope of HU against BMD depends on it (single-energy QCT) ---

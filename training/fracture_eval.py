@@ -129,7 +129,30 @@ def real_case(folder: Path) -> dict:
     if heights["L1"] and heights["T12"] and heights["L2"]:
         out["L1_over_neighbours"] = {p: round(heights["L1"][p] / (0.5 * (heights["T12"][p] + heights["L2"][p])), 3)
                                      for p in POSITIONS}
+    out["model"] = model_on_real_case(folder, a)
     return out
+
+
+def model_on_real_case(folder: Path, reference: np.ndarray) -> dict:
+    """The bundled segmentation model on the real case, then the fracture assessment of its segments:
+    each segment's grade, and which reference vertebra it lies on (the model's levels may be wrong)."""
+    from OsteoScreenLib.ct_io import read_ct
+    from OsteoScreenLib.errors import OsteoScreenError
+    from OsteoScreenLib.segmenter import L1L2Segmenter
+
+    seg = L1L2Segmenter()
+    try:
+        out = seg.segment(read_ct(folder / "ct.nii.gz"))
+    except OsteoScreenError as exc:
+        return {"model": seg.card["version"], "error": str(exc)}
+    _, results = measure_fractures(out.labels)
+    lies_on = {}
+    for name, value in registry.LABEL_OF.items():
+        under = reference[out.labels.array == value]  # the label map is on the CT grid, as the reference
+        ids, counts = np.unique(under[under > 0], return_counts=True)
+        lies_on[name] = registry.VERSE_LEVEL_NAMES.get(int(ids[np.argmax(counts)]), "?") if len(ids) else "none"
+    return {"model": seg.card["version"], "level_warnings": bool(out.level_warnings), "lies_on": lies_on,
+            "fractures": {n: vars(r) for n, r in results.items()}}
 
 
 def main(argv=None) -> None:
@@ -222,6 +245,19 @@ def markdown(r: dict, args) -> str:
         lines += ["", "Each body alone (its own axis): " + "; ".join(
             f"{n} A/M/P {h['anterior']}/{h['middle']}/{h['posterior']} mm" for n, h in real["heights_own_axis_mm"].items() if h)
             + (f". L1 over the mean of T12 and L2: {real['L1_over_neighbours']}." if "L1_over_neighbours" in real else ".")]
+        m = real.get("model")
+        if m and "error" in m:
+            lines += ["", f"The bundled segmentation model {m['model']} on the CT: {m['error']}."]
+        elif m:
+            lines += ["", f"The bundled segmentation model {m['model']} on the CT, its segments graded (the levels "
+                      f"{'carry a level warning' if m['level_warnings'] else 'carry no level warning'}):", "",
+                      "| segment | lies on (reference) | grade | type | height loss | A / M / P (mm) | note |",
+                      "| --- | --- | --- | --- | --- | --- | --- |"]
+            for n, f in m["fractures"].items():
+                hm = (f"{f['anterior_mm']} / {f['middle_mm']} / {f['posterior_mm']}" if f["anterior_mm"] is not None
+                      else "-")
+                lines.append(f"| {n} | {m['lies_on'].get(n)} | {f['grade']} | {f['type']} | {f['height_loss']} | {hm} "
+                             f"| {f['note']} |")
     return "\n".join(lines)
 
 

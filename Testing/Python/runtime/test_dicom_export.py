@@ -640,3 +640,29 @@ def test_an_unclassified_result_gets_a_seg_and_no_sr(phantom, tmp_path):
     result.prediction = None  # segmented only (no bundled classifier)
     assert write_dicom_outputs(ct_folder, case.labels, result, tmp_path) == {"seg": "seg.dcm"}
     assert (tmp_path / "seg.dcm").exists() and not (tmp_path / "sr.dcm").exists()
+
+
+def test_a_nifti_made_from_a_dicom_series_gets_its_seg_and_sr_with_dicom_reference(phantom, tmp_path, capsys,
+                                                                                   bundled_models):
+    """A CT converted to NIfTI from a DICOM series: --dicom-reference names the series, and the SEG and
+    SR refer to it; without the option no DICOM is written, and a reference that is no folder is refused."""
+    from OsteoScreenLib.cli import main
+    from OsteoScreenLib.ct_io import read_ct, write_volume
+
+    case, ct_folder = phantom
+    nifti = write_volume(read_ct(ct_folder), tmp_path / "ct.nii.gz")
+    labels = write_volume(case.labels, tmp_path / "labels.nii.gz")
+    out = tmp_path / "out" / "result.json"
+    assert main(["classify", str(nifti), "--segmentation", str(labels), "--json", str(out)]) == 0
+    assert not (out.parent / "seg.dcm").exists()  # a NIfTI alone names no series
+    out.unlink()
+    args = ["classify", str(nifti), "--segmentation", str(labels), "--json", str(out), "--dicom-reference"]
+    assert main(args + [str(ct_folder)]) == 0
+    assert json.loads(out.read_text())["dicom"] == {"seg": "seg.dcm", "sr": "sr.dcm"}
+    series = pydicom.dcmread(next(ct_folder.iterdir()), stop_before_pixels=True).SeriesInstanceUID
+    seg = pydicom.dcmread(out.parent / "seg.dcm", stop_before_pixels=True)
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series
+    capsys.readouterr()
+    assert main(args + [str(labels), "--overwrite"]) == 1
+    err = capsys.readouterr().err
+    assert "--dicom-reference must be the folder of the DICOM series" in err and err.count("\n") == 1

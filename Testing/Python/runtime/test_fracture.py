@@ -121,6 +121,19 @@ def test_a_crushed_body_is_graded_against_its_neighbour():
     assert assess_fractures(alone)["L1"].grade == 0  # without a neighbour a uniformly low body cannot be told
 
 
+def test_an_outline_taller_in_front_than_behind_is_not_graded():
+    """An outline that leaked into a disc or a neighbour in front is no vertebral body: a "severe
+    fracture" read from it would be the first thing the reader sees. It is not graded, says why, and is
+    no neighbour for the other body (whose crush it would fake)."""
+    tall = grid((0.5, 0.5, 0.5), np.eye(3), size_mm=(50.0, 58.0, 160.0))  # the outline's top stays in the scan
+    result = assess_fractures(label_map(tall, wedge(-1.0 * H)))  # anterior about 1.8x the posterior height
+    assert result["L1"].grade is None and "taller in front" in result["L1"].note
+    assert result["L1"].anterior_mm > registry.FRACTURE_MAX_ANTERIOR_OVER_POSTERIOR * result["L1"].posterior_mm
+    assert result["L2"].grade == 0 and "crush" not in result["L2"].losses
+    mild = assess_fractures(label_map(tall, wedge(-0.3 * H)))  # about 25 % taller in front (a crushed back): graded
+    assert mild["L1"].grade == 0
+
+
 def test_anisotropic_lps_and_oblique_grids_give_the_same_heights():
     drop = wedge_drop_for(0.32)
     reference = assess_fractures(label_map(ISO, wedge(drop)))["L1"]
