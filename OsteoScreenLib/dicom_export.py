@@ -351,7 +351,8 @@ def write_dataset(ds, path: str | os.PathLike, overwrite: bool = False) -> Path:
 
 
 def is_dicom_input(path) -> bool:
-    return path is not None and Path(path).is_dir()
+    """A DICOM series folder (an empty attribute is no path: Path("") would be the working directory)."""
+    return bool(path) and Path(path).is_dir()
 
 
 def write_dicom_outputs(ct_folder, labels: Volume, result, folder, overwrite: bool = False,

@@ -200,26 +200,49 @@ class OsteoScreenLogic:
         return write_case(case, CaseOutcome(labels, result, features), Path(folder), overwrite, segmentation=False)
 
     def export_dicom(self, result, ct_node, segmentation_node, folder, overwrite: bool = False,
-                     labels_digest: str | None = None) -> dict[str, Path]:
+                     labels_digest: str | None = None, file_for_instance=None) -> dict[str, Path]:
         """Write the segments as a DICOM SEG (seg.dcm) and the result as a TID 1500 SR (sr.dcm) into
         ``folder``, referencing the DICOM series the CT was read from; returns {"seg": path, "sr": path}.
 
-        Only for a CT that OsteoScreen read from a DICOM folder (its ``registry.SOURCE_PATH_ATTRIBUTE``):
-        the SEG and SR must reference that series' UIDs. ``labels_digest`` as in :meth:`save_report`.
+        For a CT that OsteoScreen read from a DICOM folder (``registry.SOURCE_PATH_ATTRIBUTE``), or that
+        Slicer's DICOM module loaded (its slices' UIDs in ``registry.SLICER_DICOM_UIDS_ATTRIBUTE``, their
+        files from ``file_for_instance``: by default Slicer's DICOM database). ``labels_digest`` as in
+        :meth:`save_report`.
         """
-        from .dicom_export import is_dicom_input, write_dicom_outputs
+        from .dicom_export import write_dicom_outputs
 
-        source = ct_node.GetAttribute(registry.SOURCE_PATH_ATTRIBUTE)
-        if not is_dicom_input(source):
-            raise OsteoScreenError(f"{ct_node.GetName()} was not read from a DICOM folder "
-                                   f"({source or 'no source file known'}); DICOM SEG/SR need the series' UIDs")
+        source, files = self.dicom_source(ct_node, file_for_instance)
         labels = volume_from_node(ct_node).with_array(segmentation_nodes.labelmap_on_grid(segmentation_node, ct_node))
         if labels_digest is not None and _digest(labels) != labels_digest:
             raise OsteoScreenError("the segments changed since the last Classify: classify again, then export")
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        written = write_dicom_outputs(source, labels, result, folder, overwrite)  # segments' source: the result's
+        # the segments' source: the result's
+        written = write_dicom_outputs(source, labels, result, folder, overwrite, series_files=files)
         return {kind: folder / name for kind, name in written.items()}
+
+    @staticmethod
+    def dicom_source(ct_node, file_for_instance=None) -> tuple[str, list | None]:
+        """The DICOM series of a CT node: (its folder, its files where known), or a one-line error."""
+        from .dicom_export import is_dicom_input
+
+        source = ct_node.GetAttribute(registry.SOURCE_PATH_ATTRIBUTE)
+        if is_dicom_input(source):
+            return source, None
+        uids = (ct_node.GetAttribute(registry.SLICER_DICOM_UIDS_ATTRIBUTE) or "").split()
+        if uids and file_for_instance is None:
+            try:
+                import slicer
+
+                database = getattr(slicer, "dicomDatabase", None)
+                file_for_instance = database.fileForInstance if database is not None and database.isOpen else None
+            except ImportError:
+                pass
+        files = [file_for_instance(uid) for uid in uids] if uids and file_for_instance is not None else []
+        if not files or not all(f and Path(f).is_file() for f in files):
+            raise OsteoScreenError(f"{ct_node.GetName()} was not read from a DICOM series whose files are known "
+                                   f"({source or 'no source file known'}); DICOM SEG/SR need the series' files")
+        return str(Path(files[0]).parent), files
 
     def add_to_dicom_database(self, folder) -> bool:
         """Import the DICOM files of ``folder`` (copies) into Slicer's DICOM database; False where there

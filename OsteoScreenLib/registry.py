@@ -175,6 +175,8 @@ SOURCE_ATTRIBUTE = "OsteoScreen.Source"  # on a segmentation: where its segments
 WARNINGS_ATTRIBUTE = "OsteoScreen.Warnings"  # on a segmentation: the model's warnings, JSON list
 RESULT_TABLE_ATTRIBUTE = "OsteoScreen.ResultTable"  # "1" on a table OsteoScreen made (and may refill)
 SOURCE_PATH_ATTRIBUTE = "OsteoScreen.SourcePath"  # on a CT: the file or folder it was read from
+# Slicer's own, on a volume its DICOM module loaded: the SOP Instance UIDs of its slices, space-separated
+SLICER_DICOM_UIDS_ATTRIBUTE = "DICOM.instanceUIDs"
 SOURCE_SHA256_ATTRIBUTE = "OsteoScreen.SourceSHA256"
 KVP_ATTRIBUTE = "OsteoScreen.TubeVoltageKVP"  # on a CT: as the header or the user gives it
 KVP_SOURCE_ATTRIBUTE = "OsteoScreen.TubeVoltageSource"

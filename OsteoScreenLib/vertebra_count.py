@@ -8,10 +8,10 @@ The two agree in the usual spine and disagree by one with 11 or 13 rib pairs: tr
 anatomy that the reader must be told about.
 
 The vertebra counter (a network, ``count.onnx``, on the CT resampled to 5 mm in-plane and 2.5 mm
-along S, where the discs show) marks each vertebral body in view, as rib-bearing or not
-(registry.COUNT_CLASSES). This module turns its
-probabilities into bodies along the spine and the two readings. Pure functions on arrays and
-their geometry; the segmenter decides what to do with the answer (segmenter.counted_levels).
+along S, where the discs show) marks each vertebral body in view, as rib-bearing or not, and the
+discs between them (registry.COUNT_CLASSES). This module turns its probabilities into bodies along
+the spine and the two readings. Pure functions on arrays and their geometry; the segmenter decides
+what to do with the answer (segmenter.reconcile_count).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ from .registry import COUNT_CLASSES, THORACIC_COUNT
 from .volume import Volume
 
 RIB, NO_RIB, DISC = COUNT_CLASSES["rib-bearing body"], COUNT_CLASSES["body without ribs"], COUNT_CLASSES["disc"]
-MIN_CORE_VOXELS = 4  # a body is 40-300 voxels on the counter's grid; smaller specks are noise
+MIN_BODY_VOXELS = 4  # a body is 40-300 voxels on the counter's grid; smaller specks are noise
 # Touching bodies are split at a dip of the mass per slice to below this share of the smaller
 # peak; peaks closer than this are one body (the shortest bodies, upper thoracic, are ~14 mm high).
 TROUGH_RATIO = 0.6
@@ -46,7 +46,7 @@ RIB_SURE = 0.75
 class Body:
     centroid_ras: np.ndarray
     rib_probability: float  # share of the body's mass the counter gives to "rib-bearing"
-    mass: float  # summed foreground probability over its core
+    mass: float  # summed body probability over its voxels
 
     @property
     def ribs(self) -> bool | None:
@@ -115,17 +115,17 @@ def find_bodies(probabilities: Volume) -> list[Body]:
     ``probabilities``: (k, j, i, C) class probabilities (registry.COUNT_CLASSES) on a RAS-aligned
     grid (k = S). Each body is a connected region where a body class outweighs background and disc,
     split where its mass along S dips between two peaks (neighbouring bodies that touch); the chain keeps
-    the cores that follow one another down the spine from the strongest one (a speck on the
+    the bodies that follow one another down the spine from the strongest one (a speck on the
     sternum or an organ is left out)."""
     p = probabilities.array
     body = p[..., RIB] + p[..., NO_RIB]
     others = p[..., 0] if p.shape[-1] <= DISC else np.maximum(p[..., 0], p[..., DISC])
     bodies = []
     slice_mm = float(np.linalg.norm(probabilities.ijk_to_ras[:3, 2]))
-    for region in components(body > others, MIN_CORE_VOXELS):
-        for core in split_along_s(region, body, max(1, int(round(MIN_PEAK_SEPARATION_MM / slice_mm)))):
-            rib, none = float(p[..., RIB][core].sum()), float(p[..., NO_RIB][core].sum())
-            centre = probabilities.voxel_centers_ras(np.argwhere(core).mean(axis=0))[0]
+    for region in components(body > others, MIN_BODY_VOXELS):
+        for part in split_along_s(region, body, max(1, int(round(MIN_PEAK_SEPARATION_MM / slice_mm)))):
+            rib, none = float(p[..., RIB][part].sum()), float(p[..., NO_RIB][part].sum())
+            centre = probabilities.voxel_centers_ras(np.argwhere(part).mean(axis=0))[0]
             bodies.append(Body(centre, rib / max(rib + none, 1e-6), rib + none))
     if not bodies:
         return []
@@ -166,7 +166,7 @@ def split_along_s(region: np.ndarray, foreground: np.ndarray, min_peak_slices: i
     for a, b in zip(bounds[:-1], bounds[1:]):
         part = np.zeros_like(region)
         part[lo + a:lo + b] = region[lo + a:lo + b]
-        if part.sum() >= MIN_CORE_VOXELS:
+        if part.sum() >= MIN_BODY_VOXELS:
             parts.append(part)
     return parts
 

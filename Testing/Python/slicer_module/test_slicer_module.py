@@ -666,10 +666,12 @@ def test_classify_fills_only_a_table_it_made_and_save_report_refuses_edited_segm
 def test_export_to_dicom_writes_seg_and_sr_of_the_current_segments_for_a_ct_read_from_dicom(bundled_models, tmp_path):
     """The logic behind *Export to DICOM* on slicer-core's MRML: a DICOM phantom with a crushed L1, loaded
     and classified as in Slicer; the SEG references the series and holds the node's segments, the SR
-    carries the result with its fracture; a CT from a NIfTI file and edited segments are refused."""
+    carries the result with its fracture; so for a CT that Slicer's DICOM module loaded (files from its database);
+    a CT from a NIfTI file, one without known files, and edited segments are refused."""
     import pydicom
     import slicer
 
+    from OsteoScreenLib import registry
     from OsteoScreenLib.errors import OsteoScreenError
     from OsteoScreenLib.logic import OsteoScreenLogic
     from OsteoScreenLib.phantom import render_case, sample_parameters, write_case
@@ -708,10 +710,19 @@ def test_export_to_dicom_writes_seg_and_sr_of_the_current_segments_for_a_ct_read
     from OsteoScreenLib.ct_io import write_volume
 
     nifti = logic.load_ct(write_volume(case.ct, tmp_path / "ct.nii.gz"), display=False)
-    with pytest.raises(OsteoScreenError, match="was not read from a DICOM folder"):
+    with pytest.raises(OsteoScreenError, match="was not read from a DICOM series"):
         logic.export_dicom(result, nifti, seg, tmp_path / "other")
+    # a CT as Slicer's DICOM module leaves it: no OsteoScreen source path, its slices' SOP Instance UIDs in
+    # Slicer's attribute, their files known to the DICOM database (here a lookup of this series' files)
+    files = {pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID: str(p) for p in (folder / "ct").iterdir()}
+    ct.SetAttribute(registry.SOURCE_PATH_ATTRIBUTE, "")
+    ct.SetAttribute(registry.SLICER_DICOM_UIDS_ATTRIBUTE, " ".join(files))
+    written = logic.export_dicom(result, ct, seg, tmp_path / "from-database", file_for_instance=files.get)
+    assert hd.seg.segread(written["seg"]).ReferencedSeriesSequence[0].SeriesInstanceUID == series
+    with pytest.raises(OsteoScreenError, match="whose files are known"):  # outside the application: no database
+        logic.export_dicom(result, ct, seg, tmp_path / "no-database")
     segmentation = seg.GetSegmentation()
     segmentation.RemoveSegment(segmentation.GetSegmentIdBySegmentName("L2"))  # the reader edits after Classify
     with pytest.raises(OsteoScreenError, match="classify again"):
-        logic.export_dicom(result, ct, seg, tmp_path / "edited", labels_digest=digest)
+        logic.export_dicom(result, ct, seg, tmp_path / "edited", labels_digest=digest, file_for_instance=files.get)
     assert not (tmp_path / "edited" / "seg.dcm").exists()
