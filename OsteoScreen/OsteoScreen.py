@@ -606,42 +606,41 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onExportDicom(self):
         """seg.dcm and sr.dcm of the last classification into the report folder, then into Slicer's DICOM database."""
-        if self._lastResult is None:
-            return
-        result, ct, seg, digest = self._lastResult
-        folder = self.reportFolder()
-        if folder is None:
-            return
-        target = os.path.join(folder, ct.GetName(), "dicom")
-        try:
-            with slicer.util.WaitCursor():
-                written = self.logic.export_dicom(result, ct, seg, target, labels_digest=digest,
-                                                  overwrite=self._parameterNode.overwriteReport)
-                added = self.logic.add_to_dicom_database(target)
-        except Exception as exc:
-            self.showError(str(exc).splitlines()[0] if str(exc) else "The DICOM export failed; see the log.",
-                           details=repr(exc))
-            return
-        where = " and added to the DICOM database" if added else " (no DICOM database open: not added)"
-        self.showStatus(f"DICOM {', '.join(p.name for p in written.values())} written to {target}{where}.")
+        def write(result, ct, seg, digest, target):
+            written = self.logic.export_dicom(result, ct, seg, target, labels_digest=digest,
+                                              overwrite=self._parameterNode.overwriteReport)
+            added = self.logic.add_to_dicom_database(target)
+            where = " and added to the DICOM database" if added else " (no DICOM database open: not added)"
+            return f"DICOM {', '.join(p.name for p in written.values())} written to {target}{where}."
+
+        self._writeLastResult(write, "The DICOM export failed; see the log.", "dicom")
 
     def onSaveReport(self):
+        def write(result, ct, seg, digest, target):
+            written = self.logic.save_report(result, ct, seg, target, overwrite=self._parameterNode.overwriteReport,
+                                             labels_digest=digest)
+            return f"Report written to {written} (result.json, report.png)."
+
+        self._writeLastResult(write, "The report could not be written; see the log.")
+
+    def _writeLastResult(self, write, failure, *subfolders):
+        """Files of the last classification into ``<report folder>/<CT name>/<subfolders>``: ``write(result,
+        ct, seg, digest, target)`` returns the status line; an error shows its first line (``failure``
+        when it has none), the details go to the log."""
         if self._lastResult is None:
             return
-        result, ct, seg, digest = self._lastResult
         folder = self.reportFolder()
         if folder is None:
             return
-        target = os.path.join(folder, ct.GetName())
+        result, ct, seg, digest = self._lastResult
+        target = os.path.join(folder, ct.GetName(), *subfolders)
         try:
             with slicer.util.WaitCursor():
-                written = self.logic.save_report(result, ct, seg, target, overwrite=self._parameterNode.overwriteReport,
-                                                 labels_digest=digest)
+                status = write(result, ct, seg, digest, target)
         except Exception as exc:
-            self.showError(str(exc).splitlines()[0] if str(exc) else "The report could not be written; see the log.",
-                           details=repr(exc))
+            self.showError(str(exc).splitlines()[0] if str(exc) else failure, details=repr(exc))
             return
-        self.showStatus(f"Report written to {written} (result.json, report.png).")
+        self.showStatus(status)
 
     # --- annotator tools
 

@@ -35,6 +35,8 @@ from .network import build_network
 
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 STAGE_RUNS = {"coarse": "segmentation-coarse", "fine": "segmentation-fine", "count": "vertebra-count"}
+# the input (k, j, i) each stage is exported and checked on (the spatial axes stay dynamic)
+EXPORT_SHAPES = {"coarse": (48, 64, 64), "fine": (112, 80, 80), "count": (96, 64, 64)}
 TASK = ("L1 and L2 vertebral-body segmentation on chest CT (coarse level finding checked by a rib check and by "
         "counting the vertebrae, fine outline)")
 MODEL_VERSION = "0.9.0"
@@ -96,7 +98,7 @@ LIMITS = [
 def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     diffs = {}
-    for stage, shape in (("coarse", (48, 64, 64)), ("fine", (112, 80, 80)), ("count", (96, 64, 64))):
+    for stage, shape in EXPORT_SHAPES.items():
         net = load_stage(stage, CHECKPOINTS / STAGE_RUNS[stage])
         save_state(net, f"segmentation-{stage}")
         with atomic_path(out / f"{stage}.onnx", overwrite=True) as path:
@@ -173,7 +175,7 @@ def replace_stage(out: Path, stage: str, run: Path) -> Path:
     if out.resolve() == (models_dir() / "segmentation").resolve():  # a candidate elsewhere leaves the bundled weights
         save_state(net, f"segmentation-{stage}")
     with atomic_path(out / f"{stage}.onnx", overwrite=True) as path:
-        diff = export_onnx(net, NETWORKS[stage]["in_channels"], (48, 64, 64) if stage == "coarse" else (96, 64, 64), path)
+        diff = export_onnx(net, NETWORKS[stage]["in_channels"], EXPORT_SHAPES[stage], path)
         if diff > ONNX_TOLERANCE:
             raise SystemExit(f"{stage}: ONNX differs from PyTorch by {diff:.2e} > {ONNX_TOLERANCE}")
     return _replace_stage_in_card(out, stage, json.loads((run / "config.json").read_text()), diff)
