@@ -86,7 +86,7 @@ def ensureLibraryImportable():
 
 
 ensureLibraryImportable()
-from OsteoScreenLib import registry  # noqa: E402  (light: names and numbers only)
+from OsteoScreenLib import dependencies, registry  # noqa: E402  (light: names, numbers, standard library)
 from OsteoScreenLib.jobs import WorkerProcess  # noqa: E402  (standard library only)
 
 
@@ -109,6 +109,14 @@ ContrastPhase = _choice(
     "ContrastPhase", {"UNKNOWN": "unknown", **{p.upper(): p for p in registry.CONTRAST_PHASES}},
     {"unknown": "Unknown", **registry.CONTRAST_PHASE_TITLES},
     "The scan's contrast phase for the classifiers (DICOM does not record it reliably).")
+
+
+def stopJob(job):
+    """End a job now, with its whole process tree, and delete its files: nothing it makes is used.
+    Cancel, closing the module, closing the scene (its result must not land in the next scene)."""
+    if job is not None:
+        job.kill()
+        job.cleanup()
 
 
 def caseFile(folder, stem):
@@ -167,6 +175,27 @@ def ensureSamplePhantom():
     return folder
 
 
+def samplePhantomUri():
+    """The file URI that the Sample Data source names (the generated phantom's CT)."""
+    return pathlib.Path(os.path.join(sampleCaseFolder(), "ct.nrrd")).as_uri()
+
+
+def sampleUrlRule(sampleUri, ensure):
+    """A SampleData URL rewrite rule that makes the phantom (``ensure()``) before SampleData fetches ``sampleUri``.
+
+    ``SampleData.downloadSample(name)`` (the Python console) never calls ``customDownloader``, only the
+    button does; but every fetch, the console's included, passes the URI through the registered rewrite
+    rules first (``SampleDataLogic.downloadFile``, Slicer 5.10+). Other URIs pass unchanged.
+    """
+
+    def rule(url):
+        if url == sampleUri:
+            ensure()
+        return url
+
+    return rule
+
+
 def loadSamplePhantom(source=None):
     """Load the sample chest phantom (the SampleData button calls this with its source)."""
     path = caseFile(ensureSamplePhantom(), "ct")
@@ -180,10 +209,11 @@ def registerSampleData():
     import SampleData
 
     startSamplePhantomGeneration()
+    SampleData.SampleDataLogic.registerUrlRewriteRule(SAMPLE_NAME, sampleUrlRule(samplePhantomUri(), ensureSamplePhantom))
     SampleData.SampleDataLogic.registerCustomSampleDataSource(
         category="OsteoScreen",
         sampleName=SAMPLE_NAME,
-        uris=pathlib.Path(os.path.join(sampleCaseFolder(), "ct.nrrd")).as_uri(),
+        uris=samplePhantomUri(),
         fileNames=f"{SAMPLE_NAME}.nrrd",
         nodeNames=SAMPLE_NAME,
         thumbnailFileName=resourcePath("Icons/OsteoScreen.png"),
@@ -404,47 +434,56 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # --- dependencies, checked when first needed
 
     def ensurePythonDependencies(self):
-        """ONNX Runtime for the models: installed after one confirmation if missing."""
-        if importlib.util.find_spec("onnxruntime") is not None:
+        """ONNX Runtime for the models: installed after one confirmation if missing (see OsteoScreenLib.dependencies)."""
+        if importlib.util.find_spec(dependencies.REQUIREMENT) is not None:
             return True
         try:
+            from slicer.packaging import pip_ensure  # Slicer 5.12+
+        except ImportError:
+            pip_ensure = None
+        route = dependencies.install_route((slicer.app.majorVersion, slicer.app.minorVersion), pip_ensure is not None)
+        error, declined, install = None, False, None
+        if route == dependencies.PIP_ENSURE:
+            try:  # Slicer's own confirmation and progress dialogs
+                pip_ensure(dependencies.REQUIREMENT, requester=MODULE_NAME)
+            except Exception as exc:
+                error = exc
+        elif not slicer.util.confirmOkCancelDisplay(dependencies.CONFIRM_TEXT, windowTitle=MODULE_NAME):
+            declined = True
+        else:
             try:
-                import slicer.packaging as packaging  # Slicer 5.12+
-            except ImportError:
-                import slicer.pydeps as packaging  # Slicer 5.11
-            pipEnsure = packaging.pip_ensure
-        except (ImportError, AttributeError):
-            pipEnsure = None
-        try:
-            if pipEnsure is not None:
-                from packaging.requirements import Requirement  # bundled with Slicer's Python
-
-                pipEnsure([Requirement("onnxruntime")], requester=MODULE_NAME)  # asks once, then installs
-            else:
-                if not slicer.util.confirmOkCancelDisplay(
-                    "OsteoScreen needs ONNX Runtime (about 20 MB) to run its models. Install it now?",
-                    windowTitle="OsteoScreen",
-                ):
-                    self.showError("ONNX Runtime was not installed (declined); nothing was run.")
-                    return False
-                # pip runs on this thread: say what is happening before the panel waits for it
-                self.showStatus("Installing ONNX Runtime (about 20 MB, up to a few minutes); Slicer waits meanwhile...")
-                slicer.app.processEvents()
-                with slicer.util.WaitCursor():
-                    slicer.util.pip_install("onnxruntime")
-        except Exception as exc:
-            if type(exc).__name__ == "InstallationAbortedError":  # the reader declined in Slicer's own dialog
-                self.showError("ONNX Runtime was not installed (declined); nothing was run.")
-            else:
-                self.showError("ONNX Runtime could not be installed (no network, or no write access?); see the log.",
-                               details=repr(exc))
-            return False
+                install = self._pipInstallWithBusyDialog()
+            except Exception as exc:
+                error = exc
         importlib.invalidate_caches()
-        if importlib.util.find_spec("onnxruntime") is None:
-            self.showError("ONNX Runtime is not installed; nothing was run.")
-            return False
-        self.showStatus("ONNX Runtime installed.")
-        return True
+        outcome = dependencies.outcome(
+            importlib.util.find_spec(dependencies.REQUIREMENT) is not None, error=error, declined=declined,
+            cancelled=bool(install and install.cancelled), returncode=install.returncode if install else None)
+        text, isError = dependencies.message(outcome, route, dependencies.failure_detail(
+            error, install.returncode if install else None))
+        if isError:
+            self.showError(text, details=("\n".join(install.lines) if install else repr(error)))
+        else:
+            self.showStatus(text)
+        return outcome == dependencies.INSTALLED
+
+    def _pipInstallWithBusyDialog(self):
+        """pip in a PythonSlicer process (Slicer before 5.12) while a busy dialog shows its latest line."""
+        install = dependencies.PipInstall()
+        dialog = slicer.util.createProgressDialog(
+            maximum=0, labelText=dependencies.progress_text(), windowTitle=f"{MODULE_NAME}: installing ONNX Runtime")
+        try:
+            while install.running:
+                if dialog.wasCanceled:
+                    install.cancel()
+                dialog.labelText = dependencies.progress_text(install.last_line)
+                slicer.app.processEvents()
+                time.sleep(0.05)
+            install.wait()
+        finally:
+            dialog.close()
+        logging.info("OsteoScreen: pip install %s:\n%s" % (dependencies.REQUIREMENT, "\n".join(install.lines)))
+        return install
 
     # --- background jobs
 
@@ -468,8 +507,7 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.stop()
         job, self._job = self._job, None
         if job is not None:
-            job.kill()
-            job.cleanup()
+            stopJob(job)
             self.showStatus(text)
         if hasattr(self, "ui"):
             self.ui.progressBar.setVisible(False)

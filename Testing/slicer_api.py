@@ -22,8 +22,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 CODE = [REPO / "OsteoScreen" / "OsteoScreen.py", *sorted((REPO / "OsteoScreenLib").rglob("*.py"))]
 NOT_SLICER = {"InferenceSession", "SessionOptions"}  # ONNX Runtime's, reached through onnx_runner._onnxruntime()
-SLICER_MODULES = ("slicer", "slicer.util", "slicer.app", "SampleData.SampleDataLogic", "slicer.packaging",
-                  "slicer.pydeps")
+SLICER_MODULES = ("slicer", "slicer.util", "slicer.app", "SampleData.SampleDataLogic", "slicer.packaging")
 MACROS = {  # vtk macro -> the methods it declares
     "vtkSetMacro": ("Set{}",), "vtkGetMacro": ("Get{}",), "vtkBooleanMacro": ("{}On", "{}Off"),
     "vtkSetStringMacro": ("Set{}",), "vtkGetStringMacro": ("Get{}",), "vtkSetObjectMacro": ("Set{}",),

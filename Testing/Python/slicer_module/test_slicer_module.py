@@ -455,7 +455,8 @@ def test_the_icon_is_a_128_pixel_png():
 
 HELPER_NAMES = {
     "MODULE_NAME", "MODULE_DIR", "SAMPLE_NAME", "SAMPLE_SEED", "moduleBaseFolders", "resourcePath", "libraryParent",
-    "ensureLibraryImportable", "_choice", "ClassifierModel", "TubeVoltage", "ContrastPhase", "caseFile",
+    "ensureLibraryImportable", "_choice", "ClassifierModel", "TubeVoltage", "ContrastPhase", "caseFile", "stopJob",
+    "sampleUrlRule",
 }
 
 
@@ -726,3 +727,88 @@ def test_export_to_dicom_writes_seg_and_sr_of_the_current_segments_for_a_ct_read
     with pytest.raises(OsteoScreenError, match="classify again"):
         logic.export_dicom(result, ct, seg, tmp_path / "edited", labels_digest=digest, file_for_instance=files.get)
     assert not (tmp_path / "edited" / "seg.dcm").exists()
+
+
+def widget_method(name: str) -> ast.FunctionDef:
+    (widget,) = [n for n in module_tree().body if isinstance(n, ast.ClassDef) and n.name == "OsteoScreenWidget"]
+    (method,) = [n for n in widget.body if isinstance(n, ast.FunctionDef) and n.name == name]
+    return method
+
+
+def calls_in_order(function: ast.FunctionDef) -> list[str]:
+    calls = [n for n in ast.walk(function) if isinstance(n, ast.Call)]
+    return [ast.unparse(n.func) for n in sorted(calls, key=lambda n: (n.lineno, n.col_offset))]
+
+
+def test_closing_the_scene_ends_a_running_job_with_its_tree_before_the_scene_empties(h, tmp_path, monkeypatch):
+    """The panel's wiring (read from the module) and what it does (run on a real scene and a real job
+    through the launcher): StartCloseEvent -> _endJob -> the job forgotten, then stopJob."""
+    import slicer
+
+    from OsteoScreenLib.jobs import WorkerProcess
+
+    setup = ast.unparse(widget_method("setup"))
+    assert "self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)" in setup
+    assert calls_in_order(widget_method("onSceneStartClose"))[0] == "self._endJob"
+    end_job = ast.unparse(widget_method("_endJob"))
+    assert end_job.index("job, self._job = (self._job, None)") < end_job.index("stopJob(job)")
+    poll = ast.unparse(widget_method("_pollJob"))  # a forgotten job's result is never read
+    assert poll.index("job = self._job") < poll.index("if job is None") < poll.index("self._onJobDone")
+
+    pid_file = tmp_path / "child.pid"
+    monkeypatch.setenv("STUCK_PID_FILE", str(pid_file))
+    stuck = ["-c", "import os, time; open(os.environ['STUCK_PID_FILE'], 'w').write(str(os.getpid())); time.sleep(120)"]
+    (tmp_path / "job").mkdir()
+    panel = {"job": WorkerProcess("segment", {"ct": "unused"}, workDir=str(tmp_path / "job"),
+                                  python=[sys.executable, str(LAUNCHER)] + stuck)}
+    for _ in range(200):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.05)
+    child, launcher = int(pid_file.read_text()), panel["job"].process.pid
+    scene = slicer.vtkMRMLScene()
+    seen_running = []
+
+    def on_start_close(caller, event):
+        job, panel["job"] = panel["job"], None
+        seen_running.append(job.running)
+        h["stopJob"](job)
+
+    scene.AddObserver(scene.StartCloseEvent, on_start_close)
+    scene.Clear(0)  # what File > Close Scene does
+    assert seen_running == [True] and panel["job"] is None
+    time.sleep(0.3)
+    assert not (tmp_path / "job").exists()
+    for pid in (child, launcher):
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except FileNotFoundError:
+            continue
+        assert state == "Z", f"process {pid} still runs after the scene closed"
+
+
+def test_sampledata_from_the_console_makes_the_phantom_before_reading_its_file(h, tmp_path):
+    """``SampleData.downloadSample(name)`` skips ``customDownloader`` but passes the URI through the
+    registered rewrite rules before it fetches it (SampleDataLogic.downloadFile, Slicer 5.10 and 5.12):
+    the module's rule makes the phantom then, so a console call works before the background run ends."""
+    import urllib.request
+
+    folder = tmp_path / "cache" / "OsteoScreen" / "phantom-00007"
+    uri = (folder / "ct.nrrd").as_uri()
+    made = []
+
+    def ensure():  # stands in for ensureSamplePhantom (generate_case/write_case, ~30 s)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "ct.nrrd").write_bytes(b"NRRD0004\n")
+        made.append(True)
+
+    rule = h["sampleUrlRule"](uri, ensure)
+    other = "https://github.com/Slicer/SlicerTestingData/releases/download/SHA256/abc"
+    assert rule(other) == other and not made  # other samples untouched, nothing generated for them
+    with pytest.raises(OSError):
+        urllib.request.urlretrieve(uri, tmp_path / "without-rule.nrrd")  # what failed before
+    urllib.request.urlretrieve(rule(uri), tmp_path / "OsteoScreenChestPhantom.nrrd")  # as downloadFile does
+    assert made == [True] and (tmp_path / "OsteoScreenChestPhantom.nrrd").read_bytes() == b"NRRD0004\n"
+    registration = ast.unparse(next(n for n in module_tree().body
+                                    if isinstance(n, ast.FunctionDef) and n.name == "registerSampleData"))
+    assert "registerUrlRewriteRule(SAMPLE_NAME, sampleUrlRule(samplePhantomUri(), ensureSamplePhantom))" in registration
