@@ -143,6 +143,38 @@ def test_the_worker_segments_classifies_and_compares_a_small_phantom(a_small_pha
     assert [(r["segment"], r["dsc"]) for r in compared.result["rows"]] == [("L1", 1.0), ("L2", 1.0)]
 
 
+def test_the_worker_segments_classifies_and_compares_the_sample_phantom(bundled_models, tmp_path):
+    """The Sample Data phantom (OsteoScreenChestPhantom), made by the same command the module starts at
+    Slicer's start-up, then Segment, Classify and Compare as the panel runs them."""
+    import re
+
+    from OsteoScreenLib.ct_io import read_ct
+    from OsteoScreenLib.pipeline import labels_from_file
+
+    module = (REPO / "OsteoScreen" / "OsteoScreen.py").read_text()
+    seed = int(re.search(r"^SAMPLE_SEED = (\d+)$", module, re.M).group(1))
+    assert '"OsteoScreenLib.cli", "phantom"' in module and '"--format", "nrrd"' in module
+    made = python_slicer("-m", "OsteoScreenLib.cli", "phantom", str(tmp_path), "--seed", str(seed), "--format", "nrrd")
+    assert made.returncode == 0, made.stderr
+    case = tmp_path / f"phantom-{seed:05d}"
+    ct_path = case / "ct.nrrd"
+    segmented = run_job("segment", {"ct": str(ct_path)}, tmp_path)
+    ct = read_ct(ct_path)
+    labels = labels_from_file(segmented.result["segmentation"], ct).array
+    truth = labels_from_file(case / "labels.nrrd", ct).array
+    for value in (1, 2):
+        dice = 2 * np.sum((labels == value) & (truth == value)) / (np.sum(labels == value) + np.sum(truth == value))
+        assert dice > 0.9, (value, dice)
+    classified = run_job("classify", {"ct": str(ct_path), "segmentation": segmented.result["segmentation"],
+                                      "model": "l1l2", "warnings": segmented.result["warnings"]}, tmp_path)
+    result = json.loads(Path(classified.result["result"]).read_text())
+    assert result["prediction"]["class"] in CLASSES and set(result["vertebrae"]) == {"L1", "L2"}
+    compared = run_job("compare", {"ct": str(ct_path), "reference": str(case / "labels.nrrd"),
+                                   "compared": segmented.result["segmentation"]}, tmp_path)
+    assert [r["segment"] for r in compared.result["rows"]] == ["L1", "L2"]
+    assert all(r["dsc"] > 0.9 for r in compared.result["rows"]), compared.result["rows"]
+
+
 def test_the_worker_segments_classifies_and_compares_the_real_abdominal_case(real_data, bundled_models, tmp_path):
     from OsteoScreenLib.ct_io import read_ct
     from OsteoScreenLib.pipeline import labels_from_file, save_segmentation
