@@ -470,8 +470,10 @@ class OsteoScreenWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _pipInstallWithBusyDialog(self):
         """pip in a PythonSlicer process (Slicer before 5.12) while a busy dialog shows its latest line."""
         install = dependencies.PipInstall()
-        dialog = slicer.util.createProgressDialog(
-            maximum=0, labelText=dependencies.progress_text(), windowTitle=f"{MODULE_NAME}: installing ONNX Runtime")
+        dialog = slicer.util.createProgressDialog(  # maximum 0: busy; modal: no second Segment meanwhile
+            maximum=0, labelText=dependencies.progress_text(), windowTitle=f"{MODULE_NAME}: installing ONNX Runtime",
+            windowModality=qt.Qt.ApplicationModal)
+        dialog.show()
         try:
             while install.running:
                 if dialog.wasCanceled:
