@@ -69,6 +69,14 @@ def test_the_module_imports_only_what_slicer_provides_and_osteoscreenlib():
     assert not bad, f"OsteoScreen.py imports modules Slicer does not provide: {bad}"
 
 
+def test_the_module_file_holds_the_gui_and_leaves_the_work_to_osteoscreenlib():
+    """#23: well under the 1,117 lines it had; the pipeline, the models and array work are OsteoScreenLib's."""
+    assert len(MODULE_FILE.read_text().splitlines()) < 950
+    imported = imported_modules(module_tree())
+    assert not {"numpy", "OsteoScreenLib.pipeline", "OsteoScreenLib.onnx_runner", "OsteoScreenLib.classifier",
+                "OsteoScreenLib.segmenter_models"} & imported
+
+
 def test_the_osteoscreenlib_names_the_module_uses_exist():
     """Every `from OsteoScreenLib.x import y` in the module resolves."""
     import importlib
