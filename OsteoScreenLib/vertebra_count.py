@@ -31,12 +31,18 @@ MIN_BODY_VOXELS = 4  # a body is 40-300 voxels on the counter's grid; smaller sp
 TROUGH_RATIO = 0.6
 MIN_PEAK_SEPARATION_MM = 10.0
 # Successive body centres: 16-22 mm apart at the upper thoracic spine, 30-40 mm at the lumbar
-# (body plus disc), a little more on a tilted spine; sideways they move a few mm per level.
+# (body plus disc), a little more on a tilted spine; sideways they move a few mm per level, more
+# where the spine runs obliquely to the scanner's axis: the upper thoracic spine of a kyphotic
+# patient lying supine runs forwards up to about 45 degrees (a step forwards as long as the step down).
 STEP_S_MM = (10.0, 50.0)
 MAX_SIDEWAYS_STEP_MM = 20.0
+MAX_TILT_SIDEWAYS_PER_MM = 1.0  # tan(45 degrees)
 # A step this much longer than its neighbours' steps means a body the counter did not mark:
 # counting across it would be one off.
 MISSED_BODY_RATIO = 1.6
+# A body this much taller along S than its neighbours is likely two bodies the counter ran into
+# one (their disc not marked): counting across it would be one off, as across a missed body.
+MERGED_BODY_RATIO = 1.6
 # A body counts as rib-bearing (or not) when this share of its probability says so; in between,
 # its ribs are unclear and no count passes it.
 RIB_SURE = 0.75
@@ -47,6 +53,7 @@ class Body:
     centroid_ras: np.ndarray
     rib_probability: float  # share of the body's mass the counter gives to "rib-bearing"
     mass: float  # summed body probability over its voxels
+    extent_mm: float = 0.0  # height along S of the voxels marked
 
     @property
     def ribs(self) -> bool | None:
@@ -114,9 +121,9 @@ def find_bodies(probabilities: Volume) -> list[Body]:
 
     ``probabilities``: (k, j, i, C) class probabilities (registry.COUNT_CLASSES) on a RAS-aligned
     grid (k = S). Each body is a connected region where a body class outweighs background and disc,
-    split where its mass along S dips between two peaks (neighbouring bodies that touch); the chain keeps
-    the bodies that follow one another down the spine from the strongest one (a speck on the
-    sternum or an organ is left out)."""
+    split where its mass along S dips between two peaks (neighbouring bodies that touch); the spine is
+    the longest chain of bodies that follow one another down (a speck on the sternum, a shoulder or an
+    organ is left out; ties go to the chain with more mass)."""
     p = probabilities.array
     body = p[..., RIB] + p[..., NO_RIB]
     others = p[..., 0] if p.shape[-1] <= DISC else np.maximum(p[..., 0], p[..., DISC])
@@ -125,21 +132,29 @@ def find_bodies(probabilities: Volume) -> list[Body]:
     for region in components(body > others, MIN_BODY_VOXELS):
         for part in split_along_s(region, body, max(1, int(round(MIN_PEAK_SEPARATION_MM / slice_mm)))):
             rib, none = float(p[..., RIB][part].sum()), float(p[..., NO_RIB][part].sum())
-            centre = probabilities.voxel_centers_ras(np.argwhere(part).mean(axis=0))[0]
-            bodies.append(Body(centre, rib / max(rib + none, 1e-6), rib + none))
+            kji = np.argwhere(part)
+            centre = probabilities.voxel_centers_ras(kji.mean(axis=0))[0]
+            extent = (int(kji[:, 0].max()) - int(kji[:, 0].min()) + 1) * slice_mm
+            bodies.append(Body(centre, rib / max(rib + none, 1e-6), rib + none, extent))
     if not bodies:
         return []
-    start = max(bodies, key=lambda b: b.mass)
+    chains = [_chain_from(start, bodies) for start in bodies]
+    best = max(chains, key=lambda c: (len(c), sum(b.mass for b in c)))
+    return sorted(best, key=lambda b: -b.centroid_ras[2])
+
+
+def _chain_from(start: Body, bodies: list[Body]) -> list[Body]:
+    """The bodies reached from ``start`` stepping down the spine, then up."""
     chain = [start]
     for direction in (1, -1):  # down (S decreasing), then up
         current = start
         while True:
             nxt = _next_body(current, bodies, direction)
-            if nxt is None:
+            if nxt is None or any(nxt is b for b in chain):
                 break
             chain.append(nxt)
             current = nxt
-    return sorted(chain, key=lambda b: -b.centroid_ras[2])
+    return chain
 
 
 def split_along_s(region: np.ndarray, foreground: np.ndarray, min_peak_slices: int) -> list[np.ndarray]:
@@ -177,7 +192,7 @@ def _next_body(current: Body, bodies: list[Body], direction: int) -> Body | None
     for b in bodies:
         step = direction * (current.centroid_ras[2] - b.centroid_ras[2])
         sideways = float(np.linalg.norm(b.centroid_ras[:2] - current.centroid_ras[:2]))
-        if STEP_S_MM[0] <= step <= STEP_S_MM[1] and sideways <= MAX_SIDEWAYS_STEP_MM:
+        if STEP_S_MM[0] <= step <= STEP_S_MM[1] and sideways <= max(MAX_SIDEWAYS_STEP_MM, MAX_TILT_SIDEWAYS_PER_MM * step):
             fits.append((step, b))
     return min(fits, key=lambda f: f[0])[1] if fits else None
 
@@ -194,6 +209,12 @@ def count(bodies: list[Body]) -> Count:
         near = np.concatenate([steps[max(0, n - 2):n], steps[n + 1:n + 3]])
         if len(near) and step > MISSED_BODY_RATIO * float(np.median(near)):
             out.missed_after.append(n)
+    heights = np.array([b.extent_mm for b in bodies])
+    for n, height in enumerate(heights):
+        near = np.concatenate([heights[max(0, n - 2):n], heights[n + 1:n + 3]])
+        if len(near) and height > MERGED_BODY_RATIO * float(np.median(near)):
+            out.missed_after.extend(m for m in (n - 1, n) if m >= 0 and m not in out.missed_after)
+    out.missed_after.sort()
     ribs = [b.ribs for b in bodies]
     bearing = [n for n, r in enumerate(ribs) if r]
     if not bearing:

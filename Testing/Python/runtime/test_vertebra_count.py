@@ -209,3 +209,70 @@ def test_the_disc_class_separates_bodies_the_body_classes_would_join():
     c = count_vertebrae(Volume(p, probs.ijk_to_ras.copy()))
     assert len(c.bodies) == len(USUAL)
     assert c.l1_from_top == c.l1_from_ribs == USUAL.index("L1")
+
+
+# --- the chain along a real spine's course
+
+
+def tilted_spine(forward_mm_per_step: float, shape=(110, 40, 16)) -> tuple[Volume, dict]:
+    """``USUAL`` with the spine from T12 up to T9 running forwards as it rises (steps of 28 mm; a
+    kyphotic patient lying supine): each of those three steps moves the body above
+    ``forward_mm_per_step`` towards anterior, and the spine above T9 with it."""
+    base, centres = spine(USUAL, shape=shape)
+    p = np.zeros_like(base.array)
+    p[..., 0] = 1.0
+    moved = {}
+    tilted = {"T11": 1, "T10": 2, "T9": 3}
+    for name, centre in centres.items():
+        above_t9 = USUAL.index(name) < USUAL.index("T9")
+        c = centre + [0.0, forward_mm_per_step * (3 if above_t9 else tilted.get(name, 0)), 0.0]
+        k, j, i = np.round(c[::-1] / MM).astype(int)
+        cls = RIB if name.startswith("T") else NO_RIB
+        p[k, j - 1:j + 2, i - 1:i + 2] = 0.0
+        p[k, j - 1:j + 2, i - 1:i + 2, cls] = 0.9
+        p[k, j - 1:j + 2, i - 1:i + 2, 0] = 0.1
+        moved[name] = c
+    return Volume(p, base.ijk_to_ras.copy()), moved
+
+
+def test_a_spine_running_forwards_stays_one_chain():
+    """A spine running obliquely to the scanner's axis moves forwards by up to as much as it rises
+    (45 degrees): the chain follows it, so the count from T1 reads."""
+    probs, centres = tilted_spine(forward_mm_per_step=25.0)  # 25 mm forwards per 28 mm step
+    c = count_vertebrae(probs)
+    assert len(c.bodies) == len(USUAL)
+    assert c.l1_from_top == c.l1_from_ribs == USUAL.index("L1")
+
+
+def test_a_jump_sideways_steeper_than_45_degrees_ends_the_chain():
+    probs, _ = tilted_spine(forward_mm_per_step=32.0)  # 32 mm forwards per 28 mm step: not a spine
+    c = count_vertebrae(probs)
+    assert len(c.bodies) < len(USUAL)
+    assert c.l1_from_top is None
+
+
+def test_the_longest_chain_wins_over_a_stronger_blob_off_the_spine():
+    """A big bright region beside the neck (a shoulder, a clavicle) outweighs every body but is not
+    the spine: the spine is the longest chain, wherever its strongest body is."""
+    probs, _ = spine(USUAL, shape=(110, 16, 30))
+    p = probs.array
+    p[100:106, 2:12, 22:29, :] = [0.02, 0.0, 0.98]  # 420 voxels at the top, 75 mm to the side
+    c = count_vertebrae(probs)
+    assert len(c.bodies) == len(USUAL)
+    assert c.l1_from_top == USUAL.index("L1")
+
+
+def test_two_bodies_run_into_one_stop_the_count_across_them():
+    """Where the counter misses a disc, two bodies come out as one twice as tall: counting from T1
+    across it would land one body off, so the count stops there; the last rib pair still reads."""
+    probs, centres = spine(USUAL)
+    p = probs.array
+    k4, k5 = (int(round(centres[n][2] / MM)) for n in ("T4", "T5"))
+    for k in (k4, k5):
+        p[k, 6:9, 6:9] = [0.0, 0.0, 0.0]
+    p[k5:k4 + 1, 6:9, 6:9, RIB] = 0.9  # one tall body from T5 up to T4
+    p[..., 0] = 1.0 - p[..., 1:].sum(-1)
+    c = count_vertebrae(probs)
+    assert len(c.bodies) == len(USUAL) - 1
+    assert c.missed_after and c.l1_from_top is None
+    assert c.l1_from_ribs == USUAL.index("L1") - 1
