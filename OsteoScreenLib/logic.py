@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from . import registry, segmentation_nodes
-from .ct_io import read_ct
+from .ct_io import checked_ct, read_ct
 from .errors import OsteoScreenError
 from .hashing import sha256_path
 from .measurements import vertebra_stats
@@ -60,7 +60,9 @@ class OsteoScreenLogic:
         from .pipeline import CaseInput, ScanSettings
 
         kvp, source = self.tube_voltage(ct_node)
-        return CaseInput(volume_from_node(ct_node), ct_node.GetAttribute(registry.SOURCE_PATH_ATTRIBUTE),
+        # a node of the scene has passed no reader (Slicer's DICOM module, Add Data): check it here, once
+        ct, _ = checked_ct(volume_from_node(ct_node), ct_node.GetName() or "CT volume")
+        return CaseInput(ct, ct_node.GetAttribute(registry.SOURCE_PATH_ATTRIBUTE),
                          ct_node.GetAttribute(registry.SOURCE_SHA256_ATTRIBUTE),
                          ScanSettings(kvp, source, self.contrast_phase(ct_node)))
 
