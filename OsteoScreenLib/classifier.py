@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import OsteoScreenError
-from .features import BodyFeatures, body_features, scan_vector
+from .features import BodyFeatures, Preprocessing, body_features, scan_vector
 from .model_store import model_folder, verified_files
 from .onnx_runner import OnnxNetwork
 from .registry import CLASSES, LABEL_OF, MODELS, qct_class  # MODELS: read by training too
@@ -44,6 +44,8 @@ class OsteoporosisClassifier:
         self.name = model
         folder = model_folder(self.spec["folder"]) if folder is None else Path(folder)
         files, self.card = verified_files(folder)
+        # how the images and the ROI are made: the card's, as the segmenter reads its own
+        self.preprocessing = Preprocessing.from_card(self.card)
         self.net = OnnxNetwork(files["classifier"], threads)
         self.sha256 = self.card["files"]["classifier"]["sha256"]
 
@@ -60,11 +62,11 @@ class OsteoporosisClassifier:
         if missing:
             hint = "; use model 2 (l1), which needs L1 only" if self.name == "l1l2" and missing == ["L2"] else ""
             raise OsteoScreenError(f"{' and '.join(missing)} not segmented: {self.spec['title']} needs {'+'.join(needed)}{hint}")
-        features = {n: body_features(ct, labels, n) for n in needed}
+        features = {n: body_features(ct, labels, n, self.preprocessing) for n in needed}
         warnings = []
         for n in sorted(present - set(needed)):  # ROI HU is reported for every segmented level
             try:
-                features[n] = body_features(ct, labels, n)
+                features[n] = body_features(ct, labels, n, self.preprocessing)
             except OsteoScreenError as exc:
                 warnings.append(str(exc))
         if kvp is None:

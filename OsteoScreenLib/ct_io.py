@@ -50,14 +50,25 @@ def read_ct(path: str | os.PathLike, header: dict | None = None, series_files: l
     were read as air, see :mod:`padding`). ``series_files``: of a DICOM folder, read only these
     files (the series a study's selection chose, :mod:`study`).
     """
-    from .padding import padding_to_air
-
     path = Path(path)
     header = {} if header is None else header
     volume = read_volume(path, header, series_files)
-    volume, header["padding_voxels"] = padding_to_air(volume, header.get("padding_hu"))
-    check_hounsfield(volume, path)
+    volume, header["padding_voxels"] = checked_ct(volume, path, header.get("padding_hu"))
     return volume
+
+
+def checked_ct(volume: Volume, name, padding_hu: tuple[float, float] | None = None) -> tuple[Volume, int]:
+    """A CT as every stage takes it, checked once where it enters: padding and sub-air values read
+    as air (:mod:`padding`; ``padding_hu``: the range a DICOM series declares), values that must be
+    Hounsfield units, a plausible grid. Returns the volume and how many voxels were set to air.
+    The readers (:func:`read_ct`) and the Slicer module's nodes (``logic.case_input``) pass through
+    here; a volume made elsewhere (a phantom, a crop) should too, before the segmenter."""
+    from .padding import padding_to_air
+
+    volume, count = padding_to_air(volume, padding_hu)
+    check_hounsfield(volume, name)
+    check_grid(volume, name)
+    return volume, count
 
 
 def read_volume(path: str | os.PathLike, header: dict | None = None, series_files: list | None = None) -> Volume:

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 from . import registry, segmentation_nodes
-from .ct_io import read_ct
+from .ct_io import checked_ct, read_ct
 from .errors import OsteoScreenError
 from .hashing import sha256_path
 from .measurements import vertebra_stats
@@ -60,7 +60,9 @@ class OsteoScreenLogic:
         from .pipeline import CaseInput, ScanSettings
 
         kvp, source = self.tube_voltage(ct_node)
-        return CaseInput(volume_from_node(ct_node), ct_node.GetAttribute(registry.SOURCE_PATH_ATTRIBUTE),
+        # a node of the scene has passed no reader (Slicer's DICOM module, Add Data): check it here, once
+        ct, _ = checked_ct(volume_from_node(ct_node), ct_node.GetName() or "CT volume")
+        return CaseInput(ct, ct_node.GetAttribute(registry.SOURCE_PATH_ATTRIBUTE),
                          ct_node.GetAttribute(registry.SOURCE_SHA256_ATTRIBUTE),
                          ScanSettings(kvp, source, self.contrast_phase(ct_node)))
 
@@ -196,7 +198,7 @@ class OsteoScreenLogic:
         labels = case.ct.with_array(segmentation_nodes.labelmap_on_grid(segmentation_node, ct_node))
         if labels_digest is not None and _digest(labels) != labels_digest:
             raise OsteoScreenError("the segments changed since the last Classify: classify again, then save the report")
-        features = _features(case.ct, labels, result)
+        features = _features(case.ct, labels, result, self.models)
         return write_case(case, CaseOutcome(labels, result, features), Path(folder), overwrite, segmentation=False)
 
     def export_dicom(self, result, ct_node, segmentation_node, folder, overwrite: bool = False,
@@ -361,11 +363,13 @@ def _digest(labels: Volume) -> str:
     return hashlib.sha256(labels.array.tobytes()).hexdigest()
 
 
-def _features(ct: Volume, labels: Volume, result) -> dict:
-    """The body features of the measured vertebrae (a report of a result made elsewhere, e.g. the worker)."""
-    from .features import body_features
+def _features(ct: Volume, labels: Volume, result, models) -> dict:
+    """The body features of the measured vertebrae (a report of a result made elsewhere, e.g. the worker),
+    made as the result's classifier makes them (its model card's preprocessing)."""
+    from .features import DEFAULT_PREPROCESSING, body_features
 
-    return {n: body_features(ct, labels, n) for n in result.measured()}
+    pre = models.classifier(result.model.name).preprocessing if result.model else DEFAULT_PREPROCESSING
+    return {n: body_features(ct, labels, n, pre) for n in result.measured()}
 
 
 def _slicer_dicom_kvp(ct_node) -> str | None:

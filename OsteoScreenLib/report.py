@@ -15,7 +15,7 @@ import vtk
 from vtk.util import numpy_support
 
 from .atomic import atomic_path
-from .features import IMAGE_FOV_MM, BodyFeatures, erode
+from .features import DEFAULT_PREPROCESSING, BodyFeatures, erode
 from .registry import LABEL_OF, VERTEBRA_BY_NAME
 from .resample import crop_to_grid, sample
 from .volume import Volume
@@ -132,7 +132,9 @@ def render_report(ct: Volume, labels: Volume, result, features: dict[str, BodyFe
     top = np.concatenate(panels, axis=1)
     # long warnings wrap to the image width (about 0.6 font sizes per character)
     lines = []
-    for text, style in result.report_lines(IMAGE_FOV_MM) + [(DISCLAIMER, "disclaimer")]:
+    fov_mm = next(iter(features.values())).preprocessing.field_of_view_mm if features else \
+        DEFAULT_PREPROCESSING.field_of_view_mm
+    for text, style in result.report_lines(fov_mm) + [(DISCLAIMER, "disclaimer")]:
         chars = max(40, int((top.shape[1] - 16) / (0.6 * TEXT_STYLES[style][0])))
         parts = textwrap.wrap(text, chars) if style in ("warning", "finding") else [text]
         lines += [(part, *TEXT_STYLES[style]) for part in parts]

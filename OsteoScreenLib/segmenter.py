@@ -26,14 +26,11 @@ from typing import Callable
 
 import numpy as np
 
-from .ct_io import check_hounsfield
 from .errors import OsteoScreenError
-from .guards import check_grid
 from .model_store import model_folder, verified_files
 from .onnx_runner import OnnxNetwork
-from .padding import padding_to_air
 from .postprocess import components, dilate, fill_holes, largest_component
-from .registry import LABEL_OF, VERTEBRA_NAMES
+from .registry import HU_AIR, LABEL_OF, VERTEBRA_NAMES
 from .rib_check import check_levels, confirms, move_levels, shift_levels
 from .vertebra_count import Count, count_vertebrae
 from .resample import axis_aligned_grid, bounds_ras, centred_grid, crop_to_mask, index_box, mask_box, sample, subvolume
@@ -206,6 +203,12 @@ class L1L2Segmenter:
         progress: Callable[[float, str], None] | None = None,
         cancel: Callable[[], bool] | None = None,
     ) -> SegmentationOutput:
+        """L1 and L2 of ``ct``, a CT checked where it entered (``ct_io.read_ct``, ``logic.case_input``,
+        or ``ct_io.checked_ct`` for a volume made elsewhere): its padding already read as air."""
+        if ct.array.size and ct.array.min() < HU_AIR:  # the contract, not a second conversion
+            raise OsteoScreenError("the CT holds values below air (the scanner's padding?): read it with "
+                                   "ct_io.read_ct, or pass it through ct_io.checked_ct, before segmenting")
+
         def step(fraction: float, message: str) -> None:
             if cancel is not None and cancel():
                 raise Cancelled("segmentation cancelled")
@@ -214,9 +217,6 @@ class L1L2Segmenter:
 
         timing: dict[str, float] = {}
         t0 = time.perf_counter()
-        ct = padding_to_air(ct)[0]  # a volume from a Slicer node may still hold the scanner's padding
-        check_hounsfield(ct, "input CT")
-        check_grid(ct, "input CT")  # a volume node from the scene has not passed the readers' checks
         step(0.05, "finding L1 and L2")
         coarse, coarse_x = self.coarse_stage(ct)
         coarse, levels, rib_report = self.checked_levels(ct, coarse, coarse_x)

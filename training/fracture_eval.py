@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from OsteoScreenLib import registry
+from OsteoScreenLib.ct_io import checked_ct
 from OsteoScreenLib.fracture import body_heights, genant_grade, measure_fractures
 from OsteoScreenLib.phantom import render_case, sample_parameters
 from OsteoScreenLib.phantom.heights import true_heights, true_losses
@@ -179,7 +180,7 @@ def main(argv=None) -> None:
                    "true_heights_mm": {n: {p: round(v, 2) for p, v in t.items()} for n, t in truth.items()},
                    "reference": assess(case.labels, truth)}
             if segmenter is not None and preset == "chest-box" and i < args.model:
-                row["model"] = assess(segmenter.segment(case.ct).labels, truth)
+                row["model"] = assess(segmenter.segment(checked_ct(case.ct, f"phantom {seed}")[0]).labels, truth)
             rows.append(row)
             print(preset, seed, fracture, {n: (graded[n]["grade"], row["reference"][n]["grade"]) for n in graded},
                   flush=True)

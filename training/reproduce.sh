@@ -50,7 +50,8 @@ if [[ $what == segmentation || $what == all ]]; then
   $P --split tune --count 20 --preset chest-coarse-ribswap --stages coarse
   $PY -m training.segmentation.rib_check --epochs 12 --augment --rib-swap --init rib-check-g11
   $PY -m training.studies.rib_check_eval --runs rib-check-g11 rib-check
-  #    tried, not shipped (docs/models.md; rib_check_eval_costal.md, segmentation_eval*_costal_check.md):
+  #    tried, not shipped (docs/models.md; rib_check_eval_costal.md, segmentation_eval*_costal_check.md);
+  #    the costal preset and --costal were removed after commit ad89c24 (git show ad89c24:... to rerun):
   #    the same continued on phantoms whose ribs run as on real CT beside the spine; then, as checkpoint run
   #    rib-check, put in the model folder (`export --rib-check-only`), scored with evaluate (chest and spine;
   #    outputs renamed *_costal_check) and the folder restored from git:

@@ -33,8 +33,6 @@ FRACTURE_RISK = {"normal": 0.04, "osteopenia": 0.12, "osteoporosis": 0.35}
 BOX_STREAM = 0x626F78  # second seed word of the random stream of a box preset's offset ("box")
 RIB_STREAM = 0x726962  # second seed word of the stream of the lower ribs' look ("rib"; added in 1.1.0)
 SWAP_STREAM = 0x737770  # second seed word of the stream of a rib-swap preset's change ("swp")
-JOINT_STREAM = 0x6A6E74  # second seed word of the stream of a body-joint preset's change ("jnt")
-COSTAL_STREAM = 0x637374  # second seed word of the stream of a costal preset's change ("cst")
 CHEST_WALL_STREAM = 0x636877  # second seed word of the stream of the 2.0 chest wall, arms, table, circle ("chw")
 
 
@@ -256,24 +254,6 @@ def sample_rib_swap(rng: np.random.Generator) -> dict:
     return {"drop_lowest": {"drop_one": 1, "drop_two": 2}.get(kind, 0), "full_ribs_on": ["L1"] if kind == "add_l1" else []}
 
 
-def sample_body_joints(rng: np.random.Generator) -> dict:
-    """Real 11th and 12th ribs: a joint with their own vertebral body only, none with the
-    transverse process, which is short on T11 and a stub on T12; the rib runs out sideways below
-    and in front of it. (Elsewhere the phantoms' lowest ribs reach the tip of a full thoracic
-    transverse process, as ribs 1-10 do.)"""
-    return {"lowest_tp_scale": _u(rng, 0.25, 0.5), "second_tp_scale": _u(rng, 0.5, 0.8)}
-
-
-def sample_costal(rng: np.random.Generator) -> dict:
-    """Where the ribs run beside the spine (costal preset): real rib heads sit at the back corner of
-    the vertebral body, by the pedicle, and the rib goes on out and back past the transverse process
-    to its angle, 4-6 cm from the midline, before it turns forward in the chest wall. (Elsewhere the
-    phantoms' heads sit halfway back on the body and the rib turns forward at the process's tip.)"""
-    return {"head_back": _u(rng, 0.7, 1.0),  # the head's distance behind the body's centre, times its half depth
-            "angle_out_mm": _u(rng, 15.0, 35.0),  # the rib angle's distance beyond the tubercle, sideways
-            "angle_back_mm": _u(rng, 5.0, 18.0)}  # and behind it
-
-
 def sample_parameters(seed: int, preset: str = "chest") -> dict:
     """Every random choice of one case, drawn from ``seed`` (numpy PCG64)."""
     if preset not in PRESETS:
@@ -301,10 +281,6 @@ def sample_parameters(seed: int, preset: str = "chest") -> dict:
         params["scanner"]["slice_thickness_mm"] = params["scanner"]["slice_spacing_mm"] = float(fixed_slice)
     if PRESETS[preset].get("rib_swap"):  # from a stream of its own: otherwise the parent preset's case
         params["rib_swap"] = sample_rib_swap(np.random.Generator(np.random.PCG64([int(seed), SWAP_STREAM])))
-    if PRESETS[preset].get("body_joints"):  # from a stream of its own: otherwise the parent preset's case
-        params["body_joints"] = sample_body_joints(np.random.Generator(np.random.PCG64([int(seed), JOINT_STREAM])))
-    if PRESETS[preset].get("costal"):  # from a stream of its own: otherwise the parent preset's case
-        params["costal"] = sample_costal(np.random.Generator(np.random.PCG64([int(seed), COSTAL_STREAM])))
     jitter = PRESETS[preset].get("box_jitter_mm")
     if jitter is not None:  # from a stream of its own: the case stays the parent preset's case of this seed
         box_rng = np.random.Generator(np.random.PCG64([int(seed), BOX_STREAM]))

@@ -64,29 +64,6 @@ PRESETS["chest-coarse-ribswap"] = {
     "rib_swap": True,
 }
 
-# Training the rib check only: the chest-coarse cases with the lowest two rib pairs joined to their
-# vertebral body only, as real 11th and 12th ribs are (``parameters.sample_body_joints``): short
-# transverse processes, no rib along them. The other phantoms join every rib to the tip of a full
-# thoracic transverse process, a bright bar beside the vertebra that real T11 and T12 lack.
-PRESETS["chest-coarse-bodyjoints"] = {
-    **PRESETS["chest-coarse"],
-    "description": "The chest-coarse cases with the lowest two rib pairs joined to their vertebral body only, "
-    "beside short transverse processes, as real 11th and 12th ribs: for training the rib check.",
-    "body_joints": True,
-}
-
-# Training the rib check only: the chest-coarse cases with ribs that run as on real CT beside the
-# spine (``parameters.sample_costal``): the head at the back corner of the vertebral body, and the
-# rib on out and back past the transverse process to its angle before it turns forward. The other
-# phantoms' ribs start further forward on the body and turn forward at the process's tip, a
-# course no real rib takes; a real spine-cropped scan shows little more than this stretch.
-PRESETS["chest-coarse-costal"] = {
-    **PRESETS["chest-coarse"],
-    "description": "The chest-coarse cases with the rib heads at the back corner of the vertebral body and the "
-    "ribs running out and back past the transverse process to their angle, as on real CT: for training the rib check.",
-    "costal": True,
-}
-
 # Training the fine segmentation stage and the classifier only needs the region around L1-L2
 # of a chest CT: render the same chest cases on a box of the chest grid (a sub-lattice of it:
 # same spacing, voxel centres on chest voxel centres), about 10-20x faster than the whole scan.

@@ -44,13 +44,12 @@ def build_anatomy(params: dict) -> Anatomy:
     subject, torso = params["subject"], params["torso"]
     # first pass: torso outline needs the spine, the spine needs the L1 depth -> iterate once
     v_l1 = 0.0
-    joints = params.get("body_joints")  # the body-joint preset only
-    vertebrae = build_spine(params["spine"], subject, v_l1, joints)
+    vertebrae = build_spine(params["spine"], subject, v_l1)
     profile = TorsoProfile(vertebrae, torso, torso["fat_subcut_mm"])
     l1 = next(v for v in vertebrae if v.name == "L1")
     p = profile.at(l1.center[2])
     v_l1 = p["v_spine"] - p["vc"]  # spine relative to the torso centre at L1
-    vertebrae = build_spine(params["spine"], subject, v_l1, joints)
+    vertebrae = build_spine(params["spine"], subject, v_l1)
     profile = TorsoProfile(vertebrae, torso, torso["fat_subcut_mm"])
     swap = params.get("rib_swap")  # the rib-swap preset only
     if swap:
@@ -61,8 +60,7 @@ def build_anatomy(params: dict) -> Anatomy:
             if vb.name in swap["full_ribs_on"]:
                 vb.rib_length_mm = 1.0  # full rib; length computed by the rib builder
     ribs = build_ribs(vertebrae, profile, lower=params.get("lower_ribs"),  # absent: as generator 1.0.0
-                      full_ribs_on=tuple(swap["full_ribs_on"]) if swap else (), body_joints=bool(joints),
-                      costal=params.get("costal"))
+                      full_ribs_on=tuple(swap["full_ribs_on"]) if swap else ())
     for vb in vertebrae:
         mine = [r for r in ribs if r.vertebra == vb.name]
         if mine:

@@ -35,9 +35,6 @@ LOWER_RIB_DESCENT_DEG = {8: 0.0, 9: 6.0, 10: 12.0, 11: 22.0, 12: 33.0, 13: 37.0}
 LEVEL_BEYOND_TUBERCLE_MM = 20.0  # the rib bends down from level over twice this distance out of the tubercle
 _FRONT_DROP_KEPT = {8: 1.0, 9: 0.7, 10: 0.5, 11: 0.0, 12: 0.0, 13: 0.0}
 MAX_DESCENT_DEG = 60.0
-# Where a rib joined to its body only passes the transverse process: this far beyond its tip
-# sideways, behind the rib head and below it (mm; body-joint preset).
-BODY_JOINT_NECK_MM = (4.0, 12.0, 8.0)
 
 
 @dataclass
@@ -67,14 +64,10 @@ def _lateral(out_mm):
 
 
 def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0, lower: dict | None = None,
-               full_ribs_on: tuple[str, ...] = (), body_joints: bool = False, costal: dict | None = None) -> list[Rib]:
+               full_ribs_on: tuple[str, ...] = ()) -> list[Rib]:
     """The ribs of a spine; ``lower`` is ``params['lower_ribs']`` (None: the level ribs of 1.0.0);
     ``full_ribs_on``: lumbar vertebrae given a full rib pair, numbered on from the last thoracic
-    one (the rib-swap preset), instead of a rudimentary stub; ``body_joints``: the lowest two
-    thoracic pairs join their body only and run out below and in front of the transverse process
-    (the body-joint preset), instead of along it to its tip; ``costal`` is ``params['costal']``
-    (the costal preset): the heads sit further back on the body and each rib runs on out and back
-    beyond the tubercle to its angle before it turns forward (None: it turns at the tubercle)."""
+    one (the rib-swap preset), instead of a rudimentary stub."""
     out = []
     n_thoracic = sum(1 for vb in vertebrae if vb.name.startswith("T"))
     for vb in vertebrae:
@@ -84,8 +77,7 @@ def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0, lower:
         if vb.name in full_ribs_on:
             number = n_thoracic + 1 + full_ribs_on.index(vb.name)
         for sgn, side in ((1.0, "R"), (-1.0, "L")):
-            head_back = costal["head_back"] if costal else 0.55
-            head = vb.to_body([sgn * (vb.half_width + 1.5), -vb.half_depth * head_back, vb.half_height * 0.55])
+            head = vb.to_body([sgn * (vb.half_width + 1.5), -vb.half_depth * 0.55, vb.half_height * 0.55])
             tip_local = vb.extras.get(f"tp_tip_{side}")
             if number == 0:  # lumbar rib stub at the transverse process tip
                 base = vb.to_body([sgn * (vb.half_width + 14.0), -vb.half_depth - 6.0, 0.0])
@@ -93,10 +85,6 @@ def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0, lower:
                 out.append(Rib(vb.name, side, 0, np.array([base, end]), None))
                 continue
             tubercle = vb.to_body(tip_local + np.array([0.0, 5.0, 0.0]))
-            if body_joints and n_thoracic - 1 <= number <= n_thoracic:
-                tubercle = vb.to_body([sgn * (abs(tip_local[0]) + BODY_JOINT_NECK_MM[0]),
-                                       -vb.half_depth * 0.55 - BODY_JOINT_NECK_MM[1],
-                                       vb.half_height * 0.55 - BODY_JOINT_NECK_MM[2]])
             # scale the rib number so 11 or 13 pairs still end with floating ribs
             shape_n = number if n_thoracic == 12 else (number * 12.0 / n_thoracic)
             if n_thoracic == 13 and number == 13:
@@ -117,12 +105,8 @@ def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0, lower:
             if lower is not None:
                 deg = min(_interp(LOWER_RIB_DESCENT_DEG, shape_n) * lower["descent_scale"], MAX_DESCENT_DEG)
                 slope, keep = float(np.tan(np.radians(deg))), _interp(_FRONT_DROP_KEPT, shape_n)
-            angle = None  # the rib angle behind and beyond the tubercle (costal preset)
-            if costal:
-                angle = vb.to_body(tip_local + np.array([sgn * costal["angle_out_mm"], 5.0 - costal["angle_back_mm"], 0.0]))
-                angle[2] = w0 - slope * float(_lateral(costal["angle_out_mm"]))
-            # the course in the chest wall starts beyond the tubercle, or just beyond the angle
-            start_x = abs(angle[0]) + 10.0 if angle is not None else abs(tubercle[0]) + 22.0
+            # the course in the chest wall starts beyond the tubercle
+            start_x = abs(tubercle[0]) + 22.0
             th_angle = float(np.arcsin(np.clip(start_x / a_in, 0.05, 0.9)))
             th_end = end_frac * np.pi
             if lower is not None and number == n_thoracic:
@@ -132,7 +116,7 @@ def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0, lower:
             # how far out of the tubercle the rib has come (the slope is its course on a coronal view)
             out_mm = np.maximum.accumulate(np.maximum(a_in * np.sin(th) - abs(tubercle[0]), 0.0))
             lateral = _lateral(out_mm)
-            pts = [head, tubercle] + ([angle] if angle is not None else [])
+            pts = [head, tubercle]
             for f, ang, s in zip(frac, th, lateral):
                 w = w0 + keep * (4.0 * np.sin(np.pi * min(f * 3, 1.0)) - drop * f ** 1.4) - slope * s
                 q = profile.at(w)

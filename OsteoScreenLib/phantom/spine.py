@@ -92,7 +92,7 @@ def _profile(s, s0, s1):
     return np.sin(np.pi * t)
 
 
-def build_spine(sp: dict, subject: dict, v_l1: float, body_joints: dict | None = None) -> list[Vertebra]:
+def build_spine(sp: dict, subject: dict, v_l1: float) -> list[Vertebra]:
     """Place every vertebra in body coordinates from the spine parameters.
 
     ``v_l1`` is the anterior position of the L1 body centre (set by the torso).
@@ -183,15 +183,12 @@ def build_spine(sp: dict, subject: dict, v_l1: float, body_joints: dict | None =
             posterior_flattening=sp["posterior_concavity"] * (0.5 + lumbarness),
             fracture=fractures.get(name), bmd_mg_cm3=float(max(bmd, 10.0)), rib_length_mm=rib,
         )
-        tp_scale = 1.0
-        if body_joints and i in (last_t - 1, last_t):  # the lowest two rib-bearing vertebrae
-            tp_scale = body_joints["lowest_tp_scale" if i == last_t else "second_tp_scale"]
-        _add_posterior_elements(vb, lumbar_index=(i - first_l) if i >= first_l else -1, tp_scale=tp_scale)
+        _add_posterior_elements(vb, lumbar_index=(i - first_l) if i >= first_l else -1)
         out.append(vb)
     return out
 
 
-def _add_posterior_elements(vb: Vertebra, lumbar_index: int, tp_scale: float = 1.0) -> None:
+def _add_posterior_elements(vb: Vertebra, lumbar_index: int) -> None:
     b, h, t = vb.half_depth, vb.half_height, vb.lumbarness
     cervical = vb.name.startswith("C")
     canal_a = (7.5 + 4.0 * t) * (0.95 if cervical else 1.0)
@@ -226,8 +223,6 @@ def _add_posterior_elements(vb: Vertebra, lumbar_index: int, tp_scale: float = 1
             if cervical:
                 tip = np.array([sgn * (xp + ltp), yc + 6.0, 0.2 * h])
             base = np.array([sgn * xp, yc - 0.5 * canal_b, 0.3 * h])
-            if tp_scale != 1.0:  # a short process (body-joint preset)
-                tip = base + tp_scale * (tip - base)
             el.append(Capsule(base, tip, 5.0, one))
             vb.extras[f"tp_tip_{'R' if sgn > 0 else 'L'}"] = tip
     # spinous process: long and steep in the thorax, short and horizontal in the lumbar spine

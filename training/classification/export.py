@@ -20,8 +20,7 @@ import torch
 
 from OsteoScreenLib import __version__
 from OsteoScreenLib.classifier import MODELS as RUNTIME_MODELS
-from OsteoScreenLib.features import (IMAGE_FOV_MM, IMAGE_HU_WINDOW, IMAGE_SIZE_PX, ROI_CORTEX_MARGIN_MM, ROI_SCALE,
-                                     SLAB_OFFSETS_MM, scan_vector)
+from OsteoScreenLib.features import DEFAULT_PREPROCESSING, scan_vector
 from OsteoScreenLib.hashing import sha256_file
 from OsteoScreenLib.paths import models_dir
 from OsteoScreenLib.registry import (CLASSES, CONTRAST_PHASES, NORMAL_MIN_BMD_MG_CM3, OSTEOPOROSIS_MAX_BMD_MG_CM3,
@@ -106,10 +105,7 @@ def export(model: str, metrics: dict | None = None) -> Path:
                                          f"{list(TUBE_VOLTAGES_KVP)} + unknown, ROI HU / 100 of each vertebra, "
                                          f"their products, contrast phase one-hot {list(CONTRAST_PHASES)} + unknown"},
                          "outputs": {"logits": list(CLASSES), "bmd_mg_cm3": "mean of L1 and L2"}},
-        "preprocessing": {"image_size_px": IMAGE_SIZE_PX, "field_of_view_mm": IMAGE_FOV_MM, "slab_offsets_mm": SLAB_OFFSETS_MM,
-                          "hu_window": IMAGE_HU_WINDOW,
-                          "channels": ["body only (0 outside the segment)", "unmasked plane (reference tissues)"],
-                          "roi": {"cortex_margin_mm": ROI_CORTEX_MARGIN_MM, "scale": ROI_SCALE}},
+        "preprocessing": DEFAULT_PREPROCESSING.to_card(),  # the run time reads it back (Preprocessing.from_card)
         "labels": {str(i): c for i, c in enumerate(CLASSES)},
         "training_data": {"source": "synthetic chest-CT phantoms of OsteoScreenLib.phantom (no real patient data)",
                           "generator_version": GENERATOR_VERSION, "source_commit": source_commit(),

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from OsteoScreenLib.ct_io import read_ct, read_volume
+from OsteoScreenLib.ct_io import checked_ct, read_ct, read_volume
 from OsteoScreenLib.errors import OsteoScreenError
 from OsteoScreenLib.paths import models_dir
 from OsteoScreenLib.phantom import GENERATOR_VERSION
@@ -51,7 +51,7 @@ def evaluate_case(seg: L1L2Segmenter, seed: int, preset: str) -> dict:
     case = generate_case(seed, preset)
     row = {"seed": seed}
     try:
-        out = seg.segment(case.ct)
+        out = seg.segment(checked_ct(case.ct, f"phantom {seed}")[0])  # its padding read as air, as a reader does
     except OsteoScreenError as exc:
         row["error"] = str(exc)
         return row

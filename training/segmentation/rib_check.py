@@ -40,15 +40,9 @@ PRESET = "chest-coarse"
 # The same cases with ribs taken from the lowest rib-bearing vertebrae or given to L1 (--rib-swap):
 # elsewhere a vertebra's shape alone tells whether it bears ribs.
 SWAP_PRESET = "chest-coarse-ribswap"
-# The same cases with the lowest two rib pairs joined to their body only, beside short transverse
-# processes, as real 11th and 12th ribs (--body-joints): elsewhere every phantom rib runs along a
-# full transverse process to its tip.
-JOINT_PRESET = "chest-coarse-bodyjoints"
-# The same cases with the ribs running as on real CT beside the spine (--costal): the head at the
-# back corner of the body, the rib out and back past the transverse process to its angle; elsewhere
-# the ribs start halfway back on the body and turn forward at the process's tip.
-COSTAL_PRESET = "chest-coarse-costal"
-PRESETS = (PRESET, SWAP_PRESET, JOINT_PRESET, COSTAL_PRESET)
+# Presets tried for training the rib check and removed from the generator (body joints, costal ribs):
+# docs/models.md, "Tried and not shipped".
+PRESETS = (PRESET, SWAP_PRESET)
 
 
 class RibCheckNet(nn.Module):
@@ -150,7 +144,7 @@ def level_order(key: str) -> tuple[int, str]:
 
 # The word a preset's tune boxes are reported under, after the level (``accuracy_by_level``);
 # rib-swap boxes also say whether they bear ribs.
-PRESET_TAGS = {SWAP_PRESET: "swap", JOINT_PRESET: "body joints", COSTAL_PRESET: "costal"}
+PRESET_TAGS = {SWAP_PRESET: "swap"}
 
 
 def _level_key(item: dict) -> str:
@@ -191,12 +185,11 @@ def bce(p: np.ndarray, y: np.ndarray, eps: float = 1e-6) -> float:
 
 def train(epochs: int, out: Path, seed: int = 0, threads: int = 2, cache: Path = DEFAULT_CACHE,
           train_count: int | None = None, augment: bool = False, init: str | None = None,
-          rib_swap: bool = False, body_joints: bool = False, costal: bool = False) -> dict:
+          rib_swap: bool = False) -> dict:
     torch.manual_seed(seed)
     torch.set_num_threads(threads)
     rng = np.random.default_rng(seed)
-    presets = (PRESET,) + ((SWAP_PRESET,) if rib_swap else ()) + ((JOINT_PRESET,) if body_joints else ()) \
-        + ((COSTAL_PRESET,) if costal else ())
+    presets = (PRESET,) + ((SWAP_PRESET,) if rib_swap else ())
     train_items = [it for p in presets for s in seeds_of("train", train_count) for it in case_items(s, cache, p)]
     tune_items = [it for p in presets for s in seeds_of("tune") for it in case_items(s, cache, p)]
     if not train_items:
@@ -248,8 +241,6 @@ def train(epochs: int, out: Path, seed: int = 0, threads: int = 2, cache: Path =
             torch.save({"model": net.state_dict()}, out / "final.pt")
     config = {"network": RIB_CHECK_NETWORK, "preprocessing": PREPROCESSING["rib_check"], "preset": PRESET,
               "rib_swap_preset": SWAP_PRESET if rib_swap else None,
-              "body_joint_preset": JOINT_PRESET if body_joints else None,
-              "costal_preset": COSTAL_PRESET if costal else None,
               "generator_version": GENERATOR_VERSION,
               "levels": list(RIB_CHECK_LEVELS), "jitter_mm": RIB_CHECK_JITTER_MM,
               "augment": aug, "init": init, "epochs": epochs, "seed": seed,
@@ -271,13 +262,9 @@ def main() -> None:
     p.add_argument("--init", default=None, help="start from this checkpoint run (under training/checkpoints)")
     p.add_argument("--rib-swap", action="store_true",
                    help=f"also train and tune on the {SWAP_PRESET} cases (ribs moved between vertebrae)")
-    p.add_argument("--body-joints", action="store_true",
-                   help=f"also train and tune on the {JOINT_PRESET} cases (lowest ribs joined to their body only)")
-    p.add_argument("--costal", action="store_true",
-                   help=f"also train and tune on the {COSTAL_PRESET} cases (ribs running as on real CT beside the spine)")
     a = p.parse_args()
     train(a.epochs, a.out, threads=a.threads, cache=a.cache, train_count=a.train_count, augment=a.augment, init=a.init,
-          rib_swap=a.rib_swap, body_joints=a.body_joints, costal=a.costal)
+          rib_swap=a.rib_swap)
 
 
 if __name__ == "__main__":

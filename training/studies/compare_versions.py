@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from OsteoScreenLib.classifier import MODELS as RUNTIME_MODELS
-from OsteoScreenLib.features import IMAGE_FOV_MM, IMAGE_HU_WINDOW, IMAGE_SIZE_PX, SLAB_OFFSETS_MM
+from OsteoScreenLib.features import DEFAULT_PREPROCESSING, Preprocessing
 from OsteoScreenLib.paths import models_dir
 from OsteoScreenLib.registry import CLASSES
 
@@ -48,9 +48,8 @@ def model_files(rev: str, model: str, scratch: Path) -> Path:
 
 
 def same_preprocessing(card: dict) -> bool:
-    pre = card["preprocessing"]
-    return (pre["image_size_px"] == IMAGE_SIZE_PX and pre["field_of_view_mm"] == IMAGE_FOV_MM
-            and list(pre["slab_offsets_mm"]) == list(SLAB_OFFSETS_MM) and list(pre["hu_window"]) == list(IMAGE_HU_WINDOW))
+    pre = Preprocessing.from_card(card)  # the ROI too: the cached features were made with the defaults
+    return pre == DEFAULT_PREPROCESSING
 
 
 def score(folder: Path, model: str, data: dict, known: bool) -> list[dict]:

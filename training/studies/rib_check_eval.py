@@ -10,10 +10,6 @@ under training/checkpoints) about:
 - the same phantoms with ribs moved (preset ``chest-coarse-ribswap``: the ribs of the lowest one
   or two rib-bearing vertebrae removed, or a full pair given to L1), by level and swap: a check
   that reads shapes calls a thoracic vertebra without ribs rib-bearing, and L1 with ribs not;
-- where cached, the same phantoms with the lowest two rib pairs joined to their body only (preset
-  ``chest-coarse-bodyjoints``, as real 11th and 12th ribs), by level;
-- where cached, the same phantoms with the ribs running as on real CT beside the spine (preset
-  ``chest-coarse-costal``: heads at the back corner of the body, out and back to the rib angle), by level;
 - the real cases, at each reference vertebra: its S from the reference mask's centroid, R and A
   from the coarse stage's L1 (the body centre; the reference masks are whole vertebrae).
 
@@ -40,7 +36,7 @@ from training.real_data import REAL_DATA
 from training.segmentation.config import PREPROCESSING
 from training.segmentation.evaluate import REAL_CASE_LEVEL_NAMES, RESULTS
 from training.segmentation.prepare import DEFAULT_CACHE
-from training.segmentation.rib_check import (CHECKPOINTS, COSTAL_PRESET, JOINT_PRESET, PRESET, SWAP_PRESET, accuracy_by_level, build_network,
+from training.segmentation.rib_check import (CHECKPOINTS, PRESET, SWAP_PRESET, accuracy_by_level, build_network,
                         level_order, predict, cached_tune_items)
 
 # The real cases' vertebrae the check is asked about (reference label -> level).
@@ -95,7 +91,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(2)
     items = cached_tune_items(a.count, a.cache)
-    if SWAP_PRESET not in items:  # the body-joint preset is optional: scored where cached
+    if SWAP_PRESET not in items:
         raise SystemExit(f"no cached {SWAP_PRESET} tune samples; run training.segmentation.prepare --split tune "
                          f"--count {a.count} --preset {SWAP_PRESET} --stages coarse")
     real = {case: real_boxes(case, a.real_data) for case in REAL_VERTEBRAE if (a.real_data / case).is_dir()}
@@ -113,10 +109,6 @@ def main() -> None:
     md = ["# What the rib check reads", "",
           f"{result['machine']}; {result['date']}; generator {GENERATOR_VERSION}; {result['tune_cases']} tune "
           f"phantoms (`{PRESET}`), the same with ribs moved between vertebrae (`{SWAP_PRESET}`)"
-          + (f", the same with the lowest two rib pairs joined to their body only (`{JOINT_PRESET}`)"
-             if JOINT_PRESET in items else "")
-          + (f", the same with the ribs running as on real CT beside the spine (`{COSTAL_PRESET}`)"
-             if COSTAL_PRESET in items else "")
           + ", and the real cases. Accuracy: the rib-bearing probability on the right side of 0.5.", ""]
     keys = sorted({k for e in result["runs"].values() for preset in items for k in e[preset]["by_level"]},
                   key=level_order)

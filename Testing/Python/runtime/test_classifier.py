@@ -131,3 +131,66 @@ def test_a_class_outside_the_estimated_bmd_range_is_flagged(phantom_nodes):
             disagree = qct_class(pred["bmd_mg_cm3"]) != pred["class"]
             assert disagree == any("disagree" in w for w in result["warnings"]), (kvp, model, pred)
     logic.set_tube_voltage(ct_node, None)
+
+
+def a_copied_classifier(tmp_path, change):
+    """The bundled model 1 folder copied, its card's preprocessing changed by ``change`` (the weights,
+    whose SHA-256 the card lists, untouched)."""
+    import shutil
+
+    from OsteoScreenLib.model_store import model_folder
+    from OsteoScreenLib.registry import MODELS
+
+    folder = shutil.copytree(model_folder(MODELS["l1l2"]["folder"]), tmp_path / "classifier")
+    card = json.loads((folder / "model_card.json").read_text())
+    change(card["preprocessing"])
+    (folder / "model_card.json").write_text(json.dumps(card))
+    return folder
+
+
+def test_the_classifier_makes_its_inputs_as_its_model_card_says(a_chest_phantom, tmp_path, bundled_models):
+    """The preprocessing is read from the card, as the segmenter's: another ROI scale or HU window in the
+    card changes the ROI HU or the network's input, and so the result."""
+    from OsteoScreenLib.classifier import OsteoporosisClassifier
+    from OsteoScreenLib.features import DEFAULT_PREPROCESSING
+
+    case, _ = a_chest_phantom
+    bundled = OsteoporosisClassifier("l1l2")
+    assert bundled.preprocessing == DEFAULT_PREPROCESSING  # what the bundled models were trained with
+    before = bundled.classify(case.ct, case.labels, kvp=120, contrast="none")
+
+    smaller_roi = OsteoporosisClassifier("l1l2", folder=a_copied_classifier(tmp_path / "roi", lambda p: p["roi"].update(scale=0.3)))
+    after = smaller_roi.classify(case.ct, case.labels, kvp=120, contrast="none")
+    assert smaller_roi.preprocessing.roi_scale == 0.3
+    assert after.features["L1"].roi_area_mm2 < 0.5 * before.features["L1"].roi_area_mm2
+    assert after.features["L1"].roi_hu != before.features["L1"].roi_hu
+
+    window = OsteoporosisClassifier("l1l2", folder=a_copied_classifier(tmp_path / "win", lambda p: p.update(hu_window=[-1000.0, 3000.0])))
+    moved = window.classify(case.ct, case.labels, kvp=120, contrast="none")
+    assert moved.features["L1"].roi_hu == before.features["L1"].roi_hu  # the same ROI, another network input
+    assert not np.array_equal(moved.features["L1"].network_image(), before.features["L1"].network_image())
+    assert moved.probabilities != before.probabilities or moved.bmd_mg_cm3 != before.bmd_mg_cm3
+
+
+@pytest.mark.parametrize("change", [lambda p: p.pop("roi"), lambda p: p.update(image_size_px=0),
+                                    lambda p: p.update(hu_window=[1200.0, -200.0]),
+                                    lambda p: p.update(field_of_view_mm="wide"),
+                                    lambda p: p.update(channels=["body only (0 outside the segment)"])],
+                         ids=["no roi", "zero size", "reversed window", "not a number", "one channel"])
+def test_a_card_without_a_usable_preprocessing_is_refused(tmp_path, bundled_models, change):
+    from OsteoScreenLib.classifier import OsteoporosisClassifier
+    from OsteoScreenLib.errors import OsteoScreenError
+
+    with pytest.raises(OsteoScreenError, match="preprocessing is missing or invalid"):
+        OsteoporosisClassifier("l1l2", folder=a_copied_classifier(tmp_path, change))
+
+
+def test_a_card_whose_weights_do_not_match_is_still_refused(tmp_path, bundled_models):
+    from OsteoScreenLib.classifier import OsteoporosisClassifier
+    from OsteoScreenLib.errors import OsteoScreenError
+
+    folder = a_copied_classifier(tmp_path, lambda p: None)
+    with open(folder / "classifier.onnx", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(OsteoScreenError, match="SHA-256"):
+        OsteoporosisClassifier("l1l2", folder=folder)

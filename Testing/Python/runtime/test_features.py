@@ -5,8 +5,10 @@ import pytest
 from conftest import oblique_matrix
 
 from OsteoScreenLib.errors import OsteoScreenError
-from OsteoScreenLib.features import IMAGE_FOV_MM, IMAGE_SIZE_PX, body_features
+from OsteoScreenLib.features import DEFAULT_PREPROCESSING, body_features
 from OsteoScreenLib.volume import Volume
+
+IMAGE_FOV_MM, IMAGE_SIZE_PX = DEFAULT_PREPROCESSING.field_of_view_mm, DEFAULT_PREPROCESSING.image_size_px
 
 TRABECULAR_HU, CORTEX_HU, TISSUE_HU = 150.0, 700.0, 40.0
 RADIUS_MM, HALF_HEIGHT_MM, SHELL_MM = 20.0, 13.0, 1.5

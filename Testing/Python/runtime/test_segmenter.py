@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from OsteoScreenLib.cli import main
-from OsteoScreenLib.ct_io import read_ct, read_volume
+from OsteoScreenLib.ct_io import checked_ct, read_ct, read_volume
 from OsteoScreenLib.errors import OsteoScreenError
 from OsteoScreenLib.logic import OsteoScreenLogic
 from OsteoScreenLib.metrics import dice
@@ -23,7 +23,7 @@ def segmenter(bundled_models):
 @pytest.fixture(scope="module")
 def a_segmented_phantom(segmenter, a_chest_phantom):
     case, _ = a_chest_phantom
-    return case, segmenter.segment(case.ct)
+    return case, segmenter.segment(checked_ct(case.ct, "phantom")[0])
 
 
 def test_a_chest_phantom_gets_both_bodies_at_the_right_levels(a_segmented_phantom):
@@ -115,7 +115,7 @@ def test_a_level_cut_by_the_last_slice_is_segmented_and_reported_as_cut(segmente
     from OsteoScreenLib.phantom import generate_case
 
     case = generate_case(300033, "spine")
-    out = segmenter.segment(case.ct)
+    out = segmenter.segment(checked_ct(case.ct, "phantom")[0])
     for name, value in LABEL_OF.items():
         pred = out.labels.array == value
         assert (case.levels.array[pred] == VERSE_LEVEL_IDS[name]).mean() > 0.9, name
@@ -130,7 +130,7 @@ def test_a_move_the_ribs_favour_too_weakly_to_make_reaches_the_reader(segmenter)
     from OsteoScreenLib.phantom import generate_case
 
     case = generate_case(300027, "spine")
-    out = segmenter.segment(case.ct)
+    out = segmenter.segment(checked_ct(case.ct, "phantom")[0])
     l1 = out.labels.array == LABEL_OF["L1"]
     assert (case.levels.array[l1] == VERSE_LEVEL_IDS["L1"]).mean() > 0.9
     assert out.rib_check["shift"] == 0 and out.rib_check["leaning"] == 1 and 1.0 < out.rib_check["lean_ratio"] < 20.0
@@ -219,7 +219,7 @@ def test_a_scan_ending_below_l1_gives_l1_and_model_2_a_result(segmenter, a_chest
     shape = case.ct.array.shape
     ct = subvolume(case.ct, (0, 0, disc), (shape[2], shape[1], shape[0]))
     levels = subvolume(case.levels, (0, 0, disc), (shape[2], shape[1], shape[0]))
-    out = segmenter.segment(ct)
+    out = segmenter.segment(checked_ct(ct, "cut phantom")[0])
     l1 = out.labels.array == LABEL_OF["L1"]
     assert (levels.array[l1] == VERSE_LEVEL_IDS["L1"]).mean() > 0.9
     assert not (out.labels.array == LABEL_OF["L2"]).any()
@@ -228,3 +228,21 @@ def test_a_scan_ending_below_l1_gives_l1_and_model_2_a_result(segmenter, a_chest
     assert result.predicted_class in ("normal", "osteopenia", "osteoporosis")
     with pytest.raises(OsteoScreenError, match="use model 2"):
         OsteoporosisClassifier("l1l2").classify(ct, out.labels)
+
+
+def test_the_ct_is_checked_once_where_it_enters_and_the_segmenter_refuses_one_that_was_not(segmenter, a_chest_phantom):
+    """The readers and the module's nodes (logic.case_input) read the padding as air and check the values
+    and grid; the segmenter does not redo it, and refuses a volume that skipped it (a phantom written with
+    the vendor's padding) instead of reading the padding as tissue."""
+    from OsteoScreenLib.phantom import generate_case
+    from OsteoScreenLib.registry import HU_AIR
+
+    raw = generate_case(300000, "chest").ct
+    if raw.array.min() >= HU_AIR:
+        raw = raw.with_array(np.where(raw.array == raw.array.min(), -3024, raw.array).astype(raw.array.dtype))
+    with pytest.raises(OsteoScreenError, match="checked_ct"):
+        segmenter.segment(raw)
+    checked, count = checked_ct(raw, "phantom")
+    assert count > 0 and checked.array.min() >= HU_AIR
+    case, _ = a_chest_phantom
+    np.testing.assert_array_equal(checked.array, checked_ct(case.ct, "phantom")[0].array)

@@ -96,17 +96,6 @@ def test_rib_check_boxes_train_one_epoch(tmp_path, real_data, monkeypatch):
     assert tune_swap  # the tune case's swap changed some vertebra's label, which is reported apart
     assert f"{tune_swap[0]['level']} swap, {'ribs' if tune_swap[0]['label'] else 'no ribs'}" in \
         config["best"]["tune_accuracy_by_level"]
-    # with --body-joints (the lowest ribs joined to their body only) or --costal (the ribs running as
-    # on real CT beside the spine) the same cases join in, their labels unchanged, reported apart
-    for preset, flag, key, suffix in (("chest-coarse-bodyjoints", "body_joints", "body_joint_preset", "body joints"),
-                                      ("chest-coarse-costal", "costal", "costal_preset", "costal")):
-        for split, n in (("train", 2), ("tune", 1)):
-            prepare(split, n, preset, cache, workers=1, stages="coarse")
-        assert {it["level"]: it["label"] for it in case_items(100000, cache, preset)} == by_level
-        config = train(1, tmp_path / flag, threads=1, cache=cache, **{flag: True})
-        assert config[key] == preset and config["rib_swap_preset"] is None
-        assert sum(v is not None for k, v in config.items() if k.endswith("_preset")) == 1  # this one alone joins
-        assert f"T12 {suffix}" in config["best"]["tune_accuracy_by_level"]
     # rib_check_eval scores a run on both sets and on the real vertebrae (S from the reference masks)
     from training.studies.rib_check_eval import load_run, real_boxes, score_run
     from training.studies import rib_check_eval
