@@ -1,0 +1,319 @@
+"""Screening an archive: DICOM phantom studies of several series, local engine and Ray side by side.
+
+    python -m training.studies.archive_benchmark [--count 40] [--engines local ray] [--workers N]
+
+Builds ``--count`` studies from full-size chest phantoms (seeds 300100+), each with five series
+(OsteoScreenLib/phantom/study_tree.py: a scout, the soft-tissue series the rules choose, a lung-kernel
+copy, a thick-slice copy, a dose SR), in training/cache/archive_benchmark/ (ignored by git; built
+once, so a rerun only screens). Then, per engine, one ``osteoscreen screen TREE`` process over the
+whole tree (fresh output folder), timed from start to exit, while the RSS of its process tree (the
+driver, and with Ray its raylet, GCS server and workers) is summed every 0.25 s. Records the series
+chosen per study, whether both engines wrote the same results.csv, the load average before and
+after each run (other jobs share the machine), and writes training/results/archive_benchmark.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from OsteoScreenLib.phantom import generate_case, write_case
+from OsteoScreenLib.phantom.study_tree import write_study
+from training.studies.screen_benchmark import RESULTS, command, machine, write_outputs
+
+CACHE = Path(__file__).resolve().parents[1] / "cache" / "archive_benchmark"
+STUDIES = 100_000
+NODES = (1, 4, 16)
+CORES_PER_NODE = 32  # an assumption for the arithmetic, not measured
+
+
+def build_tree(first_seed: int, count: int) -> tuple[Path, dict[int, dict]]:
+    """The tree of ``count`` studies (patient<seed>/study1/s1..s9) and per seed its UIDs and the phantom's truth."""
+    tree = CACHE / f"tree-{first_seed}-{count}"
+    built = {}
+    for n, seed in enumerate(range(first_seed, first_seed + count)):
+        marker = CACHE / "built" / f"{tree.name}-{seed}.json"
+        study = tree / f"patient{seed}" / "study1"
+        if marker.exists() and study.exists():
+            built[seed] = json.loads(marker.read_text())
+            continue
+        t = time.perf_counter()
+        work = CACHE / "work" / f"case{seed}"
+        case = write_case(generate_case(seed, "chest"), work, fmt="dicom", overwrite=True)
+        shutil.rmtree(study, ignore_errors=True)  # a half-built study of an interrupted run
+        uids = write_study(case / "ct", study, f"BENCH-{seed}")
+        meta = json.loads((case / "meta.json").read_text())
+        built[seed] = {"uids": uids, "qct_class": meta["qct_class"], "qct_bmd": meta["qct_bmd_mg_cm3"]["mean"]}
+        marker.parent.mkdir(parents=True, exist_ok=True)
+        marker.write_text(json.dumps(built[seed]) + "\n")
+        shutil.rmtree(work)
+        print(f"built study {n + 1}/{count} (seed {seed}) in {time.perf_counter() - t:.1f} s", flush=True)
+    return tree, built
+
+
+def scan_headers(tree: Path) -> dict:
+    """Header scan and series choice of the whole tree in this process (what `screen` does first)."""
+    from OsteoScreenLib.batch import expand_inputs
+    from OsteoScreenLib.study import dicom_files_under
+
+    soft = sum(f.stat().st_size for f in tree.glob("*/*/s2/*.dcm"))
+    everything = sum(f.stat().st_size for f in tree.rglob("*") if f.is_file())
+    t = time.perf_counter()
+    files = dicom_files_under(tree)
+    items = expand_inputs([tree])
+    seconds = time.perf_counter() - t
+    return {"files": len(files), "studies": len(items), "seconds": round(seconds, 2),
+            "ms_per_file": round(1000 * seconds / len(files), 3),
+            "tree_gb": round(everything / 1e9, 2), "chosen_series_mb_per_study": round(soft / 1e6 / len(items)),
+            "files_per_study": round(len(files) / len(items)), "items": items}
+
+
+def _process_tree(root: int) -> dict[int, tuple[str, float]]:
+    """{pid: (name, RSS in MB)} of ``root`` and all its descendants, from /proc (Linux; no psutil needed)."""
+    parent, info = {}, {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = Path(entry.path, "stat").read_text()
+            status = Path(entry.path, "status").read_text()
+        except OSError:
+            continue  # gone meanwhile
+        name, rest = stat[stat.index("(") + 1: stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
+        rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        parent[int(entry.name)], info[int(entry.name)] = int(rest[1]), (name, rss / 1024)
+    tree, frontier = {root}, [root]
+    while frontier:
+        frontier = [pid for pid, ppid in parent.items() if ppid in frontier and pid not in tree]
+        tree.update(frontier)
+    return {pid: info[pid] for pid in tree if pid in info}
+
+
+def run_measured(cmd: list[str], interval_s: float = 0.25) -> dict:
+    """Run ``cmd``; wall time, the peak summed RSS of its process tree, and when each case finished
+    (from the progress lines `screen` writes to stderr)."""
+    load_before = os.getloadavg()
+    t0 = time.perf_counter()
+    stdout_file = CACHE / "stdout.txt"
+    stdout_file.parent.mkdir(parents=True, exist_ok=True)
+    with open(stdout_file, "w") as f:
+        proc = subprocess.Popen(cmd, stdout=f, stderr=subprocess.PIPE, text=True)
+    finished: list[float] = []
+    lines: list[str] = []
+
+    def read_progress() -> None:
+        for line in proc.stderr:
+            lines.append(line.rstrip())
+            if line.startswith("[") and "/" in line:
+                finished.append(time.perf_counter() - t0)
+
+    reader = threading.Thread(target=read_progress, daemon=True)
+    reader.start()
+    peak = {"total_mb": 0.0, "processes": 0, "largest_process_mb": 0.0, "by_name_mb": {}}
+    while proc.poll() is None:
+        sizes = _process_tree(proc.pid)
+        total = sum(mb for _, mb in sizes.values())
+        if total > peak["total_mb"]:
+            by_name: dict[str, float] = {}
+            for name, mb in sizes.values():
+                by_name[name] = by_name.get(name, 0.0) + mb
+            peak = {"total_mb": total, "processes": len(sizes),
+                    "largest_process_mb": max(mb for _, mb in sizes.values()),
+                    "by_name_mb": {k: round(v) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])}}
+        time.sleep(interval_s)
+    wall = time.perf_counter() - t0
+    reader.join(timeout=5)
+    stdout = stdout_file.read_text()
+    return {"exit_status": proc.returncode, "wall_s": wall, "finished_s": finished, "stdout": stdout.strip(),
+            "stderr_tail": lines[-5:], "peak": peak, "load_before": load_before, "load_after": os.getloadavg()}
+
+
+def screen(engine: str, tree: Path, model: str, workers: int | None) -> tuple[dict, list[dict]]:
+    out = CACHE / f"out-{engine}"
+    shutil.rmtree(out, ignore_errors=True)
+    cmd = [sys.executable, "-m", "OsteoScreenLib.cli", "screen", str(tree), "--output-dir", str(out), "--model", model]
+    if engine == "ray":
+        cmd += ["--engine", "ray"] + (["--workers", str(workers)] if workers else [])
+    print(f"{engine}: {' '.join(cmd[3:])}", flush=True)
+    run = run_measured(cmd)
+    rows = list(csv.DictReader(open(out / "results.csv"))) if (out / "results.csv").exists() else []
+    return run, rows
+
+
+def summarise(engine: str, run: dict, rows: list[dict], count: int) -> dict:
+    ok = sum(r["status"] == "ok" for r in rows)
+    fin = run["finished_s"]
+    steady = (len(fin) - 1) / (fin[-1] - fin[0]) if len(fin) > 1 and fin[-1] > fin[0] else None
+    return {
+        "engine": engine, "exit_status": run["exit_status"], "ok": ok, "failed": count - ok,
+        "wall_s": round(run["wall_s"], 1), "scans_per_min": round(60 * count / run["wall_s"], 2),
+        "per_scan_s": round(run["wall_s"] / count, 2),
+        "first_result_s": round(fin[0], 1) if fin else None,
+        "steady_per_scan_s": round(1 / steady, 2) if steady else None,
+        "peak_tree_rss_mb": round(run["peak"]["total_mb"]), "peak_processes": run["peak"]["processes"],
+        "peak_largest_process_mb": round(run["peak"]["largest_process_mb"]),
+        "peak_rss_by_process_name_mb": run["peak"]["by_name_mb"],
+        "load_avg_before": [round(x, 2) for x in run["load_before"]],
+        "load_avg_after": [round(x, 2) for x in run["load_after"]],
+        "summary_line": run["stdout"].splitlines()[-1] if run["stdout"] else "", "stderr_tail": run["stderr_tail"],
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--count", type=int, default=40)
+    p.add_argument("--first-seed", type=int, default=300100)
+    p.add_argument("--model", default="l1l2")
+    p.add_argument("--engines", nargs="+", choices=("local", "ray"), default=["local", "ray"])
+    p.add_argument("--workers", type=int, default=None, help="Ray workers (default: screen's, one per CPU)")
+    p.add_argument("--build-only", action="store_true", help="build (or complete) the cached tree, measure nothing")
+    p.add_argument("--markdown-only", action="store_true", help="rewrite the .md from the committed .json")
+    a = p.parse_args()
+    if a.markdown_only:
+        result = json.loads((RESULTS / "archive_benchmark.json").read_text())
+        write_outputs("archive_benchmark", result, markdown(result))
+        return
+    t = time.perf_counter()
+    tree, built = build_tree(a.first_seed, a.count)
+    build_s = time.perf_counter() - t
+    if a.build_only:
+        return
+    scan = scan_headers(tree)
+    expected = {f"patient{s}/study1": b["uids"]["soft"] for s, b in built.items()}
+    chosen_in_scan = {str(i.selection.folder().relative_to(tree)): i.selection.chosen.series_uid
+                      for i in scan.pop("items")}
+    load_start = os.getloadavg()
+    runs, tables = {}, {}
+    for engine in a.engines:
+        run, rows = screen(engine, tree, a.model, a.workers)
+        runs[engine], tables[engine] = summarise(engine, run, rows, a.count), rows
+        print(json.dumps({k: v for k, v in runs[engine].items() if k != "stderr_tail"}), flush=True)
+    load_end = os.getloadavg()
+    by_uid = {b["uids"]["study"]: b for b in built.values()}
+    for engine, rows in tables.items():
+        done = [r for r in rows if r["status"] == "ok"]
+        runs[engine]["chosen_soft_tissue_series"] = sum(r["series_uid"] == by_uid[r["study_uid"]]["uids"]["soft"]
+                                                        for r in rows)
+        runs[engine]["end_to_end_accuracy"] = (round(sum(r["class"] == by_uid[r["study_uid"]]["qct_class"]
+                                                         for r in done) / len(done), 3) if done else None)
+    agreement = None
+    if len(tables) == 2:
+        a_rows, b_rows = tables.values()
+        same_rows = sum(x == y for x, y in zip(a_rows, b_rows))
+        same_class_bmd = sum(x["class"] == y["class"] and x["bmd_mg_cm3"] == y["bmd_mg_cm3"]
+                             for x, y in zip(a_rows, b_rows))
+        same_series = sum(x["series_uid"] == y["series_uid"] for x, y in zip(a_rows, b_rows))
+        agreement = {"rows": len(a_rows), "identical_rows": same_rows, "same_class_and_bmd": same_class_bmd,
+                     "same_series": same_series,
+                     "differing_cases": [x["case"] for x, y in zip(a_rows, b_rows) if x != y][:10]}
+    result = {
+        "machine": machine(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"), "command": command(),
+        "studies": a.count, "first_seed": a.first_seed, "model": a.model,
+        "series_per_study": 5, "build_s_this_run": round(build_s, 1),
+        "header_scan": scan, "chosen_matches_soft_tissue_series": sum(chosen_in_scan.get(k) == v
+                                                                      for k, v in expected.items()),
+        "load_avg_start": [round(x, 2) for x in load_start], "load_avg_end": [round(x, 2) for x in load_end],
+        "engines": runs, "agreement": agreement,
+        "assumptions": {"studies": STUDIES, "cores_per_node": CORES_PER_NODE, "nodes": list(NODES)},
+    }
+    write_outputs("archive_benchmark", result, markdown(result))
+
+
+def _hours(core_s_per_scan: float, nodes: int) -> float:
+    return STUDIES * core_s_per_scan / (nodes * CORES_PER_NODE) / 3600
+
+
+def markdown(r: dict) -> list[str]:
+    cores = r["cores"]
+    e = r["engines"]
+    rows = [("wall time, `screen` start to exit", lambda x: f"{x['wall_s']} s"),
+            ("scans per minute", lambda x: f"{x['scans_per_min']}"),
+            ("seconds per scan, amortised (wall / studies)", lambda x: f"{x['per_scan_s']} s"),
+            ("first study done after", lambda x: f"{x['first_result_s']} s"),
+            ("seconds per scan between first and last result", lambda x: f"{x['steady_per_scan_s']} s"),
+            ("peak memory, process tree (summed RSS)", lambda x: f"{x['peak_tree_rss_mb']} MB in "
+                                                                  f"{x['peak_processes']} process(es)"),
+            ("largest single process at that peak", lambda x: f"{x['peak_largest_process_mb']} MB"),
+            ("studies ok / failed", lambda x: f"{x['ok']} / {x['failed']}"),
+            ("soft-tissue series chosen", lambda x: f"{x['chosen_soft_tissue_series']} of {r['studies']}"),
+            ("class accuracy vs the phantoms' QCT class", lambda x: f"{x['end_to_end_accuracy']}"),
+            ("load average (1 min) before / after", lambda x: f"{x['load_avg_before'][0]} / {x['load_avg_after'][0]}")]
+    names = list(e)
+    md = ["# Screening an archive: local engine and Ray", "",
+          f"{r['machine']}; {r['date']}. Command: `{r['command']}`.", "",
+          f"{r['studies']} DICOM studies built from full-size chest phantoms (512x512, seeds {r['first_seed']}+), "
+          "five series each: a scout (2 slices), the soft-tissue series (B30f), a lung-kernel copy (B60f), a "
+          "thick-slice copy (B30f) and a dose SR (`OsteoScreenLib/phantom/study_tree.py`); "
+          f"{r['header_scan']['files']} files in one tree. One `osteoscreen screen TREE --model {r['model']}` "
+          "process per engine (fresh output folder): header scan, series choice, segmentation, classification, "
+          "report image, SEG and SR per study. Ray: local Ray started by `screen`, one worker per CPU "
+          f"({cores} here), each loading the models once. Memory: the RSS of every process in the command's tree "
+          "(with Ray: driver, raylet, GCS server, workers), summed every 0.25 s; shared pages count once per "
+          "process, so this is an upper bound.", "",
+          "| measure | " + " | ".join(f"`--engine {n}`" for n in names) + " |",
+          "| --- | " + " | ".join("---" for _ in names) + " |"]
+    md += [f"| {label} | " + " | ".join(f(e[n]) for n in names) + " |" for label, f in rows]
+    ag = r["agreement"]
+    md += ["", f"Header scan and series choice alone (in the benchmark's process, before the runs): "
+           f"{r['header_scan']['files']} files, {r['header_scan']['studies']} studies in "
+           f"{r['header_scan']['seconds']} s ({r['header_scan']['ms_per_file']} ms a file, page cache warm); "
+           f"the soft-tissue series was chosen in {r['chosen_matches_soft_tissue_series']} of {r['studies']} studies."]
+    if ag:
+        md += ["", f"Agreement: {ag['identical_rows']} of {ag['rows']} rows of results.csv identical between the "
+               f"engines (every column), class and BMD identical in {ag['same_class_and_bmd']}, the same series "
+               f"in {ag['same_series']}."
+               + (f" Differing: {', '.join(ag['differing_cases'])}." if ag["differing_cases"] else "")]
+    md += ["", f"Load average (1, 5, 15 min) at the start {r['load_avg_start']}, at the end {r['load_avg_end']}: "
+           f"the machine ({cores} cores) is shared with other jobs, so these figures are a floor on what an idle "
+           "machine of this kind does."]
+    md += ["", f"## An archive of {STUDIES:,} studies", ""]
+    if "local" in e:
+        x = e["local"]
+        md.append(f"- Local engine (one case at a time in one process): {x['per_scan_s']} s a study amortised, so "
+                  f"{STUDIES:,} studies on one machine like this take {STUDIES * x['per_scan_s'] / 3600:,.0f} h "
+                  f"({STUDIES * x['per_scan_s'] / 86400:.1f} days); more machines need another engine.")
+    if "ray" in e:
+        x = e["ray"]
+        amortised, steady = x["per_scan_s"] * cores, (x["steady_per_scan_s"] or x["per_scan_s"]) * cores
+        worker_mb = x["peak_rss_by_process_name_mb"].get("ray::_RayWorker", 0) / cores
+        md += [f"- Ray with {cores} workers: {x['per_scan_s']} s a study amortised = {amortised:.1f} core-seconds a "
+               f"study; {x['steady_per_scan_s']} s a study between the first and the last result (Ray's start and "
+               f"the model loading left out) = {steady:.1f} core-seconds. {STUDIES:,} studies are "
+               f"{STUDIES * amortised / 3600:,.0f} core-hours (amortised) or {STUDIES * steady / 3600:,.0f} "
+               f"(steady). On N nodes of C = {CORES_PER_NODE} cores (an assumption), one worker per core, each "
+               f"node needing about {worker_mb * CORES_PER_NODE / 1024:.0f} GB for its workers ({worker_mb:.0f} MB "
+               "a worker at the peak here):", "",
+               "| nodes | workers | hours, amortised cost | hours, steady cost |", "| --- | --- | --- | --- |"]
+        md += [f"| {k} | {k * CORES_PER_NODE} | {_hours(amortised, k):.1f} | {_hours(steady, k):.1f} |"
+               for k in NODES]
+        md += ["", f"For {STUDIES:,} studies the start-up is negligible, so the steady cost is the better guide; "
+               f"the amortised one is what {r['studies']} studies cost here."]
+    h = r["header_scan"]
+    read_tb = STUDIES * h["chosen_series_mb_per_study"] / 1e6
+    scan_h = STUDIES * h["files_per_study"] * h["ms_per_file"] / 1000 / 3600
+    md += ["", "Measured: the wall time of each run on this machine, divided by the studies (so Ray's start, the "
+           "header scan and the model loading are spread over them), the time between results, and the memory of "
+           "the workers. Assumed: that the cost in core-seconds a study stays the same with one worker per core "
+           f"on nodes of {CORES_PER_NODE} cores (on this busy machine each case's ONNX inference could use both "
+           "cores when the other worker waited, and other jobs took part of the CPU, so a core-second here is not "
+           "a clean unit), that the cluster's cores are as fast as these, and that the shared file system delivers the chosen series and the headers of every file as "
+           f"fast as the local disk here: {STUDIES:,} studies with {h['chosen_series_mb_per_study']} MB of "
+           f"chosen series each are {read_tb:.0f} TB to read, {read_tb * 1e3 / 3600:.1f} h at 1 GB/s in all, so on "
+           "many nodes storage rather than CPU may set the pace. Not measured: Ray across nodes (one machine only); the "
+           "header scan of a real export, which runs in the driver before any case starts: at "
+           f"{h['ms_per_file']} ms a file and {h['files_per_study']} files a study (real studies often hold more), "
+           f"{STUDIES:,} studies take {scan_h:.1f} h on one core (splitting the archive into manifests per batch "
+           "keeps each scan short); and real scans, which are larger and vary more than phantoms.", ""]
+    return md
+
+
+if __name__ == "__main__":
+    main()
