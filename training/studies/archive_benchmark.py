@@ -215,7 +215,7 @@ def main() -> None:
                      "same_series": same_series,
                      "differing_cases": [x["case"] for x, y in zip(a_rows, b_rows) if x != y][:10]}
     result = {
-        "machine": machine(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M"), "command": command(),
+        "machine": machine(), "cores": os.cpu_count(), "nice": os.nice(0), "date": time.strftime("%Y-%m-%d %H:%M"), "command": command(),
         "studies": a.count, "first_seed": a.first_seed, "model": a.model,
         "series_per_study": 5, "build_s_this_run": round(build_s, 1),
         "header_scan": scan, "chosen_matches_soft_tissue_series": sum(chosen_in_scan.get(k) == v
@@ -272,8 +272,9 @@ def markdown(r: dict) -> list[str]:
                f"in {ag['same_series']}."
                + (f" Differing: {', '.join(ag['differing_cases'])}." if ag["differing_cases"] else "")]
     md += ["", f"Load average (1, 5, 15 min) at the start {r['load_avg_start']}, at the end {r['load_avg_end']}: "
-           f"the machine ({cores} cores) is shared with other jobs, so these figures are a floor on what an idle "
-           "machine of this kind does."]
+           f"the machine ({cores} cores) is shared with other jobs, and the benchmark ran at nice {r.get('nice', 0)}, so "
+           "these figures are a floor on what an idle machine of this kind does, and the two engines did not run "
+           "under the same load."]
     md += ["", f"## An archive of {STUDIES:,} studies", ""]
     if "local" in e:
         x = e["local"]
