@@ -45,6 +45,16 @@ def build_tree(first_seed: int, count: int) -> tuple[Path, dict[int, dict]]:
         if marker.exists() and study.exists():
             built[seed] = json.loads(marker.read_text())
             continue
+        other = next((m for m in sorted(CACHE.glob(f"built/tree-{first_seed}-*-{seed}.json"))
+                      if (CACHE / m.name.rsplit("-", 1)[0] / f"patient{seed}" / "study1").exists()), None)
+        if other is not None:  # built for a tree of another count: hard links, no copy
+            shutil.rmtree(study, ignore_errors=True)
+            shutil.copytree(CACHE / other.name.rsplit("-", 1)[0] / f"patient{seed}" / "study1", study,
+                            copy_function=os.link)
+            marker.parent.mkdir(parents=True, exist_ok=True)
+            marker.write_text(other.read_text())
+            built[seed] = json.loads(marker.read_text())
+            continue
         t = time.perf_counter()
         work = CACHE / "work" / f"case{seed}"
         case = write_case(generate_case(seed, "chest"), work, fmt="dicom", overwrite=True)
@@ -66,18 +76,21 @@ def scan_headers(tree: Path) -> dict:
 
     soft = sum(f.stat().st_size for f in tree.glob("*/*/s2/*.dcm"))
     everything = sum(f.stat().st_size for f in tree.rglob("*") if f.is_file())
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     files = dicom_files_under(tree)
     items = expand_inputs([tree])
-    seconds = time.perf_counter() - t
+    seconds, cpu = time.perf_counter() - t, time.process_time() - c
     return {"files": len(files), "studies": len(items), "seconds": round(seconds, 2),
             "ms_per_file": round(1000 * seconds / len(files), 3),
+            "cpu_s": round(cpu, 2), "cpu_ms_per_file": round(1000 * cpu / len(files), 3),
             "tree_gb": round(everything / 1e9, 2), "chosen_series_mb_per_study": round(soft / 1e6 / len(items)),
             "files_per_study": round(len(files) / len(items)), "items": items}
 
 
-def _process_tree(root: int) -> dict[int, tuple[str, float]]:
-    """{pid: (name, RSS in MB)} of ``root`` and all its descendants, from /proc (Linux; no psutil needed)."""
+def _process_tree(root: int) -> dict[int, tuple[str, float, float]]:
+    """{pid: (name, RSS in MB, CPU seconds so far)} of ``root`` and all its descendants, from /proc
+    (Linux; no psutil needed)."""
+    tick = os.sysconf("SC_CLK_TCK")
     parent, info = {}, {}
     for entry in os.scandir("/proc"):
         if not entry.name.isdigit():
@@ -89,7 +102,8 @@ def _process_tree(root: int) -> dict[int, tuple[str, float]]:
             continue  # gone meanwhile
         name, rest = stat[stat.index("(") + 1: stat.rindex(")")], stat[stat.rindex(")") + 2:].split()
         rss = next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-        parent[int(entry.name)], info[int(entry.name)] = int(rest[1]), (name, rss / 1024)
+        cpu = (int(rest[11]) + int(rest[12])) / tick  # utime + stime
+        parent[int(entry.name)], info[int(entry.name)] = int(rest[1]), (name, rss / 1024, cpu)
     tree, frontier = {root}, [root]
     while frontier:
         frontier = [pid for pid, ppid in parent.items() if ppid in frontier and pid not in tree]
@@ -118,21 +132,23 @@ def run_measured(cmd: list[str], interval_s: float = 0.25) -> dict:
     reader = threading.Thread(target=read_progress, daemon=True)
     reader.start()
     peak = {"total_mb": 0.0, "processes": 0, "largest_process_mb": 0.0, "by_name_mb": {}}
+    cpu: dict[int, float] = {}  # last CPU seconds seen per process of the tree
     while proc.poll() is None:
         sizes = _process_tree(proc.pid)
-        total = sum(mb for _, mb in sizes.values())
+        cpu.update({pid: c for pid, (_, _, c) in sizes.items()})
+        total = sum(mb for _, mb, _ in sizes.values())
         if total > peak["total_mb"]:
             by_name: dict[str, float] = {}
-            for name, mb in sizes.values():
+            for name, mb, _ in sizes.values():
                 by_name[name] = by_name.get(name, 0.0) + mb
             peak = {"total_mb": total, "processes": len(sizes),
-                    "largest_process_mb": max(mb for _, mb in sizes.values()),
+                    "largest_process_mb": max(mb for _, mb, _ in sizes.values()),
                     "by_name_mb": {k: round(v) for k, v in sorted(by_name.items(), key=lambda kv: -kv[1])}}
         time.sleep(interval_s)
     wall = time.perf_counter() - t0
     reader.join(timeout=5)
     stdout = stdout_file.read_text()
-    return {"exit_status": proc.returncode, "wall_s": wall, "finished_s": finished, "stdout": stdout.strip(),
+    return {"exit_status": proc.returncode, "wall_s": wall, "cpu_s": sum(cpu.values()), "finished_s": finished, "stdout": stdout.strip(),
             "stderr_tail": lines[-5:], "peak": peak, "load_before": load_before, "load_after": os.getloadavg()}
 
 
@@ -156,6 +172,7 @@ def summarise(engine: str, run: dict, rows: list[dict], count: int) -> dict:
         "engine": engine, "exit_status": run["exit_status"], "ok": ok, "failed": count - ok,
         "wall_s": round(run["wall_s"], 1), "scans_per_min": round(60 * count / run["wall_s"], 2),
         "per_scan_s": round(run["wall_s"] / count, 2),
+        "cpu_s": round(run["cpu_s"], 1), "cpu_s_per_scan": round(run["cpu_s"] / count, 2),
         "first_result_s": round(fin[0], 1) if fin else None,
         "steady_per_scan_s": round(1 / steady, 2) if steady else None,
         "peak_tree_rss_mb": round(run["peak"]["total_mb"]), "peak_processes": run["peak"]["processes"],
@@ -196,6 +213,13 @@ def main() -> None:
         run, rows = screen(engine, tree, a.model, a.workers)
         runs[engine], tables[engine] = summarise(engine, run, rows, a.count), rows
         print(json.dumps({k: v for k, v in runs[engine].items() if k != "stderr_tail"}), flush=True)
+        if engine != a.engines[-1]:  # what is measured so far, in case a later engine does not finish
+            report(a, built, build_s, scan, chosen_in_scan, expected, load_start, runs, tables)
+    report(a, built, build_s, scan, chosen_in_scan, expected, load_start, runs, tables)
+
+
+def report(a, built, build_s, scan, chosen_in_scan, expected, load_start, runs, tables) -> None:
+    """Chosen series, agreement and accuracy from the results tables; the .json and .md."""
     load_end = os.getloadavg()
     by_uid = {b["uids"]["study"]: b for b in built.values()}
     for engine, rows in tables.items():
@@ -215,7 +239,8 @@ def main() -> None:
                      "same_series": same_series,
                      "differing_cases": [x["case"] for x, y in zip(a_rows, b_rows) if x != y][:10]}
     result = {
-        "machine": machine(), "cores": os.cpu_count(), "nice": os.nice(0), "date": time.strftime("%Y-%m-%d %H:%M"), "command": command(),
+        "machine": machine(), "cores": os.cpu_count(), "nice": os.nice(0), "date": time.strftime("%Y-%m-%d %H:%M"),
+        "command": command(),
         "studies": a.count, "first_seed": a.first_seed, "model": a.model,
         "series_per_study": 5, "build_s_this_run": round(build_s, 1),
         "header_scan": scan, "chosen_matches_soft_tissue_series": sum(chosen_in_scan.get(k) == v
@@ -237,6 +262,8 @@ def markdown(r: dict) -> list[str]:
     rows = [("wall time, `screen` start to exit", lambda x: f"{x['wall_s']} s"),
             ("scans per minute", lambda x: f"{x['scans_per_min']}"),
             ("seconds per scan, amortised (wall / studies)", lambda x: f"{x['per_scan_s']} s"),
+            ("CPU time of the process tree (user + system, sampled)", lambda x: f"{x['cpu_s']} s"),
+            ("CPU seconds per scan", lambda x: f"{x['cpu_s_per_scan']} s"),
             ("first study done after", lambda x: f"{x['first_result_s']} s"),
             ("seconds per scan between first and last result", lambda x: f"{x['steady_per_scan_s']} s"),
             ("peak memory, process tree (summed RSS)", lambda x: f"{x['peak_tree_rss_mb']} MB in "
@@ -264,7 +291,8 @@ def markdown(r: dict) -> list[str]:
     ag = r["agreement"]
     md += ["", f"Header scan and series choice alone (in the benchmark's process, before the runs): "
            f"{r['header_scan']['files']} files, {r['header_scan']['studies']} studies in "
-           f"{r['header_scan']['seconds']} s ({r['header_scan']['ms_per_file']} ms a file, page cache warm); "
+           f"{r['header_scan']['seconds']} s wall, {r['header_scan']['cpu_s']} s CPU ({r['header_scan']['cpu_ms_per_file']} "
+           "ms CPU a file, page cache warm); "
            f"the soft-tissue series was chosen in {r['chosen_matches_soft_tissue_series']} of {r['studies']} studies."]
     if ag:
         md += ["", f"Agreement: {ag['identical_rows']} of {ag['rows']} rows of results.csv identical between the "
@@ -275,44 +303,47 @@ def markdown(r: dict) -> list[str]:
            f"the machine ({cores} cores) is shared with other jobs, and the benchmark ran at nice {r.get('nice', 0)}, so "
            "these figures are a floor on what an idle machine of this kind does, and the two engines did not run "
            "under the same load."]
-    md += ["", f"## An archive of {STUDIES:,} studies", ""]
+    md += ["", f"## An archive of {STUDIES:,} studies", "",
+           "On this shared machine the wall times above say more about the other jobs than about `screen`, so the "
+           "arithmetic uses the CPU time each run took (its whole process tree: with Ray the driver, Ray's own "
+           "processes and the workers), which the other jobs do not change much: a study costs that many seconds "
+           "of a core when it has the core to itself.", ""]
     if "local" in e:
         x = e["local"]
-        md.append(f"- Local engine (one case at a time in one process): {x['per_scan_s']} s a study amortised, so "
-                  f"{STUDIES:,} studies on one machine like this take {STUDIES * x['per_scan_s'] / 3600:,.0f} h "
-                  f"({STUDIES * x['per_scan_s'] / 86400:.1f} days); more machines need another engine.")
+        quiet = json.loads((RESULTS / "screen_benchmark_dicom.json").read_text())
+        md.append(f"- Local engine (one case at a time in one process): {x['cpu_s_per_scan']} CPU seconds a study; "
+                  f"{STUDIES:,} studies are {STUDIES * x['cpu_s_per_scan'] / 3600:,.0f} core-hours, but on one "
+                  f"machine only: at the {quiet['per_scan_s']} s a scan that screen_benchmark_dicom.md measured on "
+                  f"this machine on a quieter day ({quiet['date']}), {STUDIES:,} studies take "
+                  f"{STUDIES * quiet['per_scan_s'] / 3600:.0f} h ({STUDIES * quiet['per_scan_s'] / 86400:.1f} "
+                  "days); more machines need Ray.")
     if "ray" in e:
         x = e["ray"]
-        amortised, steady = x["per_scan_s"] * cores, (x["steady_per_scan_s"] or x["per_scan_s"]) * cores
+        cost = x["cpu_s_per_scan"]
         worker_mb = x["peak_rss_by_process_name_mb"].get("ray::_RayWorker", 0) / cores
-        md += [f"- Ray with {cores} workers: {x['per_scan_s']} s a study amortised = {amortised:.1f} core-seconds a "
-               f"study; {x['steady_per_scan_s']} s a study between the first and the last result (Ray's start and "
-               f"the model loading left out) = {steady:.1f} core-seconds. {STUDIES:,} studies are "
-               f"{STUDIES * amortised / 3600:,.0f} core-hours (amortised) or {STUDIES * steady / 3600:,.0f} "
-               f"(steady). On N nodes of C = {CORES_PER_NODE} cores (an assumption), one worker per core, each "
-               f"node needing about {worker_mb * CORES_PER_NODE / 1024:.0f} GB for its workers ({worker_mb:.0f} MB "
-               "a worker at the peak here):", "",
-               "| nodes | workers | hours, amortised cost | hours, steady cost |", "| --- | --- | --- | --- |"]
-        md += [f"| {k} | {k * CORES_PER_NODE} | {_hours(amortised, k):.1f} | {_hours(steady, k):.1f} |"
-               for k in NODES]
-        md += ["", f"For {STUDIES:,} studies the start-up is negligible, so the steady cost is the better guide; "
-               f"the amortised one is what {r['studies']} studies cost here."]
+        md += [f"- Ray: {cost} CPU seconds a study (Ray's start, its own processes and the model loading of "
+               f"{cores} workers included, spread over {r['studies']} studies); {STUDIES:,} studies are "
+               f"{STUDIES * cost / 3600:,.0f} core-hours. On N nodes of C = {CORES_PER_NODE} cores (an assumption), "
+               f"one worker per core, each node needing about {worker_mb * CORES_PER_NODE / 1024:.0f} GB for its "
+               f"workers ({worker_mb:.0f} MB a worker at the peak here):", "",
+               "| nodes | workers | hours |", "| --- | --- | --- |"]
+        md += [f"| {k} | {k * CORES_PER_NODE} | {_hours(cost, k):.1f} |" for k in NODES]
     h = r["header_scan"]
     read_tb = STUDIES * h["chosen_series_mb_per_study"] / 1e6
-    scan_h = STUDIES * h["files_per_study"] * h["ms_per_file"] / 1000 / 3600
-    md += ["", "Measured: the wall time of each run on this machine, divided by the studies (so Ray's start, the "
-           "header scan and the model loading are spread over them), the time between results, and the memory of "
-           "the workers. Assumed: that the cost in core-seconds a study stays the same with one worker per core "
-           f"on nodes of {CORES_PER_NODE} cores (on this busy machine each case's ONNX inference could use both "
-           "cores when the other worker waited, and other jobs took part of the CPU, so a core-second here is not "
-           "a clean unit), that the cluster's cores are as fast as these, and that the shared file system delivers the chosen series and the headers of every file as "
-           f"fast as the local disk here: {STUDIES:,} studies with {h['chosen_series_mb_per_study']} MB of "
-           f"chosen series each are {read_tb:.0f} TB to read, {read_tb * 1e3 / 3600:.1f} h at 1 GB/s in all, so on "
-           "many nodes storage rather than CPU may set the pace. Not measured: Ray across nodes (one machine only); the "
-           "header scan of a real export, which runs in the driver before any case starts: at "
-           f"{h['ms_per_file']} ms a file and {h['files_per_study']} files a study (real studies often hold more), "
-           f"{STUDIES:,} studies take {scan_h:.1f} h on one core (splitting the archive into manifests per batch "
-           "keeps each scan short); and real scans, which are larger and vary more than phantoms.", ""]
+    scan_h = STUDIES * h["files_per_study"] * h["cpu_ms_per_file"] / 1000 / 3600
+    md += ["", "Measured: the CPU time and memory of each run on this machine and the header scan's CPU time a "
+           "file. Assumed: that a study costs the same CPU seconds with one worker per core on nodes of "
+           f"{CORES_PER_NODE} cores, on cores as fast as these (CPU time under contention can read somewhat higher "
+           "than on an idle machine: caches and memory bandwidth are shared), that Ray's fixed cost stays "
+           "small against many studies, and that the shared file system delivers the chosen series and the "
+           f"headers of every file as fast as the local disk here: {STUDIES:,} studies with "
+           f"{h['chosen_series_mb_per_study']} MB of chosen series each are {read_tb:.0f} TB to read, "
+           f"{read_tb * 1e3 / 3600:.1f} h at 1 GB/s in all, so on many nodes storage rather than CPU may set the "
+           "pace. Not measured: Ray across nodes (one machine only); the header scan of a real export, which runs "
+           f"in the driver, on one core, before any case starts: at {h['cpu_ms_per_file']} ms CPU a file and "
+           f"{h['files_per_study']} files a study (real studies often hold more), {STUDIES:,} studies take "
+           f"{scan_h:.1f} h of one core before the first case starts (splitting the archive into manifests per "
+           "batch keeps each scan short); and real scans, which are larger and vary more than phantoms.", ""]
     return md
 
 
