@@ -33,6 +33,7 @@ CACHE = Path(__file__).resolve().parents[1] / "cache" / "archive_benchmark"
 STUDIES = 100_000
 NODES = (1, 4, 16)
 CORES_PER_NODE = 32  # an assumption for the arithmetic, not measured
+DEFAULT_COUNT = 40
 
 
 def build_tree(first_seed: int, count: int) -> tuple[Path, dict[int, dict]]:
@@ -186,7 +187,7 @@ def summarise(engine: str, run: dict, rows: list[dict], count: int) -> dict:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
-    p.add_argument("--count", type=int, default=40)
+    p.add_argument("--count", type=int, default=DEFAULT_COUNT)
     p.add_argument("--first-seed", type=int, default=300100)
     p.add_argument("--model", default="l1l2")
     p.add_argument("--engines", nargs="+", choices=("local", "ray"), default=["local", "ray"])
@@ -302,7 +303,15 @@ def markdown(r: dict) -> list[str]:
     md += ["", f"Load average (1, 5, 15 min) at the start {r['load_avg_start']}, at the end {r['load_avg_end']}: "
            f"the machine ({cores} cores) is shared with other jobs, and the benchmark ran at nice {r.get('nice', 0)}, so "
            "these figures are a floor on what an idle machine of this kind does, and the two engines did not run "
-           "under the same load."]
+           "under the same load. Ray's shorter wall time here comes from its two worker processes getting a larger "
+           "share of the contended CPU than the local engine's one process, not from Ray itself."]
+    if r["studies"] < DEFAULT_COUNT:
+        md += ["", f"Only {r['studies']} studies, not {DEFAULT_COUNT}: with other jobs holding the cores, the "
+               f"benchmark at nice 19 got a few per cent of a core, and a run of {DEFAULT_COUNT} studies per engine "
+               "could not finish in the time there was. Its studies build once (about 10 s each) into "
+               "training/cache/archive_benchmark/; "
+               f"`python -m training.studies.archive_benchmark --count {DEFAULT_COUNT}` measures it on a quieter "
+               "machine."]
     md += ["", f"## An archive of {STUDIES:,} studies", "",
            "On this shared machine the wall times above say more about the other jobs than about `screen`, so the "
            "arithmetic uses the CPU time each run took (its whole process tree: with Ray the driver, Ray's own "
@@ -331,10 +340,14 @@ def markdown(r: dict) -> list[str]:
     h = r["header_scan"]
     read_tb = STUDIES * h["chosen_series_mb_per_study"] / 1e6
     scan_h = STUDIES * h["files_per_study"] * h["cpu_ms_per_file"] / 1000 / 3600
+    quiet = json.loads((RESULTS / "screen_benchmark_dicom.json").read_text())
     md += ["", "Measured: the CPU time and memory of each run on this machine and the header scan's CPU time a "
            "file. Assumed: that a study costs the same CPU seconds with one worker per core on nodes of "
-           f"{CORES_PER_NODE} cores, on cores as fast as these (CPU time under contention can read somewhat higher "
-           "than on an idle machine: caches and memory bandwidth are shared), that Ray's fixed cost stays "
+           f"{CORES_PER_NODE} cores, on cores as fast as these. CPU time under contention reads higher than on an "
+           "idle machine (shared caches, and ONNX Runtime's threads spin while they wait for a core): the quieter "
+           f"run of screen_benchmark_dicom.md bounds a scan at {quiet['per_scan_s']} s x {cores} cores = "
+           f"{quiet['per_scan_s'] * cores:.1f} core-seconds, so the hours above are an upper estimate. Assumed too: "
+           "that Ray's fixed cost stays "
            "small against many studies, and that the shared file system delivers the chosen series and the "
            f"headers of every file as fast as the local disk here: {STUDIES:,} studies with "
            f"{h['chosen_series_mb_per_study']} MB of chosen series each are {read_tb:.0f} TB to read, "
