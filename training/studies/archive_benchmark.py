@@ -7,7 +7,9 @@ Builds ``--count`` studies from full-size chest phantoms (seeds 300100+), each w
 copy, a thick-slice copy, a dose SR), in training/cache/archive_benchmark/ (ignored by git; built
 once, so a rerun only screens). Then, per engine, one ``osteoscreen screen TREE`` process over the
 whole tree (fresh output folder), timed from start to exit, while the RSS of its process tree (the
-driver, and with Ray its raylet, GCS server and workers) is summed every 0.25 s. Records the series
+driver, and with Ray its raylet, GCS server and workers) is summed every 0.25 s, and so is its CPU
+time (user + system: what the arithmetic for a large archive uses, as other jobs barely change it).
+Records the series
 chosen per study, whether both engines wrote the same results.csv, the load average before and
 after each run (other jobs share the machine), and writes training/results/archive_benchmark.{md,json}.
 """
