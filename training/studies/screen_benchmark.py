@@ -16,6 +16,7 @@ import json
 import os
 import platform
 import resource
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -25,6 +26,25 @@ from pathlib import Path
 from OsteoScreenLib.phantom import generate_case, write_case
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+def machine() -> str:
+    """The machine in one line, as the benchmarks record it."""
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}"
+
+
+def command() -> str:
+    """How this run was started, as ``python -m module args`` (recorded with the figures)."""
+    spec = getattr(sys.modules["__main__"], "__spec__", None)
+    return " ".join(["python -m", spec.name] if spec else ["python", sys.argv[0]]) + " " + shlex.join(sys.argv[1:])
+
+
+def write_outputs(name: str, result: dict, md: list[str]) -> None:
+    """training/results/NAME.json and NAME.md (printed too)."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(md))
+    print("\n".join(md))
 
 
 def main() -> None:
@@ -53,7 +73,7 @@ def main() -> None:
     correct = sum(r["class"] == truth[r["case"]]["qct_class"] for r in done)
     errors = [abs(float(r["bmd_mg_cm3"]) - truth[r["case"]]["qct_bmd_mg_cm3"]["mean"]) for r in done]
     result = {
-        "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, {platform.platform()}",
+        "machine": machine(),
         "date": time.strftime("%Y-%m-%d %H:%M"), "scans": a.count, "model": a.model, "format": a.format, "ok": ok,
         "failed": a.count - ok, "exit_status": proc.returncode, "total_s": round(total, 1),
         "per_scan_s": round(total / a.count, 2), "peak_rss_mb": round(peak_mb, 1), "goal_per_scan_s": 3.0,
@@ -61,9 +81,7 @@ def main() -> None:
         "end_to_end_accuracy": round(correct / len(done), 3) if done else None,
         "end_to_end_bmd_mae_mg_cm3": round(sum(errors) / len(errors), 1) if errors else None,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     name = "screen_benchmark" + ("" if a.format == "nifti" else f"_{a.format}")
-    (RESULTS / f"{name}.json").write_text(json.dumps(result, indent=1) + "\n")
     md = ["# Batch screening speed", "", f"{result['machine']}; {result['date']}.", "",
           f"`osteoscreen screen` on {a.count} full-size chest phantoms (512x512; seeds {a.first_seed}+) written as "
           f"{'NIfTI (no tube voltage in the file)' if a.format == 'nifti' else 'DICOM series (the header gives the kVp)'}, "
@@ -77,8 +95,7 @@ def main() -> None:
           f"class accuracy {result['end_to_end_accuracy']}, BMD mean absolute error "
           f"{result['end_to_end_bmd_mae_mg_cm3']} mg/cm3 (a small sample: the classifier's own evaluation on "
           "418 test phantoms is in classification_eval.md).", ""]
-    (RESULTS / f"{name}.md").write_text("\n".join(md))
-    print("\n".join(md))
+    write_outputs(name, result, md)
 
 
 if __name__ == "__main__":

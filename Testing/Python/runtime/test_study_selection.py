@@ -14,57 +14,7 @@ from OsteoScreenLib.batch import expand_inputs
 from OsteoScreenLib.errors import OsteoScreenError
 from OsteoScreenLib.study import SeriesInfo, StudyInput, kernel_class, read_manifest, select_series, select_studies
 from OsteoScreenLib.study import dicom_files_under
-
-SR_DOSE_REPORT = "1.2.840.10008.5.1.4.1.1.88.67"  # X-Ray Radiation Dose SR
-
-
-def _rewrite(files, **fields):
-    import pydicom
-
-    for p in files:
-        ds = pydicom.dcmread(p)
-        for k, v in fields.items():
-            setattr(ds, k, v)
-        ds.save_as(p)
-
-
-def _new_series(src: Path, dst: Path, tag: str, files=None, **fields) -> list[Path]:
-    """A copy of the series in ``src`` as a new series (own SeriesInstanceUID, SOPInstanceUIDs), headers rewritten."""
-    import pydicom
-    from pydicom.uid import generate_uid
-
-    dst.mkdir(parents=True)
-    series_uid = generate_uid(entropy_srcs=[str(src), tag])
-    out = []
-    for n, p in enumerate(sorted(src.glob("*.dcm")) if files is None else files):
-        ds = pydicom.dcmread(p)
-        ds.SeriesInstanceUID = series_uid
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[str(p), tag])
-        for k, v in fields.items():
-            setattr(ds, k, v)
-        q = dst / f"{tag}{n:04d}.dcm"
-        ds.save_as(q)
-        out.append(q)
-    return out
-
-
-def _dose_report(like: Path, path: Path) -> None:
-    """A radiation dose SR of the same study (no image, no geometry)."""
-    import pydicom
-    from pydicom.dataset import FileDataset, FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, generate_uid
-
-    src = pydicom.dcmread(like, stop_before_pixels=True)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID = SR_DOSE_REPORT, generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = FileDataset(None, {}, file_meta=meta, preamble=b"\0" * 128)
-    ds.SOPClassUID, ds.SOPInstanceUID = SR_DOSE_REPORT, meta.MediaStorageSOPInstanceUID
-    ds.Modality, ds.SeriesDescription, ds.SeriesNumber = "SR", "Dose Report", 999
-    ds.StudyInstanceUID, ds.SeriesInstanceUID = src.StudyInstanceUID, generate_uid()
-    ds.PatientID = src.PatientID
-    path.parent.mkdir(parents=True, exist_ok=True)
-    ds.save_as(path, enforce_file_format=True)
+from OsteoScreenLib.phantom.study_tree import dose_report, new_series, write_study
 
 
 @pytest.fixture(scope="module")
@@ -81,18 +31,18 @@ def archive(tmp_path_factory):
         cases[seed] = tmp / f"phantom{seed}" / "ct"
     study_a = root / "patientA" / "study1"
     original = ["ORIGINAL", "PRIMARY", "AXIAL"]
-    soft = _new_series(cases[1], study_a / "s2", "soft", ConvolutionKernel="B30f", SeriesDescription="Abdomen 1.5 B30f",
+    soft = new_series(cases[1], study_a / "s2", "soft", ConvolutionKernel="B30f", SeriesDescription="Abdomen 1.5 B30f",
                        ImageType=original, PatientID="PAT-A", SeriesNumber=2)
-    lung = _new_series(cases[1], study_a / "s3", "lung", ConvolutionKernel="B60f", SeriesDescription="Lung 1.5 B60f",
+    lung = new_series(cases[1], study_a / "s3", "lung", ConvolutionKernel="B60f", SeriesDescription="Lung 1.5 B60f",
                        ImageType=original, PatientID="PAT-A", SeriesNumber=3)
     middle = soft[len(soft) // 2: len(soft) // 2 + 2]
-    scout = _new_series(cases[1], study_a / "s1", "scout", files=middle, SeriesDescription="Topogram 0.6 T20f",
+    scout = new_series(cases[1], study_a / "s1", "scout", files=middle, SeriesDescription="Topogram 0.6 T20f",
                         ImageType=["ORIGINAL", "PRIMARY", "LOCALIZER"], PatientID="PAT-A", SeriesNumber=1)
-    _dose_report(soft[0], study_a / "s9" / "dose.dcm")
+    dose_report(soft[0], study_a / "s9" / "dose.dcm")
     study_b = root / "patientB" / "study7"
-    flat = _new_series(cases[2], study_b, "ct", ConvolutionKernel="STANDARD", SeriesDescription="CHEST STD",
+    flat = new_series(cases[2], study_b, "ct", ConvolutionKernel="STANDARD", SeriesDescription="CHEST STD",
                        ImageType=original, PatientID="PAT-B", SeriesNumber=2)
-    _dose_report(flat[0], study_b / "dose.dcm")
+    dose_report(flat[0], study_b / "dose.dcm")
     import pydicom
 
     uid = {name: pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID
@@ -117,6 +67,17 @@ def test_the_soft_tissue_series_is_chosen_and_each_other_series_says_why_not(arc
     b = selections[uid["study_b"]]
     assert b.chosen.series_uid == uid["b"] and [s.modality for s, _ in b.skipped] == ["SR"]
     assert b.folder() == root / "patientB" / "study7" and a.folder() == root / "patientA" / "study1"
+
+
+def test_the_benchmark_s_study_of_five_series_reads_its_soft_tissue_series(archive, tmp_path):
+    _, _, cases = archive
+    uid = write_study(cases[1], tmp_path / "study", "PAT-W")  # as training/studies/archive_benchmark.py builds it
+    (sel,) = select_studies(dicom_files_under(tmp_path))
+    assert sel.study_uid == uid["study"] and sel.chosen.series_uid == uid["soft"] and sel.patient_id == "PAT-W"
+    reasons = {s.series_uid: why for s, why in sel.skipped}
+    assert set(reasons) == {uid[k] for k in ("lung", "thick", "scout", "dose")}
+    assert "sharp kernel (B60f)" in reasons[uid["lung"]] and reasons[uid["scout"]].startswith("scout/localizer")
+    assert "thinner series was chosen" in reasons[uid["thick"]] or "thicker than" in reasons[uid["thick"]]
 
 
 def _series(uid, kernel="B30f", spacing=1.0, slices=200, image_type=("ORIGINAL", "PRIMARY", "AXIAL"), **kw):
