@@ -14,7 +14,7 @@ from . import chest_wall
 from .density import sample_bmd
 from .presets import PRESETS
 
-GENERATOR_VERSION = "2.0.0"
+GENERATOR_VERSION = "2.1.0"
 
 KVP_CHOICES = registry.TUBE_VOLTAGES_KVP
 KVP_P = (0.07, 0.25, 0.58, 0.10)
@@ -246,6 +246,10 @@ def sample_lower_ribs(rng: np.random.Generator) -> dict:
         "last_rib_extent": _u(rng, 0.7, 1.05),  # the last rib's length, times that of 1.0.0
         "lower_thickness_scale": _u(rng, 0.6, 1.0),  # the lowest two pairs
         "lower_density_scale": _u(rng, 0.45, 1.0),  # from bone towards the muscle around them
+        # generator 2.1.0 (drawn last: the draws above are 2.0.0's): how far the front of ribs 8-12
+        # runs lower than 2.0.0's, at the 10th rib (ribs.COSTAL_MARGIN_SHARE for the others); see
+        # ribs.py for the anatomy
+        "costal_margin_drop_mm": _u(rng, 20.0, 75.0),
     }
 
 
