@@ -36,6 +36,7 @@ SWAP_STREAM = 0x737770  # second seed word of the stream of a rib-swap preset's 
 JOINT_STREAM = 0x6A6E74  # second seed word of the stream of a body-joint preset's change ("jnt")
 COSTAL_STREAM = 0x637374  # second seed word of the stream of a costal preset's change ("cst")
 CHEST_WALL_STREAM = 0x636877  # second seed word of the stream of the 2.0 chest wall, arms, table, circle ("chw")
+VISCERA_STREAM = 0x766973  # second seed word of the stream of the 2.1 organs' height against the spine ("vis")
 
 
 def _u(rng, lo, hi) -> float:
@@ -253,6 +254,17 @@ def sample_lower_ribs(rng: np.random.Generator) -> dict:
     }
 
 
+def sample_viscera(rng: np.random.Generator) -> dict:
+    """Where the organs lie along the body axis against the spine (generator 2.1.0). Up to 2.0.0 the
+    diaphragm, liver, spleen, stomach, kidneys and heart were placed from the vertebrae counted by
+    their ribs (dome at T9-T10 +- 12 mm, kidneys at the L1-L2 disc +- 10 mm), so a network could find
+    L1 from the organs alone; on real CT they move against the spine by a vertebra or more between
+    people and with breathing (the renal hila at L1-L2, the right dome from T8 to T11 in standard
+    anatomy; the real chest CT at hand has its kidneys' centres beside L2). One shift moves them all,
+    on top of each organ's own offset."""
+    return {"shift_mm": _n(rng, 0.0, 20.0, -45.0, 45.0)}
+
+
 def sample_rib_swap(rng: np.random.Generator) -> dict:
     """Ribs moved between vertebrae for the rib-swap preset: the ribs of the lowest one or two
     rib-bearing vertebrae removed, or a full rib pair (as a 13th pair: short, thin, steep) given to L1."""
@@ -298,6 +310,7 @@ def sample_parameters(seed: int, preset: str = "chest") -> dict:
     # from a stream of its own, so every other parameter of a seed is what 1.0.0 drew
     params["lower_ribs"] = sample_lower_ribs(np.random.Generator(np.random.PCG64([int(seed), RIB_STREAM])))
     # generator 2.0: shoulder girdle, arms, great veins, table and reconstruction circle (own stream too)
+    params["viscera"] = sample_viscera(np.random.Generator(np.random.PCG64([int(seed), VISCERA_STREAM])))
     params["chest_wall"] = chest_wall.sample(np.random.Generator(np.random.PCG64([int(seed), CHEST_WALL_STREAM])),
                                              subject)
     fixed_slice = PRESETS[preset].get("slice_mm")

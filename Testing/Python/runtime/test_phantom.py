@@ -158,6 +158,24 @@ def test_the_costal_margin_reaches_down_beside_l2_and_the_ribs_above_the_8th_sta
         assert all(np.array_equal(a.points, b.points) for a, b in zip(new.ribs, old.ribs) if a.number == number)
 
 
+def test_the_organs_move_against_the_spine_by_the_viscera_shift(training_parameters):
+    """Generator 2.1.0: the diaphragm, kidneys and heart move together along the body axis by
+    ``params['viscera']['shift_mm']``, so that no organ marks L1; the spine and ribs stay."""
+    from OsteoScreenLib.phantom.render import build_anatomy
+
+    base = _with(training_parameters, viscera__shift_mm=0.0)
+    moved = _with(training_parameters, viscera__shift_mm=-30.0)
+    a, b = build_anatomy(base), build_anatomy(moved)
+    kidneys = lambda an: sorted(o.center[2] for o in an.organs["organs"] if o.name == "kidney")  # noqa: E731
+    assert np.allclose(np.array(kidneys(b)) - kidneys(a), -30.0)
+    assert b.organs["dome_r"] - a.organs["dome_r"] == pytest.approx(-30.0)
+    assert b.organs["heart"].center[2] - a.organs["heart"].center[2] == pytest.approx(-30.0)
+    assert all(np.array_equal(x.center, y.center) for x, y in zip(a.vertebrae, b.vertebrae))
+    assert all(np.array_equal(x.points, y.points) for x, y in zip(a.ribs, b.ribs))
+    shifts = [sample_parameters(s, "chest")["viscera"]["shift_mm"] for s in range(40)]
+    assert 10.0 < np.std(shifts) < 30.0 and max(map(abs, shifts)) <= 45.0
+
+
 def test_a_seed_draws_its_lower_ribs_from_a_stream_of_its_own(training_parameters):
     chest = sample_parameters(SEED, "chest")
     assert chest["lower_ribs"] == training_parameters["lower_ribs"]  # same subject, whatever the scan
