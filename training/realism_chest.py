@@ -14,13 +14,19 @@ masks: the real case's TotalSegmentator vertebrae, the phantoms' own):
   a 40 mm radius around the spine's axis: the bright things a level finder must not take for
   vertebrae (contrast-filled vessels and heart, ribs, sternum, scapulae, arms);
 - the mean HU of the aorta and the heart where the real case has them labelled (phantoms: the
-  tissue table of their scanner and phase).
+  tissue table of their scanner and phase);
+- how low the lower ribs and the costal margin reach: the lowest point of ribs 9-12 and of the
+  costal cartilages, in mm along the body axis from L1's centre (real: TotalSegmentator's rib and
+  cartilage labels; phantoms: their anatomy, beside that of the same case with generator 2.0.0's
+  costal margin).
 Writes training/results/realism_chest.{md,json,png}.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
+import copy
 import json
 import platform
 import time
@@ -45,7 +51,8 @@ BRIGHT_HU = 200.0
 SPINE_RADIUS_MM = 40.0
 PCT = (5, 25, 50, 75, 95)
 TS_AORTA, TS_HEART = 52, 51
-# What the figure and table show still differs, read off them by eye (generator 2.0.0, seeds 300000,
+LOW_RIBS = (9, 10, 11, 12)
+# What the figure and table show still differs, read off them by eye (generator 2.1.0, seeds 300000,
 # 300003, 300005 beside lidc-idri-0001); rewrite when the generator changes.
 FINDINGS = """\
 - Field of view, padding, body size and where the spine lies now fall in the real ranges: the real
@@ -57,7 +64,11 @@ FINDINGS = """\
   into a right and a left half inside a myocardial wall.
 - Bright things beside the spine: at T8 the real slice holds about twice the share of bright voxels
   (> 200 HU beyond 40 mm of the spine: 17 % against 6-9 %), from the contrast-filled heart and
-  vessels and the sharper ribs; at L1 the phantoms are close (0.5-2 % against 3 %).
+  vessels and the sharper ribs; at L1 the phantoms are close (1.4-2.6 % against 3.1 %; generator
+  2.0.0: 0.5-2.2 %).
+- The lower ribs and the costal margin reach as low as on the real scan (second table): the 10th rib
+  and the costal cartilages end 20-35 mm below L1's centre (real: 25-27 mm), where 2.0.0 ended them
+  3-24 mm above it, so no rib crossed the slices of L1 in 2.0.0 phantoms while several do on real CT.
 - Organs are smooth ellipsoids (liver, spleen, kidneys, stomach) without vessels or enhancement
   patterns inside; bowel gas comes as large round bubbles; real bowel is collapsed loops with
   contrast-tinged walls.
@@ -150,6 +161,18 @@ def real_case(root: Path) -> tuple[str, Volume, Volume, dict, dict]:
     vessels = {"aorta_hu": round(float(ct.array[ref == TS_AORTA].mean()), 1),
                "heart_hu": round(float(ct.array[ref == TS_HEART].mean()), 1),
                "contrast": "intravenous (phase not recorded)", "kvp": 120}
+    l1 = level_centres(ct, ref, {v: k for k, v in names.items() if v == "L1"})["L1"][2]
+    with open(folder / "labels.csv", newline="") as f:
+        structures = {int(row["id"]): row["structure"] for row in csv.DictReader(f)}
+    z = ct.ijk_to_ras[2, 3] + ct.ijk_to_ras[2, 2] * np.arange(ct.array.shape[0])  # the scan is axial
+    lows = {}
+    for label, name in structures.items():
+        if name.startswith("rib_") and int(name.rsplit("_", 1)[1]) in LOW_RIBS or name == "costal_cartilages":
+            ks = np.nonzero((ref == label).any(axis=(1, 2)))[0]
+            key = "cartilage" if name == "costal_cartilages" else int(name.rsplit("_", 1)[1])
+            if len(ks):
+                lows[key] = min(lows.get(key, np.inf), float(z[ks].min()) - l1)
+    vessels["rib_lows_mm"] = {str(k): round(v) for k, v in lows.items()}
     return "real: lidc-idri-0001", ct, raw, centres, vessels
 
 
@@ -165,7 +188,27 @@ def phantom_case(seed: int) -> tuple[str, Volume, Volume, dict, dict]:
     vessels = {"aorta_hu": round(t["aorta"], 1), "heart_hu": round(0.5 * (t["heart_left"] + t["heart_right"]), 1),
                "contrast": sc["contrast_phase"], "kvp": sc["kvp"],
                "arms": case.meta["parameters"]["torso"]["arms"]}
+    vessels["rib_lows_mm"] = phantom_rib_lows(case.meta["parameters"])
+    old = copy.deepcopy(case.meta["parameters"])
+    old["lower_ribs"]["costal_margin_drop_mm"] = 0.0
+    vessels["rib_lows_mm_2.0.0"] = phantom_rib_lows(old)
     return f"phantom {seed} ({sc['contrast_phase']}, arms {vessels['arms']})", ct, case.ct, centres, vessels
+
+
+def phantom_rib_lows(params: dict) -> dict[str, int]:
+    """The lowest point of ribs 9-12 and of the costal cartilages (either side) from L1's centre, mm
+    along the body axis, read from the phantom's anatomy."""
+    from OsteoScreenLib.phantom.render import build_anatomy
+
+    anatomy = build_anatomy(params)
+    l1 = next(vb.center[2] for vb in anatomy.vertebrae if vb.name == "L1")
+    lows: dict = {}
+    for rib in anatomy.ribs:
+        if rib.number in LOW_RIBS:
+            lows[rib.number] = min(lows.get(rib.number, np.inf), float(rib.points[:, 2].min()) - l1)
+        if rib.cartilage is not None:
+            lows["cartilage"] = min(lows.get("cartilage", np.inf), float(rib.cartilage[:, 2].min()) - l1)
+    return {str(k): round(v) for k, v in lows.items()}
 
 
 def figure(rows: list[tuple[str, list[np.ndarray]]], path: Path) -> None:
@@ -213,6 +256,17 @@ def main() -> None:
                      f"| {m['spine_offset_from_image_centre_mm']} | {m['L1']['body_width_mm']} x {m['L1']['body_depth_mm']} "
                      f"| {hu[0]} / {hu[2]} / {hu[4]} | {m['L1']['bright_outside_spine_fraction']:.2%} / "
                      f"{m['T8']['bright_outside_spine_fraction']:.2%} | {m['aorta_hu']} | {m['heart_hu']} |")
+    lines += ["", "## How low the lower ribs and the costal margin reach", "",
+              "Lowest point from L1's centre along the body axis, mm (negative: below it; L2's centre lies "
+              "about 30 mm below). Phantoms: this generator, and in brackets the same case with 2.0.0's "
+              "costal margin.", "",
+              "| scan | " + " | ".join(f"rib {n}" for n in LOW_RIBS) + " | costal cartilage |",
+              "| --- |" + " --- |" * (len(LOW_RIBS) + 1)]
+    for name, m in result["scans"].items():
+        old = m.get("rib_lows_mm_2.0.0", {})
+        cells = [f"{m['rib_lows_mm'].get(k, '-')}" + (f" ({old[k]})" if k in old else "")
+                 for k in [str(n) for n in LOW_RIBS] + ["cartilage"]]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", "## What still differs", "", FINDINGS]
     (RESULTS / "realism_chest.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -14,7 +14,7 @@ from . import chest_wall
 from .density import sample_bmd
 from .presets import PRESETS
 
-GENERATOR_VERSION = "2.0.0"
+GENERATOR_VERSION = "2.1.0"
 
 KVP_CHOICES = registry.TUBE_VOLTAGES_KVP
 KVP_P = (0.07, 0.25, 0.58, 0.10)
@@ -34,6 +34,7 @@ BOX_STREAM = 0x626F78  # second seed word of the random stream of a box preset's
 RIB_STREAM = 0x726962  # second seed word of the stream of the lower ribs' look ("rib"; added in 1.1.0)
 SWAP_STREAM = 0x737770  # second seed word of the stream of a rib-swap preset's change ("swp")
 CHEST_WALL_STREAM = 0x636877  # second seed word of the stream of the 2.0 chest wall, arms, table, circle ("chw")
+VISCERA_STREAM = 0x766973  # second seed word of the stream of the 2.1 organs' height against the spine ("vis")
 
 
 def _u(rng, lo, hi) -> float:
@@ -244,7 +245,22 @@ def sample_lower_ribs(rng: np.random.Generator) -> dict:
         "last_rib_extent": _u(rng, 0.7, 1.05),  # the last rib's length, times that of 1.0.0
         "lower_thickness_scale": _u(rng, 0.6, 1.0),  # the lowest two pairs
         "lower_density_scale": _u(rng, 0.45, 1.0),  # from bone towards the muscle around them
+        # generator 2.1.0 (drawn last: the draws above are 2.0.0's): how far the front of ribs 8-12
+        # runs lower than 2.0.0's, at the 10th rib (ribs.COSTAL_MARGIN_SHARE for the others); see
+        # ribs.py for the anatomy
+        "costal_margin_drop_mm": _u(rng, 20.0, 75.0),
     }
+
+
+def sample_viscera(rng: np.random.Generator) -> dict:
+    """Where the organs lie along the body axis against the spine (generator 2.1.0). Up to 2.0.0 the
+    diaphragm, liver, spleen, stomach, kidneys and heart were placed from the vertebrae counted by
+    their ribs (dome at T9-T10 +- 12 mm, kidneys at the L1-L2 disc +- 10 mm), so a network could find
+    L1 from the organs alone; on real CT they move against the spine by a vertebra or more between
+    people and with breathing (the renal hila at L1-L2, the right dome from T8 to T11 in standard
+    anatomy; the real chest CT at hand has its kidneys' centres beside L2). One shift moves them all,
+    on top of each organ's own offset."""
+    return {"shift_mm": _n(rng, 0.0, 20.0, -45.0, 45.0)}
 
 
 def sample_rib_swap(rng: np.random.Generator) -> dict:
@@ -274,6 +290,7 @@ def sample_parameters(seed: int, preset: str = "chest") -> dict:
     # from a stream of its own, so every other parameter of a seed is what 1.0.0 drew
     params["lower_ribs"] = sample_lower_ribs(np.random.Generator(np.random.PCG64([int(seed), RIB_STREAM])))
     # generator 2.0: shoulder girdle, arms, great veins, table and reconstruction circle (own stream too)
+    params["viscera"] = sample_viscera(np.random.Generator(np.random.PCG64([int(seed), VISCERA_STREAM])))
     params["chest_wall"] = chest_wall.sample(np.random.Generator(np.random.PCG64([int(seed), CHEST_WALL_STREAM])),
                                              subject)
     fixed_slice = PRESETS[preset].get("slice_mm")

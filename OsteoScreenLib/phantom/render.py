@@ -65,7 +65,8 @@ def build_anatomy(params: dict) -> Anatomy:
         mine = [r for r in ribs if r.vertebra == vb.name]
         if mine:
             vb.rib_length_mm = float(min(r.length_mm for r in mine))
-    organs = build_organs(vertebrae, torso, profile, params["scanner"]["contrast_phase"])
+    organs = build_organs(vertebrae, torso, profile, params["scanner"]["contrast_phase"],
+                          params.get("viscera", {}).get("shift_mm", 0.0))  # absent: as 2.0.0
     wall = chest_wall.build(vertebrae, profile, params, torso["arms"], organs) if "chest_wall" in params else None
     return Anatomy(vertebrae, profile, ribs, organs, wall)
 

@@ -11,6 +11,13 @@ From generator 1.1.0 the lower ribs run down and out from the tubercle, steeper 
 the rib (``LOWER_RIB_DESCENT_DEG``), as on real CT, where the 11th and 12th ribs lie beside
 the next one or two vertebrae; the lowest two pairs are also thinner and fainter, and the
 last one shorter, by the case's ``params['lower_ribs']``.
+
+From generator 2.1.0 the front of the lower ribs and the costal margin lie as low as in real
+adults: the transpyloric plane (L1) crosses the tips of the 9th costal cartilages and the subcostal
+plane, through the lowest point of the costal margin (the 10th costal cartilage), lies at L2-L3
+(standard surface anatomy; on the real chest CT at hand the 10th rib and the cartilages end 25-27 mm
+below L1's centre). Up to 2.0.0 the 10th cartilage ended beside T12-L1 and the 9th beside T12, so
+few ribs crossed the axial slices of L1 and L2 (``training/results/realism_chest.md``).
 """
 
 from __future__ import annotations
@@ -35,6 +42,10 @@ LOWER_RIB_DESCENT_DEG = {8: 0.0, 9: 6.0, 10: 12.0, 11: 22.0, 12: 33.0, 13: 37.0}
 LEVEL_BEYOND_TUBERCLE_MM = 20.0  # the rib bends down from level over twice this distance out of the tubercle
 _FRONT_DROP_KEPT = {8: 1.0, 9: 0.7, 10: 0.5, 11: 0.0, 12: 0.0, 13: 0.0}
 MAX_DESCENT_DEG = 60.0
+# The share of params['lower_ribs']['costal_margin_drop_mm'] by which the front of each lower rib
+# runs lower than in 2.0.0 (by rib shape number; none above the 8th): the costal margin slopes down
+# to the 10th costal cartilage, and the floating 11th and 12th ribs' tips follow it part of the way.
+COSTAL_MARGIN_SHARE = {7: 0.0, 8: 0.4, 9: 0.75, 10: 1.0, 11: 0.6, 12: 0.3, 13: 0.2}
 
 
 @dataclass
@@ -101,8 +112,9 @@ def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0, lower:
             elif number == 2:
                 a_in *= 0.85
                 b_in *= 0.88
-            slope, keep = 0.0, 1.0
+            slope, keep, margin = 0.0, 1.0, 0.0
             if lower is not None:
+                margin = lower.get("costal_margin_drop_mm", 0.0) * _interp(COSTAL_MARGIN_SHARE, max(shape_n, 7))
                 deg = min(_interp(LOWER_RIB_DESCENT_DEG, shape_n) * lower["descent_scale"], MAX_DESCENT_DEG)
                 slope, keep = float(np.tan(np.radians(deg))), _interp(_FRONT_DROP_KEPT, shape_n)
             # the course in the chest wall starts beyond the tubercle
@@ -118,7 +130,7 @@ def build_ribs(vertebrae, profile: TorsoProfile, ribs_scale: float = 1.0, lower:
             lateral = _lateral(out_mm)
             pts = [head, tubercle]
             for f, ang, s in zip(frac, th, lateral):
-                w = w0 + keep * (4.0 * np.sin(np.pi * min(f * 3, 1.0)) - drop * f ** 1.4) - slope * s
+                w = w0 + keep * (4.0 * np.sin(np.pi * min(f * 3, 1.0)) - drop * f ** 1.4) - slope * s - margin * f ** 1.4
                 q = profile.at(w)
                 vc = q["vc"] + 0.5 * (q["fat_post"] - q["fat_ant"])
                 pts.append(np.array([sgn * a_in * np.sin(ang), vc - b_in * np.cos(ang), w]))

@@ -99,8 +99,10 @@ def landmarks(vertebrae) -> dict:
     return {"by_name": by, "last_thoracic": thor[-1], "thoracic": thor, "lumbar": lum}
 
 
-def build_organs(vertebrae, torso: dict, profile: TorsoProfile, phase: str) -> dict:
-    """Organs, vessels and bowel of one subject in body coordinates."""
+def build_organs(vertebrae, torso: dict, profile: TorsoProfile, phase: str, shift_mm: float = 0.0) -> dict:
+    """Organs, vessels and bowel of one subject in body coordinates; ``shift_mm`` moves the diaphragm
+    and the organs hung from it, the kidneys and the heart along the body axis against the spine
+    (``params['viscera']``, generator 2.1.0)."""
     lm = landmarks(vertebrae)
     by = lm["by_name"]
     thor = lm["thoracic"]
@@ -109,7 +111,7 @@ def build_organs(vertebrae, torso: dict, profile: TorsoProfile, phase: str) -> d
     w_t = lambda i: float(t(i).center[2])  # noqa: E731
     last_t = lm["last_thoracic"]
     l1 = lum[0]
-    dome_r = float(w_t(10) + 0.5 * (w_t(9) - w_t(10))) + torso["diaphragm_offset_mm"]
+    dome_r = float(w_t(10) + 0.5 * (w_t(9) - w_t(10))) + torso["diaphragm_offset_mm"] + shift_mm
     dome_l = dome_r - 18.0
     p_l1 = profile.at(l1.center[2])
     organs: list[Ellipsoid] = []
@@ -121,14 +123,16 @@ def build_organs(vertebrae, torso: dict, profile: TorsoProfile, phase: str) -> d
                             np.array([30.0, 50.0, 50.0]) * s))
     ko = torso["kidney_offset_mm"]
     for sgn, drop in ((1.0, 15.0), (-1.0, 0.0)):
-        c = np.array([sgn * (l1.half_width + 42.0), l1.center[1] - 8.0, 0.5 * (l1.center[2] + by["L2"].center[2]) - drop + ko])
+        c = np.array([sgn * (l1.half_width + 42.0), l1.center[1] - 8.0,
+                      0.5 * (l1.center[2] + by["L2"].center[2]) - drop + ko + shift_mm])
         organs.append(Ellipsoid("kidney", "kidney", c, np.array([27.0, 28.0, 52.0]), wall_mm=0.0))
         organs.append(Ellipsoid("renal_sinus", "fat", c + np.array([-sgn * 12.0, 6.0, 0.0]), np.array([10.0, 12.0, 25.0])))
     gas = torso["stomach_gas"]
     organs.append(Ellipsoid("stomach", "bowel_fluid", np.array([-55.0, p_l1["vc"] + 35.0, dome_l - 55.0]),
                             np.array([45.0, 38.0, 50.0]), wall_mm=4.0, wall_tissue="bowel_wall"))
     hs = torso["heart_scale"]
-    heart_c = np.array([-22.0, by["T8"].center[1] + by["T8"].half_depth + 62.0 * hs, 0.5 * (w_t(8) + w_t(9)) + 10.0])
+    heart_c = np.array([-22.0, by["T8"].center[1] + by["T8"].half_depth + 62.0 * hs,
+                        0.5 * (w_t(8) + w_t(9)) + 10.0 + shift_mm])
     heart = Ellipsoid("heart", "heart_left", heart_c, np.array([62.0, 50.0, 55.0]) * hs, inside_cavity=False,
                       wall_mm=9.0, wall_tissue="myocardium")
     # vessels

@@ -110,6 +110,7 @@ def test_lower_ribs_run_down_beside_the_next_vertebrae_and_the_lowest_two_pairs_
 
     p = _with(training_parameters, lower_ribs__descent_scale=1.0, lower_ribs__last_rib_extent=1.0,
               lower_ribs__lower_thickness_scale=0.7, lower_ribs__lower_density_scale=0.5,
+              lower_ribs__costal_margin_drop_mm=0.0,  # the costal margin of 1.1.0-2.0.0 (next test)
               spine__rib_variant="normal", spine__thoracolumbar_count=17, spine__lumbar_rib_length_mm=0.0)
     level = copy.deepcopy(p)
     del level["lower_ribs"]  # the ribs of generator 1.0.0
@@ -132,6 +133,47 @@ def test_lower_ribs_run_down_beside_the_next_vertebrae_and_the_lowest_two_pairs_
     looks = {(r.number, r.thickness_scale, r.density_scale) for r in new.ribs}
     assert looks == {(n, 0.7, 0.5) for n in (11, 12)} | {(n, 1.0, 1.0) for n in range(1, 11)}
     assert all(r.thickness_scale == 1.0 for r in old.ribs)
+
+
+def test_the_costal_margin_reaches_down_beside_l2_and_the_ribs_above_the_8th_stay(training_parameters):
+    """Generator 2.1.0: the 9th costal cartilage ends near L1 (transpyloric plane) and the 10th, the
+    lowest point of the costal margin, beside L2 (subcostal plane, L2-L3), where 2.0.0 ended both
+    above L1; ribs 1-7 do not move."""
+    from OsteoScreenLib.phantom.render import build_anatomy
+
+    p = _with(training_parameters, lower_ribs__descent_scale=1.0, lower_ribs__costal_margin_drop_mm=50.0,
+              spine__rib_variant="normal", spine__thoracolumbar_count=17, spine__lumbar_rib_length_mm=0.0)
+    new, old = build_anatomy(p), build_anatomy(_with(p, lower_ribs__costal_margin_drop_mm=0.0))
+    centre = {v.name: v.center[2] for v in new.vertebrae}
+
+    def lowest(anatomy, number):
+        rib = next(r for r in anatomy.ribs if r.number == number and r.side == "L")
+        return float(np.vstack([rib.points] + ([rib.cartilage] if rib.cartilage is not None else []))[:, 2].min())
+
+    assert lowest(old, 10) > centre["L1"] and lowest(old, 9) > centre["L1"] + 20.0  # 2.0.0: all above L1
+    assert centre["L2"] - 15.0 < lowest(new, 10) < (centre["L1"] + centre["L2"]) / 2  # beside L2
+    assert abs(lowest(new, 9) - centre["L1"]) < 20.0  # about L1
+    assert lowest(new, 11) < lowest(old, 11) - 20.0 and lowest(new, 8) < lowest(old, 8)
+    for number in range(1, 8):
+        assert all(np.array_equal(a.points, b.points) for a, b in zip(new.ribs, old.ribs) if a.number == number)
+
+
+def test_the_organs_move_against_the_spine_by_the_viscera_shift(training_parameters):
+    """Generator 2.1.0: the diaphragm, kidneys and heart move together along the body axis by
+    ``params['viscera']['shift_mm']``, so that no organ marks L1; the spine and ribs stay."""
+    from OsteoScreenLib.phantom.render import build_anatomy
+
+    base = _with(training_parameters, viscera__shift_mm=0.0)
+    moved = _with(training_parameters, viscera__shift_mm=-30.0)
+    a, b = build_anatomy(base), build_anatomy(moved)
+    kidneys = lambda an: sorted(o.center[2] for o in an.organs["organs"] if o.name == "kidney")  # noqa: E731
+    assert np.allclose(np.array(kidneys(b)) - kidneys(a), -30.0)
+    assert b.organs["dome_r"] - a.organs["dome_r"] == pytest.approx(-30.0)
+    assert b.organs["heart"].center[2] - a.organs["heart"].center[2] == pytest.approx(-30.0)
+    assert all(np.array_equal(x.center, y.center) for x, y in zip(a.vertebrae, b.vertebrae))
+    assert all(np.array_equal(x.points, y.points) for x, y in zip(a.ribs, b.ribs))
+    shifts = [sample_parameters(s, "chest")["viscera"]["shift_mm"] for s in range(40)]
+    assert 10.0 < np.std(shifts) < 30.0 and max(map(abs, shifts)) <= 45.0
 
 
 def test_a_seed_draws_its_lower_ribs_from_a_stream_of_its_own(training_parameters):
