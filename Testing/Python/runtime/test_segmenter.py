@@ -123,18 +123,19 @@ def test_a_level_cut_by_the_last_slice_is_segmented_and_reported_as_cut(segmente
 
 
 def test_a_move_the_ribs_favour_too_weakly_to_make_reaches_the_reader(segmenter):
-    """Spine-cropped test phantom 300027 (generator 2.0.0, model 0.8.0): the rib check favours L1 one
-    vertebra lower over the coarse level, too weakly to move the levels, and the reader is told so.
-    (With 0.7.1 on generator 1.1.0, phantom 300296 leaned the right way on levels one vertebra low;
-    here the levels are right and the lean is the check's doubt: the warning is the same.)"""
+    """Spine-cropped test phantom 300099 (generator 2.1.0, model 0.9.0): the level finder puts L1 one
+    vertebra low; the rib check favours L1 one vertebra higher, too weakly to move the levels, and the
+    vertebra counter's last rib pair says the same: the reader is told both. (On generator 2.0.0,
+    phantom 300027 leaned the same way on right levels; the warning is the same.)"""
     from OsteoScreenLib.phantom import generate_case
 
-    case = generate_case(300027, "spine")
+    case = generate_case(300099, "spine")
     out = segmenter.segment(checked_ct(case.ct, "phantom")[0])
     l1 = out.labels.array == LABEL_OF["L1"]
-    assert (case.levels.array[l1] == VERSE_LEVEL_IDS["L1"]).mean() > 0.9
-    assert out.rib_check["shift"] == 0 and out.rib_check["leaning"] == 1 and 1.0 < out.rib_check["lean_ratio"] < 20.0
-    assert any(w.startswith("The rib check leans towards L1 one vertebra lower") for w in out.level_warnings)
+    assert (case.levels.array[l1] == VERSE_LEVEL_IDS["L2"]).mean() > 0.9  # one vertebra low
+    assert out.rib_check["shift"] == 0 and out.rib_check["leaning"] == -1 and 1.0 < out.rib_check["lean_ratio"] < 20.0
+    assert any(w.startswith("The rib check leans towards L1 one vertebra higher") for w in out.level_warnings)
+    assert any(w.startswith("The vertebra counter puts L1 one vertebra higher") for w in out.level_warnings)
 
 
 def test_a_scan_ending_at_t12_says_which_levels_are_missing(segmenter, real_data):
