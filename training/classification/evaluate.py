@@ -128,7 +128,7 @@ def evaluate(preset: str) -> dict:
     return {
         "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"), "preset": preset, "generator_version": GENERATOR_VERSION,
-        "test_cases": int(len(y)),
+        "test_cases": int(len(y)), "train_cases_for_baselines": int(len(train["label"])),
         "class_counts": {c: int((y == k).sum()) for k, c in enumerate(CLASSES)},
         "reference_standard": REFERENCE_STANDARD,
         "models": table, "delong_model1_vs_model2": delong, "delong_vs_l1_roi_hu": vs_baseline,
@@ -186,7 +186,7 @@ def markdown(r: dict) -> str:
              "cases without the phase, `unknown` without either (a NIfTI file and no word from the reader). "
              "`cal_hu_l1l2` / `cal_hu_l1`: the calibrated ROI HU baseline (training/classification/baseline.py): "
              "mean trabecular ROI HU of L1 and L2 / of L1 converted to BMD by a calibration line fitted on the "
-             "training phantoms only (one line per tube voltage with an offset per voltage and contrast phase; "
+             f"training phantoms only ({r.get('train_cases_for_baselines', 'all')} of them) (one line per tube voltage with an offset per voltage and contrast phase; "
              "`kVp only`: one line per voltage; `unknown`: one line for all), then read against the QCT "
              "thresholds; class probabilities from the fit's residual SD on the training phantoms. "
              "`l1_roi_hu`: mean HU of the L1 trabecular ROI, logistic and linear regression fitted on the "

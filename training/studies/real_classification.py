@@ -26,6 +26,7 @@ is tuned on them. Writes training/results/real_classification.{json,md}.
 
 from __future__ import annotations
 
+import argparse
 import json
 import platform
 import time
@@ -167,33 +168,76 @@ def baseline_suffix(row: dict) -> str:
     return " kVp only" if row["contrast"] is None else ""
 
 
+def readings(row: dict, cal_coefs: dict) -> None:
+    """The calibrated line's BMD and the HU thresholds' reading of one result row (in place)."""
+    for m in ("l1l2", "l1"):
+        if "bmd_mg_cm3" in row.get(m, {}):
+            row[m]["bmd_class"] = registry.qct_class(row[m]["bmd_mg_cm3"])
+    row["calibrated_hu_bmd"] = {m: calibrated(cal_coefs, row, b, baseline_suffix(row))
+                                for m, b in (("l1l2", ("L1", "L2")), ("l1", ("L1",)))}
+    if "L1" in row.get("roi_hu", {}):
+        hu = row["roi_hu"]["L1"]
+        row["pickhardt"] = pickhardt_class(hu)
+        row["agreement"] = {m: agreement(row[m]["class"], hu) for m in ("l1l2", "l1") if "class" in row.get(m, {})}
+
+
 def main() -> None:
-    models = Models()
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--baseline-only", action="store_true",
+                    help="recompute only the calibrated line's BMD (and the tables) of the committed "
+                         "real_classification.json, from the lines in classification_eval.json")
+    a = ap.parse_args()
     cal_coefs = {}
     eval_json = RESULTS / "classification_eval.json"
     if eval_json.exists():
         cal_coefs = json.loads(eval_json.read_text()).get("calibrated_hu", {})
+    if a.baseline_only:
+        r = json.loads((RESULTS / "real_classification.json").read_text())
+        for c in r["cases"].values():
+            for row in c["results"].values():
+                readings(row, cal_coefs)
+        r["calibrated_hu_from"] = f"classification_eval.json of {json.loads(eval_json.read_text())['date']}"
+        write(r)
+        return
+    models = Models()
     cases = {}
     for name, (path, names) in real_cases(REAL_DATA).items():
         t0 = time.perf_counter()
         cases[name] = run_case(models, name, path, names)
         for row in cases[name]["results"].values():
-            row["calibrated_hu_bmd"] = {m: calibrated(cal_coefs, row, b, baseline_suffix(row))
-                                        for m, b in (("l1l2", ("L1", "L2")), ("l1", ("L1",)))}
-            if "L1" in row.get("roi_hu", {}):
-                hu = row["roi_hu"]["L1"]
-                row["pickhardt"] = pickhardt_class(hu)
-                row["agreement"] = {m: agreement(row[m]["class"], hu) for m in ("l1l2", "l1") if "class" in row.get(m, {})}
+            readings(row, cal_coefs)
         cases[name]["seconds"] = round(time.perf_counter() - t0, 1)
     r = {"date": time.strftime("%Y-%m-%d"), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores",
          "segmentation_model": models.segmenter.card["version"],
          "classifier_versions": {m: models.classifier(m).card["version"] for m in ("l1l2", "l1")},
          "thresholds": {"pickhardt_specific_hu": PICKHARDT_SPECIFIC_HU, "pickhardt_sensitive_hu": PICKHARDT_SENSITIVE_HU},
          "cases": cases}
+    write(r)
+
+
+def write(r: dict) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "real_classification.json").write_text(json.dumps(r, indent=1) + "\n")
     (RESULTS / "real_classification.md").write_text(markdown(r))
     print(markdown(r))
+
+
+# What is known of each case beyond its image (README of ../shared/data/real, DICOM header, fracture_eval.md)
+CASE_NOTES = {
+    "lidc-idri-0001": "chest CT with IV contrast (DICOM ContrastBolusAgent `IV`; the aorta far brighter than the "
+                      "portal vein: an arterial-type phase), 120 kV, GE LightSpeed Plus, STANDARD kernel, 2.5 mm "
+                      "slices; age and sex blank in the anonymised header. Contrast raises L1's HU: +11.2 ± 19.2 HU "
+                      "on average in portal venous scans against unenhanced ones of the same patients (Pickhardt "
+                      "et al., Osteoporos Int 2016;27:147-52) - a caveat for the thresholds, not applied here.",
+    "totalsegmentator-example": "abdominal CT resampled to 3 mm voxels, unenhanced (aorta about 40 HU), kVp not "
+                                "recorded (NIfTI). At 3 mm the cortex and endplates blur into the ROI. The automatic "
+                                "segments lie on the right levels but cover only part of each body (see the body "
+                                "volumes in the JSON), so their ROI differs from the reference body's.",
+    "verse012": "spine CT slab (3 mm sagittal slices), kVp and contrast unknown. L1 has a moderate compression "
+                "fracture (fracture_eval.md: grade 2, about two thirds of the height of T12 and L2): compacted "
+                "trabeculae raise its HU, so L1's attenuation overstates its density and the L1 thresholds do "
+                "not apply to it (opportunistic readings then take a neighbouring level: L2 here).",
+}
 
 
 def markdown(r: dict) -> str:
@@ -248,6 +292,8 @@ def markdown(r: dict) -> str:
             return f"{x['outcome']} (on {x.get('centroid_in')}, {100 * (x.get('fraction_inside') or 0):.0f} % inside)" if x.get("centroid_in") else x["outcome"]
         lines.append(f"| {name} | {'x'.join(f'{s:g}' for s in c['grid']['spacing_mm'])} | {c['kvp_source']} | "
                      f"{fmt(c['aorta_hu'])} / {fmt(c['portal_vein_hu'])} | {lv(a['L1'])} | {lv(a['L2'])} | {c['used']} |")
+    lines += ["", "## What is known of the cases", ""]
+    lines += [f"- `{name}`: {CASE_NOTES[name]}" for name in r["cases"] if name in CASE_NOTES]
     lines += ["", "## Sensitivity to the scan settings (reference bodies)", "",
               "| case | kVp | phase | model 1: class, BMD | model 2: class, BMD | cal. line BMD L1+L2 / L1 |",
               "| --- | --- | --- | --- | --- | --- |"]
