@@ -3,9 +3,12 @@
     python -m training.classification.evaluate
 
 Per class (one vs rest): AUC with 95 % DeLong CI for model 1 (L1+L2), model 2
-(L1) and the L1 trabecular-ROI HU baseline (multinomial logistic regression on
-HU, fitted on the training split); DeLong's paired test model 1 vs model 2;
-accuracy and confusion matrices; BMD mean absolute error. Runs the exported ONNX
+(L1), the calibrated ROI HU baseline (baseline.py: mean trabecular ROI HU of the
+same bodies converted to BMD by a calibration line fitted on the training split,
+with the same tube voltage and contrast phase the model gets, or without them)
+and the older L1 ROI HU baseline (logistic regression on L1 HU alone); DeLong's
+paired tests model 1 vs model 2 and each model against the baselines; accuracy
+and confusion matrices; BMD mean absolute error. Runs the exported ONNX
 files with ONNX Runtime (the run-time path). Writes training/results/
 classification_eval.{json,md}, classification_roc.png and the metrics into the cards.
 """
@@ -29,6 +32,7 @@ from OsteoScreenLib.segmenter import softmax
 from OsteoScreenLib.phantom import GENERATOR_VERSION
 
 from ..model_card import UNRECORDED_GENERATOR_VERSION, update_card
+from .baseline import CalibratedHU, mean_roi_hu
 from .delong import auc_ci, paired_test
 from .config import PRESET, REFERENCE_STANDARD
 from .prepare import load_split
@@ -66,6 +70,24 @@ def hu_baseline(train: dict, test: dict, truth: str = "") -> tuple[np.ndarray, n
     return clf.predict_proba(test["roi_hu"][:, :1]), reg.predict(test["roi_hu"][:, :1])
 
 
+# The calibrated baseline's rows, by the information they get, named after the model rows they match.
+BASELINE_INFORMATION = {"": "kvp+phase", " kVp only": "kvp", " unknown": "none"}
+
+
+def calibrated_baselines(train: dict, test: dict, truth: str = "") -> dict[str, tuple[np.ndarray, np.ndarray, CalibratedHU]]:
+    """Class probabilities, BMD and fit of the calibrated ROI HU baseline (baseline.py) for each model's
+    bodies and each level of scan information, fitted to ``train[truth + "bmd"]`` (mean of L1 and L2)."""
+    from .config import MODELS
+
+    out = {}
+    for m, bodies in MODELS.items():
+        for suffix, information in BASELINE_INFORMATION.items():
+            cal = CalibratedHU.fit(mean_roi_hu(train, bodies), train["kvp"], train["contrast"],
+                                   train[truth + "bmd"][:, 2], information)
+            out[f"cal_hu_{m}{suffix}"] = (*cal.probabilities(mean_roi_hu(test, bodies), test["kvp"], test["contrast"]), cal)
+    return out
+
+
 def evaluate(preset: str) -> dict:
     train, test = load_split("train", preset), load_split("test", preset)
     y, bmd_true = test["label"], test["bmd"][:, 2]
@@ -76,25 +98,41 @@ def evaluate(preset: str) -> dict:
         probs[f"{m} kVp only"], bmds[f"{m} kVp only"], _ = predict(m, test, contrast_known=False)
         probs[f"{m} unknown"], bmds[f"{m} unknown"], _ = predict(m, test, kvp_known=False, contrast_known=False)
     probs["l1_roi_hu"], bmds["l1_roi_hu"] = hu_baseline(train, test)
+    calibrations = {}
+    for name, (p, b, cal) in calibrated_baselines(train, test).items():
+        probs[name], bmds[name] = p, b
+        calibrations[name] = {"information": cal.information, "residual_sd_train_mg_cm3": round(cal.residual_sd, 2),
+                              "coefficients": [round(float(c), 5) for c in cal.coef]}
     table = {name: scores(p, bmds[name], y, bmd_true) for name, p in probs.items()}
     # The same predictions against the density the generator drew (no fat error of QCT in the label),
     # and the ROI HU baseline refitted to it: how much of the figures the reference standard explains.
     true_y, true_bmd = test["true_label"], test["true_bmd"][:, 2]
     base_true = hu_baseline(train, test, truth="true_")
+    cal_true = {n: v[:2] for n, v in calibrated_baselines(train, test, truth="true_").items() if n in ("cal_hu_l1l2", "cal_hu_l1")}
     against_true = {name: scores(p, b, true_y, true_bmd)
                     for name, (p, b) in {"l1l2": (probs["l1l2"], bmds["l1l2"]), "l1": (probs["l1"], bmds["l1"]),
-                                         "l1_roi_hu": base_true}.items()}
+                                         "l1_roi_hu": base_true, **cal_true}.items()}
     delong = {c: paired_test(y == k, probs["l1l2"][:, k], probs["l1"][:, k]) for k, c in enumerate(CLASSES)}
+    model_rows = [m for m in probs if not m.startswith(("l1_roi_hu", "cal_hu_"))]
     vs_baseline = {m: {c: paired_test(y == k, probs[m][:, k], probs["l1_roi_hu"][:, k]) for k, c in enumerate(CLASSES)}
-                   for m in probs if m != "l1_roi_hu"}
-    plot_roc(y, {m: probs[m] for m in ("l1l2", "l1", "l1_roi_hu")})
+                   for m in model_rows}
+
+    def against(m: str, base: str) -> dict:
+        return {"baseline": base, **{c: paired_test(y == k, probs[m][:, k], probs[base][:, k]) for k, c in enumerate(CLASSES)}}
+
+    # Each model row against the calibrated baseline of its bodies with the same information, and the
+    # models given kVp and phase also against the baseline without them.
+    vs_calibrated = {m: against(m, "cal_hu_" + m) for m in model_rows}
+    vs_calibrated |= {f"{m} vs unknown": against(m, f"cal_hu_{m} unknown") for m in ("l1l2", "l1")}
+    plot_roc(y, {m: probs[m] for m in ("l1l2", "l1", "cal_hu_l1l2", "cal_hu_l1", "l1_roi_hu")})
     return {
         "machine": f"{platform.processor() or platform.machine()}, {__import__('os').cpu_count()} cores",
         "date": time.strftime("%Y-%m-%d"), "preset": preset, "generator_version": GENERATOR_VERSION,
-        "test_cases": int(len(y)),
+        "test_cases": int(len(y)), "train_cases_for_baselines": int(len(train["label"])),
         "class_counts": {c: int((y == k).sum()) for k, c in enumerate(CLASSES)},
         "reference_standard": REFERENCE_STANDARD,
         "models": table, "delong_model1_vs_model2": delong, "delong_vs_l1_roi_hu": vs_baseline,
+        "delong_vs_calibrated_hu": vs_calibrated, "calibrated_hu": calibrations,
         "model_versions": {m: cards[m]["version"] for m in cards},
         "paper_auc": {"l1l2": [0.990, 0.952, 0.980], "l1": [0.983, 0.940, 0.978]},
         "against_true_density": {"class_counts": {c: int((true_y == k).sum()) for k, c in enumerate(CLASSES)},
@@ -146,8 +184,36 @@ def markdown(r: dict) -> str:
              f"{r['machine']}; {r['date']}. Models `l1l2` and `l1` get the tube voltage, as a DICOM header gives it, "
              "and the contrast phase, as the reader gives it; the rows `kVp only` are the same models on the same "
              "cases without the phase, `unknown` without either (a NIfTI file and no word from the reader). "
+             "`cal_hu_l1l2` / `cal_hu_l1`: the calibrated ROI HU baseline (training/classification/baseline.py): "
+             "mean trabecular ROI HU of L1 and L2 / of L1 converted to BMD by a calibration line fitted on the "
+             f"training phantoms only ({r.get('train_cases_for_baselines', 'all')} of them) (one line per tube voltage with an offset per voltage and contrast phase; "
+             "`kVp only`: one line per voltage; `unknown`: one line for all), then read against the QCT "
+             "thresholds; class probabilities from the fit's residual SD on the training phantoms. "
              "`l1_roi_hu`: mean HU of the L1 trabecular ROI, logistic and linear regression fitted on the "
-             "training phantoms.", "",
+             "training phantoms (no kVp or phase).", ""]
+    lines += ["## Models against the calibrated ROI HU baseline", "",
+              "Each model beside the baseline that reads the same bodies with the same scan information. "
+              "DeLong p: paired test of the model against that baseline on the same cases (+: the model's AUC "
+              "is higher, -: lower).", "",
+              "| rows | AUC normal | AUC osteopenia | AUC osteoporosis | accuracy | BMD MAE (mg/cm³) | DeLong p vs baseline (normal / osteopenia / osteoporosis) |",
+              "| --- | --- | --- | --- | --- | --- | --- |"]
+    vs = r.get("delong_vs_calibrated_hu", {})
+    for m in (m for m in r["models"] if not m.startswith(("cal_hu_", "l1_roi_hu"))):
+        for name in (m, "cal_hu_" + m):
+            t = r["models"][name]
+            cell = ("" if name != m or m not in vs else
+                    " / ".join(f"{vs[m][c]['p']:.3g} ({'+' if vs[m][c]['z'] > 0 else '-'})" for c in CLASSES))
+            lines.append(f"| {name} | " + " | ".join(
+                f"{t['auc'][c]['auc']:.3f} ({t['auc'][c]['ci_low']:.3f}-{t['auc'][c]['ci_high']:.3f})" for c in CLASSES)
+                + f" | {t['accuracy']:.3f} | {t['bmd_mae_mg_cm3']:.1f} | {cell} |")
+    extra = [k for k in vs if k.endswith(" vs unknown")]
+    if extra:
+        lines += ["", "The models given kVp and phase against the baseline without them:", "",
+                  "| model | baseline | DeLong p (normal / osteopenia / osteoporosis) |", "| --- | --- | --- |"]
+        lines += [f"| {k.removesuffix(' vs unknown')} | {vs[k]['baseline']} | "
+                  + " / ".join(f"{vs[k][c]['p']:.3g} ({'+' if vs[k][c]['z'] > 0 else '-'})" for c in CLASSES) + " |"
+                  for k in extra]
+    lines += ["", "## All rows", "",
              "| model | class | AUC (95 % DeLong CI) | paper AUC |", "| --- | --- | --- | --- |"]
     for name, t in r["models"].items():
         for k, c in enumerate(CLASSES):
