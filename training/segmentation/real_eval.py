@@ -226,12 +226,17 @@ def markdown(result: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def real_case_arguments(description: str, out: str) -> argparse.Namespace:
+    """The command line of a study on the real cases: --model, --real-data, --out (results stem)."""
+    p = argparse.ArgumentParser(description=description)
     p.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled one)")
     p.add_argument("--real-data", type=Path, default=REAL_DATA)
-    p.add_argument("--out", default="real_case_eval")
-    a = p.parse_args()
+    p.add_argument("--out", default=out, help=f"results file stem (default: {out})")
+    return p.parse_args()
+
+
+def main() -> None:
+    a = real_case_arguments(__doc__.split("\n")[0], "real_case_eval")
     seg = L1L2Segmenter(a.model)
     result = {"model": f"segmentation {seg.card['version']}", "date": time.strftime("%Y-%m-%d"),
               "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, {platform.python_version()}",

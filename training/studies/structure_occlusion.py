@@ -16,7 +16,6 @@ chosen by this study; it says where the failure comes from.
 
 from __future__ import annotations
 
-import argparse
 import csv
 import json
 import platform
@@ -28,8 +27,7 @@ import numpy as np
 from OsteoScreenLib.ct_io import checked_ct, read_ct, read_volume
 from OsteoScreenLib.segmenter import L1L2Segmenter, find_levels
 
-from ..real_data import REAL_DATA
-from ..segmentation.real_eval import evaluate_version, reference_on, totalsegmentator_names, z_centre
+from ..segmentation.real_eval import evaluate_version, real_case_arguments, reference_on, totalsegmentator_names, z_centre
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CASE = "lidc-idri-0001"
@@ -95,11 +93,7 @@ def markdown(result: dict) -> str:
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--model", type=Path, default=None, help="model folder (default: the bundled one)")
-    p.add_argument("--real-data", type=Path, default=REAL_DATA)
-    p.add_argument("--out", default="structure_occlusion")
-    a = p.parse_args()
+    a = real_case_arguments(__doc__.split("\n")[0], "structure_occlusion")
     seg = L1L2Segmenter(a.model)
     result = {"machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores", "date": time.strftime("%Y-%m-%d"),
               "model_version": seg.card["version"], "groups": run(seg, a.real_data)}
