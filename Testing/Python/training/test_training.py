@@ -167,21 +167,25 @@ def test_box_preset_fine_samples_take_hints_from_the_whole_chest(tmp_path, monke
     from training.segmentation.prepare import _coarse_hints, prepare, sample_paths
     from training.segmentation.samples import _levels_agree, fine_sample, load
 
+    # a training seed whose coarse levels the bundled coarse stage alone finds (on generator 2.1.0, 3 of
+    # the first 8, as the organs no longer mark L1; the others take blurred reference hints instead)
+    seed = 100002
+    monkeypatch.setattr(prepare_module, "seeds_of", lambda split, count=None: [seed])
     checkpoint = _bundled_checkpoint("coarse", tmp_path / "coarse") / "final.pt"
     with pytest.raises(SystemExit, match="--stages fine"):
         prepare("train", 1, "chest-box", tmp_path / "cache", workers=1, coarse_checkpoint=checkpoint)
     prepare("train", 1, "chest-box", tmp_path / "cache", workers=1, stages="fine", coarse_checkpoint=checkpoint)
-    s = load(sample_paths(tmp_path / "cache", "chest-box", 100000)[1])
+    s = load(sample_paths(tmp_path / "cache", "chest-box", seed)[1])
     x, y = s["x"].astype(np.float32), s["y"]
     hint_l1, hint_l2 = (x[1] + 1) / 2, (x[2] + 1) / 2  # the hint channels back to probabilities
     assert hint_l1[y == 1].mean() > 0.5 > hint_l1[y == 2].mean()
     assert hint_l2[y == 2].mean() > 0.5 > hint_l2[y == 1].mean()
     # they are the coarse stage's own (its levels agree with the truth), not perturbed reference labels
     monkeypatch.setattr(prepare_module, "_COARSE", None)  # the network this process loads is the checkpoint's
-    box = generate_case(100000, "chest-box")
-    hints = _coarse_hints(generate_case(100000, "chest-coarse").ct, checkpoint)
+    box = generate_case(seed, "chest-box")
+    hints = _coarse_hints(generate_case(seed, "chest-coarse").ct, checkpoint)
     assert _levels_agree(hints, box.labels)
-    expected = fine_sample(box.ct, box.labels, np.random.default_rng(100000 + 7), hints)
+    expected = fine_sample(box.ct, box.labels, np.random.default_rng(seed + 7), hints)
     np.testing.assert_array_equal(s["x"], expected["x"])
 
 
