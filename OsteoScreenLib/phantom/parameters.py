@@ -289,8 +289,9 @@ def sample_parameters(seed: int, preset: str = "chest") -> dict:
     }
     # from a stream of its own, so every other parameter of a seed is what 1.0.0 drew
     params["lower_ribs"] = sample_lower_ribs(np.random.Generator(np.random.PCG64([int(seed), RIB_STREAM])))
-    # generator 2.0: shoulder girdle, arms, great veins, table and reconstruction circle (own stream too)
+    # generator 2.1: the organs' height against the spine (own stream too)
     params["viscera"] = sample_viscera(np.random.Generator(np.random.PCG64([int(seed), VISCERA_STREAM])))
+    # generator 2.0: shoulder girdle, arms, great veins, table and reconstruction circle (own stream too)
     params["chest_wall"] = chest_wall.sample(np.random.Generator(np.random.PCG64([int(seed), CHEST_WALL_STREAM])),
                                              subject)
     fixed_slice = PRESETS[preset].get("slice_mm")
