@@ -302,11 +302,15 @@ def markdown(r: dict) -> list[str]:
                f"engines (every column), class and BMD identical in {ag['same_class_and_bmd']}, the same series "
                f"in {ag['same_series']}."
                + (f" Differing: {', '.join(ag['differing_cases'])}." if ag["differing_cases"] else "")]
-    md += ["", f"Load average (1, 5, 15 min) at the start {r['load_avg_start']}, at the end {r['load_avg_end']}: "
-           f"the machine ({cores} cores) is shared with other jobs, and the benchmark ran at nice {r.get('nice', 0)}, so "
-           "these figures are a floor on what an idle machine of this kind does, and the two engines did not run "
-           "under the same load. Ray's shorter wall time here comes from its two worker processes getting a larger "
-           "share of the contended CPU than the local engine's one process, not from Ray itself."]
+    busy = max(r["load_avg_start"][0], r["load_avg_end"][0]) > cores + 1  # other jobs held the cores
+    md += ["", f"Load average (1, 5, 15 min) at the start {r['load_avg_start']}, at the end {r['load_avg_end']}; "
+           f"the benchmark ran at nice {r.get('nice', 0)}. "
+           + ("The machine was shared with other jobs, so these figures are a floor on what an idle machine of this "
+              "kind does, and the two engines did not run under the same load; Ray's shorter wall time comes from its "
+              "worker processes getting a larger share of the contended CPU than the local engine's one process."
+              if busy else
+              "No other job held the cores (the load is the benchmark's own): Ray's shorter wall time comes from its "
+              f"{cores} workers running {cores} cases at once, where the local engine runs one case at a time.")]
     if r["studies"] < DEFAULT_COUNT:
         md += ["", f"Only {r['studies']} studies, not {DEFAULT_COUNT}: with other jobs holding the cores, the "
                f"benchmark at nice 19 got a few per cent of a core, and a run of {DEFAULT_COUNT} studies per engine "
@@ -315,8 +319,9 @@ def markdown(r: dict) -> list[str]:
                f"`python -m training.studies.archive_benchmark --count {DEFAULT_COUNT}` measures it on a quieter "
                "machine."]
     md += ["", f"## An archive of {STUDIES:,} studies", "",
-           "On this shared machine the wall times above say more about the other jobs than about `screen`, so the "
-           "arithmetic uses the CPU time each run took (its whole process tree: with Ray the driver, Ray's own "
+           ("On this shared machine the wall times above say more about the other jobs than about `screen`, so the "
+            if busy else "So that it carries to machines of other sizes, the ")
+           + "arithmetic uses the CPU time each run took (its whole process tree: with Ray the driver, Ray's own "
            "processes and the workers), which the other jobs do not change much: a study costs that many seconds "
            "of a core when it has the core to itself.", ""]
     if "local" in e:
