@@ -361,7 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--overwrite", action="store_true", help="redo cases that are already done")
     s.set_defaults(func=cmd_screen)
 
-    s = sub.add_parser("evaluate-segmentation", help="DSC and 95 % Hausdorff of a prediction against a reference")
+    s = sub.add_parser("evaluate-segmentation", help="DSC and 95 %% Hausdorff of a prediction against a reference")
     s.add_argument("--reference", required=True, help="reference label map or .seg.nrrd")
     s.add_argument("--prediction", required=True, help="predicted label map or .seg.nrrd")
     s.add_argument("--reference-labels", default="osteoscreen", help="mapping of the reference, e.g. L1=20,L2=21 or verse")
