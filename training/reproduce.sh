@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Reproduce the bundled models from scratch on CPU (resumable: cached samples and
 # checkpoints are reused; rerun after an interruption). Needs `make install-train`.
+# The bundled models learnt from phantoms of generator 2.0.0 and earlier; this checkout's generator is
+# 2.1.0 (organs moved against the spine, a lower costal margin), so this script now trains on 2.1.0
+# phantoms: to rebuild the bundled weights as they are, run it from commit ad89c24 (generator 2.0.0).
 #   training/reproduce.sh [segmentation|classification|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -114,6 +117,7 @@ if [[ $what == segmentation || $what == all ]]; then
   $PY -m training.studies.rib_check_probe  # where the bundled rib check looks (ribs, vertebra or lung taken away)
   $PY -m training.studies.real_hints  # real cases with the levels given: outlining apart from level finding
   $PY -m training.studies.level_diagnosis  # real cases: coarse regions, levels under small changes, rib check along the spine
+  $PY -m training.studies.structure_occlusion  # the real chest CT with one group of structures taken away at a time
   $PY -m training.studies.level_confidence --count 100 --workers "$WORKERS"
   # learning curve of the fine stage (scored on 1 mm boxes of 100 test scans): the chest cases rendered on a
   # box around L1-L2 (chest-box), hints from the final coarse stage on each case rendered whole at 5 mm
