@@ -150,7 +150,7 @@ def _chain_from(start: Body, bodies: list[Body]) -> list[Body]:
         current = start
         while True:
             nxt = _next_body(current, bodies, direction)
-            if nxt is None or any(nxt is b for b in chain):
+            if nxt is None:  # each step moves at least STEP_S_MM[0] one way: no body comes twice
                 break
             chain.append(nxt)
             current = nxt
@@ -204,17 +204,10 @@ def count(bodies: list[Body]) -> Count:
         out.problems.append("fewer than two vertebral bodies found")
         return out
     s = np.array([b.centroid_ras[2] for b in bodies])
-    steps = s[:-1] - s[1:]
-    for n, step in enumerate(steps):
-        near = np.concatenate([steps[max(0, n - 2):n], steps[n + 1:n + 3]])
-        if len(near) and step > MISSED_BODY_RATIO * float(np.median(near)):
-            out.missed_after.append(n)
-    heights = np.array([b.extent_mm for b in bodies])
-    for n, height in enumerate(heights):
-        near = np.concatenate([heights[max(0, n - 2):n], heights[n + 1:n + 3]])
-        if len(near) and height > MERGED_BODY_RATIO * float(np.median(near)):
-            out.missed_after.extend(m for m in (n - 1, n) if m >= 0 and m not in out.missed_after)
-    out.missed_after.sort()
+    missed = set(_longer_than_neighbours(s[:-1] - s[1:], MISSED_BODY_RATIO))  # a step too long
+    for n in _longer_than_neighbours(np.array([b.extent_mm for b in bodies]), MERGED_BODY_RATIO):
+        missed |= {m for m in (n - 1, n) if m >= 0}  # a body too tall: the steps into and out of it
+    out.missed_after = sorted(missed)
     ribs = [b.ribs for b in bodies]
     bearing = [n for n, r in enumerate(ribs) if r]
     if not bearing:
@@ -228,6 +221,16 @@ def count(bodies: list[Body]) -> Count:
         out.first_rib = first
     if last + 1 < len(bodies) and ribs[last + 1] is False:
         out.last_rib = last
+    return out
+
+
+def _longer_than_neighbours(values: np.ndarray, ratio: float) -> list[int]:
+    """Indices whose value exceeds ``ratio`` times the median of up to two neighbours on each side."""
+    out = []
+    for n, value in enumerate(values):
+        near = np.concatenate([values[max(0, n - 2):n], values[n + 1:n + 3]])
+        if len(near) and value > ratio * float(np.median(near)):
+            out.append(n)
     return out
 
 
