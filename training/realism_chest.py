@@ -25,7 +25,6 @@ Writes training/results/realism_chest.{md,json,png}.
 from __future__ import annotations
 
 import argparse
-import csv
 import copy
 import json
 import platform
@@ -42,7 +41,7 @@ from OsteoScreenLib.phantom.density import tissue_table
 from OsteoScreenLib.resample import centred_grid, sample
 from OsteoScreenLib.volume import Volume
 
-from .segmentation.real_eval import reference_on, totalsegmentator_names
+from .segmentation.real_eval import reference_on, totalsegmentator_names, totalsegmentator_structures, z_extent
 from .real_data import REAL_DATA
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -161,17 +160,12 @@ def real_case(root: Path) -> tuple[str, Volume, Volume, dict, dict]:
     vessels = {"aorta_hu": round(float(ct.array[ref == TS_AORTA].mean()), 1),
                "heart_hu": round(float(ct.array[ref == TS_HEART].mean()), 1),
                "contrast": "intravenous (phase not recorded)", "kvp": 120}
-    l1 = level_centres(ct, ref, {v: k for k, v in names.items() if v == "L1"})["L1"][2]
-    with open(folder / "labels.csv", newline="") as f:
-        structures = {int(row["id"]): row["structure"] for row in csv.DictReader(f)}
-    z = ct.ijk_to_ras[2, 3] + ct.ijk_to_ras[2, 2] * np.arange(ct.array.shape[0])  # the scan is axial
     lows = {}
-    for label, name in structures.items():
+    for label, name in totalsegmentator_structures(folder / "labels.csv").items():
         if name.startswith("rib_") and int(name.rsplit("_", 1)[1]) in LOW_RIBS or name == "costal_cartilages":
-            ks = np.nonzero((ref == label).any(axis=(1, 2)))[0]
             key = "cartilage" if name == "costal_cartilages" else int(name.rsplit("_", 1)[1])
-            if len(ks):
-                lows[key] = min(lows.get(key, np.inf), float(z[ks].min()) - l1)
+            if (ref == label).any():
+                lows[key] = min(lows.get(key, np.inf), z_extent(ct, ref == label)[0] - centres["L1"][2])
     vessels["rib_lows_mm"] = {str(k): round(v) for k, v in lows.items()}
     return "real: lidc-idri-0001", ct, raw, centres, vessels
 

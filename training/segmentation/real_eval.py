@@ -49,14 +49,16 @@ MIN_INSIDE = 0.9  # the goal: at least 90 % of a level's voxels inside its refer
 LOWEST_MM = 150.0
 
 
+def totalsegmentator_structures(csv_path: Path) -> dict[int, str]:
+    """Every structure's name by label id from a case's labels.csv (TotalSegmentator 'total' ids)."""
+    with open(csv_path, newline="") as f:
+        return {int(row["id"]): row["structure"] for row in csv.DictReader(f)}
+
+
 def totalsegmentator_names(csv_path: Path) -> dict[int, str]:
     """Vertebra names by label id from a case's labels.csv (TotalSegmentator 'total' ids)."""
-    names = {}
-    with open(csv_path, newline="") as f:
-        for row in csv.DictReader(f):
-            if row["structure"].startswith("vertebrae_"):
-                names[int(row["id"])] = row["structure"].removeprefix("vertebrae_")
-    return names
+    return {label: name.removeprefix("vertebrae_") for label, name in totalsegmentator_structures(csv_path).items()
+            if name.startswith("vertebrae_")}
 
 
 # case -> (CT path, vertebra names by reference label id); ids from ../shared/data/real/README.md

@@ -16,7 +16,6 @@ chosen by this study; it says where the failure comes from.
 
 from __future__ import annotations
 
-import csv
 import json
 import platform
 import time
@@ -27,7 +26,8 @@ import numpy as np
 from OsteoScreenLib.ct_io import checked_ct, read_ct, read_volume
 from OsteoScreenLib.segmenter import L1L2Segmenter, find_levels
 
-from ..segmentation.real_eval import evaluate_version, real_case_arguments, reference_on, totalsegmentator_names, z_centre
+from ..segmentation.real_eval import (evaluate_version, real_case_arguments, reference_on, totalsegmentator_names,
+                                      totalsegmentator_structures, z_centre)
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 CASE = "lidc-idri-0001"
@@ -44,11 +44,6 @@ GROUPS = {
 }
 
 
-def structures(csv_path: Path) -> dict[str, int]:
-    with open(csv_path, newline="") as f:
-        return {row["structure"]: int(row["id"]) for row in csv.DictReader(f)}
-
-
 def nearest_vertebra(s: float, centres: dict[str, float]) -> str:
     name = min(centres, key=lambda n: abs(centres[n] - s))
     return f"{name} ({s - centres[name]:+.0f} mm)"
@@ -59,7 +54,7 @@ def run(seg: L1L2Segmenter, root: Path) -> dict:
     ct = read_ct(folder / "ct")
     ref = reference_on(read_volume(folder / "labels.nii.gz"), ct)
     names = totalsegmentator_names(folder / "labels.csv")
-    ids = structures(folder / "labels.csv")
+    ids = {name: label for label, name in totalsegmentator_structures(folder / "labels.csv").items()}
     centres = {n: z_centre(ct, ref == v) for v, n in names.items() if (ref == v).any()}
     out = {}
     for group, members in GROUPS.items():
