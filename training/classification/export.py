@@ -65,7 +65,7 @@ def export(model: str, metrics: dict | None = None) -> Path:
     save_state(wrapped, f"classifier-{model}")
     out = models_dir() / RUNTIME_MODELS[model]["folder"]
     out.mkdir(parents=True, exist_ok=True)
-    x = torch.randn(2, len(MODELS[model]), IMAGE_CHANNELS, IMAGE_SIZE_PX, IMAGE_SIZE_PX)
+    x = torch.randn(2, len(MODELS[model]), IMAGE_CHANNELS, DEFAULT_PREPROCESSING.image_size_px, DEFAULT_PREPROCESSING.image_size_px)
     v = len(MODELS[model])
     scan = torch.from_numpy(np.stack([scan_vector(120, [1.5] * v, "portal"), scan_vector(None, [0.5] * v)]))
     with tempfile.TemporaryDirectory() as tmp:
