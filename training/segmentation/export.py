@@ -1,11 +1,11 @@
 """Export both trained stages to ONNX and write the self-describing model folder.
 
-    python -m training.segmentation.export [--metrics training/results/segmentation_eval.json] [--rib-check-only]
+    python -m training.segmentation.export [--metrics training/results/segmentation_eval.json] [--rib-check-only [RUN]]
 
 Writes ``Resources/Models/segmentation/``: coarse.onnx, fine.onnx, rib_check.onnx,
 model_card.json (read by OsteoScreenLib) and model_card.md (for people).
 Checks that ONNX Runtime reproduces PyTorch within ONNX_TOLERANCE first.
-With --rib-check-only only the rib check is exported anew into the existing folder: the coarse
+With --rib-check-only [RUN] only the rib check (checkpoint folder RUN, default rib-check) is exported anew into the existing folder: the coarse
 and fine files and their card entries stay (byte for byte), and evaluate.py then replaces the
 card's metrics. With --coarse-only RUN the same for the coarse stage of checkpoint folder RUN, and
 with --count-only RUN for the vertebra counter (added to a folder that has none).
@@ -141,10 +141,10 @@ def write_model_folder(out: Path, metrics: dict | None, train_configs: dict) -> 
     return out
 
 
-def replace_rib_check(out: Path, rib_config: dict) -> Path:
-    """Only the rib check anew (checkpoint run rib-check) in an existing model folder; the coarse and
-    fine stages, their files and their card entries stay as they are."""
-    diff = export_rib_check(out / "rib_check.onnx")
+def replace_rib_check(out: Path, rib_config: dict, run: Path | None = None) -> Path:
+    """Only the rib check anew (checkpoint folder ``run``, default rib-check) in an existing model
+    folder; the coarse and fine stages, their files and their card entries stay as they are."""
+    diff = export_rib_check(out / "rib_check.onnx", run)
     return _replace_stage_in_card(out, "rib_check", rib_config, diff)
 
 
@@ -181,17 +181,19 @@ def replace_stage(out: Path, stage: str, run: Path) -> Path:
     return _replace_stage_in_card(out, stage, json.loads((run / "config.json").read_text()), diff)
 
 
-def export_rib_check(path: Path) -> float:
-    """Export the rib check (dynamic batch) to ``path``, replaced only once ONNX Runtime reproduces
-    PyTorch; return max |sigmoid difference| ONNX vs PyTorch."""
+def export_rib_check(path: Path, run: Path | None = None) -> float:
+    """Export the rib check of checkpoint folder ``run`` (default rib-check; dynamic batch) to ``path``,
+    replaced only once ONNX Runtime reproduces PyTorch; return max |sigmoid difference| ONNX vs PyTorch."""
     import onnxruntime as ort
 
     from .rib_check import build_network as build_rib_check
 
     net = build_rib_check()
-    net.load_state_dict(torch.load(CHECKPOINTS / "rib-check" / "final.pt", map_location="cpu", weights_only=True)["model"])
+    run = CHECKPOINTS / "rib-check" if run is None else Path(run)
+    net.load_state_dict(torch.load(run / "final.pt", map_location="cpu", weights_only=True)["model"])
     net.eval()
-    save_state(net, "segmentation-rib_check")
+    if path.parent.resolve() == (models_dir() / "segmentation").resolve():  # a candidate elsewhere leaves the bundled weights
+        save_state(net, "segmentation-rib_check")
     size = [int(round(s / PREPROCESSING["rib_check"]["spacing_mm"])) for s in PREPROCESSING["rib_check"]["size_mm"][::-1]]
     x = torch.randn(3, 1, *size)
     with atomic_path(path, overwrite=True) as tmp:
@@ -210,8 +212,9 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--metrics", type=Path, default=None, help="JSON of evaluation metrics to put in the card")
     p.add_argument("--out", type=Path, default=models_dir() / "segmentation")
-    p.add_argument("--rib-check-only", action="store_true",
-                   help="export only the rib check into the existing folder (coarse and fine stay)")
+    p.add_argument("--rib-check-only", type=Path, nargs="?", const=CHECKPOINTS / "rib-check", default=None, metavar="RUN",
+                   help="export only the rib check of checkpoint folder RUN (default rib-check) into the existing "
+                   "folder (coarse and fine stay)")
     p.add_argument("--coarse-only", type=Path, default=None, metavar="RUN",
                    help="export only the coarse stage of checkpoint folder RUN into the existing folder "
                    "(fine stage and rib check stay)")
@@ -223,13 +226,13 @@ def main() -> None:
             print(f"wrote {replace_stage(a.out, stage, run)}")
             return
     metrics = json.loads(a.metrics.read_text()) if a.metrics and a.metrics.exists() else None
-    cfg = CHECKPOINTS / "rib-check" / "config.json"
+    cfg = (a.rib_check_only or CHECKPOINTS / "rib-check") / "config.json"
     rib = json.loads(cfg.read_text()) if cfg.exists() else {}
     init = rib.get("init")
     if isinstance(init, str):  # the run it started from, as the stages record theirs
         rib["init"] = {"run": init, "config": json.loads((CHECKPOINTS / init / "config.json").read_text())}
-    if a.rib_check_only:
-        print(f"wrote {replace_rib_check(a.out, rib)}")
+    if a.rib_check_only is not None:
+        print(f"wrote {replace_rib_check(a.out, rib, a.rib_check_only)}")
         return
     configs = {}
     for s in ("coarse", "fine", "count"):

@@ -86,7 +86,7 @@ def test_a_different_network_would_not_match(bundled_models):
 
 
 def test_the_rib_check_alone_is_exported_into_a_copy_of_the_model_folder(bundled_models, tmp_path, monkeypatch):
-    """export --rib-check-only: a new rib check replaces the old one in an existing folder; the coarse
+    """export --rib-check-only RUN: a new rib check replaces the old one in an existing folder; the coarse
     and fine files stay byte for byte, the card names the new check's checksum and training, and the
     loader accepts the folder."""
     import json
@@ -103,13 +103,15 @@ def test_the_rib_check_alone_is_exported_into_a_copy_of_the_model_folder(bundled
     monkeypatch.setattr(model_card, "WEIGHTS", tmp_path / "weights")  # (save_state writes there)
     torch.manual_seed(3)
     net = build_network().eval()  # a new network: other weights than the bundled check
-    (tmp_path / "checkpoints" / "rib-check").mkdir(parents=True)
-    torch.save({"model": net.state_dict()}, tmp_path / "checkpoints" / "rib-check" / "final.pt")
+    run = tmp_path / "checkpoints" / "rib-check-candidate"
+    run.mkdir(parents=True)
+    torch.save({"model": net.state_dict()}, run / "final.pt")
     config = {"preset": "chest-coarse", "costal_preset": "chest-coarse-costal", "levels": ["T12", "L1"],
               "train_boxes": 4, "train_cases": 2, "epochs": 1, "tune_boxes": 2, "tune_cases": 1,
               "best": {"tune_accuracy": 0.5}, "generator_version": "1.1.0"}
     before = json.loads((folder / "model_card.json").read_text())
-    export.replace_rib_check(folder, config)
+    export.replace_rib_check(folder, config, run)
+    assert not (tmp_path / "weights").exists()  # a candidate folder leaves the bundled weights alone
     files, card = verified_files(folder)
     for stage in ("coarse", "fine"):
         assert (folder / f"{stage}.onnx").read_bytes() == (model_folder("segmentation") / f"{stage}.onnx").read_bytes()
@@ -122,4 +124,3 @@ def test_the_rib_check_alone_is_exported_into_a_copy_of_the_model_folder(bundled
     with torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()
     assert np.abs(OnnxNetwork(files["rib_check"]).run(x) - ref).max() < 1e-4
-    assert (tmp_path / "weights" / "segmentation-rib_check.npz").exists()
