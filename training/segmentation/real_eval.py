@@ -136,12 +136,15 @@ def level_outcome(mask: np.ndarray, ref: np.ndarray, ref_id: int, names: dict[in
     c = tuple(np.round(kji.mean(axis=0)).astype(int))
     inside = float((under == ref_id).mean())
     right = bool(ref[c] == ref_id) and inside >= MIN_INSIDE
-    values, counts = np.unique(under, return_counts=True)
+    by_vertebra: dict[str, int] = {}
+    for v, n in zip(*np.unique(under, return_counts=True)):  # every id that is no vertebra counts as "none"
+        name = names.get(int(v), "none")
+        by_vertebra[name] = by_vertebra.get(name, 0) + int(n)
     return {"voxels": int(len(kji)), "centroid_in": names.get(int(ref[c]), "none"),
             "fraction_inside": round(inside, 4), "flagged": flagged,
             "outcome": ("right, flagged" if flagged else "right") if right else
                        ("wrong, flagged" if flagged else "WRONG, NOT FLAGGED"),
-            "voxels_by_vertebra": {names.get(int(v), "none"): int(n) for v, n in zip(values, counts)}}
+            "voxels_by_vertebra": by_vertebra}
 
 
 def evaluate_version(seg: L1L2Segmenter, ct: Volume, ref: np.ndarray, names: dict[int, str]) -> dict:

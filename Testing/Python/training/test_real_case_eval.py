@@ -88,3 +88,15 @@ def test_a_chest_ct_cut_above_t12_is_reported_without_l1(segmenter, the_chest_ct
     entry = real_eval.evaluate_version(segmenter, scan, cut_ref, names)
     assert entry["levels"]["L1"] == "not in view: reported"
     assert "not found in the field of view" in entry["error"]
+
+
+def test_voxels_outside_every_vertebra_are_counted_together():
+    """Background and structures that are no vertebra (two ids here) add up under "none"."""
+    ref = np.zeros((4, 4, 4), int)
+    ref[:2] = 31
+    ref[2, :2] = 90  # e.g. a disc or a kidney in a TotalSegmentator label map
+    mask = np.zeros_like(ref, bool)
+    mask[:3] = True  # 32 voxels in L1, 8 in structure 90, 8 in the background
+    out = real_eval.level_outcome(mask, ref, 31, {31: "L1"}, False)
+    assert out["voxels_by_vertebra"] == {"none": 16, "L1": 32}
+    assert sum(out["voxels_by_vertebra"].values()) == out["voxels"]
