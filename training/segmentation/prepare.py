@@ -46,7 +46,7 @@ _COARSE = None
 COARSE_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "segmentation-coarse" / "final.pt"
 
 
-def _coarse_hints(ct, checkpoint: Path):
+def coarse_hints(ct, checkpoint: Path):
     """The trained coarse stage's probabilities on this CT, through the run-time preprocessing
     (None without a trained coarse stage, or when the CT holds no body)."""
     global _COARSE
@@ -99,7 +99,7 @@ def prepare_one(args: tuple[Path, str, int, str, Path]) -> tuple[int, float]:
         save(coarse_path, coarse_sample(case.ct, case.labels))
     if "fine" in todo:
         hint_ct = generate_case(seed, HINTS_FROM[preset]).ct if preset in HINTS_FROM else case.ct
-        save(fine_path, fine_sample(case.ct, case.labels, rng, _coarse_hints(hint_ct, coarse_checkpoint)))
+        save(fine_path, fine_sample(case.ct, case.labels, rng, coarse_hints(hint_ct, coarse_checkpoint)))
     return seed, time.perf_counter() - t
 
 
