@@ -166,11 +166,10 @@ def _native_stderr_to_log():
 
 
 def _read_with_storage_node(path: Path, files: list[Path]) -> Volume:
-    import slicer
-
     from .mrml_convert import volume_from_node
+    from .mrml_kits import new_scene
 
-    scene = slicer.vtkMRMLScene()
+    scene = new_scene()
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     storage.SetFileName(str(files[0]))
@@ -243,6 +242,8 @@ def _check_file(path: Path, ext: str) -> Callable[[], None] | None:
     expected = int(np.prod(sizes)) * itemsize
     floating = header.dtype.startswith("f")
     if header.encoding == "gzip" and not floating:
+        if _gzip_trailer_size(header.data_file) == (header.offset + expected) % (1 << 32):
+            return None  # the stream ends where a complete file ends (see _gzip_trailer_size)
         return lambda: _check_size(path, _gzip_size(header.data_file) - header.offset, expected)
     if header.encoding == "raw" and not floating:
         available = header.data_file.stat().st_size - header.offset
@@ -296,6 +297,25 @@ def _check_size(path: Path, available: int, expected: int) -> None:
         raise OsteoScreenError(
             f"{path}: truncated ({max(available, 0)} of {expected} data bytes); copy or export the file again"
         )
+
+
+def _gzip_trailer_size(path: Path) -> int | None:
+    """The uncompressed size (modulo 2**32) that a gzip file's last member records in its trailer.
+
+    A file cut short ends in compressed data instead: its last four bytes match the size a
+    complete file would have by chance once in 2**32. So where they match the file is taken as
+    complete without inflating it a second time beside the reader; where they do not (cut, or
+    several members, whose last records only its own size) :func:`_gzip_size` decides.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() < 18:  # header (10) and trailer (8) of the smallest gzip member
+                return None
+            f.seek(-4, os.SEEK_END)
+            return struct.unpack("<I", f.read(4))[0]
+    except OSError:
+        return None
 
 
 def _gzip_size(path: Path, offset: int = 0) -> int:
@@ -440,15 +460,14 @@ def _text_header(path: Path, limit: int = 65536) -> tuple[str, int]:
 
 def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a volume to NIfTI, NRRD or MetaImage, atomically, keeping its geometry."""
-    import slicer
-
     from .mrml_convert import volume_to_node
+    from .mrml_kits import new_scene
 
     path = Path(path)
     ext = volume_extension(path)
     if ext not in WRITE_EXTENSIONS:
         raise OsteoScreenError(f"{path}: cannot write this type; use .nii.gz, .nii, .nrrd or .mha")
-    scene = slicer.vtkMRMLScene()
+    scene = new_scene()
     node = volume_to_node(scene, volume, name=path.name)
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     storage.SetUseCompression(1)

@@ -179,23 +179,21 @@ def run_case(models: Models, case: CaseInput, model: str | None = registry.DEFAU
 
 def save_segmentation(labels: Volume, path: str | os.PathLike, overwrite: bool = False, name: str = "L1-L2") -> Path:
     """Write a label map as ``.seg.nrrd`` (segments with names, colours, terminology, the CT's geometry)."""
-    import slicer
-
+    from .mrml_kits import new_scene
     from .segmentation_nodes import save_segmentation as save_node, segmentation_from_labelmap
 
-    scene = slicer.vtkMRMLScene()
+    scene = new_scene()
     node, _ = segmentation_from_labelmap(scene, labels, reference_geometry=labels, name=name)
     return save_node(node, path, overwrite)
 
 
 def labels_from_file(path: str | os.PathLike, ct: Volume, mapping: dict[str, int] | None = None) -> Volume:
     """A ``.seg.nrrd`` or label map file (with its label mapping) as an L1/L2 label map on the CT grid."""
-    import slicer
-
     from .mrml_convert import volume_to_node
+    from .mrml_kits import new_scene
     from .segmentation_nodes import labelmap_on_grid, load_segmentation_file
 
-    scene = slicer.vtkMRMLScene()
+    scene = new_scene()
     ct_node = volume_to_node(scene, ct, "CT")
     node = load_segmentation_file(scene, path, ct_node, mapping)
     return ct.with_array(labelmap_on_grid(node, ct_node))
