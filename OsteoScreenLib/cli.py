@@ -86,7 +86,7 @@ def cmd_segment(args) -> int:
         # The models load while the CT is read (the reader works without Python's lock). A load
         # error is not taken here: run_case loads them again and reports it, after any read error.
         pool.submit(lambda: models.segmenter)
-        case = read_case(ct_path)
+        case = read_case(ct_path, digest=False)  # no result records the input's hash here
     with about(ct_path):
         output = run_case(models, case, model=None).segmentation
     if label_map:

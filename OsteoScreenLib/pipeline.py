@@ -74,17 +74,19 @@ class CaseInput:
     series_files: list[str] | None = None  # a DICOM folder: only these files were read (study.py)
 
 
-def read_case(path: str | os.PathLike, kvp=None, contrast=None, series_files: list | None = None) -> CaseInput:
+def read_case(path: str | os.PathLike, kvp=None, contrast=None, series_files: list | None = None,
+              digest: bool = True) -> CaseInput:
     """Read a CT file or DICOM folder with its recorded tube voltage (``series_files``: of a DICOM
-    folder, only these files: the series a study's selection chose, :mod:`study`)."""
+    folder, only these files: the series a study's selection chose, :mod:`study`). ``digest``: with
+    the input's SHA-256 (what a result records; without it ``sha256`` is None)."""
     from .ct_io import read_ct
     from .hashing import sha256_files, sha256_path
 
     header: dict = {}
     ct = read_ct(path, header, series_files)
     scan, warnings = scan_settings(header.get("kvp"), kvp, contrast)
-    digest = sha256_path(path) if series_files is None else sha256_files(series_files, path)
-    return CaseInput(ct, str(path), digest, scan, warnings,
+    sha256 = None if not digest else sha256_path(path) if series_files is None else sha256_files(series_files, path)
+    return CaseInput(ct, str(path), sha256, scan, warnings,
                      [str(p) for p in series_files] if series_files is not None else None)
 
 
