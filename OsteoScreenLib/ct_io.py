@@ -53,19 +53,21 @@ def read_ct(path: str | os.PathLike, header: dict | None = None, series_files: l
     path = Path(path)
     header = {} if header is None else header
     volume = read_volume(path, header, series_files)
-    volume, header["padding_voxels"] = checked_ct(volume, path, header.get("padding_hu"))
+    volume, header["padding_voxels"] = checked_ct(volume, path, header.get("padding_hu"), in_place=True)  # ours alone
     return volume
 
 
-def checked_ct(volume: Volume, name, padding_hu: tuple[float, float] | None = None) -> tuple[Volume, int]:
+def checked_ct(volume: Volume, name, padding_hu: tuple[float, float] | None = None,
+               in_place: bool = False) -> tuple[Volume, int]:
     """A CT as every stage takes it, checked once where it enters: padding and sub-air values read
     as air (:mod:`padding`; ``padding_hu``: the range a DICOM series declares), values that must be
     Hounsfield units, a plausible grid. Returns the volume and how many voxels were set to air.
     The readers (:func:`read_ct`) and the Slicer module's nodes (``logic.case_input``) pass through
-    here; a volume made elsewhere (a phantom, a crop) should too, before the segmenter."""
+    here; a volume made elsewhere (a phantom, a crop) should too, before the segmenter.
+    ``in_place``: padding set to air in the volume's own voxels (one no one else holds)."""
     from .padding import padding_to_air
 
-    volume, count = padding_to_air(volume, padding_hu)
+    volume, count = padding_to_air(volume, padding_hu, in_place)
     check_hounsfield(volume, name)
     check_grid(volume, name)
     return volume, count
