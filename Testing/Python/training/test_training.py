@@ -181,7 +181,6 @@ def test_box_preset_fine_samples_take_hints_from_the_whole_chest(tmp_path, monke
     assert hint_l1[y == 1].mean() > 0.5 > hint_l1[y == 2].mean()
     assert hint_l2[y == 2].mean() > 0.5 > hint_l2[y == 1].mean()
     # they are the coarse stage's own (its levels agree with the truth), not perturbed reference labels
-    monkeypatch.setattr(prepare_module, "_COARSE", None)  # the network this process loads is the checkpoint's
     box = generate_case(seed, "chest-box")
     hints = coarse_hints(generate_case(seed, "chest-coarse").ct, checkpoint)
     assert levels_agree(hints, box.labels)
