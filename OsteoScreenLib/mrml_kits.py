@@ -17,7 +17,10 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import sys
+import threading
 import types
+
+_LOCK = threading.Lock()  # one kit loaded at a time: the bare package must not vanish under another
 
 
 def kit(name: str):
@@ -29,22 +32,23 @@ def kit(name: str):
     full = f"slicer_core.{name}"
     if full in sys.modules:
         return sys.modules[full]
-    if "slicer_core" in sys.modules:  # the package itself, already imported in full
-        return importlib.import_module(full)
-    spec = importlib.util.find_spec("slicer_core")
-    if spec is None or not spec.submodule_search_locations:
-        import slicer
+    with _LOCK:
+        if "slicer_core" in sys.modules:  # the package itself, already imported in full
+            return importlib.import_module(full)
+        spec = importlib.util.find_spec("slicer_core")
+        if spec is None or not spec.submodule_search_locations:
+            import slicer
 
-        return slicer
-    bare = types.ModuleType("slicer_core")
-    bare.__path__ = list(spec.submodule_search_locations)
-    bare.__spec__ = spec
-    sys.modules["slicer_core"] = bare
-    try:
-        return importlib.import_module(full)  # its dependencies among the kits load the same way
-    finally:
-        if sys.modules.get("slicer_core") is bare:
-            del sys.modules["slicer_core"]
+            return slicer
+        bare = types.ModuleType("slicer_core")
+        bare.__path__ = list(spec.submodule_search_locations)
+        bare.__spec__ = spec
+        sys.modules["slicer_core"] = bare
+        try:
+            return importlib.import_module(full)  # its dependencies among the kits load the same way
+        finally:
+            if sys.modules.get("slicer_core") is bare:
+                del sys.modules["slicer_core"]
 
 
 def new_scene():
