@@ -176,7 +176,7 @@ def run_one(process_case: Callable, source, folder: Path) -> tuple[str, str | No
         msg = str(exc)
     except Exception as exc:  # an unexpected failure of one scan must not stop the batch
         msg = f"internal error {exc.__class__.__name__}: {exc}"
-    write_json(folder / ERROR_NAME, _error_record(source, msg), overwrite=True)
+    write_json(folder / ERROR_NAME, error_record(source, msg), overwrite=True)
     return f"failed: {msg}", msg
 
 
@@ -218,7 +218,7 @@ def finish_tables(summary: BatchSummary, output_dir: Path, inputs: list, names: 
     summary.parquet_path, summary.parquet_note = write_parquet(output_dir / PARQUET_NAME, rows)
 
 
-def _error_record(source, error: str) -> dict:
+def error_record(source, error: str) -> dict:
     record = {"input": str(source), "error": error}
     if isinstance(source, StudyInput):
         record["series_selection"] = source.selection.to_json()

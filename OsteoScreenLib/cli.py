@@ -65,6 +65,8 @@ def cmd_convert(args) -> int:
 
 
 def cmd_segment(args) -> int:
+    from concurrent.futures import ThreadPoolExecutor
+
     from .ct_io import volume_extension, write_volume
     from .measurements import vertebra_stats
     from .pipeline import Models, read_case, run_case, save_segmentation
@@ -79,8 +81,12 @@ def cmd_segment(args) -> int:
     for target in (out, dicom_seg):
         if target is not None and target.exists() and not args.overwrite:
             raise OsteoScreenError(f"{target}: already exists; pass --overwrite to replace it")
-    case = read_case(ct_path)
     models = Models()
+    with ThreadPoolExecutor(1) as pool:
+        # The models load while the CT is read (the reader works without Python's lock). A load
+        # error is not taken here: run_case loads them again and reports it, after any read error.
+        pool.submit(lambda: models.segmenter)
+        case = read_case(ct_path, digest=False)  # no result records the input's hash here
     with about(ct_path):
         output = run_case(models, case, model=None).segmentation
     if label_map:

@@ -53,19 +53,21 @@ def read_ct(path: str | os.PathLike, header: dict | None = None, series_files: l
     path = Path(path)
     header = {} if header is None else header
     volume = read_volume(path, header, series_files)
-    volume, header["padding_voxels"] = checked_ct(volume, path, header.get("padding_hu"))
+    volume, header["padding_voxels"] = checked_ct(volume, path, header.get("padding_hu"), in_place=True)  # ours alone
     return volume
 
 
-def checked_ct(volume: Volume, name, padding_hu: tuple[float, float] | None = None) -> tuple[Volume, int]:
+def checked_ct(volume: Volume, name, padding_hu: tuple[float, float] | None = None,
+               in_place: bool = False) -> tuple[Volume, int]:
     """A CT as every stage takes it, checked once where it enters: padding and sub-air values read
     as air (:mod:`padding`; ``padding_hu``: the range a DICOM series declares), values that must be
     Hounsfield units, a plausible grid. Returns the volume and how many voxels were set to air.
     The readers (:func:`read_ct`) and the Slicer module's nodes (``logic.case_input``) pass through
-    here; a volume made elsewhere (a phantom, a crop) should too, before the segmenter."""
+    here; a volume made elsewhere (a phantom, a crop) should too, before the segmenter.
+    ``in_place``: padding set to air in the volume's own voxels (one no one else holds)."""
     from .padding import padding_to_air
 
-    volume, count = padding_to_air(volume, padding_hu)
+    volume, count = padding_to_air(volume, padding_hu, in_place)
     check_hounsfield(volume, name)
     check_grid(volume, name)
     return volume, count
@@ -166,11 +168,10 @@ def _native_stderr_to_log():
 
 
 def _read_with_storage_node(path: Path, files: list[Path]) -> Volume:
-    import slicer
-
     from .mrml_convert import volume_from_node
+    from .mrml_kits import new_scene
 
-    scene = slicer.vtkMRMLScene()
+    scene = new_scene()
     node = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode")
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     storage.SetFileName(str(files[0]))
@@ -243,6 +244,8 @@ def _check_file(path: Path, ext: str) -> Callable[[], None] | None:
     expected = int(np.prod(sizes)) * itemsize
     floating = header.dtype.startswith("f")
     if header.encoding == "gzip" and not floating:
+        if _gzip_trailer_size(header.data_file) == (header.offset + expected) % (1 << 32):
+            return None  # the stream ends where a complete file ends (see _gzip_trailer_size)
         return lambda: _check_size(path, _gzip_size(header.data_file) - header.offset, expected)
     if header.encoding == "raw" and not floating:
         available = header.data_file.stat().st_size - header.offset
@@ -296,6 +299,25 @@ def _check_size(path: Path, available: int, expected: int) -> None:
         raise OsteoScreenError(
             f"{path}: truncated ({max(available, 0)} of {expected} data bytes); copy or export the file again"
         )
+
+
+def _gzip_trailer_size(path: Path) -> int | None:
+    """The uncompressed size (modulo 2**32) that a gzip file's last member records in its trailer.
+
+    A file cut short ends in compressed data instead: its last four bytes match the size a
+    complete file would have by chance once in 2**32. So where they match the file is taken as
+    complete without inflating it a second time beside the reader; where they do not (cut, or
+    several members, whose last records only its own size) :func:`_gzip_size` decides.
+    """
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            if f.tell() < 18:  # header (10) and trailer (8) of the smallest gzip member
+                return None
+            f.seek(-4, os.SEEK_END)
+            return struct.unpack("<I", f.read(4))[0]
+    except OSError:
+        return None
 
 
 def _gzip_size(path: Path, offset: int = 0) -> int:
@@ -440,15 +462,14 @@ def _text_header(path: Path, limit: int = 65536) -> tuple[str, int]:
 
 def write_volume(volume: Volume, path: str | os.PathLike, overwrite: bool = False) -> Path:
     """Write a volume to NIfTI, NRRD or MetaImage, atomically, keeping its geometry."""
-    import slicer
-
     from .mrml_convert import volume_to_node
+    from .mrml_kits import new_scene
 
     path = Path(path)
     ext = volume_extension(path)
     if ext not in WRITE_EXTENSIONS:
         raise OsteoScreenError(f"{path}: cannot write this type; use .nii.gz, .nii, .nrrd or .mha")
-    scene = slicer.vtkMRMLScene()
+    scene = new_scene()
     node = volume_to_node(scene, volume, name=path.name)
     storage = scene.AddNewNodeByClass("vtkMRMLVolumeArchetypeStorageNode")
     storage.SetUseCompression(1)

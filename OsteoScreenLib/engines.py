@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Callable
 
 from .atomic import ensure_folder, write_json
-from .batch import (ERROR_NAME, RESULT_NAME, BatchSummary, _error_record, case_names, csv_row, finish_tables,
+from .batch import (ERROR_NAME, RESULT_NAME, BatchSummary, case_names, csv_row, error_record, finish_tables,
                     run_one, write_csv)
 from .errors import OsteoScreenError
 
@@ -162,7 +162,7 @@ def _run_on_ray(ray, pending, output_dir, processor, summary, cancel, workers, p
             free.append(actor)
         except ray.exceptions.RayError as exc:  # the worker died (out of memory, node lost): record, replace
             error = f"internal error: the Ray worker was lost ({exc.__class__.__name__})"
-            write_json(output_dir / case / ERROR_NAME, _error_record(source, error), overwrite=True)
+            write_json(output_dir / case / ERROR_NAME, error_record(source, error), overwrite=True)
             status = f"failed: {error}"
             free.append(ray.remote(num_cpus=1)(_RayWorker).remote(processor))
         if error is None:

@@ -171,7 +171,7 @@ def _anterior_run(occupied: np.ndarray, ap: np.ndarray, gap_mm: float) -> tuple[
 
 
 @dataclass
-class _Frame:
+class MidSagittalFrame:
     """A body's frame about its mid-sagittal centre, and where its points lie in it (mm)."""
 
     center: np.ndarray
@@ -182,14 +182,46 @@ class _Frame:
     ap_range: tuple
 
 
-def _frame(points: np.ndarray, axis_si, reach: float) -> _Frame:
+def mid_sagittal_frame(points: np.ndarray, axis_si, reach: float) -> MidSagittalFrame:
+    """The frame of :func:`body_frame` moved to the middle of the points across (2nd-98th
+    percentile along LR), with their AP positions and their SI and AP ranges widened by ``reach``."""
     center, si, ap, lr = body_frame(points, axis_si)
     lr_lo, lr_hi = np.percentile((points - center) @ lr, [2, 98])
     center = center + 0.5 * (lr_lo + lr_hi) * lr  # mid-sagittal: halfway across, not the centroid
     d = points - center
     s, a = d @ si, d @ ap
-    return _Frame(center, (si, ap, lr), a, float(lr_hi - lr_lo), (s.min() - reach, s.max() + reach),
+    return MidSagittalFrame(center, (si, ap, lr), a, float(lr_hi - lr_lo), (s.min() - reach, s.max() + reach),
                   (a.min() - reach, a.max() + reach))
+
+
+def vertebral_body(box: Volume, mask: np.ndarray, points: np.ndarray, axis_si: np.ndarray | None = None,
+                   passes: int = 2) -> tuple[np.ndarray, MidSagittalFrame, tuple[float, float]] | None:
+    """A vertebra's body, cut from its arch at the spinal canal.
+
+    ``box``: a grid about the vertebra, ``mask``: the vertebra on it, ``points``: the RAS centres of
+    the mask's voxels (mm). The body is the anterior-most run of the mask along the body's AP axis
+    in a narrow mid-sagittal slab, ended by a gap of ``FRACTURE_CANAL_GAP_MM`` (the canal); the points
+    behind it are dropped, and the cut repeated on what is left (``passes`` times at most: a
+    whole-vertebra mask loses its arch in the first, a body alone loses nothing).
+
+    Returns the body's points, the frame of the last cut, and that cut's (posterior, anterior) ends
+    of the run along the frame's AP axis (mm); None where the slab holds no mask.
+    """
+    step = registry.FRACTURE_SAMPLE_MM
+    reach = float(np.max(box.spacing_mm))
+    for _ in range(passes):
+        f = mid_sagittal_frame(points, axis_si, reach)
+        # the canal search looks in a narrow slab: a wide one meets the pedicles beside the canal
+        narrow = min(4.0, 0.15 * f.width)
+        extent, _, ap_pos = _column_extents(box, mask, f.center, f.axes, narrow, f.ap_range, f.si_range, step)
+        run = _anterior_run(extent.max(axis=1) > 0, ap_pos, registry.FRACTURE_CANAL_GAP_MM)
+        if run is None:
+            return None
+        keep = f.ap_of_points >= run[0] - step
+        if keep.all():
+            break
+        points = points[keep]
+    return points, f, run
 
 
 def body_heights(labels: Volume, label: int, axis_si: np.ndarray | None = None) -> BodyHeights | None:
@@ -205,21 +237,12 @@ def body_heights(labels: Volume, label: int, axis_si: np.ndarray | None = None) 
     voxel_ml = abs(np.linalg.det(labels.ijk_to_ras[:3, :3])) / 1000.0
     if len(kji) * voxel_ml < registry.FRACTURE_MIN_BODY_ML:
         return None
-    points = box.voxel_centers_ras(kji)
+    body = vertebral_body(box, mask, box.voxel_centers_ras(kji), axis_si)
+    if body is None:
+        return None
+    points, f, run = body
     step = registry.FRACTURE_SAMPLE_MM
     reach = float(np.max(box.spacing_mm))
-    for _ in range(2):  # first the whole mask, then its body alone (a whole-vertebra mask loses its arch)
-        f = _frame(points, axis_si, reach)
-        # the canal search looks in a narrow slab: a wide one meets the pedicles beside the canal
-        narrow = min(4.0, 0.15 * f.width)
-        extent, _, ap_pos = _column_extents(box, mask, f.center, f.axes, narrow, f.ap_range, f.si_range, step)
-        run = _anterior_run(extent.max(axis=1) > 0, ap_pos, registry.FRACTURE_CANAL_GAP_MM)
-        if run is None:
-            return None
-        keep = f.ap_of_points >= run[0] - step
-        if keep.all():
-            break
-        points = points[keep]
     for _ in range(2 if axis_si is None else 0):
         # Alone, a body's thinnest direction leans with a wedge; its posterior wall, the part a
         # fracture spares most often, gives its axis (as morphometry's six points do).
@@ -227,7 +250,7 @@ def body_heights(labels: Volume, label: int, axis_si: np.ndarray | None = None) 
         slope = _posterior_wall_slope(inside, ap_s, si_s, run[0] - step)
         if slope is None:
             break
-        f = _frame(points, f.axes[0] + slope * f.axes[1], reach)
+        f = mid_sagittal_frame(points, f.axes[0] + slope * f.axes[1], reach)
         run = (float(f.ap_of_points.min()), float(f.ap_of_points.max()))
     half = 0.5 * registry.FRACTURE_SLAB_WIDTH_FRACTION * f.width
     extent, mid, ap_pos = _column_extents(box, mask, f.center, f.axes, half, f.ap_range, f.si_range, step)

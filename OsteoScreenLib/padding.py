@@ -14,14 +14,18 @@ from .registry import HU_AIR, HU_MIN_PLAUSIBLE
 from .volume import Volume
 
 
-def padding_to_air(volume: Volume, padding_hu: tuple[float, float] | None = None) -> tuple[Volume, int]:
+def padding_to_air(volume: Volume, padding_hu: tuple[float, float] | None = None,
+                   in_place: bool = False) -> tuple[Volume, int]:
     """``volume`` with padding and sub-air values set to air (-1024 HU), and how many voxels changed.
 
     Every value from ``HU_MIN_PLAUSIBLE`` up to air is taken as outside the patient, and so are
     the values in ``padding_hu`` (the series' declared padding range in HU, lowest and highest)
     wherever it lies; anything else is left for the HU plausibility check to judge.
+    ``in_place``: change the volume's own voxels rather than a copy (for a volume no one else
+    holds, e.g. one just read; a read-only array is copied all the same).
     """
     a = volume.array
+    in_place = in_place and a.flags.writeable
     if a.size == 0 or not np.issubdtype(a.dtype, np.number):
         return volume, 0
     if padding_hu is None:
@@ -30,7 +34,8 @@ def padding_to_air(volume: Volume, padding_hu: tuple[float, float] | None = None
             return volume, 0
         if lowest >= HU_MIN_PLAUSIBLE:  # every value below air is in range: raise it to air, two passes
             count = int(np.count_nonzero(a < HU_AIR))
-            return volume.with_array(np.maximum(a, np.asarray(HU_AIR, a.dtype))), count
+            air = np.asarray(HU_AIR, a.dtype)
+            return volume.with_array(np.maximum(a, air, out=a) if in_place else np.maximum(a, air)), count
     outside = (a < HU_AIR) & (a >= HU_MIN_PLAUSIBLE)
     if padding_hu is not None:
         lo, hi = min(padding_hu), max(padding_hu)
@@ -38,7 +43,7 @@ def padding_to_air(volume: Volume, padding_hu: tuple[float, float] | None = None
     count = int(np.count_nonzero(outside))
     if count == 0:
         return volume, 0
-    filled = a.copy()
+    filled = a if in_place else a.copy()
     filled[outside] = HU_AIR
     return volume.with_array(filled), count
 

@@ -74,17 +74,19 @@ class CaseInput:
     series_files: list[str] | None = None  # a DICOM folder: only these files were read (study.py)
 
 
-def read_case(path: str | os.PathLike, kvp=None, contrast=None, series_files: list | None = None) -> CaseInput:
+def read_case(path: str | os.PathLike, kvp=None, contrast=None, series_files: list | None = None,
+              digest: bool = True) -> CaseInput:
     """Read a CT file or DICOM folder with its recorded tube voltage (``series_files``: of a DICOM
-    folder, only these files: the series a study's selection chose, :mod:`study`)."""
+    folder, only these files: the series a study's selection chose, :mod:`study`). ``digest``: with
+    the input's SHA-256 (what a result records; without it ``sha256`` is None)."""
     from .ct_io import read_ct
     from .hashing import sha256_files, sha256_path
 
     header: dict = {}
     ct = read_ct(path, header, series_files)
     scan, warnings = scan_settings(header.get("kvp"), kvp, contrast)
-    digest = sha256_path(path) if series_files is None else sha256_files(series_files, path)
-    return CaseInput(ct, str(path), digest, scan, warnings,
+    sha256 = None if not digest else sha256_path(path) if series_files is None else sha256_files(series_files, path)
+    return CaseInput(ct, str(path), sha256, scan, warnings,
                      [str(p) for p in series_files] if series_files is not None else None)
 
 
@@ -179,23 +181,21 @@ def run_case(models: Models, case: CaseInput, model: str | None = registry.DEFAU
 
 def save_segmentation(labels: Volume, path: str | os.PathLike, overwrite: bool = False, name: str = "L1-L2") -> Path:
     """Write a label map as ``.seg.nrrd`` (segments with names, colours, terminology, the CT's geometry)."""
-    import slicer
-
+    from .mrml_kits import new_scene
     from .segmentation_nodes import save_segmentation as save_node, segmentation_from_labelmap
 
-    scene = slicer.vtkMRMLScene()
+    scene = new_scene()
     node, _ = segmentation_from_labelmap(scene, labels, reference_geometry=labels, name=name)
     return save_node(node, path, overwrite)
 
 
 def labels_from_file(path: str | os.PathLike, ct: Volume, mapping: dict[str, int] | None = None) -> Volume:
     """A ``.seg.nrrd`` or label map file (with its label mapping) as an L1/L2 label map on the CT grid."""
-    import slicer
-
     from .mrml_convert import volume_to_node
+    from .mrml_kits import new_scene
     from .segmentation_nodes import labelmap_on_grid, load_segmentation_file
 
-    scene = slicer.vtkMRMLScene()
+    scene = new_scene()
     ct_node = volume_to_node(scene, ct, "CT")
     node = load_segmentation_file(scene, path, ct_node, mapping)
     return ct.with_array(labelmap_on_grid(node, ct_node))

@@ -86,12 +86,12 @@ def sample(
     perm = _axis_permutation(t[:3, :3])
     if perm is not None:  # grids share their axes: separable interpolation, much faster
         return _sample_separable(source.array, t, perm, target_shape, order, fill)
-    coords = _source_coords(source, target_ijk_to_ras, target_shape)
+    coords = source_coords(source, target_ijk_to_ras, target_shape)
     if source.array.ndim == 4:
-        return np.stack([_interp(source.array[..., c], coords, order, fill) for c in range(source.array.shape[3])], -1).reshape(
+        return np.stack([interpolate_at(source.array[..., c], coords, order, fill) for c in range(source.array.shape[3])], -1).reshape(
             (*target_shape, source.array.shape[3])
         )
-    return _interp(source.array, coords, order, fill).reshape(target_shape)
+    return interpolate_at(source.array, coords, order, fill).reshape(target_shape)
 
 
 def _axis_permutation(m: np.ndarray, tol: float = 1e-6):
@@ -148,7 +148,7 @@ def _sample_separable(array: np.ndarray, t: np.ndarray, perm, target_shape, orde
     return out
 
 
-def _source_coords(source: Volume, target_ijk_to_ras, target_shape) -> np.ndarray:
+def source_coords(source: Volume, target_ijk_to_ras, target_shape) -> np.ndarray:
     """Continuous (k, j, i) source indices of every target voxel, as float32 (3, N)."""
     k, j, i = target_shape
     t = (source.ras_to_ijk @ np.asarray(target_ijk_to_ras, float)).astype(np.float32)
@@ -164,7 +164,8 @@ def _source_coords(source: Volume, target_ijk_to_ras, target_shape) -> np.ndarra
     return out.reshape(3, -1)
 
 
-def _interp(array: np.ndarray, coords: np.ndarray, order: int, fill: float) -> np.ndarray:
+def interpolate_at(array: np.ndarray, coords: np.ndarray, order: int, fill: float) -> np.ndarray:
+    """``array`` at the continuous (k, j, i) indices ``coords`` (3, N): nearest (``order`` 0) or linear (1); ``fill`` outside."""
     shape = np.array(array.shape)
     if order == 0:
         idx = np.rint(coords).astype(np.int64)

@@ -17,26 +17,13 @@ from .atomic import atomic_path
 from .ct_io import check_nrrd_complete, quiet_vtk, read_volume
 from .errors import OsteoScreenError
 from .mrml_convert import volume_from_node, volume_to_node
+from .mrml_kits import segmentation_converter, segmentations_logic_class
 from .resample import crop_to_mask
 from .registry import LABEL_MAPPINGS, LABEL_OF, VERTEBRA_BY_NAME, VERTEBRA_NAMES, terminology_entry
 from .volume import Volume
 
 
 _LOGIC = None
-
-
-def segmentations_logic_class():
-    """Slicer's segmentations module logic class, wherever this Python finds it.
-
-    Inside the application it is ``slicer.vtkSlicerSegmentationsModuleLogic``; under
-    ``PythonSlicer`` the ``slicer`` package holds only the base kits, and the module's
-    own wrapping ``vtkSlicerSegmentationsModuleLogicPython`` is on the path instead.
-    """
-    try:
-        from vtkSlicerSegmentationsModuleLogicPython import vtkSlicerSegmentationsModuleLogic
-    except ImportError:  # the slicer-core wheel (and the application) add it to ``slicer``
-        from slicer import vtkSlicerSegmentationsModuleLogic
-    return vtkSlicerSegmentationsModuleLogic
 
 
 def _logic():
@@ -66,13 +53,11 @@ def new_segmentation_node(scene, reference_volume_node, name: str = "L1-L2 segme
 def set_reference_geometry(segmentation_node, grid: Volume) -> None:
     """The grid of a Volume as the segmentation's reference geometry, without a volume node
     (what SetReferenceImageGeometryParameterFromVolumeNode stores, from the geometry alone)."""
-    import slicer
-
     from .mrml_convert import numpy_to_matrix
 
     image = vtk.vtkImageData()
     image.SetDimensions(*grid.shape_ijk)  # no voxels: only the extent is serialized
-    converter = slicer.vtkSegmentationConverter
+    converter = segmentation_converter()
     geometry = converter.SerializeImageGeometry(numpy_to_matrix(grid.ijk_to_ras), image)
     segmentation_node.GetSegmentation().SetConversionParameter(
         converter.GetReferenceImageGeometryParameterName(), geometry)

@@ -259,11 +259,11 @@ class L1L2Segmenter:
 
     def to_ct_grid(self, ct: Volume, fine: Volume) -> tuple[Volume, tuple[list[str], list[str]]]:
         """Fine probabilities -> label map on the CT grid, inside the fine box only, and the
-        warnings of ``_order_and_edge_checks``."""
+        warnings of ``order_and_edge_checks``."""
         fine = crop_to_mask(fine, fine.array[..., 0] < 0.5, margin=2)  # only where the bodies are
         if fine is None:
             empty = ct.with_array(np.zeros(ct.array.shape, np.uint8))
-            return empty, _order_and_edge_checks(empty)
+            return empty, order_and_edge_checks(empty)
         lo, hi = index_box(ct, fine.ijk_to_ras, fine.array.shape[:3], margin=0)
         ct_box = subvolume(ct, lo, hi)
         probs = sample(fine, ct_box.ijk_to_ras, ct_box.array.shape, order=1, fill=0.0, antialias=False)
@@ -277,7 +277,7 @@ class L1L2Segmenter:
             mask = fill_holes(largest_component(masks[name]))
             block[mask & (block == 0)] = LABEL_OF[name]
         out = ct.with_array(labels)
-        return out, _order_and_edge_checks(out)
+        return out, order_and_edge_checks(out)
 
 
 def trim_beyond_disc(masks: dict[str, np.ndarray], grid: Volume,
@@ -488,7 +488,7 @@ def rib_check_warnings(report: dict) -> list[str]:
     return []
 
 
-def _order_and_edge_checks(labels: Volume) -> tuple[list[str], list[str]]:
+def order_and_edge_checks(labels: Volume) -> tuple[list[str], list[str]]:
     """Warnings on the outlines (a level missing, or touching the scan's edge: it may be cut) and
     on the levels (L1 must lie above L2, and L2 directly below it)."""
     warnings, order = [], []

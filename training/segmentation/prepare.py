@@ -42,14 +42,13 @@ def count_sample_path(cache: Path, preset: str, seed: int) -> Path:
 # from the same case rendered whole on the coarse stage's own grid (same anatomy, pose and world frame).
 HINTS_FROM = {"chest-box": "chest-coarse"}
 
-_COARSE = None
+_COARSE: dict = {}  # checkpoint -> the coarse network loaded from it, once per process
 COARSE_CHECKPOINT = Path(__file__).resolve().parents[1] / "checkpoints" / "segmentation-coarse" / "final.pt"
 
 
-def _coarse_hints(ct, checkpoint: Path):
+def coarse_hints(ct, checkpoint: Path):
     """The trained coarse stage's probabilities on this CT, through the run-time preprocessing
     (None without a trained coarse stage, or when the CT holds no body)."""
-    global _COARSE
     import torch
 
     from OsteoScreenLib.errors import OsteoScreenError
@@ -59,13 +58,15 @@ def _coarse_hints(ct, checkpoint: Path):
     from .config import PREPROCESSING
     from .network import build_network
 
-    if _COARSE is None:
+    key = Path(checkpoint).resolve()
+    if key not in _COARSE:
         if not checkpoint.exists():
             return None
         torch.set_num_threads(1)
-        _COARSE = build_network("coarse")
-        _COARSE.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
-        _COARSE.eval()
+        network = build_network("coarse")
+        network.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=True)["model"])
+        network.eval()
+        _COARSE[key] = network
     cfg = PREPROCESSING["coarse"]
     try:
         x, grid = coarse_input(ct, cfg)
@@ -73,7 +74,7 @@ def _coarse_hints(ct, checkpoint: Path):
         return None
     padded, valid = pad_to_multiple(x[None], cfg["pad_multiple"], -1.0)
     with torch.no_grad():
-        logits = _COARSE(torch.from_numpy(np.ascontiguousarray(padded, np.float32))).numpy()[0]
+        logits = _COARSE[key](torch.from_numpy(np.ascontiguousarray(padded, np.float32))).numpy()[0]
     return Volume(np.moveaxis(softmax(logits[(slice(None), *valid)], 0), 0, -1), grid)
 
 
@@ -99,7 +100,7 @@ def prepare_one(args: tuple[Path, str, int, str, Path]) -> tuple[int, float]:
         save(coarse_path, coarse_sample(case.ct, case.labels))
     if "fine" in todo:
         hint_ct = generate_case(seed, HINTS_FROM[preset]).ct if preset in HINTS_FROM else case.ct
-        save(fine_path, fine_sample(case.ct, case.labels, rng, _coarse_hints(hint_ct, coarse_checkpoint)))
+        save(fine_path, fine_sample(case.ct, case.labels, rng, coarse_hints(hint_ct, coarse_checkpoint)))
     return seed, time.perf_counter() - t
 
 

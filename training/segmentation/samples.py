@@ -42,7 +42,7 @@ def fine_sample(ct: Volume, labels: Volume, rng: np.random.Generator, coarse: Vo
     cfg = PREPROCESSING["fine"]
     kji = np.argwhere(labels.array > 0)
     center = labels.voxel_centers_ras(kji.mean(axis=0))[0] + rng.uniform(-1, 1, 3) * CENTER_JITTER_MM
-    if coarse is not None and _levels_agree(coarse, labels):
+    if coarse is not None and levels_agree(coarse, labels):
         hints = Volume(coarse.array, coarse.ijk_to_ras.copy())
         hints.ijk_to_ras[:3, 3] += rng.uniform(-1, 1, 3) * HINT_SHIFT_MM / 2
         x, grid = fine_input(ct, hints, center, cfg)
@@ -61,7 +61,7 @@ def fine_sample(ct: Volume, labels: Volume, rng: np.random.Generator, coarse: Vo
     return {"x": x.astype(np.float16), "y": y}
 
 
-def _levels_agree(coarse: Volume, labels: Volume, tolerance_mm: float = 10.0) -> bool:
+def levels_agree(coarse: Volume, labels: Volume, tolerance_mm: float = 10.0) -> bool:
     """True when the coarse L1 and L2 centroids lie within ``tolerance_mm`` of the reference ones."""
     pred = np.argmax(coarse.array, axis=-1)
     for value in (1, 2):

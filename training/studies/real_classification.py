@@ -37,7 +37,7 @@ import numpy as np
 from OsteoScreenLib import registry
 from OsteoScreenLib.ct_io import read_volume
 from OsteoScreenLib.errors import OsteoScreenError
-from OsteoScreenLib.fracture import _anterior_run, _column_extents, _frame
+from OsteoScreenLib.fracture import vertebral_body
 from OsteoScreenLib.pipeline import Models, ScanSettings, classify, read_case
 from OsteoScreenLib.resample import crop_to_mask
 from OsteoScreenLib.volume import Volume
@@ -73,22 +73,17 @@ def agreement(osteoscreen_class: str, l1_hu: float) -> str:
 
 def body_of(ct: Volume, whole: np.ndarray) -> np.ndarray:
     """A whole-vertebra mask (on the CT grid) cut to its vertebral body at the spinal canal: the
-    anterior-most run along the body's AP axis in a narrow mid-sagittal slab, as
-    fracture.body_heights finds it."""
+    anterior-most run along the body's AP axis in a narrow mid-sagittal slab
+    (fracture.vertebral_body, one cut: what fracture.body_heights measures)."""
     box = crop_to_mask(ct.with_array(whole.astype(np.uint8)), whole, margin=1)
     mask = np.asarray(box.array) > 0
     kji = np.argwhere(mask)
-    points = box.voxel_centers_ras(kji)
-    step, reach = registry.FRACTURE_SAMPLE_MM, float(np.max(box.spacing_mm))
-    f = _frame(points, None, reach)
-    extent, _, ap = _column_extents(box, mask, f.center, f.axes, min(4.0, 0.15 * f.width), f.ap_range, f.si_range, step)
-    run = _anterior_run(extent.max(axis=1) > 0, ap, registry.FRACTURE_CANAL_GAP_MM)
-    if run is None:
+    cut = vertebral_body(box, mask, box.voxel_centers_ras(kji), passes=1)
+    if cut is None:
         raise OsteoScreenError("no vertebral body found in the reference vertebra")
-    keep = f.ap_of_points >= run[0] - step
     # back to the CT grid: the box's voxels that were kept
     ras_to_ijk = ct.ras_to_ijk
-    ijk = np.rint(points[keep] @ ras_to_ijk[:3, :3].T + ras_to_ijk[:3, 3]).astype(int)
+    ijk = np.rint(cut[0] @ ras_to_ijk[:3, :3].T + ras_to_ijk[:3, 3]).astype(int)
     body = np.zeros(whole.shape, bool)
     body[ijk[:, 2], ijk[:, 1], ijk[:, 0]] = True
     return body & whole

@@ -89,10 +89,10 @@ def _bodies(l1_slices: slice, l2_slices: slice) -> Volume:
 
 
 def test_l2_one_vertebra_below_l1_is_reported():
-    from OsteoScreenLib.segmenter import MAX_L1_L2_GAP_MM, _order_and_edge_checks
+    from OsteoScreenLib.segmenter import MAX_L1_L2_GAP_MM, order_and_edge_checks
 
-    outline, order = _order_and_edge_checks(_bodies(slice(70, 95), slice(50, 62)))  # an 8 mm disc
+    outline, order = order_and_edge_checks(_bodies(slice(70, 95), slice(50, 62)))  # an 8 mm disc
     assert outline == [] and order == []
     gap = int(MAX_L1_L2_GAP_MM) + 6
-    outline, order = _order_and_edge_checks(_bodies(slice(70, 95), slice(40, 70 - gap)))
+    outline, order = order_and_edge_checks(_bodies(slice(70, 95), slice(40, 70 - gap)))
     assert outline == [] and len(order) == 1 and order[0].startswith("L2 does not lie directly below L1")

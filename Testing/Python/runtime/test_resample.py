@@ -85,8 +85,8 @@ def test_the_fast_path_for_grids_sharing_axes_equals_the_general_path(order, fli
                     np.diag([0.7 * flips[0], 0.8 * flips[1], 1.25 * flips[2], 1.0]) + np.c_[np.zeros((4, 3)), [5.0, -3.0, 2.0, 0.0]])
     grid, shape = centred_grid(source.voxel_centers_ras([10, 12, 14])[0], (18.0, 16.0, 30.0), 0.9)
     fast = sample(source, grid, shape, order=order, fill=-5.0, antialias=False)
-    coords = resample._source_coords(source, grid, shape)
-    general = resample._interp(source.array, coords, order, -5.0).reshape(shape)
+    coords = resample.source_coords(source, grid, shape)
+    general = resample.interpolate_at(source.array, coords, order, -5.0).reshape(shape)
     np.testing.assert_allclose(fast, general, atol=1e-5)
 
 
@@ -98,9 +98,9 @@ def test_the_fast_path_handles_permuted_axes_and_channels():
     source = Volume(rng.normal(size=(16, 18, 20, 2)).astype(np.float32), pir)
     grid, shape = centred_grid(source.voxel_centers_ras([8, 9, 10])[0], (12.0, 10.0, 14.0), 1.1)
     fast = sample(source, grid, shape, order=1, antialias=False)
-    coords = resample._source_coords(source, grid, shape)
+    coords = resample.source_coords(source, grid, shape)
     for c in range(2):
-        general = resample._interp(source.array[..., c], coords, 1, 0.0).reshape(shape)
+        general = resample.interpolate_at(source.array[..., c], coords, 1, 0.0).reshape(shape)
         np.testing.assert_allclose(fast[..., c], general, atol=1e-5)
 
 

@@ -164,8 +164,8 @@ def test_box_preset_fine_samples_take_hints_from_the_whole_chest(tmp_path, monke
     stage run on the same case rendered whole on the coarse grid, so they point at the right bodies."""
     from OsteoScreenLib.phantom import generate_case
     from training.segmentation import prepare as prepare_module
-    from training.segmentation.prepare import _coarse_hints, prepare, sample_paths
-    from training.segmentation.samples import _levels_agree, fine_sample, load
+    from training.segmentation.prepare import coarse_hints, prepare, sample_paths
+    from training.segmentation.samples import fine_sample, levels_agree, load
 
     # a training seed whose coarse levels the bundled coarse stage alone finds (on generator 2.1.0, 3 of
     # the first 8, as the organs no longer mark L1; the others take blurred reference hints instead)
@@ -181,10 +181,9 @@ def test_box_preset_fine_samples_take_hints_from_the_whole_chest(tmp_path, monke
     assert hint_l1[y == 1].mean() > 0.5 > hint_l1[y == 2].mean()
     assert hint_l2[y == 2].mean() > 0.5 > hint_l2[y == 1].mean()
     # they are the coarse stage's own (its levels agree with the truth), not perturbed reference labels
-    monkeypatch.setattr(prepare_module, "_COARSE", None)  # the network this process loads is the checkpoint's
     box = generate_case(seed, "chest-box")
-    hints = _coarse_hints(generate_case(seed, "chest-coarse").ct, checkpoint)
-    assert _levels_agree(hints, box.labels)
+    hints = coarse_hints(generate_case(seed, "chest-coarse").ct, checkpoint)
+    assert levels_agree(hints, box.labels)
     expected = fine_sample(box.ct, box.labels, np.random.default_rng(seed + 7), hints)
     np.testing.assert_array_equal(s["x"], expected["x"])
 
