@@ -190,10 +190,10 @@ SHARP_KERNEL_GRAIN_SCALE = 0.6  # the noise grain (kernel sigma of the noise spe
 # of -40 to +20 HU. Prevalence per vertebra and sizes are our estimates. A QCT operator places the ROI
 # away from both, so they change the image's ROI mean but not the QCT reading.
 ISLAND_P_PER_LEVEL = 0.04
-ISLAND_RADIUS_MM = (1.0, 6.0)
+ISLAND_RADIUS_MM = (1.0, 5.0)
 ISLAND_HU = (885.0, 1500.0)
-FOCAL_FAT_P_PER_LEVEL = (0.03, 0.15)  # at 35 years and at 85 years and older
-FOCAL_FAT_RADIUS_MM = (3.0, 8.0)
+FOCAL_FAT_P_PER_LEVEL = (0.02, 0.10)  # at 35 years and at 85 years and older
+FOCAL_FAT_RADIUS_MM = (2.0, 6.0)
 FOCAL_FAT_HU = (-40.0, 20.0)
 
 # The QCT reading as a measurement: trabecular HU of a mid-body ROI on the unenhanced scan, converted
