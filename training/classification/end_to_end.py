@@ -86,8 +86,10 @@ def prepare_one(job: tuple[int, str]) -> int:
         out |= {"failed": np.array(str(e)), "segment_s": np.array(time.perf_counter() - t0)}
     else:
         out["segment_s"] = np.array(time.perf_counter() - t0)
-        found, right, dice, feats = [], [], [], []
+        found, right, dice, feats, reference_roi = [], [], [], [], []
         for name in ("L1", "L2"):
+            # the same CT's ROI on the reference bodies: what the automatic segments change
+            reference_roi.append(body_features(ct, case.labels, name).roi_hu)
             pred = seg.labels.array == LABEL_OF[name]
             ref = case.labels.array == LABEL_OF[name]
             ok = int(pred.sum()) > 0
@@ -109,7 +111,7 @@ def prepare_one(job: tuple[int, str]) -> int:
                 "roi_hu": np.array([f.roi_hu if f else np.nan for f in feats], np.float32),
                 "measured": np.array([f is not None for f in feats]),
             }
-        out |= {"found": np.array(found), "right_level": np.array(right), "dice": np.array(dice, np.float32),
+        out |= {"roi_hu_reference": np.array(reference_roi, np.float32), "found": np.array(found), "right_level": np.array(right), "dice": np.array(dice, np.float32),
                 "warnings": np.array(seg.warnings if seg.warnings else [""])}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp.npz")
@@ -152,7 +154,7 @@ def load(folder: Path, seeds: list[int]) -> dict:
     data = {"seed": np.array([r["seed"] for r in rows]), "segmented": ok, "kvp": np.array([int(r["kvp"]) for r in rows]),
             "failure": [str(r.get("failed", "")) for r in rows]} | ref
     if template is not None:
-        for key in ("image_hu", "mask", "roi_hu", "measured", "found", "right_level", "dice"):
+        for key in ("image_hu", "mask", "roi_hu", "measured", "found", "right_level", "dice", "roi_hu_reference"):
             data[key] = np.stack([r[key] if "failed" not in r else np.zeros_like(template[key]) for r in rows])
     return data
 
@@ -161,7 +163,9 @@ def _subset(data: dict, keep: np.ndarray) -> dict:
     return {k: (v[keep] if isinstance(v, np.ndarray) and len(v) == len(keep) else v) for k, v in data.items()}
 
 
-def evaluate(folder: Path, seeds: list[int], preset: str = PRESET) -> dict:
+def evaluate(folder: Path, seeds: list[int], preset: str = PRESET, train: dict | None = None) -> dict:
+    """Scores of every row on the cached cases of ``seeds``; ``train``: the cached training phantoms
+    (reference segments) the baseline's line is fitted on (default: the whole training split)."""
     from .baseline import CalibratedHU, mean_roi_hu
     from .delong import auc_ci, paired_test
     from .evaluate import BASELINE_INFORMATION, predict, scores
@@ -169,14 +173,18 @@ def evaluate(folder: Path, seeds: list[int], preset: str = PRESET) -> dict:
 
     data = load(folder, seeds)
     n_all = len(data["seed"])
-    train = load_split("train", preset)  # the baseline's line: reference segments of the training phantoms
+    if train is None:  # the baseline's line: reference segments of the training phantoms
+        train = load_split("train", preset)
     out = {"cases": n_all, "segmentation_failed": int((~data["segmented"]).sum()),
            "failures": sorted({f for f in data["failure"] if f}), "rows": {}, "delong_vs_calibrated_hu": {}}
     if "dice" in data:
         seg = data["segmented"]
         out["segmentation"] = {
             "dice_mean": {v: float(data["dice"][seg, i].mean()) for i, v in enumerate(("L1", "L2"))} if seg.any() else {},
-            "right_level_share": {v: float(data["right_level"][:, i].mean()) for i, v in enumerate(("L1", "L2"))}}
+            "right_level_share": {v: float(data["right_level"][:, i].mean()) for i, v in enumerate(("L1", "L2"))},
+            # ROI HU on the automatic segments minus that on the reference bodies, same CT
+            "roi_hu_auto_minus_reference": {v: float(np.nanmedian((data["roi_hu"] - data["roi_hu_reference"])[seg, i]))
+                                            for i, v in enumerate(("L1", "L2"))} if seg.any() else {}}
     for model, bodies in MODELS.items():
         idx = [("L1", "L2").index(b) for b in bodies]
         usable = data["segmented"] & (data["measured"][:, idx].all(1) if "measured" in data else False)
