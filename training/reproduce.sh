@@ -2,7 +2,8 @@
 # Reproduce the bundled models from scratch on CPU (resumable: cached samples and
 # checkpoints are reused; rerun after an interruption). Needs `make install-train`.
 # The bundled models learnt from phantoms of generator 2.0.0 and earlier; this checkout's generator is
-# 2.1.0 (organs moved against the spine, a lower costal margin), so this script now trains on 2.1.0
+# 2.2.0 (2.1.0: organs moved against the spine, a lower costal margin; 2.2.0: density confounders and
+# the QCT reading as a measurement, same anatomy as 2.1.0), so this script now trains on 2.2.0
 # phantoms: to rebuild the bundled weights as they are, run it from commit ad89c24 (generator 2.0.0).
 #   training/reproduce.sh [segmentation|classification|all]
 set -euo pipefail
@@ -141,6 +142,9 @@ if [[ $what == classification || $what == all ]]; then
   $PY -m training.classification.export --model l1l2
   $PY -m training.classification.export --model l1
   $PY -m training.classification.evaluate
+  # end to end on the 418 test phantoms: whole chest CT, bundled segmenter, then each model (issue #26)
+  $PY -m training.classification.end_to_end prepare --workers "$WORKERS"
+  $PY -m training.classification.end_to_end evaluate
   # the bundled versions side by side on the same test phantoms (0.1.0, 0.2.0, 0.3.0, the working tree)
   $PY -m training.studies.compare_versions --rev 31833d2 --rev 843edec --rev fc06b3a --rev WORKTREE
 fi

@@ -11,10 +11,11 @@ import numpy as np
 
 from .. import registry
 from . import chest_wall
+from . import density
 from .density import sample_bmd
 from .presets import PRESETS
 
-GENERATOR_VERSION = "2.1.0"
+GENERATOR_VERSION = "2.2.0"
 
 KVP_CHOICES = registry.TUBE_VOLTAGES_KVP
 KVP_P = (0.07, 0.25, 0.58, 0.10)
@@ -35,6 +36,7 @@ RIB_STREAM = 0x726962  # second seed word of the stream of the lower ribs' look 
 SWAP_STREAM = 0x737770  # second seed word of the stream of a rib-swap preset's change ("swp")
 CHEST_WALL_STREAM = 0x636877  # second seed word of the stream of the 2.0 chest wall, arms, table, circle ("chw")
 VISCERA_STREAM = 0x766973  # second seed word of the stream of the 2.1 organs' height against the spine ("vis")
+DENSITY_STREAM = 0x646E73  # second seed word of the stream of the 2.2 density confounders ("dns")
 
 
 def _u(rng, lo, hi) -> float:
@@ -294,6 +296,9 @@ def sample_parameters(seed: int, preset: str = "chest") -> dict:
     # generator 2.0: shoulder girdle, arms, great veins, table and reconstruction circle (own stream too)
     params["chest_wall"] = chest_wall.sample(np.random.Generator(np.random.PCG64([int(seed), CHEST_WALL_STREAM])),
                                              subject)
+    # generator 2.2: density confounders (own stream too: anatomy and true density stay 2.1.0's)
+    params["density"] = density.sample_confounders(np.random.Generator(np.random.PCG64([int(seed), DENSITY_STREAM])),
+                                                   subject, params["torso"])
     fixed_slice = PRESETS[preset].get("slice_mm")
     if fixed_slice:  # drawn like the others (same random stream), then fixed
         params["scanner"]["slice_thickness_mm"] = params["scanner"]["slice_spacing_mm"] = float(fixed_slice)

@@ -167,11 +167,16 @@ class Renderer:
         self.rib_scale = np.diag([1.0, 1.0, RIB_HALF_THICKNESS_MM / RIB_HALF_HEIGHT_MM])
         self.rib_steps = self._steps(self.rib_scale)
         self.reach = coverage_reach(self.sigma) + SUPPORT_MARGIN_MM
+        conf = params.get("density")  # generator 2.2.0's density confounders (absent: as 2.1.0)
+        # the scanner's water offset moves the whole image: added to each output slice (render_volume),
+        # so painted values leave it out
+        self.water_offset = conf["water_offset_hu"] if conf is not None else 0.0
+        self.lesions = conf["focal_lesions"] if conf is not None else []
+        if conf is not None:  # compact bone is mineral too: the scanner's slope for mineral applies
+            self.tissue["cortical_bone"] *= conf["bone_slope_factor"]
         self.trab_hu = {}
         for vb in anatomy.vertebrae:
-            self.trab_hu[vb.name] = density.trabecular_hu(
-                vb.bmd_mg_cm3, sc["kvp"], sc["scanner_offset_hu"], sc["slope_jitter"],
-                params["subject"]["marrow_fat_fraction"], sc["contrast_phase"])
+            self.trab_hu[vb.name] = density.trabecular_hu_in_image(params, vb.name, vb.bmd_mg_cm3) - self.water_offset
         self._texture_waves()
         self.margin = 3.0 * self.sigma + 2.0  # world boxes: beyond it a soft edge paints nothing
         self.parts = {}  # per vertebra, made when first painted
@@ -675,6 +680,11 @@ class Renderer:
                 c = np.array(isl["position"]) * np.array([a, b, h])
                 d = np.sqrt((x - F32(c[0])) ** 2 + (y - F32(c[1])) ** 2 + (z - F32(c[2])) ** 2) - F32(isl["radius_mm"])
                 value += coverage(d, self.sigma) * (F32(isl["hu"]) - value)
+        for les in self.lesions:  # generator 2.2.0: bone islands and focal fat of L1 and L2
+            if les["level"] == vb.name:
+                c = np.array(les["position"]) * np.array([a, b, h])
+                d = np.sqrt((x - F32(c[0])) ** 2 + (y - F32(c[1])) ** 2 + (z - F32(c[2])) ** 2) - F32(les["radius_mm"])
+                value += coverage(d, self.sigma) * (F32(les["hu"] - self.water_offset) - value)
         for sn in sp["schmorl_nodes"]:
             if sn["level"] == vb.name:
                 zc = h if sn["side"] == "upper" else -h
@@ -782,10 +792,15 @@ def render_volume(params: dict):
     rng = np.random.Generator(np.random.PCG64(sc["noise_seed"]))
     training = params["preset"] == "training"
     noise_pixel = (grid.spacing[0], grid.spacing[1])
-    bank = scanner.noise_bank(rng, (nj, ni), noise_pixel, sc["kernel_sigma_mm"], sc["noise_grain_mm"], white=training)
+    conf = params.get("density")
+    sharp = conf is not None and conf["kernel"] == "sharp"  # generator 2.2.0: a sharp-kernel series
+    noise_sigma = sc["kernel_sigma_mm"] * (density.SHARP_KERNEL_GRAIN_SCALE if sharp else 1.0)
+    bank = scanner.noise_bank(rng, (nj, ni), noise_pixel, noise_sigma, sc["noise_grain_mm"], white=training)
     noise_sd = sc["noise_sd_hu_at_2.5mm"] * np.sqrt(2.5 / max(grid.slice_thickness_mm, 0.5))
     if training:
         noise_sd = sc["noise_sd_hu_at_2.5mm"] * np.sqrt(2.5 / sc["slice_thickness_mm"]) * scanner.TRAINING_IN_PLANE_NOISE_FACTOR
+    if conf is not None:
+        noise_sd *= conf["kernel_noise_factor"]
     # independent noise fields at the clinical slice positions, interpolated onto the grid
     clin_dz = max(sc["slice_thickness_mm"], sc["slice_spacing_mm"]) if training else max(grid.slice_thickness_mm, grid.spacing[2])
     # slice and sub-slice positions count from the root grid (a box of it shares them)
@@ -847,6 +862,8 @@ def render_volume(params: dict):
         sd = noise_sd * ((size["a"] + size["b"]) / 260.0) ** 0.8
         noise *= F32(sd)
         acc += noise
+        if r.water_offset:
+            acc += F32(r.water_offset)
         for zc, st in streak_z:
             if abs(z_out[k] - zc) < 0.5 * st["z_extent_mm"]:
                 spine_c = r.pose.to_world([0.0, size["v_spine"], 0.0])
@@ -877,8 +894,7 @@ def render_case(params: dict):
 
     ct, labels, levels, grid, anatomy, r = render_volume(params)
     m = grid.ijk_to_ras
-    sc = params["scanner"]
-    slope, offset = density.calibration(sc["kvp"], sc["scanner_offset_hu"], sc["slope_jitter"])
+    slope, offset = density.image_calibration(params)
     present = [int(v) for v in np.unique(levels[levels != 0])]  # mostly background: unique of the rest is faster
     meta = {
         "schema": "osteoscreen.phantom/2",
@@ -886,9 +902,13 @@ def render_case(params: dict):
         "generator_version": params["generator_version"],
         "preset": params["preset"],
         **reference_standard(params),  # QCT reading and class (the labels), and the true density
-        "trabecular_hu": {"L1": round(r.trab_hu["L1"], 2), "L2": round(r.trab_hu["L2"], 2)},
+        "trabecular_hu": {v: round(r.trab_hu[v] + r.water_offset, 2) for v in ("L1", "L2")},
+        # the image's line of trabecular HU against BMD (2.2.0: with the scanner's water offset and
+        # mineral slope and this body's beam hardening) and each body's marrow fat
         "calibration": {"slope_hu_per_mg_cm3": round(slope, 4), "offset_hu": round(offset, 3),
-                        "marrow_fat_fraction": round(params["subject"]["marrow_fat_fraction"], 4)},
+                        "marrow_fat_fraction": round(params["subject"]["marrow_fat_fraction"], 4),
+                        "marrow_fat_fraction_by_level": {v: round(density.level_marrow_fat(params, v), 4)
+                                                         for v in ("L1", "L2")}},
         "label_values": {"L1": registry.LABEL_OF["L1"], "L2": registry.LABEL_OF["L2"]},
         "label_convention": LABEL_CONVENTION,
         "levels_present": {registry.VERSE_LEVEL_NAMES[v]: v for v in present},

@@ -232,6 +232,10 @@ def test_the_qct_label_is_what_a_calibrated_roi_reads_on_the_image(training_para
     from OsteoScreenLib.features import body_features
 
     params = _with(training_parameters, subject__marrow_fat_fraction=fat, scanner__contrast_phase="none")
+    # generator 2.2.0: without the QCT measurement's own errors and beam hardening, and with the
+    # subject's fat in both bodies (test_phantom_density covers those)
+    params["density"].update(water_diameter_cm=30.0, marrow_fat_delta={"L1": 0.0, "L2": 0.0}, focal_lesions=[],
+                             qct={"roi_z": {"L1": 0.0, "L2": 0.0}, "rod_z": [0.0] * 5})
     case = render_case(params)
     cal = case.meta["calibration"]
     for v in ("L1", "L2"):

@@ -123,7 +123,7 @@ def test_a_level_cut_by_the_last_slice_is_segmented_and_reported_as_cut(segmente
 
 
 def test_a_move_the_ribs_favour_too_weakly_to_make_reaches_the_reader(segmenter):
-    """Spine-cropped test phantom 300099 (generator 2.1.0, model 0.9.0): the level finder puts L1 one
+    """Spine-cropped test phantom 300099 (generators 2.1.0 and 2.2.0, model 0.9.0): the level finder puts L1 one
     vertebra low; the rib check favours L1 one vertebra higher, too weakly to move the levels, and the
     vertebra counter's last rib pair says the same: the reader is told both. (On generator 2.0.0,
     phantom 300027 leaned the same way on right levels; the warning is the same.)"""

@@ -131,13 +131,15 @@ def test_classifier_features_train_one_epoch(tmp_path, monkeypatch):
     assert set(data["contrast"]) <= {"none", "arterial", "portal"}
     # labels: the QCT reading (marrow fat read as missing mineral), not the density drawn
     from OsteoScreenLib.phantom import sample_parameters
-    from OsteoScreenLib.phantom.density import qct_reading
+    from OsteoScreenLib.phantom.density import qct_measurement, qct_reading
     from OsteoScreenLib.registry import CLASSES, qct_class
 
     p = sample_parameters(400000, "training")
-    expected = qct_reading(p["subject"]["bmd_mg_cm3"]["L1"], p["scanner"]["kvp"], p["scanner"]["slope_jitter"],
+    # generator 2.2.0: a measurement against calibration rods with its own error, not the analytic inverse
+    expected = qct_measurement(p, "L1", p["subject"]["bmd_mg_cm3"]["L1"])
+    analytic = qct_reading(p["subject"]["bmd_mg_cm3"]["L1"], p["scanner"]["kvp"], p["scanner"]["slope_jitter"],
                            p["subject"]["marrow_fat_fraction"])
-    assert data["bmd"][0, 0] == pytest.approx(expected, abs=1e-2)
+    assert data["bmd"][0, 0] == pytest.approx(expected, abs=1e-2) and abs(expected - analytic) > 1e-2
     assert data["true_bmd"][0, 0] == pytest.approx(p["subject"]["bmd_mg_cm3"]["L1"], abs=1e-2)
     assert [CLASSES[k] for k in data["label"]] == [qct_class(b) for b in data["bmd"][:, 2]]
     config = train("l1", 1, "training", 0, tmp_path / "run", train_count=2, threads=1)
