@@ -116,7 +116,7 @@ if [[ $what == segmentation || $what == all ]]; then
   #    model 0.10.0: the coarse stage trained from scratch on generator 2.1.0 (costal margin as low as on
   #    real CT, organs moved against the spine), with the randomisation of 0.8.0; 5,000 iterations, then the
   #    same run resumed to 13,000 (its one-cycle schedule picks up at iteration 5,000 of 13,000; the log has
-  #    both). Counter, fine stage and rib check stay 0.9.0's. (Run at commit 7448d6c's generator, 2.1.0;
+  #    both). Fine stage and rib check stay 0.9.0's. (Run at commit 7448d6c's generator, 2.1.0;
   #    a later checkout's generator draws other voxel values.)
   $P --split train --count 300 --preset chest-coarse --stages coarse
   $P --split train --count "$SEG_SPINE" --preset spine --stages coarse
@@ -125,6 +125,12 @@ if [[ $what == segmentation || $what == all ]]; then
        --eval-every 500 --out $C/segmentation-coarse-g21-scratch-13k
   done
   $PY -m training.segmentation.export --coarse-only $C/segmentation-coarse-g21-scratch-13k
+  #    and the vertebra counter above continued on 2.1.0 (1,500 iterations)
+  $P --split train --count 300 --preset chest-count --stages count
+  $P --split train --count "$SEG_SPINE" --preset spine --stages count
+  $T --stage count --augment --randomise --train-count 300 --iterations 1500 --lr 1e-3 --variant-weight 4 \
+     --eval-every 500 --init $C/vertebra-count --out $C/vertebra-count-g21
+  $PY -m training.segmentation.export --count-only $C/vertebra-count-g21
   $PY -m training.segmentation.evaluate --count "$SEG_EVAL" --workers "$WORKERS"
   $PY -m training.segmentation.evaluate --preset spine --count "$SEG_EVAL" --workers "$WORKERS"  # spine-cropped
   $PY -m training.studies.rib_check_probe  # where the bundled rib check looks (ribs, vertebra or lung taken away)
