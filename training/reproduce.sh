@@ -1,11 +1,10 @@
 #!/usr/bin/env bash
 # Reproduce the bundled models from scratch on CPU (resumable: cached samples and
 # checkpoints are reused; rerun after an interruption). Needs `make install-train`.
-# The bundled segmentation's coarse stage and counter (0.10.0) learnt from generator 2.1.0 (commit
-# 7448d6c), its other stages and the classifiers from generator 2.0.0 and earlier (commit ad89c24). This
-# checkout's generator is 2.2.0 (density confounders and the QCT reading as a measurement, same anatomy
-# as 2.1.0): the cache folders are per generator version, so a rerun here trains on 2.2.0 phantoms; to
-# rebuild a bundled stage's weights as they are, run its steps from the commit named.
+# The bundled models learnt from phantoms of generator 2.0.0 and earlier; this checkout's generator is
+# 2.2.0 (2.1.0: organs moved against the spine, a lower costal margin; 2.2.0: density confounders and
+# the QCT reading as a measurement, same anatomy as 2.1.0), so this script now trains on 2.2.0
+# phantoms: to rebuild the bundled weights as they are, run it from commit ad89c24 (generator 2.0.0).
 #   training/reproduce.sh [segmentation|classification|all]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -114,24 +113,16 @@ if [[ $what == segmentation || $what == all ]]; then
   $P --split tune --count 20 --preset spine --stages count
   $T --stage count --augment --randomise --iterations 2500 --lr 2e-3 --variant-weight 4 --out $C/vertebra-count
   $PY -m training.segmentation.export --count-only $C/vertebra-count
-  #    model 0.10.0: the coarse stage trained from scratch on generator 2.1.0 (costal margin as low as on
-  #    real CT, organs moved against the spine), with the randomisation of 0.8.0; 5,000 iterations, then the
-  #    same run resumed to 13,000 (its one-cycle schedule picks up at iteration 5,000 of 13,000; the log has
-  #    both). Fine stage and rib check stay 0.9.0's. (Run at commit 7448d6c's generator, 2.1.0;
-  #    a later checkout's generator draws other voxel values.)
-  $P --split train --count 300 --preset chest-coarse --stages coarse
-  $P --split train --count "$SEG_SPINE" --preset spine --stages coarse
-  for it in 5000 13000; do
-    $T --stage coarse --train-count 300 --iterations $it --lr 2e-3 --variant-weight 4 --augment --randomise \
-       --eval-every 500 --out $C/segmentation-coarse-g21-scratch-13k
-  done
-  $PY -m training.segmentation.export --coarse-only $C/segmentation-coarse-g21-scratch-13k
-  #    and the vertebra counter above continued on 2.1.0 (1,500 iterations)
-  $P --split train --count 300 --preset chest-count --stages count
-  $P --split train --count "$SEG_SPINE" --preset spine --stages count
-  $T --stage count --augment --randomise --train-count 300 --iterations 1500 --lr 1e-3 --variant-weight 4 \
-     --eval-every 500 --init $C/vertebra-count --out $C/vertebra-count-g21
-  $PY -m training.segmentation.export --count-only $C/vertebra-count-g21
+  #    tried, not bundled (docs/models.md, "A candidate 0.10.0"): the coarse stage trained from scratch on
+  #    generator 2.1.0 (5,000 iterations, then the same run resumed to 13,000) and the counter continued on
+  #    2.1.0 (1,500 iterations), scored on the tune and test phantoms and the real cases (*_candidate outputs):
+  #      $P --split train --count 300 --preset chest-coarse --stages coarse   (and spine, chest-count: 300 / 200)
+  #      for it in 5000 13000; do $T --stage coarse --train-count 300 --iterations $it --lr 2e-3 --variant-weight 4 \
+  #         --augment --randomise --eval-every 500 --out $C/segmentation-coarse-g21-scratch-13k; done
+  #      $T --stage count --augment --randomise --train-count 300 --iterations 1500 --lr 1e-3 --variant-weight 4 \
+  #         --eval-every 500 --init $C/vertebra-count --out $C/vertebra-count-g21
+  #      export --out CANDIDATE --coarse-only $C/segmentation-coarse-g21-scratch-13k, then --count-only $C/vertebra-count-g21
+  #      (into a copy of the bundled folder), evaluate --model CANDIDATE --out ...
   $PY -m training.segmentation.evaluate --count "$SEG_EVAL" --workers "$WORKERS"
   $PY -m training.segmentation.evaluate --preset spine --count "$SEG_EVAL" --workers "$WORKERS"  # spine-cropped
   $PY -m training.studies.rib_check_probe  # where the bundled rib check looks (ribs, vertebra or lung taken away)

@@ -39,7 +39,7 @@ STAGE_RUNS = {"coarse": "segmentation-coarse", "fine": "segmentation-fine", "cou
 EXPORT_SHAPES = {"coarse": (48, 64, 64), "fine": (112, 80, 80), "count": (96, 64, 64)}
 TASK = ("L1 and L2 vertebral-body segmentation on chest CT (coarse level finding checked by a rib check and by "
         "counting the vertebrae, fine outline)")
-MODEL_VERSION = "0.10.0"
+MODEL_VERSION = "0.9.0"
 
 
 def load_state(net: torch.nn.Module, name: str) -> torch.nn.Module:
