@@ -73,13 +73,9 @@ def calibration(kvp: int, scanner_offset_hu: float, slope_jitter: float) -> tupl
     return slope, MARROW_HU_AT_ZERO_BMD + scanner_offset_hu
 
 
-def trabecular_hu(bmd_mg_cm3: float, kvp: int, scanner_offset_hu: float, slope_jitter: float,
-                  marrow_fat_fraction: float, contrast_phase: str) -> float:
-    """Mean trabecular HU of a vertebral body of known BMD on one scanner."""
-    slope, offset = calibration(kvp, scanner_offset_hu, slope_jitter)
-    fat = MARROW_FAT_HU_PER_FRACTION * (marrow_fat_fraction - REFERENCE_MARROW_FAT_FRACTION)
-    enhancement = CONTRAST_HU[contrast_phase].get("marrow", 0.0) * kv_iodine_factor(kvp)
-    return offset + slope * bmd_mg_cm3 + fat + enhancement
+def marrow_fat_hu(marrow_fat_fraction: float) -> float:
+    """HU that marrow fat adds to trabecular bone against the calibration's reference fraction."""
+    return MARROW_FAT_HU_PER_FRACTION * (marrow_fat_fraction - REFERENCE_MARROW_FAT_FRACTION)
 
 
 def qct_reading(bmd_mg_cm3: float, kvp: int, slope_jitter: float, marrow_fat_fraction: float) -> float:
@@ -91,8 +87,7 @@ def qct_reading(bmd_mg_cm3: float, kvp: int, slope_jitter: float, marrow_fat_fra
     single-energy QCT, larger in the elderly). The ACR thresholds apply to this reading.
     """
     slope, _ = calibration(kvp, 0.0, slope_jitter)
-    fat = MARROW_FAT_HU_PER_FRACTION * (marrow_fat_fraction - REFERENCE_MARROW_FAT_FRACTION)
-    return bmd_mg_cm3 + fat / slope
+    return bmd_mg_cm3 + marrow_fat_hu(marrow_fat_fraction) / slope
 
 
 def kv_iodine_factor(kvp: int) -> float:
@@ -296,9 +291,8 @@ def trabecular_hu_in_image(params: dict, level: str, bmd_mg_cm3: float) -> float
     """Mean trabecular HU of a vertebral body as this image holds it (focal lesions aside)."""
     sc = params["scanner"]
     slope, offset = image_calibration(params)
-    fat = MARROW_FAT_HU_PER_FRACTION * (level_marrow_fat(params, level) - REFERENCE_MARROW_FAT_FRACTION)
     enhancement = CONTRAST_HU[sc["contrast_phase"]].get("marrow", 0.0) * kv_iodine_factor(sc["kvp"])
-    return offset + slope * bmd_mg_cm3 + fat + enhancement
+    return offset + slope * bmd_mg_cm3 + marrow_fat_hu(level_marrow_fat(params, level)) + enhancement
 
 
 def qct_measurement(params: dict, level: str, bmd_mg_cm3: float) -> float:
@@ -321,7 +315,6 @@ def qct_measurement(params: dict, level: str, bmd_mg_cm3: float) -> float:
     rods = np.asarray(QCT_ROD_MG_CM3)
     rod_hu = slope * bh_rods * rods + QCT_ROD_NOISE_HU * np.asarray(conf["qct"]["rod_z"])  # offsets cancel
     fit_slope, fit_intercept = np.polyfit(rods, rod_hu, 1)
-    fat = MARROW_FAT_HU_PER_FRACTION * (fat_fraction - REFERENCE_MARROW_FAT_FRACTION)
     roi_sd_mg = float(np.hypot(QCT_ROI_CV * bmd_mg_cm3, QCT_ROI_FLOOR_MG_CM3))
-    roi_hu = slope * bh_spine * bmd_mg_cm3 + fat + slope * roi_sd_mg * conf["qct"]["roi_z"][level]
+    roi_hu = slope * bh_spine * bmd_mg_cm3 + marrow_fat_hu(fat_fraction) + slope * roi_sd_mg * conf["qct"]["roi_z"][level]
     return float((roi_hu - fit_intercept) / fit_slope)

@@ -675,16 +675,14 @@ class Renderer:
             if e["level"] == vb.name:
                 dd = -(d_top if e["side"] == "upper" else d_bot) - F32(e["thickness_mm"])
                 value += coverage(dd, self.sigma) * F32(e["extra_hu"])
-        for isl in sp["bone_islands"]:
-            if isl["level"] == vb.name:
-                c = np.array(isl["position"]) * np.array([a, b, h])
-                d = np.sqrt((x - F32(c[0])) ** 2 + (y - F32(c[1])) ** 2 + (z - F32(c[2])) ** 2) - F32(isl["radius_mm"])
-                value += coverage(d, self.sigma) * (F32(isl["hu"]) - value)
-        for les in self.lesions:  # generator 2.2.0: bone islands and focal fat of L1 and L2
-            if les["level"] == vb.name:
-                c = np.array(les["position"]) * np.array([a, b, h])
-                d = np.sqrt((x - F32(c[0])) ** 2 + (y - F32(c[1])) ** 2 + (z - F32(c[2])) ** 2) - F32(les["radius_mm"])
-                value += coverage(d, self.sigma) * (F32(les["hu"] - self.water_offset) - value)
+        # spheres of their own HU: the spine's bone islands, then (generator 2.2.0) L1 and L2's islands
+        # and focal fat, whose HU is the image's (painted values leave the water offset out)
+        spheres = [(s, s["hu"]) for s in sp["bone_islands"]] + [(s, s["hu"] - self.water_offset) for s in self.lesions]
+        for sphere, hu in spheres:
+            if sphere["level"] == vb.name:
+                c = np.array(sphere["position"]) * np.array([a, b, h])
+                d = np.sqrt((x - F32(c[0])) ** 2 + (y - F32(c[1])) ** 2 + (z - F32(c[2])) ** 2) - F32(sphere["radius_mm"])
+                value += coverage(d, self.sigma) * (F32(hu) - value)
         for sn in sp["schmorl_nodes"]:
             if sn["level"] == vb.name:
                 zc = h if sn["side"] == "upper" else -h
