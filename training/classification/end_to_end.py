@@ -69,6 +69,7 @@ def prepare_one(job: tuple[int, str]) -> int:
         return seed
     from OsteoScreenLib.ct_io import checked_ct
     from OsteoScreenLib.errors import OsteoScreenError
+    from OsteoScreenLib import metrics
     from OsteoScreenLib.features import body_features
     from OsteoScreenLib.phantom import generate_case
     from OsteoScreenLib.pipeline import Models
@@ -95,7 +96,7 @@ def prepare_one(job: tuple[int, str]) -> int:
             ok = int(pred.sum()) > 0
             found.append(ok)
             right.append(bool(ok and np.mean(case.levels.array[pred] == VERSE_LEVEL_IDS[name]) > 0.5))
-            dice.append(float(2 * np.sum(pred & ref) / max(int(pred.sum() + ref.sum()), 1)))
+            dice.append(metrics.dice(pred, ref))  # the reference body is never empty on a test phantom
             try:
                 feats.append(body_features(ct, seg.labels, name) if ok else None)
             except OsteoScreenError:
