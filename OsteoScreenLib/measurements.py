@@ -13,8 +13,9 @@ def vertebra_stats(labels: Volume) -> dict[str, dict]:
     """Volume (ml) and centroid (RAS mm) of each vertebra present in an OsteoScreen label map."""
     voxel_ml = float(abs(np.linalg.det(labels.ijk_to_ras[:3, :3]))) / 1000.0
     out = {}
+    labelled = crop_to_mask(labels, labels.array > 0, margin=0)  # one pass over the whole grid
     for spec in VERTEBRAE:
-        box = crop_to_mask(labels, labels.array == spec.label, margin=0)
+        box = None if labelled is None else crop_to_mask(labelled, labelled.array == spec.label, margin=0)
         if box is None:
             continue
         kji = np.argwhere(box.array == spec.label)

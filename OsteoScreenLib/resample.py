@@ -39,20 +39,32 @@ def bounds_ras(volume: Volume) -> tuple[np.ndarray, np.ndarray]:
 def block_mean(volume: Volume, factors_ijk) -> Volume:
     """Average non-overlapping blocks of ``factors`` voxels (anti-aliasing before downsampling).
 
-    Sums strided views into a float32 array of the reduced size, so a 512x512x700
-    int16 CT is never copied to float in full.
+    Sums along k, then j, then i, each pass on the array the previous one shrank: the first
+    two read whole rows (fast), only the last, on the smallest array, steps through a row.
+    An integer CT (the usual int16) is summed in integers, exactly, so the mean is the
+    correctly rounded float32 of the true mean whatever the order; a 512x512x700 CT is
+    never copied to float in full.
     """
     fi, fj, fk = (max(1, int(f)) for f in factors_ijk)
     if (fi, fj, fk) == (1, 1, 1):
         return volume
     k, j, i = volume.array.shape
     a = volume.array[: k - k % fk, : j - j % fj, : i - i % fi]
-    out = np.zeros((a.shape[0] // fk, a.shape[1] // fj, a.shape[2] // fi), np.float32)
-    for ok in range(fk):
-        for oj in range(fj):
-            for oi in range(fi):
-                out += a[ok::fk, oj::fj, oi::fi]
-    out /= fi * fj * fk
+    if np.issubdtype(a.dtype, np.integer):
+        acc = np.int64 if a.dtype.itemsize >= 4 else np.int32  # int16 x 32,767 blocks cannot overflow int32
+    else:
+        acc = np.float32
+    s = a[0::fk].astype(acc)
+    for ok in range(1, fk):
+        s += a[ok::fk]
+    t = s[:, 0::fj].copy()
+    for oj in range(1, fj):
+        t += s[:, oj::fj]
+    out = t[:, :, 0::fi].copy()
+    for oi in range(1, fi):
+        out += t[:, :, oi::fi]
+    out = out.astype(np.float32) if acc is not np.float32 else out
+    out /= np.float32(fi * fj * fk)
     m = volume.ijk_to_ras.copy()
     m[:3, 3] = m[:3, :3] @ (np.array([fi, fj, fk]) - 1) / 2 + m[:3, 3]
     m[:3, :3] = m[:3, :3] * np.array([fi, fj, fk])[None, :]
@@ -224,16 +236,17 @@ def crop_to_grid(volume: Volume, target_ijk_to_ras: np.ndarray, target_shape, ma
 def mask_box(mask: np.ndarray, margin: int = 0) -> tuple[np.ndarray, np.ndarray] | None:
     """Bounding box (lo, hi exclusive; k, j, i order) of a 3D mask plus a margin; None if empty.
 
-    Found from the mask's projections on each axis: on a full-size CT this is several times
-    faster than listing the voxels, which matters because a body fills about 0.05 % of it.
+    Found from projections, not from a list of the voxels: which slices hold any voxel (one
+    pass over whole slices), then the 2D projection of that slab alone. A vertebra fills
+    about 0.05 % of a full-size CT, so the second pass is short.
     """
-    lo, hi = [], []
-    for axis in range(3):
-        hit = np.flatnonzero(np.any(mask, axis=tuple(a for a in range(3) if a != axis)))
-        if len(hit) == 0:
-            return None
-        lo.append(max(hit[0] - margin, 0))
-        hi.append(min(hit[-1] + margin + 1, mask.shape[axis]))
+    ks = np.flatnonzero(mask.reshape(mask.shape[0], -1).any(axis=1))
+    if len(ks) == 0:
+        return None
+    plane = mask[ks[0] : ks[-1] + 1].any(axis=0)
+    hits = (ks, np.flatnonzero(plane.any(axis=1)), np.flatnonzero(plane.any(axis=0)))
+    lo = [max(h[0] - margin, 0) for h in hits]
+    hi = [min(h[-1] + margin + 1, n) for h, n in zip(hits, mask.shape)]
     return np.array(lo), np.array(hi)
 
 

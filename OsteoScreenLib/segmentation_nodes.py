@@ -114,11 +114,11 @@ def segmentation_from_labelmap(
     mapping = dict(LABEL_OF if mapping is None else mapping)
     node = new_segmentation_node(scene, reference_volume_node, name, reference_geometry,
                                  display=reference_volume_node is not None)
-    labels = np.asarray(labelmap.array)
+    labelled = crop_to_mask(labelmap, np.asarray(labelmap.array) > 0)  # one pass over the whole grid
     missing = []
     for vertebra in VERTEBRA_NAMES:
         value = mapping.get(vertebra)
-        box = None if value is None else crop_to_mask(labelmap, labels == value)
+        box = None if value is None or labelled is None else crop_to_mask(labelled, labelled.array == value)
         if box is None:
             missing.append(vertebra)
             continue

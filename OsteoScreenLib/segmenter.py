@@ -60,6 +60,13 @@ LEVEL_STEP_MM = (15.0, 45.0)
 MAX_L1_L2_GAP_MM = 14.0
 BODY_HU_THRESHOLD = -500.0  # air vs body, to crop the coarse grid to the patient
 HALF_STEP_MM = 15.0  # half of one lumbar body and disc
+# An outline's centroid farther than this from every body centre the counter found gets a level
+# warning (outline_offsets): on the 100 tune phantoms (chest and spine-cropped, model 0.9.0) every
+# outline of DSC > 0.9 lay within 9.7 mm; the one beyond, 24 mm (DSC 0.69), was on a scan whose other
+# level was wrong (tune_eval*_offsets_0.9.0.md). One that slid across a disc onto two bodies lies about
+# half a body step (15-20 mm) away; a whole level off lies on another body and is not caught here.
+# Chosen on phantoms, not on a real case.
+OUTLINE_OFFSET_MAX_MM = 12.0
 L2_NOT_IN_VIEW = ("L2 not found in the field of view (the scan ends below L1): only model 2 (l1, L1 alone) "
                   "can classify this scan")
 
@@ -250,6 +257,9 @@ class L1L2Segmenter:
         for name in missing:  # not in view: nothing of it is outlined, and "could not be outlined" says no more
             labels.array[labels.array == LABEL_OF[name]] = 0
             outline_warnings = [w for w in outline_warnings if not w.startswith(f"{name} ")]
+        if count_report.get("centres_ras"):
+            count_report["outline_offset_mm"] = outline_offsets(labels, count_report["centres_ras"])
+            order_warnings += outline_offset_warnings(count_report["outline_offset_mm"])
         timing["to_ct_grid"] = time.perf_counter() - t2
         timing["total"] = time.perf_counter() - t0
         step(1.0, "done")
@@ -278,6 +288,28 @@ class L1L2Segmenter:
             block[mask & (block == 0)] = LABEL_OF[name]
         out = ct.with_array(labels)
         return out, order_and_edge_checks(out)
+
+
+def outline_offsets(labels: Volume, centres_ras) -> dict[str, float]:
+    """How far (mm) each outline's centroid lies from the nearest body centre the vertebra counter
+    marked: an outline on one body lies within a few mm of its centre; one that slid across a disc
+    onto parts of two bodies lies about half a body from both (bodies 30-40 mm apart at L1-L2)."""
+    centres = np.asarray(centres_ras, float).reshape(-1, 3)
+    labelled = crop_to_mask(labels, labels.array > 0, margin=0)
+    out = {}
+    for name in VERTEBRA_NAMES:
+        kji = np.argwhere(labelled.array == LABEL_OF[name]) if labelled is not None and len(centres) else []
+        if len(kji):
+            centroid = labelled.voxel_centers_ras(kji.mean(axis=0))[0]
+            out[name] = round(float(np.linalg.norm(centres - centroid, axis=1).min()), 1)
+    return out
+
+
+def outline_offset_warnings(offsets_mm: dict[str, float]) -> list[str]:
+    """A level warning for each outline farther than OUTLINE_OFFSET_MAX_MM from every counted body."""
+    return [f"{name}'s outline lies {mm:.0f} mm from the centre of the nearest vertebral body the vertebra "
+            f"counter found: it may cover parts of two vertebrae, across a disc; check the {name} segment"
+            for name, mm in offsets_mm.items() if mm > OUTLINE_OFFSET_MAX_MM]
 
 
 def trim_beyond_disc(masks: dict[str, np.ndarray], grid: Volume,

@@ -27,7 +27,7 @@ from OsteoScreenLib.errors import OsteoScreenError
 from OsteoScreenLib.paths import models_dir
 from OsteoScreenLib.phantom import GENERATOR_VERSION
 from OsteoScreenLib.registry import LABEL_MAPPINGS, LABEL_OF, VERSE_LEVEL_IDS, VERSE_LEVEL_NAMES
-from OsteoScreenLib.segmenter import L1L2Segmenter
+from OsteoScreenLib.segmenter import OUTLINE_OFFSET_MAX_MM, L1L2Segmenter
 
 from .config import SPLITS
 from ..model_card import UNRECORDED_GENERATOR_VERSION, update_card
@@ -83,7 +83,8 @@ def count_row(report: dict, labels) -> dict:
     d = np.linalg.norm(centres - ref, axis=1) if len(centres) else np.zeros(0)
     truth = int(np.argmin(d)) if len(d) and d.min() <= 15.0 else None
     return {"truth": truth, "ribs": report["ribs"], **{k: report.get(k) for k in
-            ("l1_from_top", "l1_from_ribs", "l1_from_levels", "rib_pairs", "moved", "confirmed")}}
+            ("l1_from_top", "l1_from_ribs", "l1_from_levels", "rib_pairs", "moved", "confirmed",
+             "outline_offset_mm")}}
 
 
 _WORKER: dict = {}
@@ -187,6 +188,15 @@ def summarise(rows: list[dict]) -> dict:
         moved = [r for r in ok if r.get("count", {}).get("moved")]
         out["count_moved_scans"] = (f"{len(moved)}, after the move both levels right in "
                                     f"{sum(all(r[f'level_ok_{n}'] for n in LABEL_OF) for r in moved)}")
+    offsets = [(r["count"]["outline_offset_mm"][n], r[f"level_ok_{n}"]) for r in ok
+               for n in r.get("count", {}).get("outline_offset_mm") or {}]
+    if offsets:  # the outline's distance from the counted bodies (segmenter.outline_offsets)
+        right_mm = [mm for mm, right_level in offsets if right_level]
+        out["outline_offset_right_max_mm"] = max(right_mm) if right_mm else None
+        out["outline_offset_beyond_limit"] = (
+            f"{sum(mm > OUTLINE_OFFSET_MAX_MM for mm, r in offsets if r)} of {len(right_mm)} outlines on the right "
+            f"level, {sum(mm > OUTLINE_OFFSET_MAX_MM for mm, r in offsets if not r)} of "
+            f"{len(offsets) - len(right_mm)} on a wrong one")
     out["rib_check_leaning_scans"] = f"{sum(bool(r.get('rib_check_leaning')) for r in wrong)} wrong, " \
                                      f"{sum(bool(r.get('rib_check_leaning')) for r in right)} right"
     return out
@@ -267,6 +277,10 @@ def write_results(result: dict, stem: str | None = None) -> None:
         lines += [f"Vertebra counter, L1 counted from T1: {s['count_l1_from_top']}; below the last rib pair: "
                   f"{s['count_l1_from_ribs']}; both readings agreeing: {s['count_both_agree']}; levels moved to "
                   f"the counted ones on {s['count_moved_scans']}.", ""]
+    if s.get("outline_offset_beyond_limit"):
+        lines += [f"Outline centroid to the nearest counted body centre: at most {s['outline_offset_right_max_mm']} mm "
+                  f"for an outline on the right level; beyond the warning limit ({OUTLINE_OFFSET_MAX_MM:g} mm): "
+                  f"{s['outline_offset_beyond_limit']}.", ""]
     if result["real"]:
         lines += ["## Real cases (reference masks are whole vertebrae)", "", "```",
                   json.dumps(result["real"], indent=1), "```", ""]

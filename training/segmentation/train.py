@@ -68,10 +68,12 @@ class Samples:
     cached cases of these seeds (a preset of the same seed is a different scan of the same body)."""
 
     def __init__(self, stage: str, seeds: list[int], presets: str, cache: Path, stage_augment: dict | None = None):
-        self.paths = [count_sample_path(cache, preset, s) if stage == "count" else
-                      sample_paths(cache, preset, s)[0 if stage == "coarse" else 1]
-                      for preset in presets.split(",") for s in seeds]
-        self.paths = [p for p in self.paths if p.exists()]
+        paths = [(preset, count_sample_path(cache, preset, s) if stage == "count" else
+                  sample_paths(cache, preset, s)[0 if stage == "coarse" else 1])
+                 for preset in presets.split(",") for s in seeds]
+        paths = [(preset, p) for preset, p in paths if p.exists()]
+        self.paths = [p for _, p in paths]
+        self.presets = [preset for preset, _ in paths]
         preset = presets
         if not self.paths:
             raise SystemExit(f"no cached {stage} samples for preset {preset} under {cache}; run training.segmentation.prepare")
@@ -88,6 +90,12 @@ class Samples:
         variant = np.array([sample_parameters(int(p.stem), "chest")["spine"]["rib_variant"] != "normal"
                             for p in self.paths])
         self.weights = np.where(variant, factor, 1.0)
+
+    def weight_presets(self, factors: dict[str, float]) -> None:
+        """Draw the scans of a preset ``factors[preset]`` times as often (on top of
+        ``weight_variants``): e.g. spine-cropped scans, fewer than the chest ones but where
+        the levels are hardest to find (no organs, few ribs in view)."""
+        self.weights = self.weights * np.array([factors.get(preset, 1.0) for preset in self.presets])
 
     def draw(self, rng) -> int:
         return int(rng.choice(len(self.paths), p=self.weights / self.weights.sum()))
@@ -135,6 +143,8 @@ def train(args) -> None:
     tune_set = Samples(args.stage, seeds_of("tune", args.tune_count), args.preset, args.cache)
     if args.variant_weight != 1.0:
         train_set.weight_variants(args.variant_weight)
+    if args.preset_weight:
+        train_set.weight_presets(args.preset_weight)
     net = build_network(args.stage)
     opt = torch.optim.AdamW(net.parameters(), lr=args.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=args.lr, total_steps=args.iterations, pct_start=0.05)
@@ -143,7 +153,8 @@ def train(args) -> None:
               "generator_version": GENERATOR_VERSION,
               "train_count": len(seeds_of("train", args.train_count)), "train_samples": len(train_set.paths),
               "preset": args.preset, "iterations": args.iterations, "lr": args.lr, "batch": args.batch,
-              "seed": args.seed, "variant_weight": args.variant_weight, "augment": stage_augment}
+              "seed": args.seed, "variant_weight": args.variant_weight, "preset_weight": args.preset_weight,
+              "augment": stage_augment}
     start, log = 0, []
     ckpt = out / "last.pt"
     if args.init is not None:  # fine-tune: start from another run's weights (its config is kept)
@@ -205,6 +216,20 @@ def evaluate(net, samples: Samples, rng, limit: int = 12) -> list[float]:
     return [round(float(v), 4) for v in np.mean(scores, axis=0)]
 
 
+def preset_weights(text: str) -> dict[str, float]:
+    """``spine=2,chest-coarse=1`` -> {"spine": 2.0, "chest-coarse": 1.0} (argparse type)."""
+    out = {}
+    for item in filter(None, text.split(",")):
+        preset, _, factor = item.partition("=")
+        try:
+            out[preset.strip()] = float(factor)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{item!r}: write PRESET=FACTOR, e.g. spine=2") from None
+        if out[preset.strip()] <= 0:
+            raise argparse.ArgumentTypeError(f"{item!r}: the factor must be above 0")
+    return out
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--stage", choices=("coarse", "fine", "count"), required=True)
@@ -222,6 +247,8 @@ def main() -> None:
     p.add_argument("--out", default=None)
     p.add_argument("--variant-weight", type=float, default=1.0,
                    help="draw scans with rib variants this many times as often")
+    p.add_argument("--preset-weight", type=preset_weights, default={}, metavar="PRESET=FACTOR,...",
+                   help="draw the samples of these presets this many times as often, e.g. spine=2")
     p.add_argument("--augment", action="store_true",
                    help="coarse stage: turn, cut and degrade the samples; fine stage: move the hints "
                    "(config.COARSE_AUGMENT, FINE_AUGMENT; augment.py)")

@@ -45,6 +45,17 @@ def test_block_mean_keeps_the_world_position_of_the_content():
     assert coarse.array[1, 2, 3] == pytest.approx(centre @ np.array([0.5, -1.5, 2.0]) + 3.0, abs=1e-4)
 
 
+def test_block_mean_of_an_integer_ct_is_the_exact_mean_in_any_block_shape():
+    # int16 HU summed in integers: each block's mean is the float32 nearest the true mean,
+    # also for factors that leave a remainder (cut off) and blocks of unequal sides
+    rng = np.random.default_rng(3)
+    hu = rng.integers(-3024, 3072, (11, 13, 17)).astype(np.int16)
+    coarse = block_mean(Volume(hu, np.diag([0.7, 0.7, 2.5, 1.0])), (5, 3, 2))
+    assert coarse.array.shape == (5, 4, 3) and coarse.array.dtype == np.float32
+    exact = hu[:10, :12, :15].astype(np.float64).reshape(5, 2, 4, 3, 3, 5).mean(axis=(1, 3, 5))
+    np.testing.assert_array_equal(coarse.array, exact.astype(np.float32))
+
+
 def test_axis_aligned_grid_covers_the_box():
     grid, shape = axis_aligned_grid([0, 0, 0], [10, 20, 31], 5.0)
     assert shape == (7, 4, 2)

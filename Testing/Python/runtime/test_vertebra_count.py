@@ -276,3 +276,31 @@ def test_two_bodies_run_into_one_stop_the_count_across_them():
     assert len(c.bodies) == len(USUAL) - 1
     assert c.missed_after and c.l1_from_top is None
     assert c.l1_from_ribs == USUAL.index("L1") - 1
+
+
+def test_outline_offset_from_the_counted_bodies():
+    from OsteoScreenLib.segmenter import outline_offsets
+
+    # 1 mm grid, S up along k; bodies counted at S = 20 and S = 54 (34 mm apart)
+    labels = Volume(np.zeros((80, 20, 20), np.uint8), np.diag([1.0, 1.0, 1.0, 1.0]))
+    labels.array[46:63, 5:15, 5:15] = 1  # L1 on the upper body: centroid S = 54
+    labels.array[20:38, 5:15, 5:15] = 2  # L2 slid up across the disc: centroid S = 28.5
+    centres = [[9.5, 9.5, 54.0], [9.5, 9.5, 20.0]]
+    assert outline_offsets(labels, centres) == {"L1": 0.0, "L2": 8.5}
+    labels.array[labels.array == 2] = 0  # a level not outlined has no offset
+    assert outline_offsets(labels, centres) == {"L1": 0.0}
+    assert outline_offsets(labels, []) == {}
+
+
+
+def test_an_outline_across_a_disc_is_a_level_warning_one_on_its_body_is_not():
+    from OsteoScreenLib.segmenter import outline_offset_warnings, outline_offsets
+
+    labels = Volume(np.zeros((90, 20, 20), np.uint8), np.diag([1.0, 1.0, 1.0, 1.0]))
+    labels.array[46:63, 5:15, 5:15] = 1  # on the body counted at S = 54
+    labels.array[29:46, 5:15, 5:15] = 2  # L2 slid 17 mm up from its body at S = 20, across the disc
+    warnings = outline_offset_warnings(outline_offsets(labels, [[9.5, 9.5, 54.0], [9.5, 9.5, 20.0]]))
+    assert len(warnings) == 1 and warnings[0].startswith("L2's outline lies 17 mm")
+    labels.array[labels.array == 2] = 0
+    labels.array[14:27, 5:15, 5:15] = 2  # on its body: 0 mm
+    assert outline_offset_warnings(outline_offsets(labels, [[9.5, 9.5, 54.0], [9.5, 9.5, 20.0]])) == []

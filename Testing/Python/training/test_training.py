@@ -43,12 +43,14 @@ def test_segmentation_samples_train_checkpoint_and_resume(tmp_path):
     runs = {}
     for stage in ("coarse", "fine"):
         runs[stage] = tmp_path / stage
-        _train_segmentation(cache, runs[stage], stage, 2, *(["--randomise"] if stage == "coarse" else []))
+        _train_segmentation(cache, runs[stage], stage, 2,
+                            *(["--randomise", "--preset-weight", "training=3"] if stage == "coarse" else []))
         log = json.loads((runs[stage] / "log.json").read_text())
         assert [e["iteration"] for e in log] == [1, 2] and "tune_dice" in log[-1]
         assert (runs[stage] / "final.pt").exists()
     # the coarse stage with domain randomisation (tissue values, bias field, bright blobs), as generator 2.0's
     assert json.loads((runs["coarse"] / "config.json").read_text())["augment"]["p_remap"] > 0
+    assert json.loads((runs["coarse"] / "config.json").read_text())["preset_weight"] == {"training": 3.0}
     for stage, key in (("coarse", "p_pose"), ("fine", "p_hint_shift")):  # augmented, as the bundled stages
         assert json.loads((runs[stage] / "config.json").read_text())["augment"][key] > 0
     stdout = _train_segmentation(cache, runs["fine"], "fine", 3)  # a longer run resumes, not restarts
@@ -252,3 +254,24 @@ def test_vertebra_counter_targets_and_a_tiny_run(tmp_path):
     config = json.loads((tmp_path / "count" / "config.json").read_text())
     assert config["stage"] == "count" and config["augment"]["p_cut_top"] > 0
     assert len(json.loads((tmp_path / "count" / "log.json").read_text())[-1]["tune_dice"]) == 3  # bodies x2, disc
+
+
+def test_preset_weights_draw_one_preset_more_often(tmp_path):
+    import argparse
+
+    from training.segmentation.prepare import prepare, seeds_of
+    from training.segmentation.train import Samples, preset_weights
+
+    assert preset_weights("spine=2, chest-coarse=0.5") == {"spine": 2.0, "chest-coarse": 0.5}
+    for bad in ("spine", "spine=0", "spine=x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="spine"):
+            preset_weights(bad)
+    cache = tmp_path / "cache"
+    for preset in ("training", "spine"):
+        prepare("train", 2, preset, cache, workers=1, stages="coarse", coarse_checkpoint=tmp_path / "none.pt")
+    samples = Samples("coarse", seeds_of("train", 2), "training,spine", cache)
+    assert samples.presets == ["training", "training", "spine", "spine"]
+    samples.weight_presets({"spine": 3.0})
+    rng = np.random.default_rng(0)
+    drawn = [samples.presets[samples.draw(rng)] for _ in range(4000)]
+    assert drawn.count("spine") / len(drawn) == pytest.approx(0.75, abs=0.03)
