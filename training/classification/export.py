@@ -31,7 +31,7 @@ from .config import BMD_SCALE_MG_CM3, ENSEMBLE_SEEDS, MODELS, NETWORK, ONNX_OPSE
 from .network import IMAGE_CHANNELS, FusionClassifier
 from .train import run_folder
 
-MODEL_VERSION = "0.5.0"
+MODEL_VERSION = "0.6.0"
 
 
 class _Exported(torch.nn.Module):
