@@ -130,7 +130,11 @@ def versions(ct: Volume, ref: np.ndarray, names: dict[int, str], chest: bool) ->
     return out
 
 
-def level_outcome(mask: np.ndarray, ref: np.ndarray, ref_id: int, names: dict[int, str], flagged: bool) -> dict:
+def level_outcome(mask: np.ndarray, ref: np.ndarray, ref_id: int, names: dict[int, str], flagged: bool,
+                  structures: dict[int, str] | None = None) -> dict:
+    """Where one level's segment lies in the reference; ``structures`` (every reference id's name,
+    where the case labels more than vertebrae) breaks its voxels outside every vertebra down by
+    structure: what the outline leaks into."""
     kji = np.argwhere(mask)
     under = ref[tuple(kji.T)]
     c = tuple(np.round(kji.mean(axis=0)).astype(int))
@@ -140,14 +144,21 @@ def level_outcome(mask: np.ndarray, ref: np.ndarray, ref_id: int, names: dict[in
     for v, n in zip(*np.unique(under, return_counts=True)):  # every id that is no vertebra counts as "none"
         name = names.get(int(v), "none")
         by_vertebra[name] = by_vertebra.get(name, 0) + int(n)
-    return {"voxels": int(len(kji)), "centroid_in": names.get(int(ref[c]), "none"),
-            "fraction_inside": round(inside, 4), "flagged": flagged,
-            "outcome": ("right, flagged" if flagged else "right") if right else
-                       ("wrong, flagged" if flagged else "WRONG, NOT FLAGGED"),
-            "voxels_by_vertebra": by_vertebra}
+    out = {"voxels": int(len(kji)), "centroid_in": names.get(int(ref[c]), "none"),
+           "fraction_inside": round(inside, 4), "flagged": flagged,
+           "outcome": ("right, flagged" if flagged else "right") if right else
+                      ("wrong, flagged" if flagged else "WRONG, NOT FLAGGED"),
+           "voxels_by_vertebra": by_vertebra}
+    if structures is not None:
+        outside = [int(v) for v in under if int(v) not in names]
+        ids, counts = np.unique(outside, return_counts=True) if outside else ([], [])
+        out["outside_vertebrae_by_structure"] = {structures.get(int(v), "unlabelled"): int(n) for v, n in
+                                                 sorted(zip(ids, counts), key=lambda vn: -vn[1])}
+    return out
 
 
-def evaluate_version(seg: L1L2Segmenter, ct: Volume, ref: np.ndarray, names: dict[int, str]) -> dict:
+def evaluate_version(seg: L1L2Segmenter, ct: Volume, ref: np.ndarray, names: dict[int, str],
+                     structures: dict[int, str] | None = None) -> dict:
     ids = {v: k for k, v in names.items()}
     in_view = {lv: bool((ref == ids[lv]).sum() > 0) for lv in LABEL_OF}
     t0 = time.perf_counter()
@@ -166,9 +177,9 @@ def evaluate_version(seg: L1L2Segmenter, ct: Volume, ref: np.ndarray, names: dic
             entry["levels"][lv] = "missing" if in_view[lv] else "not in view: reported"
         elif not in_view[lv]:
             entry["levels"][lv] = {"outcome": "not in view: NOT REPORTED" if not flagged else "not in view: flagged",
-                                   **level_outcome(mask, ref, -1, names, flagged)}
+                                   **level_outcome(mask, ref, -1, names, flagged, structures)}
         else:
-            entry["levels"][lv] = level_outcome(mask, ref, ids[lv], names, flagged)
+            entry["levels"][lv] = level_outcome(mask, ref, ids[lv], names, flagged, structures)
     if not (res.labels.array == LABEL_OF["L2"]).any() and (res.labels.array == LABEL_OF["L1"]).any():
         entry["classify_l1"] = classify_l1(ct, res.labels)  # model 2's use case: a scan that ends below L1
     return entry
@@ -228,6 +239,16 @@ def markdown(result: dict) -> str:
             lines.append(f"| {case} | {name} | {cells[0]} | {cells[1]} | {counter} | {warn[:300]}{model2} |")
     counts = result["summary"]
     lines += ["", "Summary over all versions: " + ", ".join(f"{k}: {v}" for k, v in counts.items()), ""]
+    leaks = [(case, name, lv, lvl) for case, vs in result["cases"].items() for name, e in vs.items()
+             for lv, lvl in e["levels"].items() if isinstance(lvl, dict) and "outside_vertebrae_by_structure" in lvl]
+    if leaks:
+        lines += ["Where each segment's voxels outside every reference vertebra lie (cases labelled beyond "
+                  "their vertebrae; the reference's structure names):", "",
+                  "| case | version | level | voxels | outside every vertebra |", "| --- | --- | --- | --- | --- |"]
+        for case, name, lv, lvl in leaks:
+            where = ", ".join(f"{k} {v}" for k, v in list(lvl["outside_vertebrae_by_structure"].items())[:4]) or "-"
+            lines.append(f"| {case} | {name} | {lv} | {lvl['voxels']} | {where} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -250,8 +271,10 @@ def main() -> None:
         ct = read_ct(path)
         ref = reference_on(read_volume(path.parent / "labels.nii.gz"), ct)
         result["cases"][case] = {}
+        labels_csv = path.parent / "labels.csv"  # a case labelled beyond its vertebrae (the chest CT)
+        structures = totalsegmentator_structures(labels_csv) if labels_csv.exists() else None
         for name, (scan, ref_cut) in versions(ct, ref, names, chest=case == "lidc-idri-0001").items():
-            entry = evaluate_version(seg, scan, ref_cut, names)
+            entry = evaluate_version(seg, scan, ref_cut, names, structures)
             result["cases"][case][name] = entry
             print(case, name, {lv: outcome_of(v) for lv, v in entry["levels"].items()}, flush=True)
     summary: dict[str, int] = {}

@@ -100,3 +100,7 @@ def test_voxels_outside_every_vertebra_are_counted_together():
     out = real_eval.level_outcome(mask, ref, 31, {31: "L1"}, False)
     assert out["voxels_by_vertebra"] == {"none": 16, "L1": 32}
     assert sum(out["voxels_by_vertebra"].values()) == out["voxels"]
+    assert "outside_vertebrae_by_structure" not in out  # a case labelled with vertebrae only
+    # with every structure's name (the chest CT's labels.csv), the voxels outside every vertebra by structure
+    named = real_eval.level_outcome(mask, ref, 31, {31: "L1"}, False, {31: "vertebrae_L1", 90: "aorta"})
+    assert named["outside_vertebrae_by_structure"] == {"aorta": 8, "unlabelled": 8}
