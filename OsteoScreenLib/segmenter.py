@@ -27,6 +27,7 @@ from typing import Callable
 import numpy as np
 
 from .errors import OsteoScreenError
+from .measurements import vertebra_centroids
 from .model_store import model_folder, verified_files
 from .onnx_runner import OnnxNetwork
 from .postprocess import components, dilate, fill_holes, largest_component
@@ -295,14 +296,10 @@ def outline_offsets(labels: Volume, centres_ras) -> dict[str, float]:
     marked: an outline on one body lies within a few mm of its centre; one that slid across a disc
     onto parts of two bodies lies about half a body from both (bodies 30-40 mm apart at L1-L2)."""
     centres = np.asarray(centres_ras, float).reshape(-1, 3)
-    labelled = crop_to_mask(labels, labels.array > 0, margin=0)
-    out = {}
-    for name in VERTEBRA_NAMES:
-        kji = np.argwhere(labelled.array == LABEL_OF[name]) if labelled is not None and len(centres) else []
-        if len(kji):
-            centroid = labelled.voxel_centers_ras(kji.mean(axis=0))[0]
-            out[name] = round(float(np.linalg.norm(centres - centroid, axis=1).min()), 1)
-    return out
+    if not len(centres):
+        return {}
+    return {name: round(float(np.linalg.norm(centres - centroid, axis=1).min()), 1)
+            for name, centroid in vertebra_centroids(labels).items()}
 
 
 def outline_offset_warnings(offsets_mm: dict[str, float]) -> list[str]:

@@ -24,6 +24,7 @@ import numpy as np
 
 from OsteoScreenLib.ct_io import checked_ct, read_ct, read_volume
 from OsteoScreenLib.errors import OsteoScreenError
+from OsteoScreenLib.metrics import dice
 from OsteoScreenLib.paths import models_dir
 from OsteoScreenLib.phantom import GENERATOR_VERSION
 from OsteoScreenLib.registry import LABEL_MAPPINGS, LABEL_OF, VERSE_LEVEL_IDS, VERSE_LEVEL_NAMES
@@ -38,11 +39,6 @@ REAL_CASES = {"totalsegmentator-example": "totalsegmentator", "verse012": "verse
 # Every vertebra label of the real cases (../shared/data/real/README.md), to say where a level lies.
 REAL_CASE_LEVEL_NAMES = {"totalsegmentator-example": {33: "T11", 32: "T12", 31: "L1", 30: "L2"},
                          "verse012": VERSE_LEVEL_NAMES}
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    denom = a.sum() + b.sum()
-    return float(2 * (a & b).sum() / denom) if denom else 1.0
 
 
 def evaluate_case(seg: L1L2Segmenter, seed: int, preset: str) -> dict:

@@ -140,8 +140,9 @@ def level_outcome(mask: np.ndarray, ref: np.ndarray, ref_id: int, names: dict[in
     c = tuple(np.round(kji.mean(axis=0)).astype(int))
     inside = float((under == ref_id).mean())
     right = bool(ref[c] == ref_id) and inside >= MIN_INSIDE
+    ids, counts = np.unique(under, return_counts=True)
     by_vertebra: dict[str, int] = {}
-    for v, n in zip(*np.unique(under, return_counts=True)):  # every id that is no vertebra counts as "none"
+    for v, n in zip(ids, counts):  # every id that is no vertebra counts as "none"
         name = names.get(int(v), "none")
         by_vertebra[name] = by_vertebra.get(name, 0) + int(n)
     out = {"voxels": int(len(kji)), "centroid_in": names.get(int(ref[c]), "none"),
@@ -150,10 +151,9 @@ def level_outcome(mask: np.ndarray, ref: np.ndarray, ref_id: int, names: dict[in
                       ("wrong, flagged" if flagged else "WRONG, NOT FLAGGED"),
            "voxels_by_vertebra": by_vertebra}
     if structures is not None:
-        outside = [int(v) for v in under if int(v) not in names]
-        ids, counts = np.unique(outside, return_counts=True) if outside else ([], [])
-        out["outside_vertebrae_by_structure"] = {structures.get(int(v), "unlabelled"): int(n) for v, n in
-                                                 sorted(zip(ids, counts), key=lambda vn: -vn[1])}
+        outside = [(int(v), int(n)) for v, n in zip(ids, counts) if int(v) not in names]
+        out["outside_vertebrae_by_structure"] = {structures.get(v, "unlabelled"): n for v, n in
+                                                 sorted(outside, key=lambda vn: -vn[1])}
     return out
 
 
