@@ -22,6 +22,8 @@ air (-1), as at run time (``coarse_input`` fills outside the scan with -1000 HU)
 
 from __future__ import annotations
 
+from functools import lru_cache
+
 import numpy as np
 from scipy import ndimage
 
@@ -170,12 +172,26 @@ def random_tissue_contrast(x: np.ndarray, rng, cfg: dict) -> np.ndarray:
     return np.where(inside_scan(x[0]), img, AIR)[None]
 
 
+@lru_cache(maxsize=32)
+def _spline_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix of ``ndimage.zoom(..., order=3, mode="nearest")`` along one axis."""
+    return np.stack([ndimage.zoom(e, n_out / n_in, order=3, mode="nearest") for e in np.eye(n_in)], axis=1)
+
+
+def smooth_upsample(coarse: np.ndarray, shape) -> np.ndarray:
+    """``ndimage.zoom(coarse, shape / coarse.shape, order=3, mode="nearest")``, the same values at a
+    fraction of the time: cubic-spline zoom is separable and linear, so it is one small matrix per
+    axis (the 3D zoom spent a fifth of a coarse training step)."""
+    w = [_spline_weights(n_in, n_out) for n_in, n_out in zip(coarse.shape, shape)]
+    return np.einsum("ai,bj,ck,ijk->abc", *w, coarse.astype(np.float64), optimize=True).astype(np.float32)
+
+
 def random_bias_field(x: np.ndarray, rng, cfg: dict) -> np.ndarray:
     """A smooth additive field over the body (beam hardening, scatter, a miscalibrated scanner)."""
     if rng.uniform() >= cfg["p_bias"]:
         return x
     coarse = rng.normal(0.0, 1.0, (4, 4, 4)).astype(np.float32)
-    field = ndimage.zoom(coarse, [n / 4 for n in x.shape[1:]], order=3, mode="nearest")
+    field = smooth_upsample(coarse, x.shape[1:])
     field *= rng.uniform(0.0, cfg["bias_hu"]) / 1250.0 / max(float(field.std()), 1e-6)
     inside = inside_scan(x[0])
     return np.where(inside, np.clip(x[0] + field, -1.0, 1.0), AIR)[None].astype(np.float32)

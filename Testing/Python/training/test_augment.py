@@ -159,6 +159,19 @@ def test_a_bias_field_is_smooth_and_leaves_the_air_alone():
     assert np.abs(np.diff(change[0, 2:38, 15, 15])).max() < 0.02  # smooth from slice to slice
 
 
+@pytest.mark.parametrize("shape", [(64, 64, 64), (40, 30, 30), (61, 7, 96)])
+def test_the_bias_field_upsampling_equals_scipys_cubic_zoom(shape):
+    from scipy import ndimage
+
+    from training.segmentation.augment import smooth_upsample
+
+    coarse = np.random.default_rng(4).normal(0.0, 1.0, (4, 4, 4)).astype(np.float32)
+    expected = ndimage.zoom(coarse, [n / 4 for n in shape], order=3, mode="nearest")
+    got = smooth_upsample(coarse, shape)
+    assert got.shape == expected.shape == shape and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
 def test_bright_blobs_never_touch_the_vertebrae_or_their_surroundings_and_leave_the_labels():
     from scipy import ndimage
 
