@@ -74,15 +74,15 @@ def test_on_the_real_abdominal_scan_both_levels_lie_in_their_reference_vertebrae
 
 
 @pytest.mark.training
-@pytest.mark.parametrize("case", ["totalsegmentator-example", "verse012"])
+@pytest.mark.parametrize("case", ["lidc-idri-0001", "totalsegmentator-example", "verse012"])
 def test_given_the_levels_the_fine_stage_outlines_each_real_body_inside_its_vertebra(segmenter, real_data, case):
     """Outlining and level finding apart (training/results/segmentation_real_hints.md): with hints
     from the reference vertebrae, each body lies in its vertebra, also where the levels found
-    by the model are wrong (verse012)."""
-    from training.segmentation.evaluate import REAL_CASE_LEVEL_NAMES, REAL_CASES
+    by the model are wrong (verse012, and the real chest CT with its contrast-filled aorta)."""
+    from training.segmentation.real_eval import real_cases
     from training.studies.real_hints import run_case
 
-    result = run_case(segmenter, real_data / case, REAL_CASES[case], REAL_CASE_LEVEL_NAMES[case])
+    result = run_case(segmenter, *real_cases(real_data)[case])
     for name in LABEL_OF:
         assert result[name]["centroid_in_reference"] and result[name]["fraction_inside_reference"] >= 0.9, result
 
