@@ -37,12 +37,13 @@ import numpy as np
 
 from OsteoScreenLib.ct_io import read_ct, read_volume
 from OsteoScreenLib.errors import OsteoScreenError
-from OsteoScreenLib.registry import LABEL_OF, VERSE_LEVEL_NAMES
+from OsteoScreenLib.registry import LABEL_OF
 from OsteoScreenLib.resample import bounds_ras, sample, subvolume
 from OsteoScreenLib.segmenter import L1L2Segmenter
 from OsteoScreenLib.volume import Volume
 
 from training.real_data import REAL_DATA
+from training.segmentation.evaluate import REAL_CASE_LEVEL_NAMES
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
 MIN_INSIDE = 0.9  # the goal: at least 90 % of a level's voxels inside its reference vertebra
@@ -61,16 +62,14 @@ def totalsegmentator_names(csv_path: Path) -> dict[int, str]:
             if name.startswith("vertebrae_")}
 
 
-# case -> (CT path, vertebra names by reference label id); ids from ../shared/data/real/README.md
-TS_EXAMPLE = {33: "T11", 32: "T12", 31: "L1", 30: "L2"}
-
-
 def real_cases(root: Path) -> dict[str, tuple[Path, dict[int, str]]]:
+    """case -> (CT path, vertebra names by reference label id; ids from ../shared/data/real/README.md)."""
     cases = {}
     if (root / "lidc-idri-0001").is_dir():
         cases["lidc-idri-0001"] = (root / "lidc-idri-0001" / "ct", totalsegmentator_names(root / "lidc-idri-0001" / "labels.csv"))
-    cases["totalsegmentator-example"] = (root / "totalsegmentator-example" / "ct.nii.gz", TS_EXAMPLE)
-    cases["verse012"] = (root / "verse012" / "ct.nii.gz", dict(VERSE_LEVEL_NAMES))
+    cases["totalsegmentator-example"] = (root / "totalsegmentator-example" / "ct.nii.gz",
+                                        dict(REAL_CASE_LEVEL_NAMES["totalsegmentator-example"]))
+    cases["verse012"] = (root / "verse012" / "ct.nii.gz", dict(REAL_CASE_LEVEL_NAMES["verse012"]))
     return cases
 
 
