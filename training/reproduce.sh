@@ -123,7 +123,7 @@ if [[ $what == segmentation || $what == all ]]; then
   #         --eval-every 500 --init $C/vertebra-count --out $C/vertebra-count-g21
   #      export --out CANDIDATE --coarse-only $C/segmentation-coarse-g21-scratch-13k, then --count-only $C/vertebra-count-g21
   #      (into a copy of the bundled folder), evaluate --model CANDIDATE --out ...
-  #    in progress, not bundled (issue #22; resumable: the same command continues from its last checkpoint):
+  #    trained, not yet evaluated or bundled (issue #22; its final.pt is committed; resumable: the same command continues from a last checkpoint):
   #    the coarse stage from scratch on all chest-coarse phantoms of generator 2.2.0 and the 200 spine crops,
   #    these drawn twice as often (docs/models.md, "A coarse stage on 548 chest and 200 spine phantoms"):
   #      $P --split train --count "$SEG_TRAIN" --preset chest-coarse --stages coarse   (and tune 20; spine 200 / 20)
