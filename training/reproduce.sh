@@ -123,12 +123,15 @@ if [[ $what == segmentation || $what == all ]]; then
   #         --eval-every 500 --init $C/vertebra-count --out $C/vertebra-count-g21
   #      export --out CANDIDATE --coarse-only $C/segmentation-coarse-g21-scratch-13k, then --count-only $C/vertebra-count-g21
   #      (into a copy of the bundled folder), evaluate --model CANDIDATE --out ...
-  #    trained, not yet evaluated or bundled (issue #22; its final.pt is committed; resumable: the same command continues from a last checkpoint):
-  #    the coarse stage from scratch on all chest-coarse phantoms of generator 2.2.0 and the 200 spine crops,
-  #    these drawn twice as often (docs/models.md, "A coarse stage on 548 chest and 200 spine phantoms"):
-  #      $P --split train --count "$SEG_TRAIN" --preset chest-coarse --stages coarse   (and tune 20; spine 200 / 20)
-  #      $T --stage coarse --train-count "$SEG_TRAIN" --iterations 16000 --lr 2e-3 --variant-weight 4 \
-  #         --preset-weight spine=2 --augment --randomise --eval-every 500 --out $C/segmentation-coarse-g22-548
+  #    model 0.11.0 (issue #22): the coarse stage from scratch on all chest-coarse phantoms of generator 2.2.0 and
+  #    the 200 spine crops, these drawn twice as often (docs/models.md, "What changed in 0.11.0"); its final.pt is
+  #    committed; resumable: the same command continues from a last checkpoint (samples: prepared above)
+  $T --stage coarse --train-count "$SEG_TRAIN" --iterations 16000 --lr 2e-3 --variant-weight 4 \
+     --preset-weight spine=2 --augment --randomise --eval-every 500 --out $C/segmentation-coarse-g22-548
+  $PY -m training.segmentation.export --coarse-only $C/segmentation-coarse-g22-548
+  #    next (not bundled yet; resumable): the counter from scratch on generator 2.2.0, longer
+  #      $T --stage count --augment --randomise --train-count "$SEG_TRAIN" --iterations 8000 --lr 2e-3 --variant-weight 4 \
+  #         --preset-weight spine=2 --eval-every 500 --threads 1 --out $C/vertebra-count-g22-8k
   $PY -m training.segmentation.evaluate --count "$SEG_EVAL" --workers "$WORKERS"
   $PY -m training.segmentation.evaluate --preset spine --count "$SEG_EVAL" --workers "$WORKERS"  # spine-cropped
   $PY -m training.studies.rib_check_probe  # where the bundled rib check looks (ribs, vertebra or lung taken away)
