@@ -173,7 +173,7 @@ def _replace_stage_in_card(out: Path, stage: str, config: dict, diff: float) -> 
 
 
 def replace_stage(out: Path, stage: str, run: Path) -> Path:
-    """Only the coarse stage or the vertebra counter anew (checkpoint folder ``run``) in an existing
+    """Only one network (coarse, fine or count) anew, from checkpoint folder ``run``, in an existing
     model folder; the other stages, their files and their card entries stay as they are."""
     net = load_stage(stage, run)
     if out.resolve() == (models_dir() / "segmentation").resolve():  # a candidate elsewhere leaves the bundled weights
@@ -222,10 +222,12 @@ def main() -> None:
     p.add_argument("--coarse-only", type=Path, default=None, metavar="RUN",
                    help="export only the coarse stage of checkpoint folder RUN into the existing folder "
                    "(fine stage and rib check stay)")
+    p.add_argument("--fine-only", type=Path, default=None, metavar="RUN",
+                   help="export only the fine stage of checkpoint folder RUN into the existing folder")
     p.add_argument("--count-only", type=Path, default=None, metavar="RUN",
                    help="export only the vertebra counter of checkpoint folder RUN into the existing folder")
     a = p.parse_args()
-    for stage, run in (("coarse", a.coarse_only), ("count", a.count_only)):
+    for stage, run in (("coarse", a.coarse_only), ("fine", a.fine_only), ("count", a.count_only)):
         if run is not None:
             print(f"wrote {replace_stage(a.out, stage, run)}")
             return

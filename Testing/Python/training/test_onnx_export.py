@@ -124,3 +124,41 @@ def test_the_rib_check_alone_is_exported_into_a_copy_of_the_model_folder(bundled
     with torch.no_grad():
         ref = net(torch.from_numpy(x)).numpy()
     assert np.abs(OnnxNetwork(files["rib_check"]).run(x) - ref).max() < 1e-4
+
+
+@pytest.mark.parametrize("stage", ["coarse", "fine", "count"])
+def test_one_stage_alone_is_exported_into_a_copy_of_the_model_folder(bundled_models, tmp_path, monkeypatch, stage):
+    """``export --coarse-only / --fine-only / --count-only RUN --out CANDIDATE``: that stage's file and
+    card entry change, the other stages stay byte for byte, the bundled weights are not touched."""
+    import json
+    import shutil
+
+    from training import model_card
+    from training.segmentation import export
+    from training.segmentation.network import build_network
+
+    folder = tmp_path / "segmentation"
+    shutil.copytree(model_folder("segmentation"), folder)
+    monkeypatch.setattr(model_card, "WEIGHTS", tmp_path / "weights")  # (save_state would write there)
+    torch.manual_seed(5)
+    net = build_network(stage).eval()  # a new network: other weights than the bundled stage
+    run = tmp_path / "checkpoints" / f"{stage}-candidate"
+    run.mkdir(parents=True)
+    torch.save({"model": net.state_dict()}, run / "final.pt")
+    config = {"stage": stage, "iterations": 1, "preset": "chest-box", "generator_version": "2.2.0"}
+    (run / "config.json").write_text(json.dumps(config))
+    before = json.loads((folder / "model_card.json").read_text())
+    monkeypatch.setattr("sys.argv", ["export", f"--{stage}-only", str(run), "--out", str(folder)])
+    export.main()
+    assert not (tmp_path / "weights").exists()  # a candidate folder leaves the bundled weights alone
+    files, card = verified_files(folder)
+    for other in {"coarse", "fine", "count", "rib_check"} - {stage}:
+        assert (folder / f"{other}.onnx").read_bytes() == (model_folder("segmentation") / f"{other}.onnx").read_bytes()
+        assert card["files"][other] == before["files"][other]
+    assert card["files"][stage]["sha256"] != before["files"][stage]["sha256"]
+    assert card["training_data"]["stages"][stage] == config
+    channels = export.NETWORKS[stage]["in_channels"]
+    x = np.random.default_rng(6).uniform(-1, 1, size=(1, channels, 32, 48, 48)).astype(np.float32)
+    with torch.no_grad():
+        ref = softmax(net(torch.from_numpy(x)).numpy())
+    assert np.abs(softmax(OnnxNetwork(files[stage]).run(x)) - ref).max() < TOLERANCE
