@@ -113,6 +113,8 @@ def _stage_line(stage: str, cfg: dict) -> str:
         if stage in ("coarse", "count") and "p_remap" in cfg["augment"]:
             line += "; domain randomisation: tissue values remapped, a bias field, bright blobs that are not bone"
             line += ", short scans down to the L1-L2 disc" if stage == "coarse" else ""
+        if stage == "fine" and "p_remap" in cfg["augment"]:
+            line += "; domain randomisation of the CT: tissue values remapped, a bias field"
     init = cfg.get("init")
     if init:
         c = init["config"]

@@ -129,7 +129,15 @@ if [[ $what == segmentation || $what == all ]]; then
   $T --stage coarse --train-count "$SEG_TRAIN" --iterations 16000 --lr 2e-3 --variant-weight 4 \
      --preset-weight spine=2 --augment --randomise --eval-every 500 --out $C/segmentation-coarse-g22-548
   $PY -m training.segmentation.export --coarse-only $C/segmentation-coarse-g22-548
-  #    next (not bundled yet; resumable): the counter from scratch on generator 2.2.0, longer
+  #    tried, not bundled: 0.9.0's fine stage continued 600 iterations (lr 3e-4, --augment, --init from the bundled
+  #    fine weights) on the fine samples below (docs/models.md, "The fine stage continued on generator 2.2.0")
+  #    next (not bundled yet; resumable): the fine stage from scratch with domain randomisation, hints from 0.11.0's
+  #    coarse stage, and the counter from scratch on generator 2.2.0, longer
+  #      $P --split train --count "$SEG_TRAIN" --preset chest-box --stages fine --coarse-checkpoint $C/segmentation-coarse-g22-548/final.pt
+  #      $P --split train --count "$SEG_SPINE" --preset spine --stages fine --coarse-checkpoint $C/segmentation-coarse-g22-548/final.pt
+  #      (and tune 20 of each)
+  #      $T --stage fine --preset chest-box,spine --train-count "$SEG_TRAIN" --iterations 6000 --lr 2e-3 --eval-every 500 \
+  #         --augment --randomise --threads 1 --out $C/segmentation-fine-g22-scratch
   #      $T --stage count --augment --randomise --train-count "$SEG_TRAIN" --iterations 8000 --lr 2e-3 --variant-weight 4 \
   #         --preset-weight spine=2 --eval-every 500 --threads 1 --out $C/vertebra-count-g22-8k
   $PY -m training.segmentation.evaluate --count "$SEG_EVAL" --workers "$WORKERS"

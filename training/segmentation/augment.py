@@ -239,6 +239,17 @@ def random_scan_range(x: np.ndarray, y: np.ndarray, rng, cfg: dict) -> tuple[np.
     return x, y
 
 
+def augment_fine(x: np.ndarray, rng, cfg: dict) -> np.ndarray:
+    """The fine stage's box (0: CT, 1-2: hints): hints moved as a coarse stage off on a real scan
+    leaves them; with domain randomisation (``FINE_RANDOMISATION``) the CT's grey values remapped and a
+    bias field added, so that the outline follows the shape of the body, not one generator's values."""
+    x = shift_hints(x, rng, cfg)
+    if "p_remap" in cfg:
+        ct = random_bias_field(random_tissue_contrast(x[:1], rng, cfg), rng, cfg)
+        x = np.concatenate([ct, x[1:]]).astype(np.float32)
+    return x
+
+
 def augment_coarse(x: np.ndarray, y: np.ndarray, rng, cfg: dict) -> tuple[np.ndarray, np.ndarray]:
     x, y = random_pose(x, y, rng, cfg)
     x, y = random_field_of_view(x, y, rng, cfg)

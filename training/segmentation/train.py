@@ -19,8 +19,9 @@ from monai.losses import DiceCELoss
 
 from OsteoScreenLib.phantom import GENERATOR_VERSION
 
-from .augment import augment_coarse, shift_hints
-from .config import COARSE_AUGMENT, COARSE_RANDOMISATION, COUNT_RANDOMISATION, FINE_AUGMENT, NETWORKS, PREPROCESSING
+from .augment import augment_coarse, augment_fine
+from .config import (COARSE_AUGMENT, COARSE_RANDOMISATION, COUNT_RANDOMISATION, FINE_AUGMENT, FINE_RANDOMISATION,
+                     NETWORKS, PREPROCESSING)
 from .config import PRESETS as STAGE_PRESETS
 from .network import build_network
 from .prepare import DEFAULT_CACHE, count_sample_path, sample_paths, seeds_of
@@ -112,7 +113,7 @@ class Samples:
         else:  # samples cached before a rounding fix may be one voxel larger
             x, y = fit_patch(x, y, fine_patch(), rng, 0.0)
             if train and self.stage_augment:
-                x = shift_hints(x, rng, self.stage_augment)
+                x = augment_fine(x, rng, self.stage_augment)
         if train:
             x = augment(x, rng)
             if rng.uniform() < 0.5:
@@ -137,7 +138,8 @@ def train(args) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     coarse_augment = COARSE_RANDOMISATION if args.randomise else COARSE_AUGMENT
-    stage_augment = ({"coarse": coarse_augment, "fine": FINE_AUGMENT, "count": COUNT_RANDOMISATION}[args.stage]
+    fine_augment = FINE_RANDOMISATION if args.randomise else FINE_AUGMENT
+    stage_augment = ({"coarse": coarse_augment, "fine": fine_augment, "count": COUNT_RANDOMISATION}[args.stage]
                      if args.augment else None)
     train_set = Samples(args.stage, seeds_of("train", args.train_count), args.preset, args.cache, stage_augment)
     tune_set = Samples(args.stage, seeds_of("tune", args.tune_count), args.preset, args.cache)
@@ -253,8 +255,9 @@ def main() -> None:
                    help="coarse stage: turn, cut and degrade the samples; fine stage: move the hints "
                    "(config.COARSE_AUGMENT, FINE_AUGMENT; augment.py)")
     p.add_argument("--randomise", action="store_true",
-                   help="coarse stage with --augment: domain randomisation too (tissue values, bias field, "
-                   "bright blobs; config.COARSE_RANDOMISATION)")
+                   help="with --augment, domain randomisation too: coarse stage tissue values, bias field, "
+                   "bright blobs (config.COARSE_RANDOMISATION); fine stage tissue values and bias field on "
+                   "the CT channel (FINE_RANDOMISATION)")
     p.add_argument("--init", default=None, help="checkpoint folder whose final weights start this run")
     a = p.parse_args()
     a.preset = a.preset or STAGE_PRESETS[a.stage]

@@ -6,9 +6,9 @@ import pytest
 pytest.importorskip("scipy")
 
 from OsteoScreenLib.rib_check import MIN_BACK_MM, MIN_FRONT_MM, MIN_SIDE_MM
-from training.segmentation.augment import (AIR, augment_coarse, random_field_of_view, random_image_quality, random_pose,
-                                          random_side_crop, shift_hints)
-from training.segmentation.config import COARSE_AUGMENT, FINE_AUGMENT, RIB_CHECK_AUGMENT
+from training.segmentation.augment import (AIR, augment_coarse, augment_fine, random_field_of_view, random_image_quality,
+                                          random_pose, random_side_crop, shift_hints)
+from training.segmentation.config import COARSE_AUGMENT, FINE_AUGMENT, FINE_RANDOMISATION, RIB_CHECK_AUGMENT
 
 
 def a_sample():
@@ -98,6 +98,24 @@ def test_fine_hints_move_together_and_the_ct_stays():
         assert np.allclose(d1, d2) and abs(d1[0]) <= 15 and np.all(np.abs(d1[1:]) <= 6)
         moved += bool(np.any(d1 != 0))
     assert moved > 10
+
+
+def test_fine_randomisation_changes_the_ct_inside_the_body_and_leaves_the_hints():
+    """--randomise for the fine stage: the CT channel's grey values remapped and a bias field inside the
+    body, air stays air, the hint channels as ``shift_hints`` leaves them; the same seed, the same box."""
+    x = np.full((3, 40, 24, 24), -1.0, np.float32)
+    x[0] = AIR
+    x[0, :, 4:20, 4:20] = np.random.default_rng(8).uniform(-0.3, 0.6, (40, 16, 16))  # a body in air
+    x[1, 20:26, 8:12, 8:12] = 1.0
+    x[2, 10:16, 8:12, 8:12] = 1.0
+    cfg = {**FINE_RANDOMISATION, "p_hint_shift": 0.0, "p_remap": 1.0, "p_bias": 1.0}
+    out = augment_fine(x, np.random.default_rng(9), cfg)
+    assert np.array_equal(out, augment_fine(x, np.random.default_rng(9), cfg))
+    assert np.array_equal(out[1:], x[1:]) and out.dtype == np.float32
+    assert np.abs(out[0, :, 4:20, 4:20] - x[0, :, 4:20, 4:20]).mean() > 0.005
+    assert np.array_equal(out[0][x[0] == AIR], x[0][x[0] == AIR])
+    plain = augment_fine(x, np.random.default_rng(9), {**FINE_AUGMENT, "p_hint_shift": 0.0})
+    assert np.array_equal(plain, x)  # without --randomise the CT is left alone
 
 
 def a_rib_box():

@@ -44,12 +44,14 @@ def test_segmentation_samples_train_checkpoint_and_resume(tmp_path):
     for stage in ("coarse", "fine"):
         runs[stage] = tmp_path / stage
         _train_segmentation(cache, runs[stage], stage, 2,
-                            *(["--randomise", "--preset-weight", "training=3"] if stage == "coarse" else []))
+                            *(["--randomise", "--preset-weight", "training=3"] if stage == "coarse" else ["--randomise"]))
         log = json.loads((runs[stage] / "log.json").read_text())
         assert [e["iteration"] for e in log] == [1, 2] and "tune_dice" in log[-1]
         assert (runs[stage] / "final.pt").exists()
-    # the coarse stage with domain randomisation (tissue values, bias field, bright blobs), as generator 2.0's
+    # both stages with domain randomisation (coarse: tissue values, bias field, bright blobs, as generator 2.0's;
+    # fine: tissue values and bias field on the CT channel)
     assert json.loads((runs["coarse"] / "config.json").read_text())["augment"]["p_remap"] > 0
+    assert json.loads((runs["fine"] / "config.json").read_text())["augment"]["p_remap"] > 0
     assert json.loads((runs["coarse"] / "config.json").read_text())["preset_weight"] == {"training": 3.0}
     for stage, key in (("coarse", "p_pose"), ("fine", "p_hint_shift")):  # augmented, as the bundled stages
         assert json.loads((runs[stage] / "config.json").read_text())["augment"][key] > 0
