@@ -87,7 +87,7 @@ LIMITS = [
     "Model 0.8.0 (coarse stage on generator 2.0.0): asked from its coarse L1 on the abdominal scan, the check "
     "reads 0.22 on T12, so the levels, though right, come with a warning that the ribs do not confirm them. "
     "On the real chest CT lidc-idri-0001 its levels were wrong in every version evaluated, always flagged "
-    "(training/results/real_case_eval.md).",
+    "(training/results/real_case_eval_0.8.0.md).",
     "Model 0.9.0 adds the vertebra counter (count.onnx): it reads L1 below the last rib pair on the whole scan "
     "(right on 89 of 89 chest test phantoms where it read it) but seldom counts from T1 (4 of 100: it rarely marks "
     "C7), so it has moved no level on the test phantoms; on the real chest CT it finds a single body and reads "
