@@ -134,25 +134,30 @@ class _LevelsOneVertebraLow(L1L2Segmenter):
         return shift_levels(coarse, 1, step, l1_found=True), coarse_x
 
 
-def test_levels_one_vertebra_low_are_moved_back_and_the_reader_is_told(bundled_models, a_chest_phantom):
+@pytest.fixture(scope="module")
+def segmenter_one_vertebra_low(bundled_models):
+    return _LevelsOneVertebraLow()
+
+
+def test_levels_one_vertebra_low_are_moved_back_and_the_reader_is_told(segmenter_one_vertebra_low, a_chest_phantom):
     """The whole segmenter after a coarse stage that put L1 on L2, on a chest phantom: the rib check
     moves the levels back to L1 and L2 and the reader is told of the move."""
     case, _ = a_chest_phantom
-    out = _LevelsOneVertebraLow().segment(checked_ct(case.ct, "phantom")[0])
+    out = segmenter_one_vertebra_low.segment(checked_ct(case.ct, "phantom")[0])
     for name, value in LABEL_OF.items():
         assert (case.levels.array[out.labels.array == value] == VERSE_LEVEL_IDS[name]).mean() > 0.9, name
     assert out.rib_check["shift"] == -1
     assert any(w.startswith("L1 and L2 moved one vertebra up by the rib check") for w in out.level_warnings)
 
 
-def test_levels_one_vertebra_low_that_the_rib_check_cannot_tell_reach_the_reader_flagged(bundled_models):
+def test_levels_one_vertebra_low_that_the_rib_check_cannot_tell_reach_the_reader_flagged(segmenter_one_vertebra_low):
     """Spine-cropped phantom 300099, where the rib check reads T12's ribs faintly: after a coarse stage
     that put L1 on L2 the levels stay wrong, but the vertebra counter's last rib pair puts L1 one
     vertebra higher and the ribs do not confirm the levels: the reader is told both."""
     from OsteoScreenLib.phantom import generate_case
 
     case = generate_case(300099, "spine")
-    out = _LevelsOneVertebraLow().segment(checked_ct(case.ct, "phantom")[0])
+    out = segmenter_one_vertebra_low.segment(checked_ct(case.ct, "phantom")[0])
     assert (case.levels.array[out.labels.array == LABEL_OF["L1"]] == VERSE_LEVEL_IDS["L2"]).mean() > 0.9
     assert out.rib_check["shift"] == 0 and out.rib_check["confirmed"] is False
     assert any(w.startswith("The vertebra counter puts L1 one vertebra higher") for w in out.level_warnings)
