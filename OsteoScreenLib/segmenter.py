@@ -70,6 +70,13 @@ HALF_STEP_MM = 15.0  # half of one lumbar body and disc
 OUTLINE_OFFSET_MAX_MM = 12.0
 L2_NOT_IN_VIEW = ("L2 not found in the field of view (the scan ends below L1): only model 2 (l1, L1 alone) "
                   "can classify this scan")
+# A level the scan's first or last slice cuts, with less than this share of the other level's height in
+# view, is reported not in view rather than outlined: its central slice, which the classifier reads, is
+# not in the scan, and what is left of it is an endplate and the disc beside it (model 2's use case, a
+# chest CT ending just below L1; the issue's case, lidc-idri-0001 cut below L1: a choice in the README).
+MIN_SHARE_IN_VIEW = 0.5
+L2_CUT = ("L2 is cut by the edge of the scan (less than half of it in view) and is not outlined: only model 2 "
+          "(l1, L1 alone) can classify this scan")
 
 
 class Cancelled(Exception):
@@ -255,7 +262,12 @@ class L1L2Segmenter:
         step(0.8, "mapping to the CT grid")
         t2 = time.perf_counter()
         labels, (outline_warnings, order_warnings) = self.to_ct_grid(ct, fine)
-        for name in missing:  # not in view: nothing of it is outlined, and "could not be outlined" says no more
+        cut = cut_levels(labels)
+        if "L1" in cut:
+            raise OsteoScreenError("L1 is cut by the edge of the scan (less than half of it in view); OsteoScreen "
+                                   "needs a CT that covers L1 and L2, or L1 for model 2")
+        level_warnings += [L2_CUT] if cut else []
+        for name in missing + cut:  # not in view: nothing of it is outlined, and "could not be outlined" says no more
             labels.array[labels.array == LABEL_OF[name]] = 0
             outline_warnings = [w for w in outline_warnings if not w.startswith(f"{name} ")]
         if count_report.get("centres_ras"):
@@ -289,6 +301,23 @@ class L1L2Segmenter:
             block[mask & (block == 0)] = LABEL_OF[name]
         out = ct.with_array(labels)
         return out, order_and_edge_checks(out)
+
+
+def cut_levels(labels: Volume) -> list[str]:
+    """The levels the scan's first or last slice cuts with less than MIN_SHARE_IN_VIEW of the other
+    level's height in view (heights along the slice axis; the other level wholly in view)."""
+    arr, heights, at_edge = labels.array, {}, {}
+    step_mm = float(np.linalg.norm(labels.ijk_to_ras[:3, 2]))
+    for name in VERTEBRA_NAMES:
+        ks = np.flatnonzero((arr == LABEL_OF[name]).any(axis=(1, 2)))
+        if len(ks):
+            heights[name] = (ks[-1] - ks[0] + 1) * step_mm
+            at_edge[name] = bool(ks[0] == 0 or ks[-1] == arr.shape[0] - 1)
+    if len(heights) < len(VERTEBRA_NAMES):
+        return []
+    l1, l2 = VERTEBRA_NAMES
+    return [name for name, other in ((l1, l2), (l2, l1))
+            if at_edge[name] and not at_edge[other] and heights[name] < MIN_SHARE_IN_VIEW * heights[other]]
 
 
 def outline_offsets(labels: Volume, centres_ras) -> dict[str, float]:

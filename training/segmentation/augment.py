@@ -13,7 +13,9 @@ Rib check: each box cut at the sides and in front (``random_side_crop``) and deg
 spine-cropped scans.
 
 Fine stage: its hints moved by up to half a vertebra, as a coarse stage that is off leaves them
-(``shift_hints``, limits in ``config.FINE_AUGMENT``).
+(``shift_hints``, limits in ``config.FINE_AUGMENT``); with domain randomisation one hint also stretched
+along the spine into its neighbour (``stretch_hints``), as the coarse stage's L2 ran across the L2-L3
+disc on the real chest CT: the outline must stop at the disc whatever the hint says.
 
 Pure functions of the network's input ``x`` (C, k, j, i), its labels ``y`` (k, j, i) on the
 stage's RAS grid (k = S, j = A, i = R) and a numpy generator. Outside the CT the coarse input is
@@ -154,6 +156,24 @@ def shift_hints(x: np.ndarray, rng, cfg: dict) -> np.ndarray:
     return out
 
 
+def stretch_hints(x: np.ndarray, rng, cfg: dict) -> np.ndarray:
+    """Stretch one of the fine stage's hint channels (1: L1, 2: L2) up or down the spine (k) by a
+    random length up to ``hint_stretch_mm``: a hint that reaches past its vertebra's endplate into the
+    next one, while the labels stay where the vertebra is."""
+    if rng.uniform() >= cfg["p_hint_stretch"]:
+        return x
+    channel = 1 + rng.integers(2)
+    n = int(round(rng.uniform(1.0, cfg["hint_stretch_mm"]) / cfg["spacing_mm"]))
+    up = bool(rng.integers(2))
+    hint, out = x[channel], x.copy()
+    for d in range(1, min(n, hint.shape[0] - 1) + 1):
+        if up:
+            out[channel, d:] = np.maximum(out[channel, d:], hint[:-d])
+        else:
+            out[channel, :-d] = np.maximum(out[channel, :-d], hint[d:])
+    return out
+
+
 def hu_to_input(hu):
     """HU to the network's input scale (-1 at -1000 HU, 1 at 1500 HU: the coarse HU window)."""
     return (np.asarray(hu, np.float32) + 1000.0) / 1250.0 - 1.0
@@ -242,8 +262,11 @@ def random_scan_range(x: np.ndarray, y: np.ndarray, rng, cfg: dict) -> tuple[np.
 def augment_fine(x: np.ndarray, rng, cfg: dict) -> np.ndarray:
     """The fine stage's box (0: CT, 1-2: hints): hints moved as a coarse stage off on a real scan
     leaves them; with domain randomisation (``FINE_RANDOMISATION``) the CT's grey values remapped and a
-    bias field added, so that the outline follows the shape of the body, not one generator's values."""
+    bias field added and one hint stretched into its neighbour, so that the outline follows the shape of
+    the body, not one generator's values or a hint that reaches too far."""
     x = shift_hints(x, rng, cfg)
+    if "p_hint_stretch" in cfg:
+        x = stretch_hints(x, rng, cfg)
     if "p_remap" in cfg:
         ct = random_bias_field(random_tissue_contrast(x[:1], rng, cfg), rng, cfg)
         x = np.concatenate([ct, x[1:]]).astype(np.float32)

@@ -28,7 +28,7 @@ from OsteoScreenLib.metrics import dice
 from OsteoScreenLib.paths import models_dir
 from OsteoScreenLib.phantom import GENERATOR_VERSION
 from OsteoScreenLib.registry import LABEL_MAPPINGS, LABEL_OF, VERSE_LEVEL_IDS, VERSE_LEVEL_NAMES
-from OsteoScreenLib.segmenter import OUTLINE_OFFSET_MAX_MM, L1L2Segmenter
+from OsteoScreenLib.segmenter import OUTLINE_OFFSET_MAX_MM, L1L2Segmenter, cut_levels
 
 from .config import SPLITS
 from ..model_card import UNRECORDED_GENERATOR_VERSION, update_card
@@ -51,8 +51,12 @@ def evaluate_case(seg: L1L2Segmenter, seed: int, preset: str) -> dict:
     except OsteoScreenError as exc:
         row["error"] = str(exc)
         return row
+    cut = cut_levels(case.labels)  # mostly out of view: to be reported not in view, as the segmenter does
     for name, value in LABEL_OF.items():
         pred, ref = out.labels.array == value, case.labels.array == value
+        if name in cut and not pred.any():
+            row[f"dsc_{name}"], row[f"level_ok_{name}"] = None, True  # rightly not outlined: no DSC
+            continue
         row[f"dsc_{name}"] = dice(pred, ref)
         kji = np.argwhere(pred)
         if len(kji):
@@ -154,12 +158,12 @@ def summarise(rows: list[dict]) -> dict:
     ok = [r for r in rows if "error" not in r]
     out = {"cases": len(rows), "failed": len(rows) - len(ok)}
     for name in LABEL_OF:
-        d = np.array([r[f"dsc_{name}"] for r in ok]) if ok else np.zeros(0)
+        d = np.array([r[f"dsc_{name}"] for r in ok if r[f"dsc_{name}"] is not None])
         out[f"dsc_{name}_mean"] = round(float(d.mean()), 4) if len(d) else None
         out[f"dsc_{name}_sd"] = round(float(d.std()), 4) if len(d) else None
         out[f"dsc_{name}_median"] = round(float(np.median(d)), 4) if len(d) else None
         # outline quality apart from level finding: cases whose level is right
-        right = np.array([r[f"dsc_{name}"] for r in ok if r[f"level_ok_{name}"]])
+        right = np.array([r[f"dsc_{name}"] for r in ok if r[f"level_ok_{name}"] and r[f"dsc_{name}"] is not None])
         out[f"dsc_{name}_mean_right_level"] = round(float(right.mean()), 4) if len(right) else None
     levels = [r[f"level_ok_{n}"] for r in ok for n in LABEL_OF]
     out["level_identification"] = round(float(np.mean(levels)), 4) if levels else None

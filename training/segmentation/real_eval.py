@@ -17,7 +17,8 @@ Each level's outcome: ``right`` (centroid in the reference vertebra of that leve
 of its voxels inside it), ``right, flagged`` (the same with a level warning), ``wrong, flagged``
 (a level warning said to check the levels), ``WRONG, NOT FLAGGED`` (a confident wrong level: the worst
 outcome), ``missing`` (reported not in view) and, where the level is not in the scan,
-``not in view: reported`` or ``not in view: NOT REPORTED``. The reference masks are whole
+``not in view: reported`` or ``not in view: NOT REPORTED`` (a level the scan's edge cuts, with less
+than half the other level in view, counts as not in view: ``reference_in_view``). The reference masks are whole
 vertebrae (TotalSegmentator output or VerSe's manual masks), compared in physical space.
 
 Writes ``training/results/<out>.{json,md}`` (default ``real_case_eval``). These cases are test
@@ -39,7 +40,7 @@ from OsteoScreenLib.ct_io import read_ct, read_volume
 from OsteoScreenLib.errors import OsteoScreenError
 from OsteoScreenLib.registry import LABEL_OF
 from OsteoScreenLib.resample import bounds_ras, sample, subvolume
-from OsteoScreenLib.segmenter import L1L2Segmenter
+from OsteoScreenLib.segmenter import MIN_SHARE_IN_VIEW, L1L2Segmenter
 from OsteoScreenLib.volume import Volume
 
 from training.real_data import REAL_DATA
@@ -156,10 +157,24 @@ def level_outcome(mask: np.ndarray, ref: np.ndarray, ref_id: int, names: dict[in
     return out
 
 
+def reference_in_view(ref: np.ndarray, ids: dict[str, int]) -> dict[str, bool]:
+    """Whether each reference level is in view: in the scan, and not cut by its first or last slice
+    to less than MIN_SHARE_IN_VIEW of the other level (the segmenter reports such a level not in view,
+    ``segmenter.cut_levels``). Measured in voxels, not height as the segmenter does on its bodies: the
+    reference masks are whole vertebrae, whose processes reach along the slice axis past the next body
+    (so the other level may touch the edge too)."""
+    voxels = {lv: int((ref == ids[lv]).sum()) for lv in LABEL_OF}
+    def at_edge(lv):
+        return bool((ref[0] == ids[lv]).any() or (ref[-1] == ids[lv]).any())
+    (a, b) = LABEL_OF
+    cut = {lv for lv, other in ((a, b), (b, a)) if at_edge(lv) and voxels[lv] < MIN_SHARE_IN_VIEW * voxels[other]}
+    return {lv: voxels[lv] > 0 and lv not in cut for lv in LABEL_OF}
+
+
 def evaluate_version(seg: L1L2Segmenter, ct: Volume, ref: np.ndarray, names: dict[int, str],
                      structures: dict[int, str] | None = None) -> dict:
     ids = {v: k for k, v in names.items()}
-    in_view = {lv: bool((ref == ids[lv]).sum() > 0) for lv in LABEL_OF}
+    in_view = reference_in_view(ref, ids)
     t0 = time.perf_counter()
     try:
         res = seg.segment(ct)

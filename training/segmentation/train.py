@@ -257,7 +257,7 @@ def main() -> None:
     p.add_argument("--randomise", action="store_true",
                    help="with --augment, domain randomisation too: coarse stage tissue values, bias field, "
                    "bright blobs (config.COARSE_RANDOMISATION); fine stage tissue values and bias field on "
-                   "the CT channel (FINE_RANDOMISATION)")
+                   "the CT channel, one hint stretched into its neighbour (FINE_RANDOMISATION)")
     p.add_argument("--init", default=None, help="checkpoint folder whose final weights start this run")
     a = p.parse_args()
     a.preset = a.preset or STAGE_PRESETS[a.stage]

@@ -257,6 +257,26 @@ def test_a_scan_ending_below_l1_gives_l1_and_model_2_a_result(segmenter, a_chest
         OsteoporosisClassifier("l1l2").classify(ct, out.labels)
 
 
+def test_a_level_the_scan_edge_cuts_to_less_than_half_is_not_in_view():
+    """``cut_levels``: L2 at the last slice with 8 of L1's 25 mm in view is cut; with 15 mm it stays (and
+    is warned as touching the edge); L1 cut at the first slice likewise; nothing is cut when both touch."""
+    from OsteoScreenLib.segmenter import cut_levels
+    from OsteoScreenLib.volume import Volume
+
+    def labels(l1_slices, l2_slices, n=60):
+        arr = np.zeros((n, 8, 8), np.uint8)
+        arr[l1_slices, 2:6, 2:6] = LABEL_OF["L1"]
+        arr[l2_slices, 2:6, 2:6] = LABEL_OF["L2"]
+        return Volume(arr, np.diag([0.8, 0.8, 2.5, 1.0]))  # 2.5 mm slices: L1 10 slices, 25 mm
+
+    assert cut_levels(labels(slice(10, 20), slice(0, 3))) == ["L2"]  # 7.5 mm of L2 at the first slice
+    assert cut_levels(labels(slice(10, 20), slice(0, 6))) == []  # 15 mm: more than half of L1's 25
+    assert cut_levels(labels(slice(57, 60), slice(45, 55))) == ["L1"]
+    assert cut_levels(labels(slice(10, 20), slice(25, 35))) == []  # both wholly in view
+    assert cut_levels(labels(slice(57, 60), slice(0, 3))) == []  # both at an edge: neither measures the other
+    assert cut_levels(labels(slice(10, 20), slice(0, 0))) == []  # no L2 at all: reported missing elsewhere
+
+
 def test_the_ct_is_checked_once_where_it_enters_and_the_segmenter_refuses_one_that_was_not(segmenter, a_chest_phantom):
     """The readers and the module's nodes (logic.case_input) read the padding as air and check the values
     and grid; the segmenter does not redo it, and refuses a volume that skipped it (a phantom written with

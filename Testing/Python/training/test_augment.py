@@ -7,7 +7,7 @@ pytest.importorskip("scipy")
 
 from OsteoScreenLib.rib_check import MIN_BACK_MM, MIN_FRONT_MM, MIN_SIDE_MM
 from training.segmentation.augment import (AIR, augment_coarse, augment_fine, random_field_of_view, random_image_quality,
-                                          random_pose, random_side_crop, shift_hints)
+                                          random_pose, random_side_crop, shift_hints, stretch_hints)
 from training.segmentation.config import COARSE_AUGMENT, FINE_AUGMENT, FINE_RANDOMISATION, RIB_CHECK_AUGMENT
 
 
@@ -102,13 +102,14 @@ def test_fine_hints_move_together_and_the_ct_stays():
 
 def test_fine_randomisation_changes_the_ct_inside_the_body_and_leaves_the_hints():
     """--randomise for the fine stage: the CT channel's grey values remapped and a bias field inside the
-    body, air stays air, the hint channels as ``shift_hints`` leaves them; the same seed, the same box."""
+    body, air stays air, the hint channels as ``shift_hints`` and ``stretch_hints`` leave them; the same
+    seed, the same box."""
     x = np.full((3, 40, 24, 24), -1.0, np.float32)
     x[0] = AIR
     x[0, :, 4:20, 4:20] = np.random.default_rng(8).uniform(-0.3, 0.6, (40, 16, 16))  # a body in air
     x[1, 20:26, 8:12, 8:12] = 1.0
     x[2, 10:16, 8:12, 8:12] = 1.0
-    cfg = {**FINE_RANDOMISATION, "p_hint_shift": 0.0, "p_remap": 1.0, "p_bias": 1.0}
+    cfg = {**FINE_RANDOMISATION, "p_hint_shift": 0.0, "p_hint_stretch": 0.0, "p_remap": 1.0, "p_bias": 1.0}
     out = augment_fine(x, np.random.default_rng(9), cfg)
     assert np.array_equal(out, augment_fine(x, np.random.default_rng(9), cfg))
     assert np.array_equal(out[1:], x[1:]) and out.dtype == np.float32
@@ -116,6 +117,32 @@ def test_fine_randomisation_changes_the_ct_inside_the_body_and_leaves_the_hints(
     assert np.array_equal(out[0][x[0] == AIR], x[0][x[0] == AIR])
     plain = augment_fine(x, np.random.default_rng(9), {**FINE_AUGMENT, "p_hint_shift": 0.0})
     assert np.array_equal(plain, x)  # without --randomise the CT is left alone
+
+
+def test_fine_hint_stretch_reaches_into_the_neighbour_along_the_spine_only():
+    """--randomise stretches one hint up or down the spine (k) by 1-12 voxels at 1 mm: the other hint,
+    the CT and the hint's extent across the spine stay; both directions and both hints occur."""
+    x = np.full((3, 60, 20, 20), -1.0, np.float32)
+    x[0] = np.random.default_rng(10).normal(0, 0.1, x.shape[1:])
+    x[1, 34:40, 8:12, 8:12] = 1.0
+    x[2, 20:26, 8:12, 8:12] = 1.0
+    rng, seen = np.random.default_rng(11), set()
+    for _ in range(40):
+        out = stretch_hints(x, rng, {**FINE_RANDOMISATION, "p_hint_stretch": 1.0})
+        assert np.array_equal(out[0], x[0])
+        changed = [c for c in (1, 2) if not np.array_equal(out[c], x[c])]
+        assert len(changed) == 1
+        c = changed[0]
+        assert np.array_equal(out[3 - c], x[3 - c])
+        before, after = np.argwhere(x[c] > 0), np.argwhere(out[c] > 0)
+        assert set(map(tuple, before)) <= set(map(tuple, after))  # it only grows
+        assert np.array_equal(np.unique(after[:, 1:], axis=0), np.unique(before[:, 1:], axis=0))
+        grown_up = after[:, 0].max() - before[:, 0].max()
+        grown_down = before[:, 0].min() - after[:, 0].min()
+        assert (grown_up == 0) != (grown_down == 0) and 1 <= max(grown_up, grown_down) <= 12
+        seen.add((c, grown_up > 0))
+    assert seen == {(1, True), (1, False), (2, True), (2, False)}
+    assert stretch_hints(x, rng, {**FINE_RANDOMISATION, "p_hint_stretch": 0.0}) is x
 
 
 def a_rib_box():

@@ -90,6 +90,20 @@ def test_a_chest_ct_cut_above_t12_is_reported_without_l1(segmenter, the_chest_ct
     assert "not found in the field of view" in entry["error"]
 
 
+def test_a_chest_ct_cut_below_l1_gives_l1_and_reports_l2_not_in_view(segmenter, the_chest_ct):
+    """Model 2's use case on the real chest CT: cut at the L1-L2 disc, L1 lies on L1, L2 (at most its
+    endplate in view) is reported not in view rather than outlined at the edge, and model 2 classifies."""
+    from OsteoScreenLib.segmenter import L2_CUT, L2_NOT_IN_VIEW
+
+    ct, ref, names = the_chest_ct
+    scan, cut_ref = real_eval.versions(ct, ref, names, chest=True)["below L1"]
+    entry = real_eval.evaluate_version(segmenter, scan, cut_ref, names)
+    assert entry["levels"]["L2"] == "not in view: reported"
+    assert entry["levels"]["L1"]["centroid_in"] == "L1"
+    assert L2_CUT in entry["warnings"] or L2_NOT_IN_VIEW in entry["warnings"]
+    assert entry["classify_l1"].split(" (")[0] in ("normal", "osteopenia", "osteoporosis")
+
+
 def test_voxels_outside_every_vertebra_are_counted_together():
     """Background and structures that are no vertebra (two ids here) add up under "none"."""
     ref = np.zeros((4, 4, 4), int)
