@@ -308,11 +308,13 @@ def cut_levels(labels: Volume) -> list[str]:
     level's height in view (heights along the slice axis; the other level wholly in view)."""
     arr, heights, at_edge = labels.array, {}, {}
     step_mm = float(np.linalg.norm(labels.ijk_to_ras[:3, 2]))
+    outlined = np.flatnonzero(arr.reshape(len(arr), -1).any(axis=1))  # one pass over the scan, then its slab
+    slab = arr[outlined[0] : outlined[-1] + 1] if len(outlined) else arr[:0]
     for name in VERTEBRA_NAMES:
-        ks = np.flatnonzero((arr == LABEL_OF[name]).any(axis=(1, 2)))
+        ks = np.flatnonzero((slab == LABEL_OF[name]).any(axis=(1, 2))) + (outlined[0] if len(outlined) else 0)
         if len(ks):
             heights[name] = (ks[-1] - ks[0] + 1) * step_mm
-            at_edge[name] = bool(ks[0] == 0 or ks[-1] == arr.shape[0] - 1)
+            at_edge[name] = bool(ks[0] == 0 or ks[-1] == len(arr) - 1)
     if len(heights) < len(VERTEBRA_NAMES):
         return []
     l1, l2 = VERTEBRA_NAMES
