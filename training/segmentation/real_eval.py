@@ -190,8 +190,8 @@ def evaluate_version(seg: L1L2Segmenter, ct: Volume, ref: np.ndarray, names: dic
         if not mask.any():
             entry["levels"][lv] = "missing" if in_view[lv] else "not in view: reported"
         elif not in_view[lv]:
-            entry["levels"][lv] = {"outcome": "not in view: NOT REPORTED" if not flagged else "not in view: flagged",
-                                   **level_outcome(mask, ref, -1, names, flagged, structures)}
+            entry["levels"][lv] = {**level_outcome(mask, ref, -1, names, flagged, structures),
+                                   "outcome": "not in view: NOT REPORTED" if not flagged else "not in view: flagged"}
         else:
             entry["levels"][lv] = level_outcome(mask, ref, ids[lv], names, flagged, structures)
     if not (res.labels.array == LABEL_OF["L2"]).any() and (res.labels.array == LABEL_OF["L1"]).any():

@@ -257,6 +257,26 @@ def test_a_scan_ending_below_l1_gives_l1_and_model_2_a_result(segmenter, a_chest
         OsteoporosisClassifier("l1l2").classify(ct, out.labels)
 
 
+def test_a_scan_ending_in_the_top_of_l2_reports_l2_not_in_view(segmenter, a_chest_phantom):
+    """Cut 8 mm below the L1-L2 disc (L2's upper endplate in view, its central slice not): L2 is reported
+    not in view rather than outlined at the edge, L1 stays on L1."""
+    from OsteoScreenLib.resample import subvolume
+    from OsteoScreenLib.segmenter import L2_CUT, L2_NOT_IN_VIEW
+
+    case, _ = a_chest_phantom
+    step_mm = float(np.linalg.norm(case.ct.ijk_to_ras[:3, 2]))
+    top_of_l2 = int(np.argwhere(case.labels.array == LABEL_OF["L2"])[:, 0].max())  # slices run from the feet up
+    cut = top_of_l2 - int(round(8.0 / step_mm))
+    shape = case.ct.array.shape
+    ct = subvolume(case.ct, (0, 0, cut), (shape[2], shape[1], shape[0]))
+    levels = subvolume(case.levels, (0, 0, cut), (shape[2], shape[1], shape[0]))
+    out = segmenter.segment(checked_ct(ct, "cut phantom")[0])
+    assert not (out.labels.array == LABEL_OF["L2"]).any()
+    assert L2_CUT in out.warnings or L2_NOT_IN_VIEW in out.warnings
+    l1 = out.labels.array == LABEL_OF["L1"]
+    assert (levels.array[l1] == VERSE_LEVEL_IDS["L1"]).mean() > 0.9
+
+
 def test_a_level_the_scan_edge_cuts_to_less_than_half_is_not_in_view():
     """``cut_levels``: L2 at the last slice with 8 of L1's 25 mm in view is cut; with 15 mm it stays (and
     is warned as touching the edge); L1 cut at the first slice likewise; nothing is cut when both touch."""
