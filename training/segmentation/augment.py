@@ -163,7 +163,7 @@ def stretch_hints(x: np.ndarray, rng, cfg: dict) -> np.ndarray:
     if rng.uniform() >= cfg["p_hint_stretch"]:
         return x
     channel = 1 + rng.integers(2)
-    n = int(round(rng.uniform(1.0, cfg["hint_stretch_mm"]) / cfg["spacing_mm"]))
+    n = round(rng.uniform(1.0, cfg["hint_stretch_mm"]) / cfg["spacing_mm"])
     up = bool(rng.integers(2))
     hint, out = x[channel], x.copy()
     for d in range(1, min(n, hint.shape[0] - 1) + 1):

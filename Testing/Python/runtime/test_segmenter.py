@@ -266,7 +266,7 @@ def test_a_scan_ending_in_the_top_of_l2_reports_l2_not_in_view(segmenter, a_ches
     case, _ = a_chest_phantom
     step_mm = float(np.linalg.norm(case.ct.ijk_to_ras[:3, 2]))
     top_of_l2 = int(np.argwhere(case.labels.array == LABEL_OF["L2"])[:, 0].max())  # slices run from the feet up
-    cut = top_of_l2 - int(round(8.0 / step_mm))
+    cut = top_of_l2 - round(8.0 / step_mm)
     shape = case.ct.array.shape
     ct = subvolume(case.ct, (0, 0, cut), (shape[2], shape[1], shape[0]))
     levels = subvolume(case.levels, (0, 0, cut), (shape[2], shape[1], shape[0]))
