@@ -142,7 +142,8 @@ if [[ $what == segmentation || $what == all ]]; then
   $T --stage fine --preset chest-box,spine --train-count "$SEG_TRAIN" --iterations 4000 --lr 2e-3 --eval-every 500 \
      --augment --randomise --threads 1 --out $C/segmentation-fine-g22-stretch
   $PY -m training.segmentation.export --fine-only $C/segmentation-fine-g22-stretch
-  #    next (not bundled yet; resumable, its last.pt committed): the counter from scratch on generator 2.2.0, longer
+  #    next (finished, final.pt committed, tune outputs *_counter_g22_8k_candidate; not bundled yet): the counter
+  #    from scratch on generator 2.2.0, longer
   #      $P --split train --count "$SEG_TRAIN" --preset chest-count --stages count   (and spine, and tune 20 of each)
   #      $T --stage count --augment --randomise --train-count "$SEG_TRAIN" --iterations 8000 --lr 2e-3 --variant-weight 4 \
   #         --preset-weight spine=2 --eval-every 500 --threads 1 --out $C/vertebra-count-g22-8k
