@@ -232,20 +232,26 @@ def test_level_certainty_flags_a_weak_or_split_level():
 
 
 
+def _from_slice_up(case, k: int):
+    """The phantom's CT and level map from slice ``k`` up (slices run from the feet up): a scan whose
+    lowest slice is ``k``."""
+    from OsteoScreenLib.resample import subvolume
+
+    k_j_i = case.ct.array.shape
+    return tuple(subvolume(v, (0, 0, k), (k_j_i[2], k_j_i[1], k_j_i[0])) for v in (case.ct, case.levels))
+
+
 def test_a_scan_ending_below_l1_gives_l1_and_model_2_a_result(segmenter, a_chest_phantom):
     """Model 2's use case: a chest scan cut at the L1-L2 disc. L1 is outlined on the right body, L2 is
     reported not in view (not outlined anywhere), model 2 (L1 alone) classifies, model 1 says to use it."""
     from OsteoScreenLib.classifier import OsteoporosisClassifier
-    from OsteoScreenLib.resample import subvolume
     from OsteoScreenLib.segmenter import L2_NOT_IN_VIEW
 
     case, _ = a_chest_phantom
     k1, k2 = (np.argwhere(case.labels.array == LABEL_OF[n])[:, 0].mean() for n in ("L1", "L2"))
     disc = int(round((k1 + k2) / 2))  # slices run from the feet up: L1 lies above the disc, L2 below
     assert k1 > disc > k2
-    shape = case.ct.array.shape
-    ct = subvolume(case.ct, (0, 0, disc), (shape[2], shape[1], shape[0]))
-    levels = subvolume(case.levels, (0, 0, disc), (shape[2], shape[1], shape[0]))
+    ct, levels = _from_slice_up(case, disc)
     out = segmenter.segment(checked_ct(ct, "cut phantom")[0])
     l1 = out.labels.array == LABEL_OF["L1"]
     assert (levels.array[l1] == VERSE_LEVEL_IDS["L1"]).mean() > 0.9
@@ -258,18 +264,14 @@ def test_a_scan_ending_below_l1_gives_l1_and_model_2_a_result(segmenter, a_chest
 
 
 def test_a_scan_ending_in_the_top_of_l2_reports_l2_not_in_view(segmenter, a_chest_phantom):
-    """Cut 8 mm below the L1-L2 disc (L2's upper endplate in view, its central slice not): L2 is reported
-    not in view rather than outlined at the edge, L1 stays on L1."""
-    from OsteoScreenLib.resample import subvolume
+    """Cut 8 mm below the top of L2's body (its upper endplate in view, its central slice not): L2 is
+    reported not in view rather than outlined at the edge, L1 stays on L1."""
     from OsteoScreenLib.segmenter import L2_CUT, L2_NOT_IN_VIEW
 
     case, _ = a_chest_phantom
     step_mm = float(np.linalg.norm(case.ct.ijk_to_ras[:3, 2]))
     top_of_l2 = int(np.argwhere(case.labels.array == LABEL_OF["L2"])[:, 0].max())  # slices run from the feet up
-    cut = top_of_l2 - round(8.0 / step_mm)
-    shape = case.ct.array.shape
-    ct = subvolume(case.ct, (0, 0, cut), (shape[2], shape[1], shape[0]))
-    levels = subvolume(case.levels, (0, 0, cut), (shape[2], shape[1], shape[0]))
+    ct, levels = _from_slice_up(case, top_of_l2 - round(8.0 / step_mm))
     out = segmenter.segment(checked_ct(ct, "cut phantom")[0])
     assert not (out.labels.array == LABEL_OF["L2"]).any()
     assert L2_CUT in out.warnings or L2_NOT_IN_VIEW in out.warnings
@@ -278,8 +280,8 @@ def test_a_scan_ending_in_the_top_of_l2_reports_l2_not_in_view(segmenter, a_ches
 
 
 def test_a_level_the_scan_edge_cuts_to_less_than_half_is_not_in_view():
-    """``cut_levels``: L2 at the last slice with 8 of L1's 25 mm in view is cut; with 15 mm it stays (and
-    is warned as touching the edge); L1 cut at the first slice likewise; nothing is cut when both touch."""
+    """``cut_levels``: L2 at the first slice with 7.5 of L1's 25 mm in view is cut; with 15 mm it stays
+    (and is warned as touching the edge); L1 at the last slice likewise; nothing is cut when both touch."""
     from OsteoScreenLib.segmenter import cut_levels
     from OsteoScreenLib.volume import Volume
 
